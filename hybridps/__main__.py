@@ -1,0 +1,3 @@
+from hybridps.cli import main
+
+raise SystemExit(main())

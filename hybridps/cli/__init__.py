@@ -1,0 +1,55 @@
+"""The `hybridps` command line. Each subcommand lives in its own module with
+`add_parser(subparsers)`; heavy imports (sim, solver, torch) happen inside the
+command's function, so `hybridps --help` and simulation-only installs stay light.
+
+User errors (`hybridps.errors.UserError`) print one line and exit 2, no traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from hybridps import __version__
+from hybridps.errors import UserError
+
+COMMANDS = ["examples", "simulate", "plan", "run", "profile", "calibrate", "validate"]
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # argparse's own usage errors also exit 2
+        self.print_usage(sys.stderr)
+        print(f"hybridps: error: {message}", file=sys.stderr)
+        raise SystemExit(2)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="hybridps", description="Plan, simulate and run data-parallel training on heterogeneous GPU clusters with a parameter server.")
+    parser.add_argument("--version", action="version", version=f"hybridps {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    for name in COMMANDS:
+        importlib.import_module(f"hybridps.cli.{name}").add_parser(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help(sys.stderr)
+        return 2
+    try:
+        return int(args.func(args) or 0)
+    except UserError as e:
+        print(f"hybridps: error: {e}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        print("hybridps: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,77 @@
+"""Transient straggler episodes, shared by the simulator and the runtime so that a real
+run and its simulation slow down the same workers at the same times.
+
+Per worker, episodes arrive as a Poisson process (`rate_per_hour`) and last an
+exponential time (`mean_duration_s`); during one, compute takes `slowdown` times longer.
+The draws for worker i come from `numpy.random.default_rng([seed, i])`, so adding a
+worker does not change the others' episodes.
+"""
+
+from __future__ import annotations
+
+import bisect
+
+import numpy as np
+
+from hybridps.spec import Cluster
+
+
+class StragglerSchedule:
+    """Episodes per worker as sorted (start_s, end_s) arrays, generated lazily up to a horizon."""
+
+    def __init__(self, cluster: Cluster, seed: int | None = None):
+        spec = cluster.stragglers
+        self.factor = spec.slowdown
+        self.rate_per_s = spec.rate_per_hour / 3600.0
+        self.mean_duration_s = spec.mean_duration_s
+        self.seed = spec.seed if seed is None else seed
+        affected = set(spec.workers) if spec.workers else {w.name for w in cluster.worker_list}
+        self._rngs: dict[str, np.random.Generator] = {}
+        self._starts: dict[str, list[float]] = {}
+        self._ends: dict[str, list[float]] = {}
+        self._horizon: dict[str, float] = {}
+        for w in cluster.worker_list:
+            if w.name in affected and self.rate_per_s > 0:
+                self._rngs[w.name] = np.random.default_rng([self.seed, w.index])
+                self._starts[w.name] = []
+                self._ends[w.name] = []
+                self._horizon[w.name] = 0.0
+
+    @property
+    def active(self) -> bool:
+        return bool(self._rngs)
+
+    def _extend(self, worker: str, until_s: float) -> None:
+        rng = self._rngs[worker]
+        starts, ends = self._starts[worker], self._ends[worker]
+        t = self._horizon[worker]
+        while t <= until_s:
+            t += rng.exponential(1.0 / self.rate_per_s)
+            duration = rng.exponential(self.mean_duration_s)
+            starts.append(t)
+            ends.append(t + duration)
+        self._horizon[worker] = t
+
+    def factor_at(self, worker: str, t_s: float) -> float:
+        """Compute-time factor for an iteration of `worker` starting at `t_s`."""
+        if worker not in self._rngs:
+            return 1.0
+        if t_s >= self._horizon[worker]:
+            self._extend(worker, t_s + 3600.0)
+        starts = self._starts[worker]
+        i = bisect.bisect_right(starts, t_s) - 1
+        # episodes may overlap: any episode that started before t and has not ended
+        while i >= 0:
+            if self._ends[worker][i] > t_s:
+                return self.factor
+            if starts[i] < t_s - 50 * self.mean_duration_s:
+                break
+            i -= 1
+        return 1.0
+
+    def episodes(self, worker: str, until_s: float) -> list[tuple[float, float]]:
+        if worker not in self._rngs:
+            return []
+        if until_s >= self._horizon[worker]:
+            self._extend(worker, until_s)
+        return [(s, e) for s, e in zip(self._starts[worker], self._ends[worker]) if s <= until_s]

@@ -1,0 +1,128 @@
+"""Streaming JSONL trace writer and a validating reader.
+
+The writer flushes after every record, so a trace is readable up to the last complete
+line after a crash; the reader accepts a torn last line (and says so in `Trace.torn`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Iterator
+
+from hybridps.errors import SpecError
+from traces.records import TRACE_FORMAT, validate_record
+
+
+def _dumps(rec: dict[str, Any]) -> str:
+    return json.dumps(rec, separators=(",", ":"), allow_nan=False)
+
+
+class TraceWriter:
+    """Append records to a JSONL trace, one flushed line each.
+
+    `TraceWriter(path, header)` starts a new trace; `TraceWriter(path, append=True)`
+    continues an existing one (a resumed run) without writing a second header.
+    """
+
+    def __init__(self, path: str | os.PathLike, header: dict[str, Any] | None = None, append: bool = False,
+                 fsync_every: int = 0):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._fsync_every = fsync_every
+        self._count = 0
+        if append:
+            self._f = open(self.path, "a", encoding="utf-8")
+        else:
+            if header is None or header.get("kind") != "header":
+                raise ValueError("a new trace starts with a header record")
+            self._f = open(self.path, "w", encoding="utf-8")
+            self.write(header)
+
+    def write(self, rec: dict[str, Any]) -> None:
+        self._f.write(_dumps(rec) + "\n")
+        self._f.flush()
+        self._count += 1
+        if self._fsync_every and self._count % self._fsync_every == 0:
+            os.fsync(self._f.fileno())
+
+    def write_many(self, recs: Iterable[dict[str, Any]]) -> None:
+        """Write many records with one flush (for the simulator's bulk output)."""
+        self._f.write("".join(_dumps(r) + "\n" for r in recs))
+        self._f.flush()
+
+    def close(self) -> None:
+        if not self._f.closed:
+            self._f.flush()
+            os.fsync(self._f.fileno())
+            self._f.close()
+
+    def __enter__(self) -> "TraceWriter":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+
+@dataclass
+class Trace:
+    header: dict[str, Any]
+    records: list[dict[str, Any]]
+    path: str = ""
+    torn: bool = False  # the last line was incomplete (a crash mid-write) and was skipped
+    _by_kind: dict[str, list[dict[str, Any]]] = field(default_factory=dict, repr=False)
+
+    @property
+    def source(self) -> str:
+        return self.header["source"]
+
+    def of_kind(self, kind: str) -> list[dict[str, Any]]:
+        if not self._by_kind:
+            for r in self.records:
+                self._by_kind.setdefault(r["kind"], []).append(r)
+        return self._by_kind.get(kind, [])
+
+
+def iter_lines(path: Path) -> Iterator[tuple[int, str, bool]]:
+    with open(path, "r", encoding="utf-8") as f:
+        for lineno, line in enumerate(f, 1):
+            yield lineno, line.rstrip("\n"), line.endswith("\n")
+
+
+def read_trace(path: str | os.PathLike) -> Trace:
+    """Read and validate a trace; SpecError names the file, line and problem."""
+    path = Path(path)
+    if not path.is_file():
+        raise SpecError(str(path), "", "no such trace file")
+    header: dict[str, Any] | None = None
+    records: list[dict[str, Any]] = []
+    torn = False
+    lines = list(iter_lines(path))
+    for lineno, text, complete in lines:
+        if not text.strip():
+            continue
+        try:
+            rec = json.loads(text)
+        except json.JSONDecodeError as e:
+            if not complete and lineno == len(lines):
+                torn = True  # a crash mid-write: keep everything before it
+                break
+            raise SpecError(str(path), f"line {lineno}", f"invalid JSON: {e.msg}") from None
+        problem = validate_record(rec)
+        if problem:
+            raise SpecError(str(path), f"line {lineno}", problem)
+        if header is None:
+            if rec["kind"] != "header":
+                raise SpecError(str(path), "line 1", "a trace starts with a header record")
+            if rec["format"] != TRACE_FORMAT:
+                raise SpecError(str(path), "line 1", f"format {rec['format']!r} is not {TRACE_FORMAT!r}")
+            header = rec
+        elif rec["kind"] == "header":
+            continue  # a resumed run may repeat the header; the first one stands
+        else:
+            records.append(rec)
+    if header is None:
+        raise SpecError(str(path), "", "empty trace (no header record)")
+    return Trace(header=header, records=records, path=str(path), torn=torn)

@@ -1,0 +1,92 @@
+"""The record kinds of hybridps.trace/1 and their fields (DESIGN.md, trace.jsonl).
+
+Records are plain dicts (cheap to build in hot loops); `validate_record` checks one
+when a trace is read back. Optional fields are additions the format allows.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+TRACE_FORMAT = "hybridps.trace/1"
+
+_NUM = (int, float)
+_INT = (int,)
+_STR = (str,)
+_OPT_INT = (int, type(None))
+_OPT_NUM = (int, float, type(None))
+_OPT_DICT = (dict, type(None))
+
+# kind -> (required fields, optional fields); each field -> accepted Python types
+RECORD_KINDS: dict[str, tuple[dict[str, tuple[type, ...]], dict[str, tuple[type, ...]]]] = {
+    "header": (
+        {"format": _STR, "source": _STR},
+        {"cluster": _OPT_DICT, "job": _OPT_DICT, "plan": _OPT_DICT, "seed": _OPT_INT, "meta": _OPT_DICT},
+    ),
+    "compute": (
+        {"worker": _STR, "phase": _INT, "epoch": _INT, "step": _INT, "batch": _INT, "resolution": _INT,
+         "start_s": _NUM, "end_s": _NUM},
+        {"samples": _INT},
+    ),
+    "push": (
+        {"worker": _STR, "phase": _INT, "start_s": _NUM, "end_s": _NUM, "bytes": _INT},
+        {"shard": _INT, "samples": _INT},
+    ),
+    "pull": (
+        {"worker": _STR, "phase": _INT, "start_s": _NUM, "end_s": _NUM, "bytes": _INT},
+        {"shard": _INT},
+    ),
+    "update": (
+        {"worker": _STR, "phase": _INT, "t_s": _NUM, "version": _INT, "staleness": _INT},
+        {"shard": _INT},
+    ),
+    "phase": ({"index": _INT, "start_s": _NUM, "end_s": _NUM}, {}),
+    "eval": (
+        {"t_s": _NUM, "epoch": _NUM, "loss": _NUM, "accuracy": _NUM},
+        {"phase": _INT, "split": _STR},
+    ),
+    "profile": (
+        {"device": _STR, "resolution": _INT, "batch": _INT, "iteration_s": _NUM},
+        {"samples": _INT, "repeats": _INT, "model": _STR},
+    ),
+}
+
+
+def validate_record(rec: Any) -> str | None:
+    """None if `rec` is a valid record, else a message saying what is wrong."""
+    if not isinstance(rec, dict):
+        return "a record must be a JSON object"
+    kind = rec.get("kind")
+    if kind not in RECORD_KINDS:
+        return f"unknown record kind {kind!r} (known: {', '.join(RECORD_KINDS)})"
+    required, optional = RECORD_KINDS[kind]
+    for name, types in required.items():
+        if name not in rec:
+            return f"{kind} record lacks field {name!r}"
+        v = rec[name]
+        if isinstance(v, bool) or not isinstance(v, types):
+            return f"{kind} record field {name!r} has type {type(v).__name__}, expected {'/'.join(t.__name__ for t in types)}"
+    for name, v in rec.items():
+        if name == "kind" or name in required:
+            continue
+        if name not in optional:
+            return f"{kind} record has unknown field {name!r}"
+        if isinstance(v, bool) or not isinstance(v, optional[name]):
+            return f"{kind} record field {name!r} has type {type(v).__name__}"
+    if "start_s" in rec and rec["end_s"] < rec["start_s"]:
+        return f"{kind} record ends ({rec['end_s']}) before it starts ({rec['start_s']})"
+    return None
+
+
+def header(source: str, cluster: dict | None = None, job: dict | None = None, plan: dict | None = None,
+           **extra: Any) -> dict[str, Any]:
+    """A header record; `source` is "sim", "runtime" or "profile"."""
+    rec: dict[str, Any] = {"kind": "header", "format": TRACE_FORMAT, "source": source}
+    if cluster is not None:
+        rec["cluster"] = cluster
+    if job is not None:
+        rec["job"] = job
+    if plan is not None:
+        rec["plan"] = plan
+    rec.update(extra)
+    return rec

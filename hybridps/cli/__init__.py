@@ -14,7 +14,7 @@ import sys
 from hybridps import __version__
 from hybridps.errors import UserError
 
-COMMANDS = ["examples", "simulate", "plan", "run", "profile", "calibrate", "validate"]
+COMMANDS = ["examples", "check", "simulate", "plan", "run", "profile", "calibrate", "validate"]
 
 
 class _Parser(argparse.ArgumentParser):

@@ -1,0 +1,211 @@
+"""Datasets for the runtime: every sample is addressed by an integer index, so the
+worker that owns a slice of an epoch's permutation can build its batches directly.
+
+  synthetic[:C]     seeded, learnable class-conditional images (C classes, default 10),
+                    generated on the fly at any resolution
+  cifar10 / cifar100  the standard python-pickle batches from a local directory, read
+                    with a restricted unpickler (only numpy array reconstruction allowed)
+  imagefolder:DIR   torchvision.datasets.ImageFolder (needs torchvision)
+
+`batch(indices, resolution)` returns float32 NCHW images resized on the fly
+(F.interpolate) and int64 labels. `epoch_permutation` and `share_indices` split each
+epoch's seeded global permutation into the workers' shares.
+"""
+
+from __future__ import annotations
+
+import importlib
+import pickle
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from hybridps.errors import UserError
+
+_CIFAR_MEAN = np.array([0.4914, 0.4822, 0.4465], dtype=np.float32).reshape(1, 3, 1, 1)
+_CIFAR_STD = np.array([0.2470, 0.2435, 0.2616], dtype=np.float32).reshape(1, 3, 1, 1)
+
+
+def resize(x: torch.Tensor, resolution: int) -> torch.Tensor:
+    if x.shape[-1] == resolution and x.shape[-2] == resolution:
+        return x
+    return F.interpolate(x, size=(resolution, resolution), mode="bilinear", align_corners=False, antialias=False)
+
+
+class SyntheticData:
+    """Class-conditional Gaussian images: a fixed 8x8 prototype per class plus per-sample
+    noise from a seeded bank, upsampled to the requested resolution. Learnable (the class
+    means differ), deterministic per index, and cheap at any size."""
+
+    base = 8
+
+    def __init__(self, train_size: int, num_classes: int = 10, seed: int = 0, test_size: int = 2000,
+                 noise: float = 1.5, bank: int = 4096):
+        rng = np.random.default_rng([seed, 7001])
+        self.num_classes = num_classes
+        self.train_size = train_size
+        self.test_size = test_size
+        self.noise = noise
+        self._protos = rng.standard_normal((num_classes, 3, self.base, self.base)).astype(np.float32)
+        self._bank = rng.standard_normal((bank, 3, self.base, self.base)).astype(np.float32)
+        self._labels = {"train": rng.integers(num_classes, size=train_size),
+                        "test": rng.integers(num_classes, size=test_size)}
+        self._offset = {"train": 0, "test": 1 + train_size}
+
+    def batch(self, indices: np.ndarray, resolution: int, split: str = "train") -> tuple[torch.Tensor, torch.Tensor]:
+        idx = np.asarray(indices, dtype=np.int64) % len(self._labels[split])
+        y = self._labels[split][idx]
+        key = idx + self._offset[split]
+        m = len(self._bank)
+        noise = 0.6 * self._bank[key % m] + 0.8 * self._bank[(key * 7919 + 13) % m]
+        x = self._protos[y] + self.noise * noise
+        return resize(torch.from_numpy(x), resolution), torch.from_numpy(y.astype(np.int64))
+
+
+class _ArrayData:
+    """Images held as uint8 NCHW arrays (CIFAR), normalised per channel on the fly."""
+
+    def __init__(self, train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, test_y: np.ndarray,
+                 num_classes: int):
+        self.num_classes = num_classes
+        self._x = {"train": train_x, "test": test_x}
+        self._y = {"train": train_y, "test": test_y}
+        self.train_size = len(train_y)
+        self.test_size = len(test_y)
+
+    def batch(self, indices: np.ndarray, resolution: int, split: str = "train") -> tuple[torch.Tensor, torch.Tensor]:
+        idx = np.asarray(indices, dtype=np.int64) % len(self._y[split])
+        x = (self._x[split][idx].astype(np.float32) / 255.0 - _CIFAR_MEAN) / _CIFAR_STD
+        return resize(torch.from_numpy(x), resolution), torch.from_numpy(self._y[split][idx].astype(np.int64))
+
+
+# ----------------------------------------------------------------------------- CIFAR
+
+
+def _numpy_reconstruct():
+    for mod in ("numpy._core.multiarray", "numpy.core.multiarray"):
+        try:
+            return importlib.import_module(mod)._reconstruct
+        except (ImportError, AttributeError):
+            continue
+    raise ImportError("numpy multiarray._reconstruct not found")
+
+
+class _CifarUnpickler(pickle.Unpickler):
+    """Allows exactly what the CIFAR python batches hold besides dicts, lists, bytes and
+    ints: numpy arrays (ndarray, dtype and the array reconstructor), plus codecs.encode,
+    which Python 3 uses for bytes in protocol-2 pickles. Everything else is
+    refused, so a tampered file cannot run code."""
+
+    _ALLOWED = {
+        ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+        ("numpy", "ndarray"), ("numpy", "dtype"),
+        ("_codecs", "encode"),  # how Python 3 protocol-2 pickles write bytes (re-pickled copies)
+    }
+
+    def find_class(self, module: str, name: str):
+        if (module, name) not in self._ALLOWED:
+            raise pickle.UnpicklingError(f"refusing to load {module}.{name} from a CIFAR batch file")
+        if name == "_reconstruct":
+            return _numpy_reconstruct()
+        if module == "_codecs":
+            import codecs
+
+            return codecs.encode
+        return getattr(np, name)
+
+
+def load_cifar_batch(path: Path) -> dict:
+    with open(path, "rb") as f:
+        return _CifarUnpickler(f, encoding="bytes").load()
+
+
+def _find_dir(root: Path, names: list[str], sub: str) -> Path:
+    for cand in (root, root / sub):
+        if all((cand / n).is_file() for n in names):
+            return cand
+    raise UserError(f"{root}: no CIFAR python batches ({', '.join(names)}) here or in {root / sub}; "
+                    f"download the 'python version' from https://www.cs.toronto.edu/~kriz/cifar.html and pass --data-dir")
+
+
+def load_cifar(kind: str, root: str | Path) -> _ArrayData:
+    root = Path(root)
+    if kind == "cifar10":
+        train_files = [f"data_batch_{i}" for i in range(1, 6)]
+        d = _find_dir(root, train_files + ["test_batch"], "cifar-10-batches-py")
+        label_key, test_files, classes = b"labels", ["test_batch"], 10
+    else:
+        train_files, test_files = ["train"], ["test"]
+        d = _find_dir(root, train_files + test_files, "cifar-100-python")
+        label_key, classes = b"fine_labels", 100
+
+    def read(files: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        xs, ys = [], []
+        for name in files:
+            b = load_cifar_batch(d / name)
+            xs.append(np.asarray(b[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32))
+            ys.append(np.asarray(b[label_key], dtype=np.int64))
+        return np.concatenate(xs), np.concatenate(ys)
+
+    (tx, ty), (vx, vy) = read(train_files), read(test_files)
+    return _ArrayData(tx, ty, vx, vy, classes)
+
+
+class _ImageFolderData:
+    def __init__(self, root: str, base_resolution: int = 64):
+        try:
+            import torchvision
+        except ImportError:
+            raise UserError("data 'imagefolder:DIR' needs torchvision; install it (pip install torchvision)") from None
+        t = torchvision.transforms
+        tf = t.Compose([t.Resize((base_resolution, base_resolution)), t.ToTensor()])
+        train = Path(root) / "train"
+        self._ds = {"train": torchvision.datasets.ImageFolder(str(train if train.is_dir() else root), tf)}
+        val = Path(root) / "val"
+        self._ds["test"] = torchvision.datasets.ImageFolder(str(val), tf) if val.is_dir() else self._ds["train"]
+        self.num_classes = len(self._ds["train"].classes)
+        self.train_size = len(self._ds["train"])
+        self.test_size = len(self._ds["test"])
+
+    def batch(self, indices: np.ndarray, resolution: int, split: str = "train") -> tuple[torch.Tensor, torch.Tensor]:
+        ds = self._ds[split]
+        items = [ds[int(i) % len(ds)] for i in indices]
+        x = torch.stack([it[0] for it in items])
+        return resize(x, resolution), torch.tensor([it[1] for it in items], dtype=torch.int64)
+
+
+def load_dataset(name: str, samples: int, seed: int = 0, data_dir: str | None = None):
+    """The dataset a job's `data.name` names (`samples` sizes the synthetic one)."""
+    if name == "synthetic" or name.startswith("synthetic:"):
+        classes = int(name.split(":", 1)[1]) if ":" in name else 10
+        return SyntheticData(samples, classes, seed)
+    if name in ("cifar10", "cifar100") or name.startswith(("cifar10:", "cifar100:")):
+        kind, _, path = name.partition(":")
+        root = path or data_dir
+        if not root:
+            raise UserError(f"data {kind!r} needs a directory: pass --data-dir DIR (or name it {kind}:DIR)")
+        return load_cifar(kind, root)
+    if name.startswith("imagefolder:"):
+        return _ImageFolderData(name.split(":", 1)[1])
+    raise UserError(f"unknown data {name!r}; use synthetic[:CLASSES], cifar10, cifar100 or imagefolder:DIR "
+                    f"(set job data.name or pass --data)")
+
+
+def synthetic_batch(batch: int, resolution: int, num_classes: int = 10, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """One synthetic batch at `resolution` (for profiling iteration times)."""
+    data = SyntheticData(max(batch, 1), num_classes, seed)
+    return data.batch(np.arange(batch), resolution)
+
+
+def epoch_permutation(samples: int, epoch: int, seed: int) -> np.ndarray:
+    """The seeded global order of one epoch (the same in every process)."""
+    return np.random.default_rng([seed, 104729, epoch]).permutation(samples)
+
+
+def share_indices(perm: np.ndarray, shares: list[int], position: int) -> np.ndarray:
+    """The slice of `perm` that the worker at `position` (of `shares`, in plan order) owns;
+    indices wrap around when the shares sum to more than the permutation (rounding)."""
+    start = sum(shares[:position])
+    return perm[np.arange(start, start + shares[position]) % len(perm)]

@@ -1,4 +1,4 @@
-"""`hybridps calibrate` (not built yet)."""
+"""`hybridps calibrate TRACE... -o cluster.toml`: fit the cluster model to measured traces."""
 
 from __future__ import annotations
 
@@ -6,11 +6,38 @@ import argparse
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("calibrate", help="(not built yet)")
+    p = sub.add_parser(
+        "calibrate", help="fit a cluster.toml (a, b, slowdowns, links, stragglers) to profile/run traces",
+        description="Fit t = slowdown x (a*n + b) per device and resolution from profile records and run "
+                    "compute records, each worker's bandwidth and latency from its push/pull records, and "
+                    "transient stragglers from outlier iterations. Prints the fit report and writes a "
+                    "cluster file that `hybridps plan/simulate` accept.")
+    p.add_argument("traces", nargs="+", metavar="TRACE", help="trace.jsonl files (profile and/or run traces)")
+    p.add_argument("-o", "--out", required=True, help="cluster.toml to write (atomically)")
+    p.add_argument("--base", help="cluster (path or bundled name) giving the workers, PS and anything the traces "
+                                  "do not measure; default: the first run trace's header cluster")
+    p.add_argument("--outlier-factor", type=float, default=1.5,
+                   help="an iteration slower than this x the fit is a straggler outlier (default 1.5)")
+    p.add_argument("--no-absorb-gaps", action="store_true",
+                   help="fit raw record durations instead of stretching them over the gaps between records")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     from hybridps.errors import UserError
+    from hybridps.fileio import atomic_write_text
+    from hybridps.spec import load_cluster
+    from traces import read_trace
+    from traces.calibrate import calibrate, format_report
+    from traces.cluster_toml import cluster_to_toml
 
-    raise UserError("`hybridps calibrate` is not built yet")
+    if args.outlier_factor <= 1:
+        raise UserError("calibrate: --outlier-factor must be > 1")
+    base = load_cluster(args.base) if args.base else None
+    traces = [read_trace(p) for p in args.traces]
+    cal = calibrate(traces, base, outlier_factor=args.outlier_factor, absorb_gaps=not args.no_absorb_gaps)
+    print(format_report(cal))
+    comment = "calibrated by `hybridps calibrate` from: " + ", ".join(args.traces)
+    atomic_write_text(args.out, cluster_to_toml(cal.cluster, comment))
+    print(f"wrote {args.out}")
+    return 0

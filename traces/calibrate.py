@@ -1,0 +1,457 @@
+"""Fit the simulator's cluster model to what traces measured.
+
+- Compute: per (device, resolution), `t = slowdown_w × (a·n + b)` for an iteration of `n`
+  samples on worker `w`. Profile records have slowdown 1. Device speed and worker
+  slowdown are separated by alternating least squares: fit a, b on times divided by the
+  slowdowns, then set each worker's slowdown to the median ratio of its times to the
+  fit. The scale is anchored by the profile records of the device, or else by its
+  fastest worker (slowdown 1).
+- Network: per worker, `t = latency + bytes / bandwidth` over its push and pull records.
+- Transient stragglers: runs of iterations slower than `outlier_factor` × the fit.
+
+Run traces are calibrated on *effective* durations: a compute record is extended to the
+start of the worker's next record and a pull to the start of the next compute, so the
+per-iteration Python overhead between records lands in b and in the latency, where the
+simulator can see it. Never imports torch.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from hybridps.errors import UserError
+from hybridps.spec import (
+    Cluster,
+    DeviceSpec,
+    PSSpec,
+    ResolutionProfile,
+    StragglerSpec,
+    WorkerGroup,
+    cluster_from_dict,
+)
+from traces.jsonl import Trace
+
+BYTES_PER_S_PER_GBPS = 1.25e8
+
+
+@dataclass(frozen=True)
+class ComputeFit:
+    device: str
+    resolution: int
+    a: float
+    b: float
+    max_batch: int
+    points: int  # iterations/profile points used (outliers excluded)
+    sizes: tuple[int, ...]  # distinct sample counts seen
+    r2: float  # of the slowdown-normalised times; nan when all points have one size
+    worst_residual_s: float
+    worst_relative: float
+    worst_where: str
+
+
+@dataclass(frozen=True)
+class LinkFit:
+    worker: str
+    bandwidth_gbps: float
+    latency_ms: float
+    messages: int
+    sizes: tuple[int, ...]
+    separable: bool  # False: one message size, so one of the two was kept from the base
+    note: str = ""
+
+
+@dataclass(frozen=True)
+class WorkerFit:
+    worker: str
+    device: str
+    slowdown: float
+    iterations: int
+
+
+@dataclass(frozen=True)
+class StragglerFit:
+    rate_per_hour: float
+    slowdown: float
+    mean_duration_s: float
+    episodes: int
+    observed_s: float  # worker-seconds observed
+
+
+@dataclass
+class Calibration:
+    cluster: Cluster
+    compute: list[ComputeFit] = field(default_factory=list)
+    workers: list[WorkerFit] = field(default_factory=list)
+    links: list[LinkFit] = field(default_factory=list)
+    stragglers: StragglerFit | None = None
+    warnings: list[str] = field(default_factory=list)
+
+
+@dataclass
+class _Obs:
+    """One timed iteration: `n` samples took `t_s` on `worker` ("" for a profile point)."""
+
+    device: str
+    resolution: int
+    n: int
+    t_s: float
+    worker: str
+    start_s: float
+    where: str
+    trace: int  # index of the trace it came from
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _linear_fit(x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
+    """Least squares y = slope·x + intercept on *relative* residuals (timing noise grows
+    with the time), with both ≥ 0 (a negative one is clamped to 0 and the other refit)."""
+    w = 1.0 / np.maximum(y, 1e-12)
+    if len(np.unique(x)) < 2:
+        return float(np.sum(w * w * x * y) / np.sum(w * w * x * x)), 0.0
+    slope, intercept = np.polyfit(x, y, 1, w=w)
+    if intercept < 0:
+        return float(np.sum(w * w * x * y) / np.sum(w * w * x * x)), 0.0
+    if slope < 0:
+        return 0.0, float(np.sum(w * w * y) / np.sum(w * w))
+    return float(slope), float(intercept)
+
+
+def _r2(y: np.ndarray, pred: np.ndarray) -> float:
+    ss_tot = float(np.sum((y - y.mean()) ** 2))
+    if ss_tot <= 0:
+        return float("nan")
+    return 1.0 - float(np.sum((y - pred) ** 2)) / ss_tot
+
+
+def _worker_devices(trace: Trace, base: Cluster | None) -> dict[str, str]:
+    data = trace.header.get("cluster")
+    if data:
+        cluster = cluster_from_dict(data, f"{trace.path} (header cluster)")
+        return {w.name: w.device for w in cluster.worker_list}
+    if base is not None:
+        return {w.name: w.device for w in base.worker_list}
+    return {}
+
+
+def _effective_records(trace: Trace) -> dict[str, list[dict]]:
+    """Per worker, its compute/push/pull records sorted by start, with `eff_s` = duration
+    stretched to the next record's start (compute) or the next compute's start (pull)."""
+    per_worker: dict[str, list[dict]] = defaultdict(list)
+    for r in trace.records:
+        if r["kind"] in ("compute", "push", "pull"):
+            per_worker[r["worker"]].append(dict(r, eff_s=r["end_s"] - r["start_s"]))
+    for recs in per_worker.values():
+        recs.sort(key=lambda r: (r["start_s"], r["end_s"]))
+        for cur, nxt in zip(recs, recs[1:]):
+            if cur["phase"] != nxt["phase"]:
+                continue
+            if (cur["kind"] == "compute") or (cur["kind"] == "pull" and nxt["kind"] == "compute"):
+                cur["eff_s"] = max(cur["eff_s"], nxt["start_s"] - cur["start_s"])
+    return per_worker
+
+
+# --------------------------------------------------------------------------- compute
+
+
+def _collect(traces: list[Trace], base: Cluster | None, absorb_gaps: bool) -> list[_Obs]:
+    obs: list[_Obs] = []
+    for ti, trace in enumerate(traces):
+        for r in trace.of_kind("profile"):
+            n = r.get("samples", r["batch"])
+            obs.append(_Obs(r["device"], r["resolution"], n, r["iteration_s"], "", -1.0,
+                            f"{trace.path}: profile record device={r['device']} resolution={r['resolution']} "
+                            f"batch={r['batch']}", ti))
+        computes = trace.of_kind("compute")
+        if not computes:
+            continue
+        devices = _worker_devices(trace, base)
+        per_worker = _effective_records(trace) if absorb_gaps else None
+        recs = ([r for rs in per_worker.values() for r in rs if r["kind"] == "compute"] if per_worker
+                else computes)
+        for r in recs:
+            dev = devices.get(r["worker"])
+            if dev is None:
+                raise UserError(f"{trace.path}: compute record of worker {r['worker']!r}, which neither the "
+                                f"trace header's cluster nor --base defines; pass --base with that worker")
+            t = r["eff_s"] if absorb_gaps else r["end_s"] - r["start_s"]
+            obs.append(_Obs(dev, r["resolution"], r.get("samples", r["batch"]), t, r["worker"], r["start_s"],
+                            f"{trace.path}: compute record of {r['worker']} phase {r['phase']} step {r['step']} "
+                            f"at t={r['start_s']:.3f} s", ti))
+    return obs
+
+
+def _fit_compute(obs: list[_Obs], outlier_factor: float, iterations: int = 50):
+    """Alternating least squares; returns ({(dev,res): (a,b)}, {worker: slowdown}, inlier mask)."""
+    keys = sorted({(o.device, o.resolution) for o in obs})
+    workers = sorted({o.worker for o in obs if o.worker})
+    n = np.array([o.n for o in obs], dtype=float)
+    t = np.array([o.t_s for o in obs], dtype=float)
+    group = np.array([keys.index((o.device, o.resolution)) for o in obs])
+    widx = np.array([workers.index(o.worker) if o.worker else -1 for o in obs])
+    w_device = {w: next(o.device for o in obs if o.worker == w) for w in workers}
+    profiled = {o.device for o in obs if not o.worker}
+    slow = np.ones(len(workers) + 1)  # the last entry (index -1) is the profile's slowdown 1
+    inlier = np.ones(len(obs), dtype=bool)
+    ab = np.zeros((len(keys), 2))
+    for _ in range(iterations):
+        s_obs = slow[widx]
+        for g in range(len(keys)):
+            m = (group == g) & inlier
+            if not m.any():
+                m = group == g
+            ab[g] = _linear_fit(n[m], t[m] / s_obs[m])
+        pred1 = ab[group, 0] * n + ab[group, 1]
+        new = slow.copy()
+        for k in range(len(workers)):
+            m = (widx == k) & inlier
+            if not m.any():
+                m = widx == k
+            new[k] = float(np.median(t[m] / pred1[m]))
+        for dev in {w_device[w] for w in workers} - profiled:  # anchor: fastest worker = 1
+            ks = [k for k, w in enumerate(workers) if w_device[w] == dev]
+            new[ks] /= new[ks].min()
+        s_obs = new[widx]
+        new_inlier = (widx < 0) | (t <= outlier_factor * s_obs * pred1)
+        done = np.allclose(new, slow, rtol=1e-10, atol=0) and (new_inlier == inlier).all()
+        slow, inlier = new, new_inlier
+        if done:
+            break
+    return ({key: (float(ab[g, 0]), float(ab[g, 1])) for g, key in enumerate(keys)},
+            dict(zip(workers, map(float, slow[:-1]))), inlier)
+
+
+# --------------------------------------------------------------------------- network
+
+
+def _fit_link(worker: str, sizes: np.ndarray, times: np.ndarray, base_bw_gbps: float, base_lat_ms: float) -> LinkFit:
+    keep = np.ones(len(times), dtype=bool)
+    distinct = tuple(int(x) for x in np.unique(sizes))
+    separable = len(distinct) >= 2 and distinct[-1] >= 1.1 * max(distinct[0], 1)
+    for _ in range(3):  # drop gross outliers (a flow that queued behind others), refit
+        if separable:
+            slope, lat = _linear_fit(sizes[keep], times[keep])
+            pred = lat + slope * sizes
+        else:
+            pred = np.full(len(times), np.median(times[keep]))
+        resid = times - pred
+        mad = float(np.median(np.abs(resid[keep] - np.median(resid[keep])))) or 1e-12
+        new_keep = np.abs(resid - np.median(resid[keep])) <= 5 * 1.4826 * mad
+        if (new_keep == keep).all() or new_keep.sum() < 2:
+            break
+        keep = new_keep
+    if separable and slope > 0:
+        return LinkFit(worker, 8.0 / slope / 1e9, lat * 1e3, len(times), distinct, True)
+    size = float(np.median(sizes[keep]))
+    typical_s = float(np.median(times[keep]))
+    base_bw = base_bw_gbps * BYTES_PER_S_PER_GBPS
+    lat_s = typical_s - size / base_bw
+    if lat_s >= 0:
+        note = (f"one message size ({int(size)} B): latency and bandwidth are not separable; kept bandwidth "
+                f"{base_bw_gbps:g} Gbps and fitted the latency")
+        return LinkFit(worker, base_bw_gbps, lat_s * 1e3, len(times), distinct, False, note)
+    lat_s = min(base_lat_ms / 1e3, 0.5 * typical_s)
+    bw = size / (typical_s - lat_s) / BYTES_PER_S_PER_GBPS
+    note = (f"one message size ({int(size)} B): latency and bandwidth are not separable; messages beat the "
+            f"base bandwidth, so kept latency {lat_s * 1e3:g} ms and fitted the bandwidth")
+    return LinkFit(worker, bw, lat_s * 1e3, len(times), distinct, False, note)
+
+
+# --------------------------------------------------------------------------- stragglers
+
+
+def _fit_stragglers(obs: list[_Obs], ab, slow, outlier_factor: float, min_run: int) -> StragglerFit:
+    by_worker: dict[tuple[int, str], list[_Obs]] = defaultdict(list)
+    for o in obs:
+        if o.worker:
+            by_worker[(o.trace, o.worker)].append(o)
+    episodes: list[tuple[float, float]] = []
+    ratios: list[float] = []
+    observed_s = 0.0
+    for recs in by_worker.values():
+        recs.sort(key=lambda o: o.start_s)
+        observed_s += recs[-1].start_s + recs[-1].t_s - recs[0].start_s
+        run: list[tuple[_Obs, float]] = []
+        for o in recs + [None]:
+            r = None
+            if o is not None:
+                a, b = ab[(o.device, o.resolution)]
+                r = o.t_s / (slow[o.worker] * (a * o.n + b))
+            if r is not None and r > outlier_factor:
+                run.append((o, r))
+                continue
+            if len(run) >= min_run:
+                episodes.append((run[0][0].start_s, run[-1][0].start_s + run[-1][0].t_s))
+                ratios += [x for _, x in run]
+            run = []
+    if not episodes or observed_s <= 0:
+        return StragglerFit(0.0, 2.0, 30.0, 0, observed_s)
+    rate = len(episodes) / observed_s * 3600.0
+    duration = float(np.mean([e - s for s, e in episodes]))
+    return StragglerFit(rate, float(np.median(ratios)), duration, len(episodes), observed_s)
+
+
+# --------------------------------------------------------------------------- main entry
+
+
+def _start_cluster(traces: list[Trace], base: Cluster | None) -> Cluster | None:
+    if base is not None:
+        return base
+    for trace in traces:
+        if trace.header.get("cluster"):
+            return cluster_from_dict(trace.header["cluster"], f"{trace.path} (header cluster)")
+    return None
+
+
+def calibrate(traces: list[Trace], base: Cluster | None = None, *, outlier_factor: float = 1.5,
+              straggler_min_run: int = 2, absorb_gaps: bool = True, bad_r2: float = 0.9,
+              bad_relative: float = 0.25) -> Calibration:
+    """Fit a cluster to `traces` (profile and/or run traces), starting from `base` (or the
+    first run trace's header cluster): measured parts replace the base's, the rest is kept."""
+    if not traces:
+        raise UserError("calibrate: give at least one trace")
+    obs = _collect(traces, base, absorb_gaps)
+    start = _start_cluster(traces, base)
+    if not obs and start is None:
+        raise UserError("calibrate: the traces hold no profile or compute records and no cluster; "
+                        "profile first (`hybridps profile`) or pass a run trace")
+    warnings: list[str] = []
+    ab, slow, inlier = _fit_compute(obs, outlier_factor) if obs else ({}, {}, np.ones(0, dtype=bool))
+
+    # ---- per (device, resolution) report
+    fits: list[ComputeFit] = []
+    for key, (a, b) in ab.items():
+        idx = [i for i, o in enumerate(obs) if (o.device, o.resolution) == key]
+        if a == 0 and b == 0:
+            raise UserError(f"calibrate: device {key[0]!r} at resolution {key[1]} has only zero durations")
+        sel = [i for i in idx if inlier[i]]
+        y = np.array([obs[i].t_s / (slow[obs[i].worker] if obs[i].worker else 1.0) for i in sel])
+        x = np.array([obs[i].n for i in sel], dtype=float)
+        pred = a * x + b
+        sizes = tuple(sorted({int(v) for v in x}))
+        r2 = _r2(y, pred) if len(sizes) >= 2 else float("nan")
+        rel = np.abs(y - pred) / pred
+        worst = int(np.argmax(rel))
+        profiled = [obs[i].n for i in idx if not obs[i].worker]
+        used = [obs[i].n for i in idx]
+        old = None
+        if start is not None and key[0] in start.devices:
+            old = start.devices[key[0]].resolutions.get(key[1])
+        if profiled:
+            max_batch = int(max(profiled))
+        elif old is not None:
+            max_batch = max(old.max_batch, int(max(used)))
+        else:
+            max_batch = int(max(used))
+        fit = ComputeFit(key[0], key[1], a, b, max_batch, len(sel), sizes, r2,
+                         float(abs(y - pred)[worst]), float(rel[worst]), obs[sel[worst]].where)
+        fits.append(fit)
+        if len(sizes) < 2:
+            warnings.append(f"device {key[0]} at resolution {key[1]}: every iteration had {sizes[0]} samples, so "
+                            f"a and b are not separable; b set to 0 (profile more batch sizes)")
+        elif len(sizes) >= 3 and r2 < bad_r2:
+            warnings.append(f"device {key[0]} at resolution {key[1]}: the linear model fits badly (R² {r2:.3f}); "
+                            f"worst: {fit.worst_where}")
+        if fit.worst_relative > bad_relative:
+            warnings.append(f"device {key[0]} at resolution {key[1]}: a point is {fit.worst_relative:.0%} off the "
+                            f"fit ({fit.worst_residual_s * 1e3:.2f} ms): {fit.worst_where}")
+
+    worker_fits = [WorkerFit(w, next(o.device for o in obs if o.worker == w), s,
+                             sum(1 for o in obs if o.worker == w)) for w, s in sorted(slow.items())]
+
+    # ---- links
+    links: list[LinkFit] = []
+    msgs: dict[str, list[tuple[int, float]]] = defaultdict(list)
+    for trace in traces:
+        if not (trace.of_kind("push") or trace.of_kind("pull")):
+            continue
+        for worker, recs in _effective_records(trace).items():
+            for r in recs:
+                if r["kind"] in ("push", "pull"):
+                    t = r["eff_s"] if absorb_gaps else r["end_s"] - r["start_s"]
+                    msgs[worker].append((r["bytes"], t))
+    for worker, pairs in sorted(msgs.items()):
+        bw0, lat0 = 10.0, 0.05
+        if start is not None and worker in start.worker_by_name:
+            w = start.worker_by_name[worker]
+            bw0, lat0 = w.bandwidth_gbps, w.latency_ms
+        arr = np.array(pairs, dtype=float)
+        lf = _fit_link(worker, arr[:, 0], arr[:, 1], bw0, lat0)
+        links.append(lf)
+        if lf.note:
+            warnings.append(f"worker {worker}: {lf.note}")
+
+    strag = (_fit_stragglers(obs, ab, slow, outlier_factor, straggler_min_run)
+             if any(o.worker for o in obs) else None)
+    cluster = _build_cluster(start, fits, worker_fits, links, strag)
+    return Calibration(cluster, fits, worker_fits, links, strag, warnings)
+
+
+def _build_cluster(start: Cluster | None, fits: list[ComputeFit], workers: list[WorkerFit],
+                   links: list[LinkFit], strag: StragglerFit | None) -> Cluster:
+    devices: dict[str, dict[int, ResolutionProfile]] = {}
+    if start is not None:
+        devices = {name: dict(d.resolutions) for name, d in start.devices.items()}
+    for f in fits:
+        devices.setdefault(f.device, {})[f.resolution] = ResolutionProfile(a=f.a, b=f.b, max_batch=f.max_batch)
+    device_specs = {name: DeviceSpec(resolutions=res) for name, res in devices.items()}
+    if start is None:  # profile traces only: one worker per profiled device
+        groups = [WorkerGroup(name=name, device=name) for name in sorted(device_specs)]
+        return Cluster(format="hybridps.cluster/1", ps=PSSpec(), devices=device_specs, workers=groups)
+    slow = {w.worker: w.slowdown for w in workers}
+    link = {lf.worker: lf for lf in links}
+    if not slow and not link:
+        groups = list(start.workers)
+    else:  # fitted per worker: one group per worker, keeping the expanded names
+        groups = []
+        for w in start.worker_list:
+            lf = link.get(w.name)
+            groups.append(WorkerGroup(name=w.name, device=w.device, count=1,
+                                      bandwidth_gbps=lf.bandwidth_gbps if lf else w.bandwidth_gbps,
+                                      latency_ms=lf.latency_ms if lf else w.latency_ms,
+                                      slowdown=slow.get(w.name, w.slowdown)))
+    stragglers = start.stragglers
+    if strag is not None:
+        stragglers = StragglerSpec(rate_per_hour=strag.rate_per_hour, slowdown=strag.slowdown,
+                                   mean_duration_s=strag.mean_duration_s, workers=[],
+                                   seed=start.stragglers.seed)
+    return Cluster(format="hybridps.cluster/1", ps=start.ps, devices=device_specs, workers=groups,
+                   stragglers=stragglers)
+
+
+def format_report(cal: Calibration) -> str:
+    """The human-readable fit report `hybridps calibrate` prints."""
+    lines = ["compute  t = slowdown × (a·n + b)"]
+    lines.append(f"  {'device':<12} {'res':>4} {'a (ms/sample)':>14} {'b (ms)':>9} {'R²':>7} {'worst':>9} "
+                 f"{'points':>7} {'max_batch':>9}")
+    for f in cal.compute:
+        r2 = "n/a" if np.isnan(f.r2) else f"{f.r2:.4f}"
+        lines.append(f"  {f.device:<12} {f.resolution:>4} {f.a * 1e3:>14.5f} {f.b * 1e3:>9.3f} {r2:>7} "
+                     f"{f.worst_relative:>8.1%} {f.points:>7} {f.max_batch:>9}")
+    if cal.workers or cal.links:
+        lines.append("workers")
+        lines.append(f"  {'name':<12} {'device':<12} {'slowdown':>8} {'iters':>6} {'bandwidth (Gbps)':>17} "
+                     f"{'latency (ms)':>13} {'msgs':>5}")
+        link = {lf.worker: lf for lf in cal.links}
+        slow = {w.worker: w for w in cal.workers}
+        for name in sorted(set(link) | set(slow)):
+            w, lf = slow.get(name), link.get(name)
+            lines.append(f"  {name:<12} {(w.device if w else '-'):<12} "
+                         f"{(f'{w.slowdown:.3f}' if w else '-'):>8} {(w.iterations if w else 0):>6} "
+                         f"{(f'{lf.bandwidth_gbps:.4g}' if lf else '-'):>17} "
+                         f"{(f'{lf.latency_ms:.3f}' if lf else '-'):>13} {(lf.messages if lf else 0):>5}")
+    if cal.stragglers is not None:
+        s = cal.stragglers
+        if s.episodes:
+            lines.append(f"stragglers: {s.episodes} episode(s) in {s.observed_s:.1f} worker-seconds: "
+                         f"rate {s.rate_per_hour:.3g}/hour, slowdown {s.slowdown:.3g}×, "
+                         f"mean duration {s.mean_duration_s:.3g} s")
+        else:
+            lines.append(f"stragglers: none detected in {s.observed_s:.1f} worker-seconds")
+    for w in cal.warnings:
+        lines.append(f"warning: {w}")
+    return "\n".join(lines)

@@ -1,4 +1,4 @@
-"""`hybridps profile` (not built yet)."""
+"""`hybridps profile`: time training iterations per resolution and batch size (needs torch)."""
 
 from __future__ import annotations
 
@@ -6,11 +6,41 @@ import argparse
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("profile", help="(not built yet)")
+    p = sub.add_parser(
+        "profile", help="time training iterations (profile records for `hybridps calibrate`)",
+        description="Time forward+backward+SGD iterations of a model on synthetic data for each resolution and "
+                    "batch size (warm-up, then the median of several), plus the largest batch (found by "
+                    "catching out-of-memory on CUDA; --max-batch on CPU), and write profile records.")
+    p.add_argument("--model", required=True, help="model name (resnet18, cnn, mlp, torchvision:NAME)")
+    p.add_argument("--resolutions", type=int, nargs="+", required=True, metavar="R", help="input resolutions (pixels)")
+    p.add_argument("--batches", type=int, nargs="+", required=True, metavar="B", help="batch sizes to time")
+    p.add_argument("--device", default="cpu", help="cpu or cuda[:N] (default cpu)")
+    p.add_argument("--name", help="device name written to the records and the cluster file "
+                                  "(default: 'cpu' or the GPU's name)")
+    p.add_argument("--classes", type=int, default=10, help="output classes of the model (default 10)")
+    p.add_argument("--max-batch", type=int, default=256,
+                   help="CPU: the largest batch (timed and recorded); CUDA: upper bound of the search (default 256)")
+    p.add_argument("--warmup", type=int, default=2, help="untimed iterations first (default 2)")
+    p.add_argument("--repeats", type=int, default=5, help="timed iterations; the median is recorded (default 5)")
+    p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--out", required=True, help="trace.jsonl to write")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     from hybridps.errors import UserError
 
-    raise UserError("`hybridps profile` is not built yet")
+    try:
+        from runtime.profile import profile
+    except ImportError as e:
+        raise UserError(f"profile needs torch ({e}); install it: pip install -e '.[runtime]'") from None
+    for flag in ("classes", "max_batch", "repeats"):
+        if getattr(args, flag) < 1:
+            raise UserError(f"profile: --{flag.replace('_', '-')} must be at least 1")
+    if args.warmup < 0:
+        raise UserError("profile: --warmup must be 0 or more")
+    records = profile(args.model, args.resolutions, args.batches, args.out, device=args.device,
+                      classes=args.classes, device_name=args.name, max_batch=args.max_batch,
+                      warmup=args.warmup, repeats=args.repeats, threads=args.threads, log=print)
+    print(f"wrote {len(records)} profile records to {args.out}")
+    return 0

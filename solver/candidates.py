@@ -1,0 +1,268 @@
+"""Candidate plans: every strategy turned into a `hybridps.spec.Plan`, plus a closed-form
+time estimate used to pre-rank them before the simulator scores them.
+
+Strategies (docs/solver.md):
+- `uniform`   the conventional baseline: every worker base_batch (capped at max_batch),
+              equal shares, bsp + gradient exchange, highest resolution, no compression;
+- `dbsl`      dual batch size learning (solver.dbsl), asp + model exchange per mini-epoch;
+- `balanced`  bsp + gradient exchange with MILP batch sizes (solver.balanced);
+- `sync-switch` balanced batches, bsp for the first fraction f of the epochs, then asp;
+- `ssp`       balanced batches, ssp with a staleness bound, gradient exchange.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from hybridps.errors import UserError
+from hybridps.spec import Cluster, Compression, Job, Phase, Plan, WorkerAssignment, check_plan
+from solver.balanced import BalancedSolution, solve_balanced
+from solver.dbsl import dbsl_allocation, small_workers
+from solver.schedule import Stage, layout, split_at
+from solver.timemodel import coeffs, exchange_cost, ps_capacity_bytes_per_s
+
+STRATEGIES = ("uniform", "dbsl", "balanced", "sync-switch", "ssp")
+COMPRESSIONS = {
+    "none": Compression(),
+    "topk": Compression(kind="topk", ratio=0.01),
+    "onebit": Compression(kind="onebit"),
+}
+SWITCH_FRACTIONS = (1 / 16, 1 / 8, 1 / 4, 1 / 2)
+STALENESS = (1, 3)
+
+
+@dataclass(frozen=True)
+class Candidate:
+    strategy: str
+    params: dict[str, Any]
+    plan: Plan
+    estimate_s: float  # closed-form makespan estimate
+    bsp_fraction: float  # share of the epochs trained under bsp
+
+    @property
+    def label(self) -> str:
+        inner = ", ".join(f"{k}={_fmt(v)}" for k, v in self.params.items())
+        return f"{self.strategy}({inner})"
+
+
+def _fmt(v: Any) -> str:
+    if isinstance(v, float):
+        return f"{v:g}"
+    return str(v)
+
+
+def make_phase(stage: Stage, workers: tuple[WorkerAssignment, ...], sync: str, exchange: str,
+               compression: Compression = Compression(), staleness: int | None = None) -> Phase:
+    return Phase(epochs=stage.epochs, resolution=stage.resolution, sync=sync, staleness=staleness,
+                 exchange=exchange, local_steps=None, lr=stage.lr, compression=compression,
+                 workers=list(workers))
+
+
+def make_plan(cluster: Cluster, job: Job, phases: list[Phase], meta: dict[str, Any]) -> Plan:
+    plan = Plan(format="hybridps.plan/1", phases=phases, meta=meta)
+    check_plan(plan, cluster, job, "<solver plan>")
+    return plan
+
+
+# --------------------------------------------------------------------------- strategies
+
+
+def uniform_workers(cluster: Cluster, job: Job, resolution: int) -> tuple[WorkerAssignment, ...]:
+    """Every worker base_batch (capped at the smallest max_batch), equal shares, equal iterations."""
+    c = coeffs(cluster, resolution)
+    n = len(c.names)
+    N = job.data.samples
+    if N < n:
+        raise UserError(f"the dataset ({N} samples per epoch, data.samples) cannot be covered: each of the "
+                        f"{n} workers needs at least one sample")
+    batch = int(min(job.train.base_batch, int(c.max_batch.min())))
+    base, extra = divmod(N, n)
+    shares = [base + (1 if i < extra else 0) for i in range(n)]
+    if len({math.ceil(d / batch) for d in shares}) > 1:
+        shares = [base] * n  # keeps the iteration count equal; the sum is within ±n of N
+    return tuple(WorkerAssignment(name=c.names[i], batch=batch, samples=shares[i]) for i in range(n))
+
+
+def uniform_plan(cluster: Cluster, job: Job) -> tuple[Plan, dict]:
+    stages = layout(job, "fixed")
+    phases = [make_phase(s, uniform_workers(cluster, job, s.resolution), "bsp", "gradient") for s in stages]
+    return make_plan(cluster, job, phases, {}), {}
+
+
+def dbsl_plan(cluster: Cluster, job: Job, time_ratio: float, small: int, schedule: str) -> tuple[Plan, dict]:
+    stages = layout(job, schedule)
+    top = max(job.train.resolutions)
+    chosen = small_workers(cluster, top, small)  # the same small workers in every phase
+    allocs = {r: dbsl_allocation(cluster, job, r, time_ratio, small, chosen) for r in {s.resolution for s in stages}}
+    phases = [make_phase(s, allocs[s.resolution].workers, "asp", "model") for s in stages]
+    info = {"small_workers": list(allocs[top].small) if top in allocs else [],
+            "budget_s_per_epoch": {str(r): a.budget_s for r, a in sorted(allocs.items())}}
+    return make_plan(cluster, job, phases, {}), info
+
+
+class BalancedCache:
+    """One MILP per (resolution, compression kind): candidates share them."""
+
+    def __init__(self, cluster: Cluster, job: Job, solver: str = "highs", time_limit_s: float = 10.0,
+                 gap_rel: float = 1e-6):
+        self.cluster, self.job = cluster, job
+        self.solver, self.time_limit_s, self.gap_rel = solver, time_limit_s, gap_rel
+        self._cache: dict[tuple[int, str], BalancedSolution] = {}
+
+    def get(self, resolution: int, compression: Compression) -> BalancedSolution:
+        key = (resolution, compression.kind)
+        if key not in self._cache:
+            self._cache[key] = solve_balanced(self.cluster, self.job, resolution, compression, self.solver,
+                                              self.time_limit_s, self.gap_rel)
+        return self._cache[key]
+
+
+def _milp_meta(sols: dict[int, BalancedSolution]) -> dict:
+    return {str(r): s.meta() for r, s in sorted(sols.items())}
+
+
+def balanced_plan(cache: BalancedCache, schedule: str, compression: str,
+                  bsp_epochs: int | None = None, staleness: int | None = None) -> tuple[Plan, dict]:
+    """bsp throughout (`bsp_epochs=None`), or bsp then asp/ssp after `bsp_epochs` epochs."""
+    cluster, job = cache.cluster, cache.job
+    comp = COMPRESSIONS[compression]
+    stages = layout(job, schedule)
+    sols = {r: cache.get(r, comp) for r in {s.resolution for s in stages}}
+    if staleness is not None:
+        phases = [make_phase(s, sols[s.resolution].workers, "ssp", "gradient", comp, staleness) for s in stages]
+    elif bsp_epochs is None:
+        phases = [make_phase(s, sols[s.resolution].workers, "bsp", "gradient", comp) for s in stages]
+    else:
+        before, after = split_at(stages, bsp_epochs)
+        phases = ([make_phase(s, sols[s.resolution].workers, "bsp", "gradient", comp) for s in before]
+                  + [make_phase(s, sols[s.resolution].workers, "asp", "gradient", comp) for s in after])
+    return make_plan(cluster, job, phases, {}), {"milp": _milp_meta(sols)}
+
+
+# --------------------------------------------------------------------------- estimate
+
+
+def estimate_makespan_s(cluster: Cluster, job: Job, plan: Plan) -> float:
+    """Closed-form makespan (no stragglers): bsp phases pay K rounds of the slowest step plus
+    a concurrent exchange; asp/ssp phases run at the workers' summed throughput, each
+    interval paying an uncontended exchange, scaled down if the PS NICs saturate; ssp
+    additionally holds every worker to the slowest worker's exchange rate."""
+    N = job.data.samples
+    total = 0.0
+    for ph in plan.phases:
+        c = coeffs(cluster, ph.resolution)
+        idx = [cluster.worker_by_name[w.name].index for w in ph.workers]
+        B = np.array([w.batch for w in ph.workers], dtype=float)
+        d = np.array([w.samples for w in ph.workers], dtype=float)
+        a, b = c.a_s[idx], c.b_s[idx]
+        ex = exchange_cost(cluster, job, ph.compression)
+        if ph.sync == "bsp":
+            K = np.ceil(d / B)
+            last = d - (K - 1) * B
+            epoch = float(((K - 1) * (a * B + b)).max() + (a * last + b).max()
+                          + K.max() * ex.concurrent_s.max())
+            total += ph.epochs * epoch
+            continue
+        E = np.array([ph.exchange_every(w) for w in ph.workers], dtype=float)
+        per_interval_samples = np.minimum(E * B, d)
+        interval_s = per_interval_samples * a + np.ceil(per_interval_samples / B) * b + ex.alone_s[idx]
+        rate = per_interval_samples / interval_s  # samples/s
+        if ph.sync == "ssp":
+            ex_rate = (1.0 / interval_s).min()
+            rate = per_interval_samples * ex_rate
+        bytes_per_s = float(np.sum(rate / per_interval_samples * (ex.push_bytes[idx] + ex.pull_bytes)))
+        load = bytes_per_s / (2 * ps_capacity_bytes_per_s(cluster))
+        if load > 1:
+            rate = rate / load
+        total += ph.epochs * N / float(rate.sum())
+    return total
+
+
+def bsp_fraction(plan: Plan) -> float:
+    total = sum(p.epochs for p in plan.phases)
+    return sum(p.epochs for p in plan.phases if p.sync == "bsp") / total
+
+
+# --------------------------------------------------------------------------- generation
+
+
+@dataclass
+class Constraints:
+    """What the user allows; the objective (time) is minimised inside these."""
+
+    strategies: tuple[str, ...] = STRATEGIES
+    time_ratio: float = 1.05
+    small_workers: tuple[int, ...] | None = None  # None: 0..n-1
+    min_bsp_fraction: float = 0.0
+    sync_modes: tuple[str, ...] = ("bsp", "asp", "ssp")
+    compressions: tuple[str, ...] = ("none", "topk", "onebit")
+    schedules: tuple[str, ...] = ("fixed", "cyclic")
+    switch_fractions: tuple[float, ...] = SWITCH_FRACTIONS
+    staleness: tuple[int, ...] = STALENESS
+    milp_solver: str = "highs"
+    milp_time_limit_s: float = 10.0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def _allowed(plan: Plan, cons: Constraints) -> bool:
+    return (all(p.sync in cons.sync_modes for p in plan.phases)
+            and bsp_fraction(plan) >= cons.min_bsp_fraction - 1e-12)
+
+
+def generate(cluster: Cluster, job: Job, cons: Constraints) -> list[Candidate]:
+    """All candidates the constraints allow, in a fixed order; `uniform` always comes first
+    (it is the baseline every result is compared with, allowed or not)."""
+    for s in cons.strategies:
+        if s not in STRATEGIES:
+            raise UserError(f"unknown strategy {s!r}; use one of: {', '.join(STRATEGIES)}, or all")
+    for k in cons.compressions:
+        if k not in COMPRESSIONS:
+            raise UserError(f"unknown compression {k!r}; use one of: {', '.join(COMPRESSIONS)}")
+    n = len(cluster.worker_list)
+    out: list[Candidate] = []
+
+    def add(strategy: str, params: dict, built: tuple[Plan, dict]) -> None:
+        plan, info = built
+        if strategy != "uniform" and not _allowed(plan, cons):
+            return
+        est = estimate_makespan_s(cluster, job, plan)
+        meta = {"strategy": strategy, "parameters": params, **info}
+        plan = plan.model_copy(update={"meta": meta})
+        out.append(Candidate(strategy, params, plan, est, bsp_fraction(plan)))
+
+    add("uniform", {"schedule": "fixed", "compression": "none", "batch": uniform_workers(
+        cluster, job, max(job.train.resolutions))[0].batch}, uniform_plan(cluster, job))
+    gradient_kinds = cons.compressions
+    cache = BalancedCache(cluster, job, cons.milp_solver, cons.milp_time_limit_s)
+    for schedule in cons.schedules:
+        if "dbsl" in cons.strategies:
+            explicit = cons.small_workers is not None
+            counts = cons.small_workers if explicit else tuple(range(n))
+            for s in counts:
+                try:
+                    built = dbsl_plan(cluster, job, cons.time_ratio, s, schedule)
+                except UserError as e:
+                    # enumerated counts that the budget cannot meet are skipped; the user's own
+                    # count, t < 1, or no feasible count at all is an error
+                    if explicit or cons.time_ratio < 1 or s == 0:
+                        raise
+                    cons.extra.setdefault("skipped", []).append(f"dbsl small_workers={s}: {e}")
+                    continue
+                add("dbsl", {"schedule": schedule, "small_workers": s, "time_ratio": cons.time_ratio}, built)
+        for comp in gradient_kinds:
+            base = {"schedule": schedule, "compression": comp}
+            if "balanced" in cons.strategies:
+                add("balanced", base, balanced_plan(cache, schedule, comp))
+            if "sync-switch" in cons.strategies:
+                for f in cons.switch_fractions:
+                    bsp_epochs = max(1, round(f * job.train.epochs))
+                    add("sync-switch", {**base, "f": f, "bsp_epochs": bsp_epochs},
+                        balanced_plan(cache, schedule, comp, bsp_epochs=bsp_epochs))
+            if "ssp" in cons.strategies:
+                for st in cons.staleness:
+                    add("ssp", {**base, "staleness": st}, balanced_plan(cache, schedule, comp, staleness=st))
+    return out

@@ -1,0 +1,99 @@
+"""Dual batch size learning (DBSL), the journal version's closed form, generalised to
+heterogeneous workers.
+
+Homogeneous rules (N samples, n workers, s small ones, extra-time ratio t, B_L = the
+device's max_batch at the resolution):
+
+- baseline time per worker `T0 = (a + b/B_L)·N/n`, budget `T1 = t·T0`;
+- large workers' samples `d_L = round(t·N/n)` (s = 0: `round(N/n)`);
+- small workers' samples `d_S = round((N − (n−s)·d_L)/s)`;
+- small batch `B_S = round(b / (T1/d_S − a))`; sync asp, model exchange, one exchange per
+  worker-epoch (mini-epoch); the PS merge weight of a worker is d_i / d_L.
+
+Heterogeneous generalisation (reduces to the above when all workers are alike): with
+`c_i = (a_i + b_i/B_L,i)·slowdown_i` seconds per sample at the large batch, the baseline
+splits data so that all finish together, `T0 = N / Σ 1/c_i`; a large worker gets
+`d_i = round(t·T0/c_i)`; the rest `R = N − Σ_large d_i` goes to the small workers in
+proportion to 1/c_i, and each small worker's batch is the one that makes its time
+`d_i·(a_i + b_i/B_i)·slowdown_i` equal the common budget `T1 = t·T0`. The small workers
+are the s fastest at the large batch (ties: cluster order, so gtx0 on gtx1080x4).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from hybridps.errors import UserError
+from hybridps.spec import Cluster, Job, WorkerAssignment
+from solver.timemodel import coeffs
+
+
+@dataclass(frozen=True)
+class DbslAllocation:
+    resolution: int
+    workers: tuple[WorkerAssignment, ...]
+    small: tuple[str, ...]
+    budget_s: float  # T1: every worker's compute time per epoch (closed form)
+    baseline_s: float  # T0
+
+
+def small_workers(cluster: Cluster, resolution: int, s: int) -> list[int]:
+    """Indices of the s fastest workers at their large batch (stable: cluster order breaks ties)."""
+    c = coeffs(cluster, resolution)
+    per_sample = c.sample_s(c.max_batch.astype(float))
+    order = sorted(range(len(per_sample)), key=lambda i: (round(per_sample[i], 15), i))
+    return sorted(order[:s])
+
+
+def dbsl_allocation(cluster: Cluster, job: Job, resolution: int, t: float, s: int,
+                    small: list[int] | None = None) -> DbslAllocation:
+    """Per-worker batch and samples for one resolution (raises UserError naming the binding constraint)."""
+    n = len(cluster.worker_list)
+    N = job.data.samples
+    if not 0 <= s < n:
+        raise UserError(f"--small-workers {s}: must be between 0 and {n - 1} (the cluster has {n} workers "
+                        f"and at least one must use the large batch)")
+    if s > 0 and t < 1:
+        raise UserError(f"--time-ratio {t}: with {s} small worker(s) the extra-time ratio t must be >= 1 "
+                        f"(small batches are slower per sample; t < 1 gives them less time than the baseline)")
+    if t <= 0:
+        raise UserError(f"--time-ratio {t}: must be positive")
+    c = coeffs(cluster, resolution)
+    B_L = c.max_batch.astype(float)
+    per_sample = c.sample_s(B_L)  # c_i
+    T0 = N / np.sum(1.0 / per_sample)
+    T1 = t * T0
+    idx_small = small if small is not None else small_workers(cluster, resolution, s)
+    is_small = np.zeros(n, dtype=bool)
+    is_small[idx_small] = True
+    batch = c.max_batch.copy()
+    samples = np.zeros(n, dtype=np.int64)
+    ratio = t if s > 0 else 1.0
+    for i in np.flatnonzero(~is_small):
+        samples[i] = round(ratio * T0 / per_sample[i])
+    if s > 0:
+        rest = N - int(samples[~is_small].sum())
+        inv = 1.0 / per_sample[is_small]
+        shares = rest * inv / inv.sum()
+        for i, share in zip(np.flatnonzero(is_small), shares):
+            d = round(float(share))
+            name = c.names[i]
+            if d < 1:
+                raise UserError(
+                    f"--time-ratio {t}: the large workers already take all {N} samples (each gets "
+                    f"round(t·T0/c) samples), leaving small worker {name!r} {d}; lower --time-ratio or "
+                    f"--small-workers")
+            samples[i] = d
+            denom = T1 / d - c.a_s[i]
+            b_small = round(c.b_s[i] / denom) if denom > 0 else 0
+            if denom <= 0 or b_small < 1:
+                need = "negative" if denom <= 0 else f"{c.b_s[i] / denom:.3f}"
+                raise UserError(
+                    f"--time-ratio {t}: no small batch meets the time budget for {name!r} at resolution "
+                    f"{resolution}: B_S = b/(T1/d_S - a) = {need} (< 1) with d_S = {d} samples and budget "
+                    f"T1 = {T1:.3f} s; raise --time-ratio or lower --small-workers")
+            batch[i] = min(int(b_small), int(c.max_batch[i]))
+    workers = tuple(WorkerAssignment(name=c.names[i], batch=int(batch[i]), samples=int(samples[i])) for i in range(n))
+    return DbslAllocation(resolution, workers, tuple(c.names[i] for i in idx_small), float(T1), float(T0))

@@ -1,0 +1,109 @@
+"""Closed-form time models shared by every strategy.
+
+A worker's compute time for `d` samples at batch `B` and resolution `r` is
+`d·(a + b/B)·slowdown` (the `(a·B + b)` iteration time of DESIGN.md spread over B
+samples). Communication is a closed-form estimate of what the simulator's network model
+implies (max-min fair sharing of the worker and PS NICs, one latency per message, the
+PS apply cost); the optimizer uses it to compare options, the simulator gives the real
+answer. No straggler episodes here: they are random and the simulator draws them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from hybridps.errors import UserError
+from hybridps.spec import Cluster, Compression, Job, Worker, pull_bytes_per_shard, push_bytes_per_shard
+
+
+@dataclass(frozen=True)
+class Coeffs:
+    """Per-worker arrays at one resolution, in cluster worker order (slowdown folded in)."""
+
+    a_s: np.ndarray  # seconds per sample × slowdown
+    b_s: np.ndarray  # seconds per iteration × slowdown
+    max_batch: np.ndarray  # int
+    names: tuple[str, ...]
+
+    def step_s(self, batch: np.ndarray) -> np.ndarray:
+        return self.a_s * batch + self.b_s
+
+    def sample_s(self, batch: np.ndarray) -> np.ndarray:
+        """Seconds per sample at `batch` (a + b/B, times slowdown)."""
+        return self.a_s + self.b_s / batch
+
+
+def coeffs(cluster: Cluster, resolution: int, config_file: str = "<cluster>") -> Coeffs:
+    """The cluster's per-worker time coefficients at `resolution`; a missing profile is a UserError."""
+    a, b, mb = [], [], []
+    for w in cluster.worker_list:
+        prof = cluster.devices[w.device].resolutions.get(resolution)
+        if prof is None:
+            have = ", ".join(str(r) for r in sorted(cluster.devices[w.device].resolutions))
+            raise UserError(
+                f"{config_file}: devices.{w.device}.resolutions: worker {w.name!r} has no profile for "
+                f"resolution {resolution} (have {have}); add [devices.{w.device}.resolutions.{resolution}] "
+                f"or drop {resolution} from the job's train.resolutions"
+            )
+        a.append(prof.a * w.slowdown)
+        b.append(prof.b * w.slowdown)
+        mb.append(prof.max_batch)
+    return Coeffs(np.array(a), np.array(b), np.array(mb, dtype=np.int64), tuple(w.name for w in cluster.worker_list))
+
+
+def check_resolutions(cluster: Cluster, job: Job) -> None:
+    """Fail early (UserError) if any worker lacks a profile for a job resolution."""
+    for r in job.train.resolutions:
+        coeffs(cluster, r)
+
+
+@dataclass(frozen=True)
+class ExchangeCost:
+    """Estimated seconds for one exchange (push then pull), per worker."""
+
+    concurrent_s: np.ndarray  # every worker exchanging at once (a BSP round)
+    alone_s: np.ndarray  # the worker exchanging with the PS otherwise idle (ASP lower bound)
+    push_bytes: np.ndarray  # bytes one push puts on the wire, per worker (summed over shards)
+    pull_bytes: int
+
+
+def exchange_cost(cluster: Cluster, job: Job, compression: Compression) -> ExchangeCost:
+    """One exchange's time under the fluid fair-share network model, without queueing detail.
+
+    A worker sends 1/S of the bytes to each of S shards in parallel, so its own NIC carries
+    the whole message; with all n workers exchanging at once each shard's NIC carries n
+    slices. The transfer takes the longer of the two bottlenecks, plus one latency (worker's
+    + PS's) per message; the PS apply cost is paid once per update per shard (a BSP round
+    applies once; we charge it once per round).
+    """
+    workers = cluster.worker_list
+    n = len(workers)
+    S = cluster.ps.count
+    params = job.model.parameters
+    bpp = job.model.bytes_per_parameter
+    push_shard = max(push_bytes_per_shard(compression, params, S, bpp))
+    pull_shard = max(pull_bytes_per_shard(params, S, bpp))
+    push_total = sum(push_bytes_per_shard(compression, params, S, bpp))
+    pull_total = sum(pull_bytes_per_shard(params, S, bpp))
+    ps_bps = cluster.ps.bandwidth_gbps * 1e9 / 8
+    w_bps = np.array([w.bandwidth_bytes_per_s for w in workers])
+    lat = np.array([w.latency_s for w in workers]) + cluster.ps.latency_s
+    apply_s = cluster.ps.apply_s_per_mparam * (params / S) / 1e6
+    alone = (np.maximum(push_total / w_bps, push_shard / ps_bps) + np.maximum(pull_total / w_bps, pull_shard / ps_bps)
+             + 2 * lat + apply_s)
+    # all at once: each shard NIC carries n slices; each worker NIC its own message
+    push_all = np.maximum(push_total / w_bps, n * push_shard / ps_bps)
+    pull_all = np.maximum(pull_total / w_bps, n * pull_shard / ps_bps)
+    concurrent = np.full(n, push_all.max() + pull_all.max() + 2 * lat.max() + apply_s)
+    return ExchangeCost(concurrent, alone, np.full(n, push_total), pull_total)
+
+
+def ps_capacity_bytes_per_s(cluster: Cluster) -> float:
+    """Aggregate PS bandwidth per direction (all shards)."""
+    return cluster.ps.count * cluster.ps.bandwidth_gbps * 1e9 / 8
+
+
+def worker_by_index(cluster: Cluster, i: int) -> Worker:
+    return cluster.worker_list[i]

@@ -228,37 +228,65 @@ def _fit_compute(obs: list[_Obs], outlier_factor: float, iterations: int = 50):
 # --------------------------------------------------------------------------- network
 
 
-def _fit_link(worker: str, sizes: np.ndarray, times: np.ndarray, base_bw_gbps: float, base_lat_ms: float) -> LinkFit:
+def _mean_concurrency(starts: np.ndarray, ends: np.ndarray) -> np.ndarray:
+    """Per message, the number of messages in flight in the same direction (itself
+    included) averaged the way fair sharing slows it: its length ÷ ∫ 1/count dt."""
+    times = np.concatenate([starts, ends])
+    steps = np.concatenate([np.ones(len(starts)), -np.ones(len(ends))])
+    order = np.argsort(times, kind="stable")
+    times, count = times[order], np.cumsum(steps[order])
+    inv = np.where(count > 0, 1.0 / np.maximum(count, 1.0), 0.0)
+    area = np.concatenate([[0.0], np.cumsum(inv[:-1] * np.diff(times))])  # ∫ 1/count up to times[k]
+    dur = ends - starts
+    integral = np.interp(ends, times, area) - np.interp(starts, times, area)
+    return np.where((dur > 0) & (integral > 0), dur / np.where(integral > 0, integral, 1.0), 1.0)
+
+
+def _fit_link(worker: str, sizes: np.ndarray, times: np.ndarray, ps_s_per_byte: np.ndarray,
+              base_bw_gbps: float, base_lat_s: float) -> LinkFit:
+    """Fit t = L + bytes × max(1/bw, ps_s_per_byte): the worker NIC or its share of the PS
+    NIC (given by the concurrency each message saw) limits the rate; L is the whole path's
+    latency. Relative residuals, gross outliers dropped."""
+    from scipy.optimize import least_squares
+
     keep = np.ones(len(times), dtype=bool)
     distinct = tuple(int(x) for x in np.unique(sizes))
     separable = len(distinct) >= 2 and distinct[-1] >= 1.1 * max(distinct[0], 1)
-    for _ in range(3):  # drop gross outliers (a flow that queued behind others), refit
+    inv_bw0 = 1.0 / (base_bw_gbps * BYTES_PER_S_PER_GBPS)
+
+    def model(lat: float, inv_bw: float) -> np.ndarray:
+        return lat + sizes * np.maximum(inv_bw, ps_s_per_byte)
+
+    lat, inv_bw = base_lat_s, inv_bw0
+    for _ in range(4):
         if separable:
-            slope, lat = _linear_fit(sizes[keep], times[keep])
-            pred = lat + slope * sizes
+            x0_inv, x0_lat = _linear_fit(sizes[keep], times[keep])
+            sol = least_squares(lambda p: (model(p[0], p[1])[keep] - times[keep]) / times[keep],
+                                [max(x0_lat, 0.0), max(x0_inv, 1e-15)], bounds=([0.0, 0.0], [np.inf, np.inf]),
+                                x_scale=[max(float(np.median(times)), 1e-9), max(x0_inv, inv_bw0)])
+            lat, inv_bw = float(sol.x[0]), float(sol.x[1])
         else:
-            pred = np.full(len(times), np.median(times[keep]))
-        resid = times - pred
+            lat = float(np.median((times - model(0.0, inv_bw0))[keep]))
+        resid = times - model(lat, inv_bw)
         mad = float(np.median(np.abs(resid[keep] - np.median(resid[keep])))) or 1e-12
         new_keep = np.abs(resid - np.median(resid[keep])) <= 5 * 1.4826 * mad
         if (new_keep == keep).all() or new_keep.sum() < 2:
             break
         keep = new_keep
-    if separable and slope > 0:
-        return LinkFit(worker, 8.0 / slope / 1e9, lat * 1e3, len(times), distinct, True)
+    if separable and inv_bw > 0:
+        return LinkFit(worker, 8.0 / inv_bw / 1e9, lat * 1e3, len(times), distinct, True)
     size = float(np.median(sizes[keep]))
     typical_s = float(np.median(times[keep]))
-    base_bw = base_bw_gbps * BYTES_PER_S_PER_GBPS
-    lat_s = typical_s - size / base_bw
-    if lat_s >= 0:
+    if lat >= -0.02 * typical_s:  # within noise of 0: keep the bandwidth
+        lat = max(lat, 0.0)
         note = (f"one message size ({int(size)} B): latency and bandwidth are not separable; kept bandwidth "
                 f"{base_bw_gbps:g} Gbps and fitted the latency")
-        return LinkFit(worker, base_bw_gbps, lat_s * 1e3, len(times), distinct, False, note)
-    lat_s = min(base_lat_ms / 1e3, 0.5 * typical_s)
-    bw = size / (typical_s - lat_s) / BYTES_PER_S_PER_GBPS
+        return LinkFit(worker, base_bw_gbps, lat * 1e3, len(times), distinct, False, note)
+    lat = min(base_lat_s, 0.5 * typical_s)
+    bw = size / (typical_s - lat) / BYTES_PER_S_PER_GBPS
     note = (f"one message size ({int(size)} B): latency and bandwidth are not separable; messages beat the "
-            f"base bandwidth, so kept latency {lat_s * 1e3:g} ms and fitted the bandwidth")
-    return LinkFit(worker, bw, lat_s * 1e3, len(times), distinct, False, note)
+            f"base bandwidth, so kept latency {lat * 1e3:g} ms and fitted the bandwidth")
+    return LinkFit(worker, bw, lat * 1e3, len(times), distinct, False, note)
 
 
 # --------------------------------------------------------------------------- stragglers
@@ -363,24 +391,34 @@ def calibrate(traces: list[Trace], base: Cluster | None = None, *, outlier_facto
     worker_fits = [WorkerFit(w, next(o.device for o in obs if o.worker == w), s,
                              sum(1 for o in obs if o.worker == w)) for w, s in sorted(slow.items())]
 
-    # ---- links
+    # ---- links: per message its bytes, effective duration and PS-share seconds per byte
     links: list[LinkFit] = []
-    msgs: dict[str, list[tuple[int, float]]] = defaultdict(list)
+    msgs: dict[str, list[tuple[float, float, float]]] = defaultdict(list)
+    ps = start.ps if start is not None else PSSpec()
+    ps_bytes_per_s = ps.count * ps.bandwidth_gbps * BYTES_PER_S_PER_GBPS
     for trace in traces:
         if not (trace.of_kind("push") or trace.of_kind("pull")):
             continue
-        for worker, recs in _effective_records(trace).items():
-            for r in recs:
-                if r["kind"] in ("push", "pull"):
-                    t = r["eff_s"] if absorb_gaps else r["end_s"] - r["start_s"]
-                    msgs[worker].append((r["bytes"], t))
-    for worker, pairs in sorted(msgs.items()):
+        per_worker = _effective_records(trace)
+        for kind in ("push", "pull"):
+            recs = [r for rs in per_worker.values() for r in rs if r["kind"] == kind]
+            if not recs:
+                continue
+            conc = _mean_concurrency(np.array([r["start_s"] for r in recs], dtype=float),
+                                     np.array([r["end_s"] for r in recs], dtype=float))
+            for r, k in zip(recs, conc):
+                t = r["eff_s"] if absorb_gaps else r["end_s"] - r["start_s"]
+                msgs[r["worker"]].append((r["bytes"], t, k / ps_bytes_per_s))
+    for worker, triples in sorted(msgs.items()):
         bw0, lat0 = 10.0, 0.05
         if start is not None and worker in start.worker_by_name:
             w = start.worker_by_name[worker]
             bw0, lat0 = w.bandwidth_gbps, w.latency_ms
-        arr = np.array(pairs, dtype=float)
-        lf = _fit_link(worker, arr[:, 0], arr[:, 1], bw0, lat0)
+        arr = np.array(triples, dtype=float)
+        lf = _fit_link(worker, arr[:, 0], arr[:, 1], arr[:, 2], bw0, (lat0 + ps.latency_ms) / 1e3)
+        # the simulator adds the PS's latency to every message: the worker keeps the rest
+        lf = LinkFit(lf.worker, lf.bandwidth_gbps, max(0.0, lf.latency_ms - ps.latency_ms), lf.messages,
+                     lf.sizes, lf.separable, lf.note)
         links.append(lf)
         if lf.note:
             warnings.append(f"worker {worker}: {lf.note}")

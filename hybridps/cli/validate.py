@@ -1,4 +1,5 @@
-"""`hybridps validate` (not built yet)."""
+"""`hybridps validate --trace RUN/trace.jsonl`: replay the run's plan in the simulator
+and report predicted against measured."""
 
 from __future__ import annotations
 
@@ -6,11 +7,64 @@ import argparse
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("validate", help="(not built yet)")
+    p = sub.add_parser(
+        "validate", help="re-simulate a run's plan and compare with what the run measured",
+        description="Re-simulate the plan in a run trace's header (job and plan from the header; the cluster "
+                    "from --cluster, default the header's) and print predicted against measured: makespan, "
+                    "each phase, each epoch end, each worker's iterations and bytes, with relative errors.")
+    p.add_argument("--trace", required=True, help="the run's trace.jsonl")
+    p.add_argument("--cluster", help="cluster to simulate on (path or bundled name), e.g. a calibrated one; "
+                                     "default: the cluster in the trace header")
+    p.add_argument("--seed", type=int, help="straggler seed (default: the trace header's seed)")
+    p.add_argument("--json", action="store_true", help="print the comparison as JSON")
     p.set_defaults(func=run)
 
 
-def run(args: argparse.Namespace) -> int:
+def load_run(trace_path: str, cluster_arg: str | None):
+    """The trace, and the cluster/job/plan to re-simulate it with (UserError if unusable)."""
     from hybridps.errors import UserError
+    from hybridps.spec import check_plan, cluster_from_dict, job_from_dict, load_cluster, plan_from_dict
+    from traces import read_trace
 
-    raise UserError("`hybridps validate` is not built yet")
+    trace = read_trace(trace_path)
+    h = trace.header
+    for key in ("job", "plan"):
+        if not h.get(key):
+            raise UserError(f"{trace_path}: the header has no {key}; validate needs a run trace "
+                            f"(written by `hybridps run` or `hybridps simulate --trace`), not a {h['source']} trace")
+    job = job_from_dict(h["job"], f"{trace_path} (header job)")
+    plan = plan_from_dict(h["plan"], f"{trace_path} (header plan)")
+    if cluster_arg:
+        cluster, label = load_cluster(cluster_arg), cluster_arg
+    elif h.get("cluster"):
+        cluster, label = cluster_from_dict(h["cluster"], f"{trace_path} (header cluster)"), "the trace header's cluster"
+    else:
+        raise UserError(f"{trace_path}: the header has no cluster; pass --cluster")
+    missing = sorted({wa.name for ph in plan.phases for wa in ph.workers} - set(cluster.worker_by_name))
+    if missing:
+        have = ", ".join(w.name for w in cluster.worker_list)
+        raise UserError(f"{trace_path}: the run's plan names worker(s) {', '.join(missing)} that cluster {label} "
+                        f"does not have (it has: {have}); pass the cluster the run used, or one calibrated from "
+                        f"this trace (`hybridps calibrate {trace_path} -o cluster.toml`)")
+    check_plan(plan, cluster, job, f"{trace_path} (header plan, against {label})")
+    return trace, cluster, job, plan
+
+
+def run(args: argparse.Namespace) -> int:
+    import json
+
+    from sim import simulate
+    from traces.compare import compare, format_comparison, measured_summary
+
+    trace, cluster, job, plan = load_run(args.trace, args.cluster)
+    seed = args.seed if args.seed is not None else trace.header.get("seed")
+    predicted = simulate(cluster, job, plan, seed=seed).summary()
+    measured = measured_summary(trace)
+    result = compare(predicted, measured)
+    if args.json:
+        print(json.dumps({"trace": args.trace, "cluster": args.cluster or "header", "seed": seed,
+                          "comparison": result, "predicted": predicted, "measured": measured}, indent=2))
+    else:
+        print(f"validate {args.trace} on {args.cluster or 'the header cluster'}: predicted (simulator) vs measured (run)")
+        print(format_comparison(result))
+    return 0

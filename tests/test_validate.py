@@ -1,0 +1,91 @@
+"""validate: a run trace's measurements in the simulator's summary shape, compared with a
+re-simulation of the run's own plan. A simulated trace must validate with zero error,
+and a cluster calibrated from it must reproduce it."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from hybridps.cli import main
+from hybridps.spec import load_cluster, load_job, load_plan
+from sim import simulate
+from traces import TraceWriter, read_trace
+from traces.compare import compare, measured_summary
+
+CLUSTER, JOB = "gtx1080x4", "cifar100-resnet18"
+
+
+def _sim_trace(path, plan_name):
+    """A trace written by the simulator (the same schema a run writes)."""
+    c, j = load_cluster(CLUSTER), load_job(JOB)
+    res = simulate(c, j, load_plan(plan_name, c, j), record=True)
+    with TraceWriter(path, res.header) as w:
+        w.write_many(res.records)
+    return path, res
+
+
+def _all_rows(cmp):
+    return [cmp["makespan"], *cmp["phases"], *cmp["epochs"], *[r for rows in cmp["workers"].values() for r in rows]]
+
+
+@pytest.mark.parametrize("plan_name", ["gtx1080x4-cifar100-uniform", "gtx1080x4-cifar100-dbsl"])
+def test_measured_summary_of_a_sim_trace_equals_the_sim_summary(tmp_path, plan_name):
+    path, res = _sim_trace(tmp_path / "t.jsonl", plan_name)
+    predicted, measured = res.summary(), measured_summary(read_trace(path))
+    cmp = compare(predicted, measured)
+    rows = _all_rows(cmp)
+    assert len(cmp["epochs"]) == 140 and len(cmp["phases"]) == len(predicted["phases"])
+    assert not cmp["mismatched_counts"]
+    assert all(r["rel_error"] is not None and abs(r["rel_error"]) < 1e-9 for r in rows), \
+        [r for r in rows if r["rel_error"] is None or abs(r["rel_error"]) >= 1e-9][:3]
+    assert measured["bytes_total"] == predicted["bytes_total"]
+
+
+def test_a_cluster_calibrated_from_a_trace_reproduces_it(tmp_path, capsys):
+    """DBSL with asp model exchange: two resolutions, four workers whose pushes share the
+    PS NIC. Calibrate from the trace alone, then validate on the calibrated cluster."""
+    path, _ = _sim_trace(tmp_path / "t.jsonl", "gtx1080x4-cifar100-dbsl")
+    out = tmp_path / "cal.toml"
+    assert main(["calibrate", str(path), "-o", str(out)]) == 0
+    capsys.readouterr()
+    assert main(["validate", "--trace", str(path), "--cluster", str(out), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    cmp = report["comparison"]
+    print("makespan error", cmp["makespan"]["rel_error"], "phases", [r["rel_error"] for r in cmp["phases"]])
+    assert abs(cmp["makespan"]["rel_error"]) < 1e-3
+    assert all(abs(r["rel_error"]) < 1e-3 for r in cmp["phases"])
+    assert {r["name"]: r["rel_error"] for r in cmp["workers"]["gtx0"]}["bytes_pushed"] == 0
+    # the calibrated link absorbed no contention: bandwidth kept, latency ~ the true 0.05 ms
+    cal = load_cluster(out)
+    assert cal.worker_by_name["gtx1"].latency_ms == pytest.approx(0.05, abs=0.01)
+
+
+def test_validate_prints_the_table(tmp_path, capsys):
+    path, _ = _sim_trace(tmp_path / "t.jsonl", "gtx1080x4-cifar100-uniform")
+    assert main(["validate", "--trace", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "makespan" in out and "phase 2 (duration)" in out and "epoch 139 (end)" in out
+    assert "gtx3 bytes_pulled" in out and "+0.0%" in out
+
+
+def test_plan_worker_absent_from_the_cluster_is_a_clear_error_exit_2(tmp_path):
+    path, _ = _sim_trace(tmp_path / "t.jsonl", "gtx1080x4-cifar100-uniform")
+    proc = subprocess.run([sys.executable, "-m", "hybridps", "validate", "--trace", str(path),
+                           "--cluster", "rtx3090x4"], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    assert "Traceback" not in proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1, proc.stderr
+    assert "gtx0" in lines[0] and "rtx3090x4" in lines[0] and str(path) in lines[0]
+
+
+def test_a_profile_trace_cannot_be_validated(tmp_path, capsys):
+    path = tmp_path / "p.jsonl"
+    with TraceWriter(path, {"kind": "header", "format": "hybridps.trace/1", "source": "profile"}) as w:
+        w.write({"kind": "profile", "device": "cpu", "resolution": 8, "batch": 4, "iteration_s": 0.01})
+    assert main(["validate", "--trace", str(path)]) == 2
+    assert "no job" in capsys.readouterr().err

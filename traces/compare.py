@@ -1,0 +1,155 @@
+"""Predicted against measured: the summary of a run trace in the shape of `simulate
+--json`, and the relative errors between a simulator summary and it.
+
+The simulator is not imported here (traces sits below sim); `hybridps validate` runs it
+and hands both summaries in. Never imports torch.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from typing import Any
+
+from traces.jsonl import Trace
+
+WORKER_FIELDS = ("iterations", "samples", "bytes_pushed", "bytes_pulled", "compute_s", "comm_s")
+
+
+def _applied_pushes(trace: Trace) -> list[tuple[float, int]]:
+    """(time applied, samples) per push: samples from the push record or else counted from
+    the worker's compute records since its previous push; the time from the matching
+    update record when the counts agree, else the push's end."""
+    computes: dict[str, list[dict]] = defaultdict(list)
+    for r in trace.of_kind("compute"):
+        computes[r["worker"]].append(r)
+    pushes: dict[str, list[dict]] = defaultdict(list)
+    for r in trace.of_kind("push"):
+        pushes[r["worker"]].append(r)
+    updates: dict[str, list[float]] = defaultdict(list)
+    for r in trace.of_kind("update"):
+        if r.get("shard", 0) == 0:
+            updates[r["worker"]].append(r["t_s"])
+    out: list[tuple[float, int]] = []
+    for worker, recs in pushes.items():
+        recs.sort(key=lambda r: r["start_s"])
+        comp = sorted(computes.get(worker, []), key=lambda r: r["start_s"])
+        ups = sorted(updates.get(worker, []))
+        use_updates = len(ups) == len(recs)
+        ci = 0
+        for k, p in enumerate(recs):
+            n = 0
+            while ci < len(comp) and comp[ci]["start_s"] < p["start_s"]:
+                n += comp[ci].get("samples", comp[ci]["batch"])
+                ci += 1
+            samples = p.get("samples", n)
+            out.append((ups[k] if use_updates else p["end_s"], samples))
+    out.sort()
+    return out
+
+
+def measured_summary(trace: Trace) -> dict[str, Any]:
+    """The run's measurements in the shape of the simulator's summary (the fields a run
+    trace can give: makespan, phases, epoch ends, per-worker counters and bytes)."""
+    phases = sorted(trace.of_kind("phase"), key=lambda r: r["index"])
+    ends = [r["end_s"] for r in trace.records if "end_s" in r]
+    makespan = max((p["end_s"] for p in phases), default=max(ends, default=0.0))
+    workers: dict[str, dict[str, Any]] = defaultdict(lambda: {f: 0 for f in WORKER_FIELDS})
+    for r in trace.of_kind("compute"):
+        w = workers[r["worker"]]
+        w["iterations"] += 1
+        w["samples"] += r.get("samples", r["batch"])
+        w["compute_s"] += r["end_s"] - r["start_s"]
+    for kind, field in (("push", "bytes_pushed"), ("pull", "bytes_pulled")):
+        for r in trace.of_kind(kind):
+            w = workers[r["worker"]]
+            w[field] += r["bytes"]
+            w["comm_s"] += r["end_s"] - r["start_s"]
+    for w in workers.values():
+        w["wait_s"] = max(0.0, makespan - w["compute_s"] - w["comm_s"])
+    epoch_end_s: list[float] = []
+    plan, job = trace.header.get("plan") or {}, trace.header.get("job") or {}
+    samples_per_epoch = (job.get("data") or {}).get("samples")
+    total_epochs = sum(p.get("epochs", 0) for p in plan.get("phases", []))
+    if samples_per_epoch:
+        applied = 0
+        for t, n in _applied_pushes(trace):
+            applied += n
+            while len(epoch_end_s) < total_epochs and applied >= (len(epoch_end_s) + 1) * samples_per_epoch:
+                epoch_end_s.append(t)
+    return {
+        "makespan_s": makespan,
+        "phases": [{"start_s": p["start_s"], "end_s": p["end_s"]} for p in phases],
+        "epoch_end_s": epoch_end_s,
+        "workers": dict(sorted(workers.items())),
+        "updates": len(trace.of_kind("update")),
+        "bytes_total": sum(w["bytes_pushed"] + w["bytes_pulled"] for w in workers.values()),
+    }
+
+
+def rel_error(predicted: float, measured: float) -> float | None:
+    """(predicted − measured) / measured; None when measured is 0 and predicted is not."""
+    if measured == 0:
+        return 0.0 if predicted == 0 else None
+    return (predicted - measured) / measured
+
+
+def _row(name: str, predicted: float, measured: float) -> dict[str, Any]:
+    return {"name": name, "predicted": predicted, "measured": measured, "rel_error": rel_error(predicted, measured)}
+
+
+def compare(predicted: dict[str, Any], measured: dict[str, Any]) -> dict[str, Any]:
+    """Rows of predicted vs measured with relative errors, grouped: makespan, phases
+    (durations), epochs (end times), workers (counters and bytes)."""
+    out: dict[str, Any] = {"makespan": _row("makespan_s", predicted["makespan_s"], measured["makespan_s"])}
+    out["phases"] = []
+    for i, (p, m) in enumerate(zip(predicted["phases"], measured["phases"])):
+        row = _row(f"phase {i}", p["end_s"] - p["start_s"], m["end_s"] - m["start_s"])
+        row["predicted_end_s"], row["measured_end_s"] = p["end_s"], m["end_s"]
+        out["phases"].append(row)
+    out["epochs"] = [_row(f"epoch {e}", p, m)
+                     for e, (p, m) in enumerate(zip(predicted["epoch_end_s"], measured["epoch_end_s"]))]
+    out["workers"] = {}
+    for name, m in measured["workers"].items():
+        p = predicted["workers"].get(name)
+        if p is not None:
+            out["workers"][name] = [_row(f, p[f], m[f]) for f in WORKER_FIELDS]
+    counts = {"phases": (len(predicted["phases"]), len(measured["phases"])),
+              "epochs": (len(predicted["epoch_end_s"]), len(measured["epoch_end_s"]))}
+    out["mismatched_counts"] = {k: {"predicted": a, "measured": b} for k, (a, b) in counts.items() if a != b}
+    errs = [abs(r["rel_error"]) for r in [out["makespan"], *out["phases"]] if r["rel_error"] is not None]
+    out["max_abs_rel_error"] = max(errs, default=0.0)
+    return out
+
+
+def _pct(x: float | None) -> str:
+    return "n/a" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:+.1%}"
+
+
+def _num(v: float, unit: str) -> str:
+    if unit == "s":
+        return f"{v:.3f} s"
+    if isinstance(v, float) and not v.is_integer():
+        return f"{v:.4g}"
+    return f"{int(v):,}"
+
+
+def format_comparison(cmp: dict[str, Any]) -> str:
+    """The table `hybridps validate` prints."""
+    lines = [f"{'':<24} {'predicted':>16} {'measured':>16} {'error':>8}"]
+
+    def add(label: str, row: dict[str, Any], unit: str) -> None:
+        lines.append(f"{label:<24} {_num(row['predicted'], unit):>16} {_num(row['measured'], unit):>16} "
+                     f"{_pct(row['rel_error']):>8}")
+
+    add("makespan", cmp["makespan"], "s")
+    for row in cmp["phases"]:
+        add(f"{row['name']} (duration)", row, "s")
+    for row in cmp["epochs"]:
+        add(f"{row['name']} (end)", row, "s")
+    for name, rows in cmp["workers"].items():
+        for row in rows:
+            add(f"{name} {row['name']}", row, "s" if row["name"].endswith("_s") else "")
+    for k, v in cmp["mismatched_counts"].items():
+        lines.append(f"warning: {k}: predicted {v['predicted']}, measured {v['measured']}")
+    return "\n".join(lines)

@@ -87,6 +87,7 @@ class Calibration:
     workers: list[WorkerFit] = field(default_factory=list)
     links: list[LinkFit] = field(default_factory=list)
     stragglers: StragglerFit | None = None
+    ps_apply_s: float | None = None  # fitted server time per update (per shard), None if not measured
     warnings: list[str] = field(default_factory=list)
 
 
@@ -289,6 +290,44 @@ def _fit_link(worker: str, sizes: np.ndarray, times: np.ndarray, ps_s_per_byte: 
     return LinkFit(worker, bw, lat * 1e3, len(times), distinct, False, note)
 
 
+# --------------------------------------------------------------------------- parameter server
+
+
+def _ps_gaps(trace: Trace) -> list[float]:
+    """Server time per update as the run saw it: the gap between a push's end and the
+    same worker's next pull's start. asp/ssp: every gap; bsp: per round the smallest (the
+    last pusher waited for nobody)."""
+    plan = trace.header.get("plan") or {}
+    syncs = [ph.get("sync") for ph in plan.get("phases", [])]
+    per_worker: dict[tuple[int, str], list[dict]] = defaultdict(list)
+    for r in trace.records:
+        if r["kind"] in ("push", "pull"):
+            per_worker[(r["phase"], r["worker"])].append(r)
+    rounds: dict[tuple[int, int], list[float]] = defaultdict(list)
+    gaps: list[float] = []
+    for (phase, _), recs in per_worker.items():
+        recs.sort(key=lambda r: (r["start_s"], r["kind"] == "pull"))
+        k = 0
+        for cur, nxt in zip(recs, recs[1:]):
+            if cur["kind"] == "push" and nxt["kind"] == "pull":
+                gap = max(0.0, nxt["start_s"] - cur["end_s"])
+                if phase < len(syncs) and syncs[phase] == "bsp":
+                    rounds[(phase, k)].append(gap)
+                else:
+                    gaps.append(gap)
+                k += 1
+    return gaps + [min(v) for v in rounds.values()]
+
+
+def _fit_ps_apply(traces: list[Trace]) -> float | None:
+    """A low quantile of the gaps (queueing behind other workers' updates is modelled by
+    the simulator itself, so the uncontended time is what it needs)."""
+    gaps = [g for t in traces for g in _ps_gaps(t)]
+    if not gaps:
+        return None
+    return float(np.percentile(gaps, 25))
+
+
 # --------------------------------------------------------------------------- stragglers
 
 
@@ -425,8 +464,14 @@ def calibrate(traces: list[Trace], base: Cluster | None = None, *, outlier_facto
 
     strag = (_fit_stragglers(obs, ab, slow, outlier_factor, straggler_min_run)
              if any(o.worker for o in obs) else None)
+    ps_apply_s = _fit_ps_apply(traces)
+    params = next((t.header["job"]["model"]["parameters"] for t in traces if (t.header.get("job") or {}).get("model")),
+                  None)
+    if start is not None and ps_apply_s is not None and params:
+        per_mparam = ps_apply_s / (params / start.ps.count / 1e6)
+        start = start.model_copy(update={"ps": start.ps.model_copy(update={"apply_s_per_mparam": per_mparam})})
     cluster = _build_cluster(start, fits, worker_fits, links, strag)
-    return Calibration(cluster, fits, worker_fits, links, strag, warnings)
+    return Calibration(cluster, fits, worker_fits, links, strag, ps_apply_s, warnings)
 
 
 def _build_cluster(start: Cluster | None, fits: list[ComputeFit], workers: list[WorkerFit],
@@ -490,6 +535,9 @@ def format_report(cal: Calibration) -> str:
                          f"mean duration {s.mean_duration_s:.3g} s")
         else:
             lines.append(f"stragglers: none detected in {s.observed_s:.1f} worker-seconds")
+    if cal.ps_apply_s is not None:
+        lines.append(f"parameter server: {cal.ps_apply_s * 1e3:.3f} ms per update (push end to pull start, "
+                     f"uncontended) -> apply_s_per_mparam {cal.cluster.ps.apply_s_per_mparam:.4g}")
     for w in cal.warnings:
         lines.append(f"warning: {w}")
     return "\n".join(lines)

@@ -22,7 +22,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="CPU: the largest batch (timed and recorded); CUDA: upper bound of the search (default 256)")
     p.add_argument("--warmup", type=int, default=2, help="untimed iterations first (default 2)")
     p.add_argument("--repeats", type=int, default=5, help="timed iterations; the median is recorded (default 5)")
-X
+    p.add_argument("--threads", type=int, default=1,
+                   help="torch CPU threads (default 1, as each process of `hybridps run`; 0: torch's choice)")
     p.add_argument("--out", required=True, help="trace.jsonl to write")
     p.set_defaults(func=run)
 

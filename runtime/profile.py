@@ -15,11 +15,12 @@ import time
 from dataclasses import dataclass
 from typing import Callable, Iterable
 
+import numpy as np
 import torch
 from torch import nn
 
 from hybridps.errors import UserError
-from runtime.data import synthetic_batch
+from runtime.data import SyntheticData
 from runtime.models import build_model
 from traces import TraceWriter
 from traces.records import header
@@ -62,17 +63,24 @@ def largest_fitting(fits: Callable[[int], bool], start: int, limit: int) -> int:
 
 @dataclass
 class _Bench:
-    """One model on one device, with an SGD optimiser, ready to time iterations."""
+    """One model on one device, with an SGD optimiser, ready to time iterations. An
+    iteration includes making its batch (synthetic images resized to the resolution, as
+    a worker of `hybridps run` does), so the profile's b carries that cost too."""
 
     model: nn.Module
     optimizer: torch.optim.Optimizer
     device: torch.device
-    classes: int
+    data: SyntheticData
+    _next: int = 0
 
-    def iteration(self, x: torch.Tensor, y: torch.Tensor) -> float:
+    def iteration(self, batch: int, resolution: int) -> float:
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
         t0 = time.perf_counter()
+        idx = np.arange(self._next, self._next + batch)
+        self._next += batch
+        x, y = self.data.batch(idx, resolution)
+        x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
         self.optimizer.zero_grad(set_to_none=True)
         loss = nn.functional.cross_entropy(self.model(x), y)
         loss.backward()
@@ -81,13 +89,9 @@ class _Bench:
             torch.cuda.synchronize(self.device)
         return time.perf_counter() - t0
 
-    def batch(self, batch: int, resolution: int) -> tuple[torch.Tensor, torch.Tensor]:
-        x, y = synthetic_batch(batch, resolution, self.classes)
-        return x.to(self.device), y.to(self.device)
-
     def fits(self, batch: int, resolution: int) -> bool:
         try:
-            self.iteration(*self.batch(batch, resolution))
+            self.iteration(batch, resolution)
             return True
         except torch.cuda.OutOfMemoryError:
             return False
@@ -96,10 +100,9 @@ class _Bench:
                 torch.cuda.empty_cache()
 
     def time(self, batch: int, resolution: int, warmup: int, repeats: int) -> float:
-        x, y = self.batch(batch, resolution)
         for _ in range(warmup):
-            self.iteration(x, y)
-        return statistics.median(self.iteration(x, y) for _ in range(repeats))
+            self.iteration(batch, resolution)
+        return statistics.median(self.iteration(batch, resolution) for _ in range(repeats))
 
 
 def profile(model_name: str, resolutions: Iterable[int], batches: Iterable[int], out: str, *,
@@ -123,7 +126,8 @@ def profile(model_name: str, resolutions: Iterable[int], batches: Iterable[int],
     dev = torch.device(device)
     name = device_name or default_device_name(device)
     model = build_model(model_name, classes).to(dev)
-    bench = _Bench(model, torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9), dev, classes)
+    data = SyntheticData(max(max_batch, max(batches)) * 4, classes)
+    bench = _Bench(model, torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9), dev, data)
     meta = {"model": model_name, "classes": classes, "torch": torch.__version__, "torch_device": device,
             "threads": torch.get_num_threads(), "warmup": warmup, "repeats": repeats}
     records: list[dict] = []

@@ -1,0 +1,142 @@
+"""The whole loop at small size: profile -> calibrate -> plan -> run --local -> calibrate
+from the run -> validate. Real processes (1 PS + 3 gloo workers on 127.0.0.1, emulating
+slowdowns 1, 1.5 and 2), a tiny CNN, synthetic data. The simulator's prediction of the
+run's own plan must be within 10% (makespan) and 15% (each phase)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+torch = pytest.importorskip("torch")
+pytestmark = pytest.mark.torch
+
+from hybridps.spec import load_cluster  # noqa: E402
+from runtime.models import build_model, count_parameters  # noqa: E402
+from runtime.profile import largest_fitting, profile  # noqa: E402
+from traces import read_trace  # noqa: E402
+from traces.calibrate import calibrate  # noqa: E402
+
+BASE_CLUSTER = """\
+# Three CPU workers on this machine emulating a heterogeneous cluster: the runtime
+# slows w1 and w2 down 1.5x and 2x and throttles every NIC to 1 Gbps.
+format = "hybridps.cluster/1"
+
+[ps]
+bandwidth_gbps = 10.0
+latency_ms = 0.05
+
+[devices.cpu.resolutions.16]   # placeholder: `hybridps calibrate` replaces it
+a = 0.0001
+b = 0.001
+max_batch = 64
+
+[[workers]]
+name = "w0"
+device = "cpu"
+bandwidth_gbps = 1.0
+slowdown = 1.0
+
+[[workers]]
+name = "w1"
+device = "cpu"
+bandwidth_gbps = 1.0
+slowdown = 1.5
+
+[[workers]]
+name = "w2"
+device = "cpu"
+bandwidth_gbps = 1.0
+slowdown = 2.0
+"""
+
+JOB = """\
+format = "hybridps.job/1"
+
+[model]
+name = "cnn"
+parameters = {parameters}
+
+[data]
+name = "synthetic"
+samples = {samples}
+
+[train]
+epochs = {epochs}
+resolutions = [12, 16]
+base_batch = 32
+base_lr = 0.05
+"""
+
+
+def test_largest_fitting_doubles_then_bisects():
+    calls = []
+
+    def fits(b):
+        calls.append(b)
+        return b <= 300
+
+    assert largest_fitting(fits, 16, 4096) == 300
+    assert calls[:6] == [16, 32, 64, 128, 256, 512]  # doubling, then bisection in (256, 512)
+    assert len(calls) <= 6 + 9
+    assert largest_fitting(lambda b: b <= 5, 16, 4096) == 5  # the start itself does not fit
+    assert largest_fitting(lambda b: True, 16, 100) == 100  # capped
+    assert largest_fitting(lambda b: False, 16, 100) == 0
+
+
+def test_profile_times_each_batch_and_records_the_cap(tmp_path):
+    out = tmp_path / "p.jsonl"
+    recs = profile("mlp", [8, 16], [4, 16, 64], str(out), max_batch=32, warmup=1, repeats=3, threads=1)
+    trace = read_trace(out)
+    assert trace.source == "profile" and trace.header["meta"]["model"] == "mlp"
+    assert [(r["resolution"], r["batch"]) for r in trace.of_kind("profile")] == \
+        [(8, 4), (8, 16), (8, 32), (16, 4), (16, 16), (16, 32)]  # 64 > the CPU cap 32: skipped
+    assert all(r["iteration_s"] > 0 and r["repeats"] == 3 for r in recs)
+    cal = calibrate([trace])
+    assert {(f.resolution, f.max_batch) for f in cal.compute} == {(8, 32), (16, 32)}
+
+
+def _hybridps(*args, timeout=300):
+    proc = subprocess.run([sys.executable, "-m", "hybridps", *map(str, args)], capture_output=True, text=True,
+                          timeout=timeout)
+    print(f"$ hybridps {' '.join(map(str, args))}\n{proc.stdout}{proc.stderr}")
+    assert proc.returncode == 0, proc.stderr
+    return proc.stdout
+
+
+@pytest.mark.slow
+def test_the_loop_predicts_the_run_within_10_percent(tmp_path):
+    parameters = count_parameters(build_model("cnn", 10))
+    (tmp_path / "base.toml").write_text(BASE_CLUSTER)
+    (tmp_path / "job.toml").write_text(JOB.format(parameters=parameters, samples=8192, epochs=4))
+    prof, cal, cal_run = tmp_path / "profile.jsonl", tmp_path / "cluster.toml", tmp_path / "cluster-run.toml"
+    plan, run = tmp_path / "plan.json", tmp_path / "run"
+
+    _hybridps("profile", "--model", "cnn", "--resolutions", 12, 16, "--batches", 8, 16, 32,
+              "--max-batch", 64, "--out", prof)
+    _hybridps("calibrate", prof, "--base", tmp_path / "base.toml", "-o", cal)
+    _hybridps("plan", "--cluster", cal, "--job", tmp_path / "job.toml", "-o", plan)
+    _hybridps("run", "--cluster", cal, "--job", tmp_path / "job.toml", "--plan", plan, "--out", run, "--local",
+              "--eval-every", 0, timeout=240)
+    # before: the profile-only cluster; after: recalibrated from the run's own records
+    before = json.loads(_hybridps("validate", "--trace", run / "trace.jsonl", "--cluster", cal, "--json"))
+    _hybridps("calibrate", run / "trace.jsonl", "-o", cal_run)
+    after = json.loads(_hybridps("validate", "--trace", run / "trace.jsonl", "--cluster", cal_run, "--json"))
+
+    assert load_cluster(cal_run).worker_by_name["w2"].slowdown > load_cluster(cal_run).worker_by_name["w0"].slowdown
+    for label, report in (("profile-calibrated", before), ("run-calibrated", after)):
+        c = report["comparison"]
+        print(f"{label}: makespan predicted {c['makespan']['predicted']:.3f} s, measured "
+              f"{c['makespan']['measured']:.3f} s, error {c['makespan']['rel_error']:+.1%}; phases "
+              + ", ".join(f"{r['rel_error']:+.1%}" for r in c["phases"]))
+    c = after["comparison"]
+    assert not c["mismatched_counts"]
+    assert abs(c["makespan"]["rel_error"]) <= 0.10
+    assert all(abs(r["rel_error"]) <= 0.15 for r in c["phases"])
+    # what a run cannot get wrong: the iterations and bytes the plan implies
+    for name, rows in c["workers"].items():
+        by = {r["name"]: r for r in rows}
+        assert by["bytes_pulled"]["rel_error"] == pytest.approx(0, abs=0.1), name

@@ -1,16 +1,108 @@
-"""`hybridps run` (not built yet)."""
+"""`hybridps run`: execute a plan on real processes (torch.distributed, gloo) with a
+parameter server, recording a trace the simulator can be checked against.
+
+With --local it spawns the PS shard(s) and one process per worker on this machine;
+under torchrun (RANK/WORLD_SIZE set) the same command is one rank of the run.
+"""
 
 from __future__ import annotations
 
 import argparse
+import os
+from pathlib import Path
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("run", help="(not built yet)")
+    p = sub.add_parser("run", help="execute a plan on real processes (torch.distributed PS); needs torch",
+                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--cluster", help="cluster.toml (path or bundled name)")
+    p.add_argument("--job", help="job.toml (path or bundled name)")
+    p.add_argument("--plan", help="plan.json (path or bundled name)")
+    p.add_argument("--out", type=Path, help="output directory (trace.jsonl, summary.json, checkpoint.pt)")
+    p.add_argument("--local", action="store_true", help="spawn every process on this machine")
+    p.add_argument("--resume", type=Path, metavar="DIR", help="continue the run in DIR from its checkpoint")
+    p.add_argument("--on-worker-loss", choices=["stop", "continue"], default="stop",
+                   help="stop (default: checkpoint, stop all, exit 3) or continue without the worker (asp/ssp)")
+    p.add_argument("--worker-timeout", type=float, default=60.0, metavar="S",
+                   help="seconds without heartbeat/progress before a worker counts as lost (default 60)")
+    p.add_argument("--model", help="override the job's model.name (resnet18, cnn, mlp, torchvision:NAME)")
+    p.add_argument("--data", help="override the job's data.name (synthetic[:C], cifar10, cifar100, imagefolder:DIR)")
+    p.add_argument("--data-dir", help="directory holding the CIFAR python batches")
+    p.add_argument("--seed", type=int, help="seed for data order, model init and stragglers "
+                   "(default: 0, stragglers: the cluster's [stragglers].seed)")
+    p.add_argument("--eval-every", type=int, default=1, metavar="EPOCHS",
+                   help="evaluate every N epochs (0: only at phase ends; default 1)")
+    p.add_argument("--eval-samples", type=int, default=1000, help="held-out samples per evaluation (default 1000)")
+    p.add_argument("--checkpoint-every", type=float, default=300.0, metavar="S",
+                   help="seconds between periodic checkpoints (default 300; always at phase ends)")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    p.add_argument("--threads", type=int, default=1, help="torch threads per process (default 1)")
+    p.add_argument("--no-emulate", action="store_true",
+                   help="do not enforce the cluster's slowdown, bandwidth and stragglers")
     p.set_defaults(func=run)
+
+
+def _specs(args: argparse.Namespace):
+    from hybridps.errors import UserError
+    from hybridps.spec import check_plan, cluster_from_dict, job_from_dict, load_cluster, load_job, load_plan, plan_from_dict
+
+    if args.resume is not None and not (args.cluster or args.job or args.plan):
+        from traces.jsonl import read_trace
+
+        h = read_trace(args.resume / "trace.jsonl").header
+        cluster = cluster_from_dict(h["cluster"], f"{args.resume}/trace.jsonl header")
+        job = job_from_dict(h["job"], f"{args.resume}/trace.jsonl header")
+        plan = plan_from_dict(h["plan"], f"{args.resume}/trace.jsonl header", cluster, job)
+        meta = h.get("meta") or {}
+        args.model = args.model or meta.get("model")
+        args.data = args.data or meta.get("data")
+        if args.seed is None:
+            args.seed = h.get("seed")
+        return cluster, job, plan
+    missing = [f"--{n}" for n in ("cluster", "job", "plan") if getattr(args, n) is None]
+    if missing:
+        raise UserError(f"hybridps run needs {', '.join(missing)} (or --resume DIR)")
+    cluster, job = load_cluster(args.cluster), load_job(args.job)
+    plan = load_plan(args.plan, cluster, job)
+    check_plan(plan, cluster, job, args.plan)
+    return cluster, job, plan
 
 
 def run(args: argparse.Namespace) -> int:
     from hybridps.errors import UserError
 
-    raise UserError("`hybridps run` is not built yet")
+    try:
+        import torch  # noqa: F401
+    except ImportError:
+        raise UserError("hybridps run needs torch: pip install 'hybridps[runtime]'") from None
+    from runtime.context import RunOptions, expected_world_size
+    from runtime.launch import run_local, run_process
+
+    out = args.resume if args.resume is not None else args.out
+    if out is None:
+        raise UserError("hybridps run needs --out DIR (or --resume DIR)")
+    if args.resume is not None and not (args.resume / "checkpoint.pt").is_file():
+        raise UserError(f"{args.resume}: no checkpoint.pt to resume from")
+    cluster, job, plan = _specs(args)
+    opts = RunOptions(out_dir=Path(out), model=args.model, data=args.data, data_dir=args.data_dir, seed=args.seed,
+                      eval_every=args.eval_every, eval_samples=args.eval_samples,
+                      checkpoint_every_s=args.checkpoint_every, worker_timeout_s=args.worker_timeout,
+                      on_worker_loss=args.on_worker_loss, resume=args.resume is not None, device=args.device,
+                      threads=args.threads, emulate=not args.no_emulate)
+    if args.local and "RANK" not in os.environ:
+        # the children re-read the same arguments, without --local, plus what --resume recovered
+        argv = _rebuild_argv(args)
+        return run_local(argv, expected_world_size(cluster, plan))
+    return run_process(cluster, job, plan, opts)
+
+
+def _rebuild_argv(args: argparse.Namespace) -> list[str]:
+    out: list[str] = []
+    for flag in ("cluster", "job", "plan", "out", "resume", "model", "data", "data_dir", "seed", "eval_every",
+                 "eval_samples", "checkpoint_every", "on_worker_loss", "worker_timeout", "device", "threads"):
+        v = getattr(args, flag)
+        if v is not None:
+            out += [f"--{flag.replace('_', '-')}", str(v)]
+    if args.no_emulate:
+        out.append("--no-emulate")
+    return out

@@ -1,0 +1,508 @@
+"""A parameter-server shard: owns one slice of the flat parameter vector, serves the
+workers' pushes as they arrive and applies them per docs/semantics.md.
+
+The shard keeps one receive posted per worker, each in its own receiver thread (gloo's
+point-to-point work objects only complete inside `wait()`, so they cannot be polled),
+and serves whichever message arrives first from a queue, so no worker waits behind
+another's transfer. Shard 0 is the
+coordinator: it decides when a worker stops (the phase's sample target), gates ssp
+workers, writes the trace (the workers ship their records with their pushes),
+evaluates, and writes checkpoints and summary.json. Other shards only apply and serve.
+
+Liveness: each worker publishes a heartbeat in the rendezvous store (see
+`runtime.worker.Heartbeat`). A worker is lost when its heartbeat stops (dead) or its
+progress stops while the shard waits for its message (hung) for `worker_timeout_s`, or
+when its connection fails.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import queue
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+
+from hybridps.fileio import atomic_write_bytes
+from hybridps.progress import progress_bar
+from runtime import protocol as P
+from runtime.codecs import Codec
+from runtime.context import RunContext, shard_bounds
+from runtime.data import load_dataset
+from runtime.merge import merge_async, merge_sync, weighted_gradient
+from runtime.models import build_model
+from traces.jsonl import TraceWriter
+from traces.records import header as trace_header
+
+CHECKPOINT_FORMAT = "hybridps.checkpoint/1"
+
+
+class WorkerLost(Exception):
+    def __init__(self, pos: int, name: str, rank: int, reason: str):
+        self.pos, self.name, self.rank, self.reason = pos, name, rank, reason
+        super().__init__(f"worker {name} (rank {rank}) lost: {reason}")
+
+
+def checkpoint_path(out_dir: Path, shard: int) -> Path:
+    return out_dir / ("checkpoint.pt" if shard == 0 else f"checkpoint-shard{shard}.pt")
+
+
+def load_checkpoint(path: Path) -> dict:
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+class Shard:
+    def __init__(self, ctx: RunContext):
+        self.ctx = ctx
+        self.s = ctx.rank
+        self.lead = self.s == 0
+        opts = ctx.opts
+        self.data = load_dataset(ctx.data_name, ctx.job.data.samples, ctx.data_seed, opts.data_dir) \
+            if self.lead else None
+        num_classes = self.data.num_classes if self.lead else _num_classes(ctx)
+        self.model = build_model(ctx.model_name, num_classes, seed=ctx.data_seed)
+        full = torch.nn.utils.parameters_to_vector(self.model.parameters()).detach()
+        self.n_params = full.numel()
+        self.bounds = shard_bounds(self.n_params, ctx.shards)
+        lo, hi = self.bounds[self.s]
+        self.w = torch.nn.Parameter(full[lo:hi].clone())
+        tr = ctx.job.train
+        self.opt = torch.optim.SGD([self.w], lr=tr.base_lr, momentum=tr.momentum, weight_decay=tr.weight_decay)
+        self.version = 0
+        self.applied_total = 0  # samples applied over the whole run
+        self.start_phase = 0
+        self.start_applied = 0  # samples already applied in start_phase (resume)
+        self.lost: set[int] = set()
+        self.epoch_end_s: list[float] = []
+        self.phase_times: list[tuple[float, float]] = []
+        n_workers = len(ctx.workers)
+        self.rx = [torch.empty(0, dtype=torch.uint8) for _ in range(n_workers)]
+        self.hb_seen: dict[int, tuple[str, str, float]] = {}
+        self.last_ckpt = time.perf_counter()
+        self.writer: TraceWriter | None = None
+        self.bar = None
+        self.final_eval: dict | None = None
+        if opts.resume:
+            self._restore()
+
+    # ------------------------------------------------------------------ state
+
+    def _restore(self) -> None:
+        path = checkpoint_path(self.ctx.opts.out_dir, self.s)
+        ck = load_checkpoint(path)
+        self.w.data.copy_(ck["params"])
+        self.opt.load_state_dict(ck["optimizer"])
+        self.version = int(ck["version"])
+        self.applied_total = int(ck["applied_total"])
+        self.start_phase = int(ck["phase"])
+        self.start_applied = int(ck["applied_in_phase"])
+        self.epoch_end_s = [float(x) for x in ck["epoch_end_s"]]
+        self.phase_times = [(float(a), float(b)) for a, b in ck["phase_times"]]
+        self.ctx.time_offset_s = float(ck["elapsed_s"])
+        torch.set_rng_state(ck["torch_rng"])
+        # lost workers are not restored: a resumed run starts with every worker again
+
+    def save_checkpoint(self, phase: int, applied_in_phase: int) -> Path:
+        ck = {"format": CHECKPOINT_FORMAT, "shard": self.s, "shards": self.ctx.shards,
+              "params": self.w.detach().clone(), "optimizer": self.opt.state_dict(), "phase": phase,
+              "applied_in_phase": applied_in_phase, "applied_total": self.applied_total, "version": self.version,
+              "elapsed_s": self.ctx.now(), "epoch_end_s": list(self.epoch_end_s),
+              "phase_times": [list(t) for t in self.phase_times], "torch_rng": torch.get_rng_state(),
+              "complete": phase >= len(self.ctx.plan.phases)}
+        buf = io.BytesIO()
+        torch.save(ck, buf)
+        path = checkpoint_path(self.ctx.opts.out_dir, self.s)
+        atomic_write_bytes(path, buf.getvalue())
+        self.last_ckpt = time.perf_counter()
+        return path
+
+    # ------------------------------------------------------------------ trace and eval
+
+    def open_trace(self) -> None:
+        ctx = self.ctx
+        path = ctx.opts.out_dir / "trace.jsonl"
+        if ctx.opts.resume and path.is_file():
+            self.writer = TraceWriter(path, append=True)
+        else:
+            meta = {"model": ctx.model_name, "data": ctx.data_name, "parameters": self.n_params,
+                    "world_size": ctx.world_size, "workers": ctx.workers}
+            hdr = trace_header("runtime", cluster=ctx.cluster.model_dump(mode="json"),
+                               job=ctx.job.model_dump(mode="json"), plan=ctx.plan.model_dump(mode="json"),
+                               seed=ctx.opts.seed, meta=meta)
+            self.writer = TraceWriter(path, hdr)
+
+    def record(self, rec: dict) -> None:
+        if self.writer is not None:
+            self.writer.write(rec)
+
+    def full_params(self) -> torch.Tensor:
+        """The whole parameter vector (gathers the other shards' slices when S > 1)."""
+        if self.ctx.shards == 1:
+            return self.w.detach()
+        parts = [self.w.detach()]
+        for s in range(1, self.ctx.shards):
+            lo, hi = self.bounds[s]
+            buf = torch.empty(hi - lo, dtype=torch.float32)
+            dist.recv(buf, s, tag=P.TAG_GATHER)
+            parts.append(buf)
+        return torch.cat(parts)
+
+    def evaluate(self, epoch: float, phase: int, resolution: int) -> None:
+        """Loss and accuracy on the held-out split; batch norm uses batch statistics (the
+        PS holds parameters only, not the workers' running statistics)."""
+        params = self.full_params()
+        torch.nn.utils.vector_to_parameters(params, self.model.parameters())
+        n = min(self.ctx.opts.eval_samples, self.data.test_size)
+        loss_sum, correct = 0.0, 0
+        self.model.train()
+        with torch.no_grad():
+            for lo in range(0, n, 500):
+                x, y = self.data.batch(np.arange(lo, min(n, lo + 500)), resolution, split="test")
+                out = self.model(x)
+                loss_sum += float(F.cross_entropy(out, y, reduction="sum"))
+                correct += int((out.argmax(1) == y).sum())
+        rec = {"kind": "eval", "t_s": self.ctx.now(), "epoch": float(epoch), "loss": loss_sum / n,
+               "accuracy": correct / n, "phase": phase, "split": "test"}
+        self.final_eval = rec
+        self.record(rec)
+
+    def _send_gather(self) -> None:
+        if self.ctx.shards > 1 and not self.lead:
+            dist.send(self.w.detach().contiguous(), 0, tag=P.TAG_GATHER)
+
+    # ------------------------------------------------------------------ liveness
+
+    def _check_liveness(self, watch: set[int], expecting: set[int]) -> None:
+        ctx, store = self.ctx, dist.distributed_c10d._get_default_store()
+        now = time.perf_counter()
+        timeout = ctx.opts.worker_timeout_s
+        for pos in watch:
+            rank = ctx.worker_rank(pos)
+            beat, prog = store.get(f"hybridps/hb/{rank}").decode().split()
+            old = self.hb_seen.get(pos)
+            if old is None:
+                self.hb_seen[pos] = (beat, prog, now, now)
+                continue
+            beat_t = now if beat != old[0] else old[2]
+            prog_t = now if prog != old[1] else old[3]
+            self.hb_seen[pos] = (beat, prog, beat_t, prog_t)
+            if now - beat_t > timeout:
+                raise WorkerLost(pos, ctx.workers[pos], rank, f"no heartbeat for {now - beat_t:.1f} s (process dead?)")
+            if pos in expecting and now - prog_t > timeout:
+                raise WorkerLost(pos, ctx.workers[pos], rank, f"no progress for {now - prog_t:.1f} s (hung?)")
+
+    def _reset_liveness(self) -> None:
+        self.hb_seen.clear()
+
+    def _wait(self, work, pos: int, watch: set[int]) -> None:
+        try:
+            work.wait()
+        except Exception as e:  # the connection to the worker failed
+            raise WorkerLost(pos, self.ctx.workers[pos], self.ctx.worker_rank(pos), f"connection failed ({e})") from None
+
+    def start_receivers(self) -> None:
+        """One thread per worker: blocking receives of header + payload into the inbox."""
+        self.inbox: queue.Queue = queue.Queue()
+        last_phase = len(self.ctx.plan.phases) - 1
+        for pos in range(len(self.ctx.workers)):
+            threading.Thread(target=self._receive_loop, args=(pos, last_phase), daemon=True,
+                             name=f"recv-{self.ctx.workers[pos]}").start()
+
+    def _receive_loop(self, pos: int, last_phase: int) -> None:
+        rank = self.ctx.worker_rank(pos)
+        try:
+            while True:
+                hdr = P.recv_header(rank)
+                n = int(hdr[P.PAYLOAD]) + int(hdr[P.RECORDS])
+                if self.rx[pos].numel() < n:
+                    self.rx[pos] = torch.empty(n, dtype=torch.uint8)
+                body = P.recv_payload(rank, n, self.rx[pos])
+                self.inbox.put((pos, hdr, body))
+                if int(hdr[P.TYPE]) == P.MSG_DONE and int(hdr[P.PHASE]) >= last_phase:
+                    return
+        except Exception as e:
+            self.inbox.put((pos, None, e))
+
+    def _next_message(self, watch: set[int], expecting: set[int]) -> tuple[int, torch.Tensor, torch.Tensor]:
+        while True:
+            try:
+                pos, hdr, body = self.inbox.get(timeout=0.25)
+            except queue.Empty:
+                self._check_liveness(watch, expecting)
+                continue
+            if pos in self.lost:
+                continue
+            if hdr is None:
+                raise WorkerLost(pos, self.ctx.workers[pos], self.ctx.worker_rank(pos), f"connection failed ({body})")
+            return pos, hdr, body
+
+    # ------------------------------------------------------------------ the run
+
+    def run(self) -> None:
+        ctx = self.ctx
+        self.start_receivers()
+        if self.lead:
+            self.open_trace()
+            total = sum(ph.epochs for ph in ctx.plan.phases) * ctx.job.data.samples
+            self.bar = progress_bar(total, "hybridps run", unit="sample")
+            self.bar.update(self.applied_total)
+        if ctx.opts.eval_every and not ctx.opts.resume and ctx.plan.phases:
+            self._send_gather()
+            if self.lead:
+                self.evaluate(0.0, 0, ctx.plan.phases[0].resolution)
+        for p in range(self.start_phase, len(ctx.plan.phases)):
+            self.run_phase(p, self.start_applied if p == self.start_phase else 0)
+        if self.start_phase >= len(ctx.plan.phases) and self.lead:
+            pass  # resumed a finished run: nothing left to do
+        for pos in range(len(ctx.workers)):
+            if pos not in self.lost:
+                P.send(ctx.worker_rank(pos), P.header(P.MSG_END))
+        self.save_checkpoint(len(ctx.plan.phases), 0)
+        if self.bar is not None:
+            self.bar.close()
+
+    def run_phase(self, p: int, applied: int) -> None:
+        ctx, ph = self.ctx, self.ctx.plan.phases[p]
+        n_data = ctx.job.data.samples
+        target = ph.epochs * n_data
+        epochs_before = sum(x.epochs for x in ctx.plan.phases[:p])
+        lr_scale = 1.0 / ctx.job.train.base_lr
+        participants = [ctx.workers.index(wa.name) for wa in ph.workers]
+        share = {ctx.workers.index(wa.name): wa.samples for wa in ph.workers}
+        max_share = max(share.values())
+        lo, hi = self.bounds[self.s]
+        codec = Codec(ph.compression, hi - lo)
+        gradient = ph.exchange == "gradient"
+        keep_pulled = not gradient and ph.compression.lossy
+        pulled: dict[int, torch.Tensor] = {}
+        t_phase = ctx.now()
+        self._reset_liveness()
+        # ---- start the phase: every live worker gets the parameters
+        works = []
+        params_bytes = P.as_bytes(self.w.detach())
+        lost_mask = self._lost_mask()
+        for pos in range(len(ctx.workers)):
+            if pos in self.lost:
+                continue
+            hdr = P.header(P.MSG_PHASE, phase=p, samples=applied, payload=params_bytes.numel(), lost=lost_mask,
+                           offset_us=int(round(ctx.time_offset_s * 1e6)))
+            works += [(w, pos) for w in P.isend(ctx.worker_rank(pos), hdr, params_bytes)]
+            if keep_pulled:
+                pulled[pos] = self.w.detach().clone()
+        alive = {pos for pos in range(len(ctx.workers)) if pos not in self.lost}
+        for w, pos in works:
+            self._wait(w, pos, alive)
+        done: set[int] = set()
+        stopped: set[int] = set()
+        waiting: set[int] = set()
+        counts = {pos: 0 for pos in participants}
+        last_pull_version = {pos: self.version for pos in participants}
+        bsp_round: dict[int, tuple[int, torch.Tensor]] = {}
+        state = {"applied": applied}
+
+        def active() -> set[int]:
+            return {q for q in participants if q not in self.lost and q not in stopped and q not in done}
+
+        def lr_now() -> float:
+            epoch = self.applied_total / n_data
+            return ph.lr * ctx.job.train.lr_at_epoch(epoch) * lr_scale
+
+        def reply(pos: int, watch: set[int]) -> None:
+            stop = self.lead and state["applied"] >= target
+            counts[pos] += 1
+            if stop:
+                stopped.add(pos)
+            go = 1
+            if self.lead and ph.sync == "ssp" and not stop:
+                floor = min(counts[q] for q in active()) if active() else counts[pos]
+                if counts[pos] - floor > ph.staleness:
+                    go = 0
+                    waiting.add(pos)
+            hdr = P.header(P.MSG_REPLY, phase=p, version=self.version, stop=int(stop), go=go,
+                           payload=params_bytes.numel(), lost=self._lost_mask())
+            for w in P.isend(ctx.worker_rank(pos), hdr, params_bytes):
+                self._wait(w, pos, watch)
+            last_pull_version[pos] = self.version
+            if keep_pulled:
+                pulled[pos] = self.w.detach().clone()
+
+        def release_waiting() -> None:
+            if not waiting:
+                return
+            act = active()
+            floor = min(counts[q] for q in act) if act else 0
+            for q in sorted(waiting):
+                if q in self.lost:
+                    waiting.discard(q)
+                elif counts[q] - floor <= ph.staleness:
+                    waiting.discard(q)
+                    P.send(ctx.worker_rank(q), P.header(P.MSG_GO, phase=p, go=1, lost=self._lost_mask()))
+
+        def apply(items: list[tuple[int, int, torch.Tensor]]) -> None:
+            """items: (worker position, samples, decoded vector); one version step."""
+            t = ctx.now()
+            before = self.version
+            total = sum(n for _, n, _ in items)
+            if gradient:
+                g = weighted_gradient([(n, v) for _, n, v in items])
+                for group in self.opt.param_groups:
+                    group["lr"] = lr_now()
+                self.w.grad = g
+                self.opt.step()
+                self.w.grad = None
+            else:
+                models = [(pos, n, (pulled[pos] + v) if keep_pulled else v) for pos, n, v in items]
+                with torch.no_grad():
+                    if ph.sync == "bsp":
+                        self.w.copy_(merge_sync([(n, m) for _, n, m in models]))
+                    else:
+                        pos, _, m = models[0]
+                        self.w.copy_(merge_async(self.w, m, share[pos], max_share))
+            self.version += 1
+            state["applied"] += total
+            self.applied_total += total
+            if self.lead:
+                for pos, n, _ in items:
+                    stale = 0 if ph.sync == "bsp" else before - last_pull_version[pos]
+                    self.record({"kind": "update", "worker": ctx.workers[pos], "phase": p, "t_s": t,
+                                 "version": self.version, "staleness": stale})
+                if self.bar is not None:
+                    self.bar.update(total)
+                # epoch ends (counted across phases) and per-epoch evaluation
+                while (len(self.epoch_end_s) + 1) * n_data <= self.applied_total:
+                    self.epoch_end_s.append(ctx.now())
+                    e = len(self.epoch_end_s)
+                    every = ctx.opts.eval_every
+                    if every and ctx.shards == 1 and e % every == 0 and e < epochs_before + ph.epochs:
+                        self.evaluate(float(e), p, ph.resolution)
+
+        while len(done) < len(alive - self.lost):
+            watch = alive - self.lost - done
+            expecting = watch - waiting - set(bsp_round)
+            try:
+                pos, hdr, body = self._next_message(watch, expecting)
+                kind = int(hdr[P.TYPE])
+                nbytes, nrec = int(hdr[P.PAYLOAD]), int(hdr[P.RECORDS])
+                if nrec and self.lead:
+                    for line in bytes(body[nbytes:].numpy()).decode().splitlines():
+                        self.record(json.loads(line))
+                if kind == P.MSG_DONE:
+                    done.add(pos)
+                    release_waiting()
+                    continue
+                assert kind == P.MSG_PUSH, P.NAMES.get(kind, kind)
+                vec = codec.decode(body[:nbytes])
+                samples = int(hdr[P.SAMPLES])
+                if ph.sync == "bsp":
+                    bsp_round[pos] = (samples, vec)
+                    if set(bsp_round) >= active():
+                        self._apply_round(apply, bsp_round, reply, watch)
+                else:
+                    apply([(pos, samples, vec)])
+                    reply(pos, watch)
+                    release_waiting()
+                if time.perf_counter() - self.last_ckpt > ctx.opts.checkpoint_every_s:
+                    self.save_checkpoint(p, state["applied"])
+            except WorkerLost as e:
+                if ctx.opts.on_worker_loss != "continue" or ph.sync == "bsp":
+                    self._abort_state = (p, state["applied"])
+                    raise
+                print(f"hybridps run: {e}; continuing without it", file=sys.stderr, flush=True)
+                self.lost.add(e.pos)
+                bsp_round.pop(e.pos, None)
+                waiting.discard(e.pos)
+                release_waiting()
+        t_end = ctx.now()
+        self.phase_times.append((t_phase, t_end))
+        if self.lead:
+            self.record({"kind": "phase", "index": p, "start_s": t_phase, "end_s": t_end})
+        self.save_checkpoint(p + 1, 0)
+        self._send_gather()
+        if self.lead:
+            self.evaluate(float(epochs_before + ph.epochs), p, ph.resolution)
+
+    def _apply_round(self, apply, bsp_round: dict, reply, watch: set[int]) -> None:
+        items = [(pos, n, v) for pos, (n, v) in sorted(bsp_round.items())]
+        apply(items)
+        for pos, _, _ in items:
+            reply(pos, watch)
+        bsp_round.clear()
+
+    def _lost_mask(self) -> int:
+        return sum(1 << pos for pos in self.lost)
+
+    def abort(self, reason: str) -> Path | None:
+        """Keep a checkpoint, tell every worker to stop; returns the checkpoint path."""
+        p, applied = getattr(self, "_abort_state", (self.start_phase, self.start_applied))
+        path = None
+        try:
+            path = self.save_checkpoint(p, applied)
+        except Exception as e:  # never lose the abort message over a checkpoint problem
+            print(f"hybridps run: could not write a checkpoint: {e}", file=sys.stderr)
+        works = []
+        for pos in range(len(self.ctx.workers)):
+            try:
+                works += P.isend(self.ctx.worker_rank(pos), P.header(P.MSG_ABORT))
+            except Exception:
+                pass
+        waiter = threading.Thread(target=lambda: [w.wait() for w in works], daemon=True)
+        waiter.start()
+        waiter.join(timeout=2.0)  # a dead worker never takes its ABORT
+        if self.bar is not None:
+            self.bar.close()
+        if self.writer is not None:
+            self.writer.close()
+        return path
+
+
+def _num_classes(ctx: RunContext) -> int:
+    name = ctx.data_name
+    if name.startswith("synthetic"):
+        return int(name.split(":", 1)[1]) if ":" in name else 10
+    if name.startswith("cifar100"):
+        return 100
+    if name.startswith("cifar10"):
+        return 10
+    return load_dataset(name, ctx.job.data.samples, ctx.data_seed, ctx.opts.data_dir).num_classes
+
+
+def run_server(ctx: RunContext) -> int:
+    from runtime.summary import write_summary
+
+    shard = Shard(ctx)
+    startup_s = time.perf_counter() - ctx.t0
+    dist.barrier()  # every process ready: time zero
+    ctx.t0 = time.perf_counter()
+    wall0 = time.time()
+    try:
+        shard.run()
+    except WorkerLost as e:
+        path = shard.abort(str(e))
+        if shard.lead:
+            print(f"hybridps: error: {e}; stopped every process; checkpoint {path}; "
+                  f"continue with: hybridps run --resume {ctx.opts.out_dir} --local", file=sys.stderr, flush=True)
+            write_summary(ctx, shard, status="worker-lost", startup_s=startup_s, wall_s=time.time() - wall0)
+        return 3
+    except KeyboardInterrupt:
+        path = shard.abort("interrupted")
+        if shard.lead:
+            print(f"hybridps: interrupted; checkpoint {path}; continue with: hybridps run --resume "
+                  f"{ctx.opts.out_dir} --local", file=sys.stderr, flush=True)
+            write_summary(ctx, shard, status="interrupted", startup_s=startup_s, wall_s=time.time() - wall0)
+        return 130
+    if shard.lead:
+        shard.writer.close()
+        summary = write_summary(ctx, shard, status="complete", startup_s=startup_s, wall_s=time.time() - wall0)
+        ev = shard.final_eval
+        acc = f", test accuracy {ev['accuracy']:.3f} (loss {ev['loss']:.3f})" if ev else ""
+        print(f"hybridps run: {len(ctx.plan.phases)} phase(s), {summary['updates']} updates in "
+              f"{summary['makespan_s']:.1f} s{acc}; wrote {ctx.opts.out_dir}/trace.jsonl, summary.json, "
+              f"checkpoint.pt", flush=True)
+    return 0

@@ -1,0 +1,311 @@
+"""A worker process: computes its share of each epoch, pushes updates to the PS shards
+and pulls their parameters, exactly per docs/semantics.md, while emulating its cluster
+entry (slowdown, NIC bandwidth and latency, straggler episodes).
+
+Gradient exchange: the worker keeps no optimizer. Over an exchange interval it sums the
+per-sample gradients of its iterations (loss with reduction="sum", accumulated by
+autograd at fixed weights) and pushes their mean (sum / samples) with the sample count;
+the PS re-weights by samples, so a bsp round equals one SGD step on the union of the
+batches and local_steps > 1 acts as a larger batch. Model exchange: the worker trains
+with a local SGD (momentum, weight decay, the phase's LR) and pushes its weights; with a
+lossy codec it pushes (w_local - w_pulled) and the PS rebuilds w_local.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import threading
+import time
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+
+from hybridps.stragglers import StragglerSchedule
+from runtime import protocol as P
+from runtime.codecs import ErrorFeedback
+from runtime.context import RunContext, shard_bounds
+from runtime.data import epoch_permutation, load_dataset, share_indices
+from runtime.models import build_model
+
+
+class Aborted(Exception):
+    """The PS told this worker to stop (ABORT)."""
+
+
+class Heartbeat:
+    """Publishes `beat progress` to the rendezvous store every 0.25 s from a thread: the
+    PS declares the worker dead when the beat stops and hung when progress stops while
+    the PS waits for it."""
+
+    def __init__(self, rank: int):
+        self.key = f"hybridps/hb/{rank}"
+        self.store = dist.distributed_c10d._get_default_store()
+        self.progress = 0
+        self._beat = 0
+        self._stop = threading.Event()
+        self.store.set(self.key, "0 0")
+        self._thread = threading.Thread(target=self._run, daemon=True, name="heartbeat")
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.25):
+            self._beat += 1
+            try:
+                self.store.set(self.key, f"{self._beat} {self.progress}")
+            except Exception:
+                return  # the store (PS) is gone; the main thread will notice
+
+    def stop(self) -> None:
+        self._stop.set()
+
+
+def effective_shares(shares: list[int], lost: set[int], positions: list[int]) -> list[int]:
+    """The plan's shares re-split over the workers still alive (the lost ones get 0), so
+    an epoch still covers the whole permutation after a worker loss."""
+    alive_total = sum(s for s, pos in zip(shares, positions) if pos not in lost)
+    total = sum(shares)
+    return [0 if pos in lost else max(1, round(s * total / alive_total)) for s, pos in zip(shares, positions)]
+
+
+class WorkerProcess:
+    def __init__(self, ctx: RunContext, device: torch.device):
+        self.ctx = ctx
+        self.pos = ctx.rank - ctx.shards
+        self.name = ctx.workers[self.pos]
+        self.spec = ctx.cluster.worker_by_name[self.name]
+        self.device = device
+        self.data = load_dataset(ctx.data_name, ctx.job.data.samples, ctx.data_seed, ctx.opts.data_dir)
+        self.model = build_model(ctx.model_name, self.data.num_classes, seed=ctx.data_seed).to(device)
+        self.params = list(self.model.parameters())
+        n = sum(p.numel() for p in self.params)
+        self.n_params = n
+        self.flat = torch.zeros(n, dtype=torch.float32, device=device)
+        off = 0
+        for p in self.params:  # parameters become views of one flat buffer: a pull is one copy
+            self.flat[off: off + p.numel()].copy_(p.data.reshape(-1))
+            p.data = self.flat[off: off + p.numel()].view_as(p)
+            off += p.numel()
+        self.bounds = shard_bounds(n, ctx.shards)
+        pin = device.type == "cuda"
+        self.pull_bufs = [torch.empty(hi - lo, dtype=torch.float32, pin_memory=pin) for lo, hi in self.bounds]
+        self.stragglers = StragglerSchedule(ctx.cluster, seed=ctx.opts.seed)
+        self.records: list[dict] = []
+        self.hb = Heartbeat(ctx.rank)
+        self.lost: set[int] = set()
+
+    # ------------------------------------------------------------------ helpers
+
+    def _sync(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+    def _sleep_until(self, start: float, target_s: float) -> None:
+        left = target_s - (time.perf_counter() - start)
+        if left > 0 and self.ctx.opts.emulate:
+            time.sleep(left)
+
+    def _link_time_s(self, nbytes: int) -> float:
+        return nbytes / self.spec.bandwidth_bytes_per_s + self.spec.latency_s
+
+    def _records_payload(self) -> bytes:
+        if not self.records:
+            return b""
+        raw = "".join(json.dumps(r, separators=(",", ":")) + "\n" for r in self.records).encode()
+        self.records.clear()
+        return raw
+
+    def _send_all(self, kind: int, phase: int, payloads: list[torch.Tensor] | None, **fields: int) -> int:
+        """Send one message to every shard (records to shard 0); returns the data bytes."""
+        rec = self._records_payload()
+        works, sent = [], 0
+        for s in range(self.ctx.shards):
+            data = payloads[s] if payloads is not None else torch.empty(0, dtype=torch.uint8)
+            extra = torch.frombuffer(bytearray(rec), dtype=torch.uint8) if (s == 0 and rec) else None
+            body = torch.cat([data, extra]) if extra is not None else data
+            hdr = P.header(kind, phase=phase, payload=data.numel(), records=len(rec) if s == 0 else 0, **fields)
+            works += P.isend(s, hdr, body)
+            sent += data.numel()
+        for w in works:
+            w.wait()
+        self.hb.progress += 1
+        return sent
+
+    def _recv_phase(self) -> torch.Tensor | None:
+        """Wait for the next PHASE (returns shard 0's header) or END (returns None)."""
+        hdrs = []
+        for s in range(self.ctx.shards):
+            h = P.recv_header(s)
+            if h[P.TYPE] == P.MSG_ABORT:
+                raise Aborted()
+            hdrs.append(h)
+            if h[P.TYPE] == P.MSG_PHASE:
+                P.recv_payload(s, int(h[P.PAYLOAD]), P.as_bytes(self.pull_bufs[s]))
+        if hdrs[0][P.TYPE] == P.MSG_END:
+            return None
+        self.ctx.time_offset_s = int(hdrs[0][P.OFFSET_US]) / 1e6
+        self._load_pulled()
+        return hdrs[0]
+
+    def _load_pulled(self) -> None:
+        for (lo, hi), buf in zip(self.bounds, self.pull_bufs):
+            self.flat[lo:hi].copy_(buf, non_blocking=True)
+        self._sync()
+
+    def _update_lost(self, mask: int) -> None:
+        self.lost = {i for i in range(len(self.ctx.workers)) if mask >> i & 1}
+
+    # ------------------------------------------------------------------ main loop
+
+    def run(self) -> None:
+        try:
+            while True:
+                h0 = self._recv_phase()
+                if h0 is None:
+                    return
+                p = int(h0[P.PHASE])
+                self._update_lost(int(h0[P.LOST]))
+                names = [wa.name for wa in self.ctx.plan.phases[p].workers]
+                if self.name not in names:
+                    self._send_all(P.MSG_DONE, p, None)
+                    continue
+                self._run_phase(p, int(h0[P.SAMPLES]))
+        finally:
+            self.hb.stop()
+
+    def _run_phase(self, p: int, resumed_samples: int) -> None:
+        ctx, ph = self.ctx, self.ctx.plan.phases[p]
+        wa = next(w for w in ph.workers if w.name == self.name)
+        positions = [ctx.workers.index(w.name) for w in ph.workers]
+        my_index = positions.index(self.pos)
+        plan_shares = [w.samples for w in ph.workers]
+        B, res = wa.batch, ph.resolution
+        every = ph.exchange_every(wa)
+        epochs_before = sum(x.epochs for x in ctx.plan.phases[:p])
+        n_data = ctx.job.data.samples
+        gradient = ph.exchange == "gradient"
+        lossy = ph.compression.lossy
+        codecs = [ErrorFeedback(ph.compression, hi - lo, seed=hash((ctx.data_seed, self.pos, p, s)) % 2**31)
+                  for s, (lo, hi) in enumerate(self.bounds)]
+        tr = ctx.job.train
+        opt = None
+        if not gradient:
+            opt = torch.optim.SGD(self.params, lr=ph.lr, momentum=tr.momentum, weight_decay=tr.weight_decay)
+        pulled = self.flat.clone() if (not gradient and lossy) else None
+        # resume: start at the worker-epoch that this worker's part of the applied count reaches
+        computed = round(resumed_samples * wa.samples / sum(plan_shares)) if resumed_samples else 0
+        worker_epoch = computed // wa.samples
+        step = 0
+        indices, k, it = None, 0, 0  # it: iteration within the worker-epoch
+        while True:
+            # ---------------------------------------------------------- one interval
+            interval_samples, iters = 0, 0
+            if gradient:
+                for q in self.params:
+                    q.grad = None
+            while iters < every:
+                if it == 0:
+                    shares = effective_shares(plan_shares, self.lost, positions)
+                    perm = epoch_permutation(n_data, epochs_before + worker_epoch, ctx.data_seed)
+                    indices = share_indices(perm, shares, my_index)
+                    k = math.ceil(len(indices) / B)
+                lo = it * B
+                n = min(B, len(indices) - lo)
+                t_start = ctx.now()
+                wall0 = time.perf_counter()
+                x, y = self.data.batch(indices[lo: lo + n], res)
+                x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+                out = self.model(x)
+                if gradient:
+                    F.cross_entropy(out, y, reduction="sum").backward()
+                else:
+                    lr = ph.lr * tr.lr_at_epoch(epochs_before + worker_epoch) / tr.base_lr
+                    for g in opt.param_groups:
+                        g["lr"] = lr
+                    opt.zero_grad(set_to_none=True)
+                    F.cross_entropy(out, y).backward()
+                    opt.step()
+                self._sync()
+                measured = time.perf_counter() - wall0
+                factor = self.spec.slowdown * self.stragglers.factor_at(self.name, t_start)
+                self._sleep_until(wall0, measured * factor)
+                rec = {"kind": "compute", "worker": self.name, "phase": p, "epoch": epochs_before + worker_epoch,
+                       "step": step, "batch": B, "resolution": res, "start_s": t_start, "end_s": ctx.now()}
+                if n != B:
+                    rec["samples"] = n
+                self.records.append(rec)
+                self.hb.progress += 1
+                step += 1
+                iters += 1
+                interval_samples += n
+                it += 1
+                if it == k:  # end of the worker-epoch: always exchange
+                    it = 0
+                    worker_epoch += 1
+                    break
+            # ---------------------------------------------------------- push
+            if gradient:
+                vec = torch.cat([q.grad.reshape(-1) for q in self.params]) / interval_samples
+            elif lossy:
+                vec = self.flat - pulled
+            else:
+                vec = self.flat
+            vec = vec.detach().to("cpu", torch.float32)
+            payloads = [c.encode(vec[lo:hi]) for c, (lo, hi) in zip(codecs, self.bounds)]
+            reply_works = []
+            hdr_bufs = [torch.empty(P.HEADER_LEN, dtype=torch.int64) for _ in range(ctx.shards)]
+            for s in range(ctx.shards):
+                reply_works.append(dist.irecv(hdr_bufs[s], s, tag=P.TAG_HEADER))
+            t_push = ctx.now()
+            wall0 = time.perf_counter()
+            pushed = self._send_all(P.MSG_PUSH, p, payloads, samples=interval_samples,
+                                    epoch=epochs_before + worker_epoch)
+            self._sleep_until(wall0, self._link_time_s(pushed))
+            self.records.append({"kind": "push", "worker": self.name, "phase": p, "start_s": t_push,
+                                 "end_s": ctx.now(), "bytes": pushed, "samples": interval_samples})
+            # ---------------------------------------------------------- pull
+            reply_works[0].wait()
+            h0 = hdr_bufs[0]
+            if h0[P.TYPE] == P.MSG_ABORT:
+                raise Aborted()
+            t_pull = ctx.now()
+            wall0 = time.perf_counter()
+            pulled_bytes = 0
+            for s in range(ctx.shards):
+                if s:
+                    reply_works[s].wait()
+                    if hdr_bufs[s][P.TYPE] == P.MSG_ABORT:
+                        raise Aborted()
+                P.recv_payload(s, int(hdr_bufs[s][P.PAYLOAD]), P.as_bytes(self.pull_bufs[s]))
+                pulled_bytes += int(hdr_bufs[s][P.PAYLOAD])
+            self._load_pulled()
+            if pulled is not None:
+                pulled.copy_(self.flat)
+            self._sleep_until(wall0, self._link_time_s(pulled_bytes))
+            self.records.append({"kind": "pull", "worker": self.name, "phase": p, "start_s": t_pull,
+                                 "end_s": ctx.now(), "bytes": pulled_bytes})
+            self.hb.progress += 1
+            self._update_lost(int(h0[P.LOST]))
+            stop = bool(h0[P.STOP])
+            if not stop and not h0[P.GO]:  # ssp: wait until the slowest catches up
+                g = P.recv_header(0)
+                if g[P.TYPE] == P.MSG_ABORT:
+                    raise Aborted()
+                self._update_lost(int(g[P.LOST]))
+                stop = bool(g[P.STOP])
+            if stop:
+                self._send_all(P.MSG_DONE, p, None)
+                return
+
+
+def run_worker(ctx: RunContext, device: torch.device) -> int:
+    w = WorkerProcess(ctx, device)
+    dist.barrier()  # every process ready: time zero
+    ctx.t0 = time.perf_counter()
+    try:
+        w.run()
+    except Aborted:
+        return 3
+    return 0

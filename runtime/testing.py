@@ -1,0 +1,80 @@
+"""Helpers for the runtime's tests and benchmark: tiny cluster/job/plan files and a
+single-process SGD reference that sees exactly the batches a bsp run sees."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from runtime.data import epoch_permutation, load_dataset, share_indices
+from runtime.models import build_model
+
+
+def write_specs(d: Path, workers: list[tuple[str, int, int]], *, sync: str = "bsp", exchange: str = "gradient",
+                epochs: int = 2, lr: float = 0.1, staleness: int | None = None, local_steps: int | None = None,
+                compression: dict | None = None, slowdown: dict[str, float] | None = None, resolution: int = 8,
+                model: str = "mlp", data: str = "synthetic", momentum: float = 0.9, weight_decay: float = 1e-4,
+                ps_count: int = 1, phases: list[dict] | None = None) -> tuple[Path, Path, Path]:
+    """workers: (name, batch, samples per epoch). Writes cluster.toml, job.toml, plan.json."""
+    d.mkdir(parents=True, exist_ok=True)
+    slowdown = slowdown or {}
+    lines = ['format = "hybridps.cluster/1"', "[ps]", f"count = {ps_count}", "bandwidth_gbps = 1000.0",
+             "latency_ms = 0.0", f"[devices.cpu.resolutions.{resolution}]", "a = 0.0001", "b = 0.001",
+             "max_batch = 4096"]
+    for name, _, _ in workers:
+        lines += ["[[workers]]", f'name = "{name}"', 'device = "cpu"', "bandwidth_gbps = 1000.0", "latency_ms = 0.0",
+                  f"slowdown = {float(slowdown.get(name, 1.0))}"]
+    (d / "cluster.toml").write_text("\n".join(lines) + "\n")
+    samples = sum(s for _, _, s in workers)
+    (d / "job.toml").write_text(
+        f'format = "hybridps.job/1"\n[model]\nname = "{model}"\nparameters = 1000\n[data]\nname = "{data}"\n'
+        f"samples = {samples}\n[train]\nepochs = {epochs}\nresolutions = [{resolution}]\nbase_batch = 32\n"
+        f"base_lr = {lr}\nmomentum = {momentum}\nweight_decay = {weight_decay}\n")
+    phase = {"epochs": epochs, "resolution": resolution, "sync": sync, "staleness": staleness, "exchange": exchange,
+             "local_steps": local_steps, "lr": lr, "compression": compression or {"kind": "none"},
+             "workers": [{"name": n, "batch": b, "samples": s} for n, b, s in workers]}
+    plan = {"format": "hybridps.plan/1", "phases": phases or [phase]}
+    (d / "plan.json").write_text(json.dumps(plan, indent=1))
+    return d / "cluster.toml", d / "job.toml", d / "plan.json"
+
+
+def reference_bsp_sgd(workers: list[tuple[str, int, int]], epochs: int, lr: float, momentum: float,
+                      weight_decay: float, seed: int = 0, model: str = "mlp", data: str = "synthetic",
+                      resolution: int = 8) -> torch.Tensor:
+    """Single-process SGD where each step uses the union of the workers' batches of that
+    step (what a bsp gradient-exchange run must reproduce). Returns the flat parameters."""
+    samples = sum(s for _, _, s in workers)
+    ds = load_dataset(data, samples, seed)
+    net = build_model(model, ds.num_classes, seed=seed)
+    opt = torch.optim.SGD(net.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay)
+    shares = [s for _, _, s in workers]
+    for epoch in range(epochs):
+        perm = epoch_permutation(samples, epoch, seed)
+        own = [share_indices(perm, shares, i) for i in range(len(workers))]
+        steps = math.ceil(workers[0][2] / workers[0][1])
+        for k in range(steps):
+            idx = torch.cat([torch.from_numpy(own[i][k * b: (k + 1) * b]) for i, (_, b, _) in enumerate(workers)])
+            x, y = ds.batch(idx.numpy(), resolution)
+            opt.zero_grad()
+            F.cross_entropy(net(x), y).backward()
+            opt.step()
+    return torch.nn.utils.parameters_to_vector(net.parameters()).detach()
+
+
+def run_cli(args: list[str], timeout_s: float = 120.0, **kw):
+    """`python -m hybridps ARGS` in a subprocess (the real entry point)."""
+    import os
+    import subprocess
+    import sys
+
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+    return subprocess.run([sys.executable, "-m", "hybridps", *map(str, args)], capture_output=True, text=True,
+                          timeout=timeout_s, env=env, **kw)
+
+
+def spec_args(d: Path) -> list[str]:
+    return ["--cluster", d / "cluster.toml", "--job", d / "job.toml", "--plan", d / "plan.json"]

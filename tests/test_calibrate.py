@@ -107,18 +107,24 @@ def test_separates_device_speed_from_worker_slowdown(tmp_path):
     assert cal.stragglers.episodes == 0 and c.stragglers.rate_per_hour == 0
 
 
-def test_profile_anchors_the_scale_and_combines_with_a_run(tmp_path):
+def test_a_run_rescales_the_profile_and_sets_the_slowdowns(tmp_path):
+    """The profile gives the shape of t(n); a run whose device is 1.2x slower than when
+    profiled (other processes, overheads) rescales a and b; slowdowns are relative to the
+    fastest worker. The run alone (one batch size per worker) could not separate them."""
     rng = np.random.default_rng(5)
     prof = _profile_trace(tmp_path / "p.jsonl", rng)
-    run = _run_trace(tmp_path / "r.jsonl", rng, slowdowns=(1.2, 1.8, 2.4))  # no worker runs at device speed
+    run = _run_trace(tmp_path / "r.jsonl", rng, slowdowns=(1.2, 1.8, 2.4))
     text = tmp_path / "run.jsonl"
     text.write_text(run.read_text().replace('"dev"', '"gtx"'))  # the run's workers are gtx devices
     cal = calibrate([read_trace(prof), read_trace(text)])
     slow = {w.worker: w.slowdown for w in cal.workers}
-    assert slow == pytest.approx({"w0": 1.2, "w1": 1.8, "w2": 2.4}, rel=0.02)
-    f = {(x.device, x.resolution): x for x in cal.compute}[("gtx", 32)]
-    assert f.a == pytest.approx(A_S, rel=0.02) and f.b == pytest.approx(B_S, rel=0.02)
+    assert slow == pytest.approx({"w0": 1.0, "w1": 1.5, "w2": 2.0}, rel=0.02)
+    fits = {(x.device, x.resolution): x for x in cal.compute}
+    f = fits[("gtx", 32)]
+    assert f.a == pytest.approx(1.2 * A_S, rel=0.02) and f.b == pytest.approx(1.2 * B_S, rel=0.02)
     assert f.max_batch == 512  # the profile's largest batch
+    f24 = fits[("gtx", 24)]  # no run records at 24: the profile as measured
+    assert f24.a == pytest.approx(0.6 * A_S, rel=0.02) and f24.b == pytest.approx(B_S, rel=0.02)
 
 
 def test_estimates_transient_stragglers(tmp_path):

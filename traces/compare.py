@@ -43,17 +43,23 @@ def _applied_pushes(trace: Trace) -> list[tuple[float, int]]:
                 n += comp[ci].get("samples", comp[ci]["batch"])
                 ci += 1
             samples = p.get("samples", n)
-            out.append((ups[k] if use_updates else p["end_s"], samples))
+            out.append((ups[k] if use_updates else p["end_s"], samples))  # run time, not shifted
     out.sort()
     return out
 
 
 def measured_summary(trace: Trace) -> dict[str, Any]:
     """The run's measurements in the shape of the simulator's summary (the fields a run
-    trace can give: makespan, phases, epoch ends, per-worker counters and bytes)."""
+    trace can give: makespan, phases, epoch ends, per-worker counters and bytes).
+
+    Times count from the first phase's start, as in the simulator: what the runtime does
+    before it (the initial evaluation) is not training and is reported apart, as
+    `before_first_phase_s`; the time between phases (phase-end evaluation, checkpoint)
+    stays in the makespan and is reported as `between_phases_s`."""
     phases = sorted(trace.of_kind("phase"), key=lambda r: r["index"])
+    origin = phases[0]["start_s"] if phases else 0.0
     ends = [r["end_s"] for r in trace.records if "end_s" in r]
-    makespan = max((p["end_s"] for p in phases), default=max(ends, default=0.0))
+    makespan = max((p["end_s"] for p in phases), default=max(ends, default=0.0)) - origin
     workers: dict[str, dict[str, Any]] = defaultdict(lambda: {f: 0 for f in WORKER_FIELDS})
     for r in trace.of_kind("compute"):
         w = workers[r["worker"]]
@@ -76,14 +82,16 @@ def measured_summary(trace: Trace) -> dict[str, Any]:
         for t, n in _applied_pushes(trace):
             applied += n
             while len(epoch_end_s) < total_epochs and applied >= (len(epoch_end_s) + 1) * samples_per_epoch:
-                epoch_end_s.append(t)
+                epoch_end_s.append(t - origin)
     return {
         "makespan_s": makespan,
-        "phases": [{"start_s": p["start_s"], "end_s": p["end_s"]} for p in phases],
+        "phases": [{"start_s": p["start_s"] - origin, "end_s": p["end_s"] - origin} for p in phases],
         "epoch_end_s": epoch_end_s,
         "workers": dict(sorted(workers.items())),
         "updates": len(trace.of_kind("update")),
         "bytes_total": sum(w["bytes_pushed"] + w["bytes_pulled"] for w in workers.values()),
+        "before_first_phase_s": origin,
+        "between_phases_s": sum(max(0.0, b["start_s"] - a["end_s"]) for a, b in zip(phases, phases[1:])),
     }
 
 
@@ -119,6 +127,9 @@ def compare(predicted: dict[str, Any], measured: dict[str, Any]) -> dict[str, An
     out["mismatched_counts"] = {k: {"predicted": a, "measured": b} for k, (a, b) in counts.items() if a != b}
     errs = [abs(r["rel_error"]) for r in [out["makespan"], *out["phases"]] if r["rel_error"] is not None]
     out["max_abs_rel_error"] = max(errs, default=0.0)
+    for key in ("before_first_phase_s", "between_phases_s"):
+        if key in measured:
+            out[key] = measured[key]
     return out
 
 
@@ -150,6 +161,9 @@ def format_comparison(cmp: dict[str, Any]) -> str:
     for name, rows in cmp["workers"].items():
         for row in rows:
             add(f"{name} {row['name']}", row, "s" if row["name"].endswith("_s") else "")
+    if "between_phases_s" in cmp:
+        lines.append(f"measured outside the phases: {cmp['before_first_phase_s']:.3f} s before the first "
+                     f"(not counted), {cmp['between_phases_s']:.3f} s between phases (counted in the makespan)")
     for k, v in cmp["mismatched_counts"].items():
         lines.append(f"warning: {k}: predicted {v['predicted']}, measured {v['measured']}")
     return "\n".join(lines)

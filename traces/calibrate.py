@@ -557,8 +557,8 @@ def format_report(cal: Calibration) -> str:
         else:
             lines.append(f"stragglers: none detected in {s.observed_s:.1f} worker-seconds")
     if cal.ps_apply_s is not None:
-        lines.append(f"parameter server: {cal.ps_apply_s * 1e3:.3f} ms per update (push end to pull start, "
-                     f"uncontended) -> apply_s_per_mparam {cal.cluster.ps.apply_s_per_mparam:.4g}")
+        lines.append(f"parameter server: {cal.ps_apply_s * 1e3:.3f} ms per update (push end to pull start) "
+                     f"-> apply_s_per_mparam {cal.cluster.ps.apply_s_per_mparam:.4g}")
     for w in cal.warnings:
         lines.append(f"warning: {w}")
     return "\n".join(lines)

@@ -5,4 +5,14 @@ Public API (other packages code against this):
     from sim import simulate, SimResult
     result = simulate(cluster, job, plan, seed=None, record=False, trace=None)
     result.makespan_s; result.summary()  # the `simulate --json` dict of DESIGN.md
+
+Layout: `predictor` (compute/transfer/apply times and wire bytes), `network` (fluid
+max-min fair share per direction), `ps` (parameter server), `worker` (the worker
+process), `metrics` (counters, trace recorder, SimResult), `engine` (wiring and
+phases), `gantt` (timeline PNG).
 """
+
+from sim.engine import Simulation, simulate, trace_header
+from sim.metrics import SimResult
+
+__all__ = ["simulate", "SimResult", "Simulation", "trace_header"]

@@ -1,0 +1,111 @@
+"""Metrics collection: per-worker counters (plain lists, always on), the optional trace
+recorder (record dicts are only built when someone wants them), and the result."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+
+class Counters:
+    """What the summary needs, as plain lists indexed by global worker index."""
+
+    def __init__(self, n_workers: int):
+        self.iterations = [0] * n_workers
+        self.samples = [0] * n_workers
+        self.compute_s = [0.0] * n_workers
+        self.comm_s = [0.0] * n_workers
+        self.bytes_pushed = [0] * n_workers
+        self.bytes_pulled = [0] * n_workers
+        self.exchanges = 0
+        self.staleness_hist: dict[int, int] = {}  # staleness -> number of updates
+        self.phases: list[tuple[float, float]] = []
+        self.epoch_end_s: list[float] = []
+
+    def add_staleness(self, staleness: int, count: int = 1) -> None:
+        self.staleness_hist[staleness] = self.staleness_hist.get(staleness, 0) + count
+
+
+def _percentile(hist: dict[int, int], q: float) -> float:
+    """The q-quantile (0..1) of integer samples given as a histogram, nearest-rank."""
+    total = sum(hist.values())
+    rank = max(1, math.ceil(q * total))
+    seen = 0
+    for value in sorted(hist):
+        seen += hist[value]
+        if seen >= rank:
+            return float(value)
+    return 0.0
+
+
+class Recorder:
+    """Builds trace records; keeps them in memory and/or streams them to a TraceWriter."""
+
+    FLUSH_EVERY = 2000
+
+    def __init__(self, keep: bool, writer: Any | None):
+        self.records: list[dict[str, Any]] = []
+        self.keep = keep
+        self.writer = writer
+        self._pending: list[dict[str, Any]] = []
+
+    def add(self, rec: dict[str, Any]) -> None:
+        if self.keep:
+            self.records.append(rec)
+        if self.writer is not None:
+            self._pending.append(rec)
+            if len(self._pending) >= self.FLUSH_EVERY:
+                self.flush()
+
+    def flush(self) -> None:
+        if self.writer is not None and self._pending:
+            self.writer.write_many(self._pending)
+            self._pending = []
+
+
+@dataclass
+class SimResult:
+    """The outcome of one simulation; `summary()` is the `simulate --json` dict."""
+
+    makespan_s: float
+    worker_names: list[str]
+    counters: Counters
+    updates: int
+    events: int
+    wall_s: float
+    header: dict[str, Any] | None = None
+    records: list[dict[str, Any]] = field(default_factory=list)
+
+    def summary(self) -> dict[str, Any]:
+        c = self.counters
+        workers = {}
+        total_bytes = 0
+        for i, name in enumerate(self.worker_names):
+            compute_s, comm_s = c.compute_s[i], c.comm_s[i]
+            workers[name] = {
+                "iterations": c.iterations[i], "samples": c.samples[i],
+                "compute_s": compute_s, "comm_s": comm_s,
+                "wait_s": max(0.0, self.makespan_s - compute_s - comm_s),
+                "bytes_pushed": c.bytes_pushed[i], "bytes_pulled": c.bytes_pulled[i],
+            }
+            total_bytes += c.bytes_pushed[i] + c.bytes_pulled[i]
+        hist = c.staleness_hist
+        n_upd = sum(hist.values())
+        staleness = {
+            "mean": (sum(v * k for v, k in hist.items()) / n_upd) if n_upd else 0.0,
+            "p50": _percentile(hist, 0.50) if n_upd else 0.0,
+            "p99": _percentile(hist, 0.99) if n_upd else 0.0,
+            "max": float(max(hist)) if n_upd else 0.0,
+        }
+        return {
+            "makespan_s": self.makespan_s,
+            "phases": [{"start_s": s, "end_s": e} for s, e in c.phases],
+            "epoch_end_s": list(c.epoch_end_s),
+            "workers": workers,
+            "updates": self.updates,
+            "staleness": staleness,
+            "bytes_total": total_bytes,
+            "events": self.events,
+            "wall_s": self.wall_s,
+        }

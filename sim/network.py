@@ -1,0 +1,217 @@
+"""The fluid max-min fair-share network, one object per direction (full duplex).
+
+A flow goes from one worker's NIC to the parameter server (push direction) or back
+(pull direction). Every flow crosses two links: its worker's NIC, which in one direction
+carries at most one flow at a time (a worker never has two pushes or two pulls in flight),
+and the PS NIC, shared by all flows. With S shards every worker sends 1/S of its bytes
+to each shard in parallel and all shards see the same flows at the same times, so the S
+shard NICs act as one link of S times the capacity (see docs/simulator.md).
+
+Max-min fairness over that topology is water-filling: a flow gets
+`min(own NIC capacity, level)` where `level` shares what is left of the PS link equally
+among the flows not limited by their own NIC.
+
+Rates change only when the flow set changes. The network keeps one pending SimPy
+timeout for the next completion instead of one process per flow, and a message is
+delivered (the callback runs) after its path latency once its last byte has left.
+`EqualShareLink` is the fast path when every worker NIC has the same capacity (all
+flows then run at the same rate, so a virtual clock and a heap give O(log n) per
+change); `WaterFillLink` handles any capacities with an O(n) recompute.
+"""
+
+from __future__ import annotations
+
+import heapq
+from typing import Callable
+
+import simpy
+
+# A flow is done when what is left would take at most this long: absorbs the float
+# rounding of `remaining / rate` timers, which at large simulated times can be below the
+# resolution of the clock itself (the ulp of t = 1e4 s is about 2e-12 s).
+_DONE_S = 1e-7
+
+DeliverFn = Callable[[int, float, float], None]  # (worker index, start_s, end_s)
+
+
+def water_fill(caps: list[float], shared_cap: float) -> list[float]:
+    """Max-min fair rates of flows with private capacities `caps` sharing one link."""
+    order = sorted(range(len(caps)), key=caps.__getitem__)
+    rates = [0.0] * len(caps)
+    left, n = shared_cap, len(caps)
+    for j, i in enumerate(order):
+        level = left / (n - j)
+        if caps[i] < level:
+            rates[i] = caps[i]
+            left -= caps[i]
+        else:
+            for k in order[j:]:
+                rates[k] = level
+            break
+    return rates
+
+
+class _Link:
+    """Timer and delivery logic shared by both implementations."""
+
+    def __init__(self, env: simpy.Environment, shared_cap_bytes_per_s: float, deliver: DeliverFn):
+        self.env = env
+        self.shared_cap = shared_cap_bytes_per_s
+        self.deliver = deliver
+        self._timer_at = float("inf")  # when the pending timer fires (inf: none pending)
+        self._timer_gen = 0  # timers of older generations are stale and ignored
+        self.bytes_sent = 0.0
+
+    # subclass hooks ---------------------------------------------------------------
+    def _advance(self, now: float) -> None: ...
+    def _insert(self, worker: int, nbytes: float, latency_s: float, start_s: float) -> None: ...
+    def _pop_done(self) -> list[tuple[int, float, float]]: ...  # (worker, latency_s, start_s)
+    def _next_done_s(self) -> float: ...  # seconds from now to the next completion (inf if idle)
+
+    # public -----------------------------------------------------------------------
+    def send(self, worker: int, nbytes: float, latency_s: float) -> None:
+        """Start a transfer of `nbytes` now; `deliver(worker, start, end)` runs at its end."""
+        now = self.env.now
+        self._advance(now)
+        self._insert(worker, nbytes, latency_s, now)
+        self._arm(now)
+
+    # internals --------------------------------------------------------------------
+    def _arm(self, now: float) -> None:
+        at = now + self._next_done_s()
+        if at < self._timer_at:  # a later target keeps the pending (earlier) timer
+            self._timer_at = at
+            self._timer_gen += 1
+            gen = self._timer_gen
+            self.env.timeout(at - now).callbacks.append(lambda _ev, gen=gen: self._on_timer(gen))
+
+    def _on_timer(self, gen: int) -> None:
+        if gen != self._timer_gen:
+            return  # superseded by an earlier timer
+        now = self.env.now
+        self._timer_at = float("inf")
+        self._advance(now)
+        done = self._pop_done()
+        self._arm(now)
+        if not done:
+            return
+        deliver = self.deliver
+        if len(done) == 1:
+            worker, latency_s, start_s = done[0]
+            if latency_s == 0.0:
+                deliver(worker, start_s, now)
+            else:
+                self.env.timeout(latency_s).callbacks.append(
+                    lambda _ev: deliver(worker, start_s, now + latency_s))
+            return
+        groups: dict[float, list[tuple[int, float]]] = {}
+        for worker, latency_s, start_s in done:
+            groups.setdefault(latency_s, []).append((worker, start_s))
+        for latency_s, items in groups.items():
+            if latency_s == 0.0:
+                for worker, start_s in items:
+                    deliver(worker, start_s, now)
+            else:
+                end_s = now + latency_s
+                self.env.timeout(latency_s).callbacks.append(
+                    lambda _ev, items=items, end_s=end_s: [deliver(w, s, end_s) for w, s in items])
+
+
+class EqualShareLink(_Link):
+    """All worker NICs equal: every active flow runs at min(worker_cap, shared_cap / n).
+
+    A virtual clock `served` counts the bytes each active flow has received since the
+    start; a flow that entered at served = v with b bytes finishes when served = v + b.
+    """
+
+    def __init__(self, env: simpy.Environment, shared_cap_bytes_per_s: float, worker_cap_bytes_per_s: float,
+                 deliver: DeliverFn):
+        super().__init__(env, shared_cap_bytes_per_s, deliver)
+        self.worker_cap = worker_cap_bytes_per_s
+        self._served = 0.0
+        self._t_last = 0.0
+        self._rate = 0.0
+        self._heap: list[tuple[float, int, int, float, float]] = []  # (finish_served, seq, worker, latency, start)
+        self._seq = 0
+
+    def _advance(self, now: float) -> None:
+        self._served += self._rate * (now - self._t_last)
+        self._t_last = now
+
+    def _set_rate(self) -> None:
+        n = len(self._heap)
+        self._rate = min(self.worker_cap, self.shared_cap / n) if n else 0.0
+
+    def _insert(self, worker: int, nbytes: float, latency_s: float, start_s: float) -> None:
+        self._seq += 1
+        heapq.heappush(self._heap, (self._served + nbytes, self._seq, worker, latency_s, start_s))
+        self.bytes_sent += nbytes
+        self._set_rate()
+
+    def _pop_done(self) -> list[tuple[int, float, float]]:
+        heap = self._heap
+        limit = self._served + self._rate * _DONE_S
+        done = []
+        while heap and heap[0][0] <= limit:
+            _, _, worker, latency_s, start_s = heapq.heappop(heap)
+            done.append((worker, latency_s, start_s))
+        if done:
+            self._set_rate()
+            if not heap:
+                self._served = 0.0  # rebase the virtual clock: keeps float precision
+        return done
+
+    def _next_done_s(self) -> float:
+        if not self._heap:
+            return float("inf")
+        return max(0.0, (self._heap[0][0] - self._served) / self._rate)
+
+
+class WaterFillLink(_Link):
+    """Any worker NIC capacities: water-filling recomputed whenever the flow set changes."""
+
+    def __init__(self, env: simpy.Environment, shared_cap_bytes_per_s: float, worker_caps_bytes_per_s: list[float],
+                 deliver: DeliverFn):
+        super().__init__(env, shared_cap_bytes_per_s, deliver)
+        self.worker_caps = worker_caps_bytes_per_s
+        self._flows: list[list] = []  # [remaining_bytes, rate, worker, latency_s, start_s]
+        self._t_last = 0.0
+
+    def _advance(self, now: float) -> None:
+        dt = now - self._t_last
+        self._t_last = now
+        if dt > 0.0:
+            for f in self._flows:
+                f[0] -= f[1] * dt
+
+    def _set_rates(self) -> None:
+        flows = self._flows
+        if flows:
+            rates = water_fill([self.worker_caps[f[2]] for f in flows], self.shared_cap)
+            for f, r in zip(flows, rates):
+                f[1] = r
+
+    def _insert(self, worker: int, nbytes: float, latency_s: float, start_s: float) -> None:
+        self._flows.append([float(nbytes), 0.0, worker, latency_s, start_s])
+        self.bytes_sent += nbytes
+        self._set_rates()
+
+    def _pop_done(self) -> list[tuple[int, float, float]]:
+        done = [(f[2], f[3], f[4]) for f in self._flows if f[0] <= f[1] * _DONE_S]
+        if done:
+            self._flows = [f for f in self._flows if f[0] > f[1] * _DONE_S]
+            self._set_rates()
+        return done
+
+    def _next_done_s(self) -> float:
+        if not self._flows:
+            return float("inf")
+        return max(0.0, min(f[0] / f[1] for f in self._flows))
+
+
+def make_link(env: simpy.Environment, shared_cap_bytes_per_s: float, worker_caps_bytes_per_s: list[float],
+              deliver: DeliverFn) -> _Link:
+    """The cheapest exact implementation for these capacities."""
+    if len(set(worker_caps_bytes_per_s)) == 1:
+        return EqualShareLink(env, shared_cap_bytes_per_s, worker_caps_bytes_per_s[0], deliver)
+    return WaterFillLink(env, shared_cap_bytes_per_s, worker_caps_bytes_per_s, deliver)

@@ -1,0 +1,78 @@
+"""The execution-time predictor: how long compute, transfers and PS applies take and how
+many bytes go on the wire, for one phase of a plan. Plain numbers, computed once per
+phase, so the event loop only does arithmetic."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from hybridps.spec import Cluster, Job, Phase, pull_bytes_per_shard, push_bytes_per_shard, shard_sizes
+
+
+@dataclass(frozen=True)
+class WorkerPhase:
+    """One worker's fixed numbers in one phase (see docs/semantics.md)."""
+
+    index: int  # global worker index
+    name: str
+    batch: int
+    share: int  # samples per worker-epoch (d_w)
+    iters_per_epoch: int  # k_w = ceil(d_w / B_w)
+    last_batch: int  # samples in the last iteration of a worker-epoch
+    exchange_every: int  # E_w
+    a_s: float  # seconds per sample, times the persistent slowdown
+    b_s: float  # seconds per iteration, times the persistent slowdown
+
+    def iteration_s(self, samples: int) -> float:
+        """Compute time of one iteration before transient stragglers."""
+        return self.a_s * samples + self.b_s
+
+
+@dataclass(frozen=True)
+class PhaseCosts:
+    workers: tuple[WorkerPhase, ...]
+    target_samples: int  # epochs x dataset size, summed over workers
+    push_bytes: int  # actual bytes one push puts on the wire, all shards together
+    pull_bytes: int
+    push_wire_bytes: float  # what the aggregated PS link carries (S x largest slice)
+    pull_wire_bytes: float
+    apply_s: float  # one update on the (largest) shard
+
+
+def phase_costs(cluster: Cluster, job: Job, phase: Phase) -> PhaseCosts:
+    n_params = job.model.parameters
+    bpp = job.model.bytes_per_parameter
+    shards = cluster.ps.count
+    push = push_bytes_per_shard(phase.compression, n_params, shards, bpp)
+    pull = pull_bytes_per_shard(n_params, shards, bpp)
+    workers = []
+    for wa in phase.workers:
+        w = cluster.worker_by_name[wa.name]
+        prof = cluster.profile(w, phase.resolution)
+        k = math.ceil(wa.samples / wa.batch)
+        workers.append(WorkerPhase(
+            index=w.index, name=w.name, batch=wa.batch, share=wa.samples, iters_per_epoch=k,
+            last_batch=wa.samples - (k - 1) * wa.batch, exchange_every=phase.exchange_every(wa),
+            a_s=prof.a * w.slowdown, b_s=prof.b * w.slowdown))
+    largest_shard = shard_sizes(n_params, shards)[0]
+    return PhaseCosts(
+        workers=tuple(workers),
+        target_samples=phase.epochs * job.data.samples,
+        push_bytes=sum(push), pull_bytes=sum(pull),
+        push_wire_bytes=float(shards * max(push)), pull_wire_bytes=float(shards * max(pull)),
+        apply_s=cluster.ps.apply_s_per_mparam * largest_shard / 1e6,
+    )
+
+
+def message_latency_s(cluster: Cluster) -> list[float]:
+    """One-way latency of a message between each worker and the PS: both NICs' latencies."""
+    return [w.latency_s + cluster.ps.latency_s for w in cluster.worker_list]
+
+
+def nic_caps_bytes_per_s(cluster: Cluster) -> tuple[float, list[float]]:
+    """(aggregate PS capacity over all shards, each worker's NIC capacity), per direction."""
+    from hybridps.spec import gbps_to_bytes_per_s
+
+    ps_cap = cluster.ps.count * gbps_to_bytes_per_s(cluster.ps.bandwidth_gbps)
+    return ps_cap, [w.bandwidth_bytes_per_s for w in cluster.worker_list]

@@ -293,8 +293,13 @@ def _fit_link(worker: str, sizes: np.ndarray, times: np.ndarray, ps_s_per_byte: 
         if (new_keep == keep).all() or new_keep.sum() < 2:
             break
         keep = new_keep
-    if separable and inv_bw > 0:
+    if separable and inv_bw > 0.01 * inv_bw0:
         return LinkFit(worker, 8.0 / inv_bw / 1e9, lat * 1e3, len(times), distinct, True)
+    if separable:  # bigger messages took no longer: per-message overhead hides the bandwidth
+        lat = max(0.0, float(np.mean((times - model(0.0, inv_bw0))[keep])))
+        note = (f"message time does not grow with size ({distinct[0]}..{distinct[-1]} B): the per-message "
+                f"overhead hides the bandwidth; kept {base_bw_gbps:g} Gbps and fitted the latency")
+        return LinkFit(worker, base_bw_gbps, lat * 1e3, len(times), distinct, False, note)
     size = float(np.median(sizes[keep]))
     typical_s = float(np.median(times[keep]))
     if lat >= -0.02 * typical_s:  # within noise of 0: keep the bandwidth
@@ -353,34 +358,47 @@ def _fit_ps_apply(traces: list[Trace]) -> float | None:
 
 
 def _fit_stragglers(obs: list[_Obs], ab, slow, outlier_factor: float, min_run: int) -> StragglerFit:
+    """Episodes = runs of consecutive iterations slower than `outlier_factor` × the fit.
+
+    The simulator starts episodes as a Poisson process (rate λ) lasting an exponential
+    time (mean d) and slows an iteration that starts inside one, which happens with
+    probability 1 − exp(−λ·d). So d is the episodes' mean length, λ is chosen so that
+    this probability equals the fraction of iterations that were slow, and the factor is
+    their total time over their fitted time: the simulated mean iteration time then
+    matches the measured one."""
     by_worker: dict[tuple[int, str], list[_Obs]] = defaultdict(list)
     for o in obs:
         if o.worker:
             by_worker[(o.trace, o.worker)].append(o)
     episodes: list[tuple[float, float]] = []
-    ratios: list[float] = []
+    slow_t = slow_fit = 0.0
+    slow_iters = iters = 0
     observed_s = 0.0
     for recs in by_worker.values():
         recs.sort(key=lambda o: o.start_s)
         observed_s += recs[-1].start_s + recs[-1].t_s - recs[0].start_s
+        iters += len(recs)
         run: list[tuple[_Obs, float]] = []
         for o in recs + [None]:
-            r = None
+            fit = None
             if o is not None:
                 a, b = ab[(o.device, o.resolution)]
-                r = o.t_s / (slow[o.worker] * (a * o.n + b))
-            if r is not None and r > outlier_factor:
-                run.append((o, r))
+                fit = slow[o.worker] * (a * o.n + b)
+            if fit is not None and o.t_s > outlier_factor * fit:
+                run.append((o, fit))
                 continue
             if len(run) >= min_run:
                 episodes.append((run[0][0].start_s, run[-1][0].start_s + run[-1][0].t_s))
-                ratios += [x for _, x in run]
+                slow_t += sum(x.t_s for x, _ in run)
+                slow_fit += sum(f for _, f in run)
+                slow_iters += len(run)
             run = []
     if not episodes or observed_s <= 0:
         return StragglerFit(0.0, 2.0, 30.0, 0, observed_s)
-    rate = len(episodes) / observed_s * 3600.0
     duration = float(np.mean([e - s for s, e in episodes]))
-    return StragglerFit(rate, float(np.median(ratios)), duration, len(episodes), observed_s)
+    covered = min(slow_iters / iters, 0.95)
+    rate_per_s = -np.log1p(-covered) / duration
+    return StragglerFit(float(rate_per_s * 3600.0), slow_t / slow_fit, duration, len(episodes), observed_s)
 
 
 # --------------------------------------------------------------------------- main entry

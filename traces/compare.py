@@ -95,6 +95,29 @@ def measured_summary(trace: Trace) -> dict[str, Any]:
     }
 
 
+def mean_summary(summaries: list[dict[str, Any]]) -> dict[str, Any]:
+    """The field-by-field mean of several simulator summaries (one per straggler seed),
+    plus `makespan_s_spread` = [min, max] over them."""
+    first = summaries[0]
+    if len(summaries) == 1:
+        return dict(first, makespan_s_spread=[first["makespan_s"], first["makespan_s"]])
+
+    def avg(values: list[float]) -> float:
+        return float(sum(values) / len(values))
+
+    n_ph = min(len(s["phases"]) for s in summaries)
+    n_ep = min(len(s["epoch_end_s"]) for s in summaries)
+    out = dict(first)
+    out["makespan_s"] = avg([s["makespan_s"] for s in summaries])
+    out["makespan_s_spread"] = [min(s["makespan_s"] for s in summaries), max(s["makespan_s"] for s in summaries)]
+    out["phases"] = [{k: avg([s["phases"][i][k] for s in summaries]) for k in ("start_s", "end_s")}
+                     for i in range(n_ph)]
+    out["epoch_end_s"] = [avg([s["epoch_end_s"][e] for s in summaries]) for e in range(n_ep)]
+    out["workers"] = {name: {f: avg([s["workers"][name][f] for s in summaries]) for f in w}
+                      for name, w in first["workers"].items()}
+    return out
+
+
 def rel_error(predicted: float, measured: float) -> float | None:
     """(predicted − measured) / measured; None when measured is 0 and predicted is not."""
     if measured == 0:

@@ -32,7 +32,7 @@ latency_ms = 0.05
 [devices.cpu.resolutions.16]   # placeholder: `hybridps calibrate` replaces it
 a = 0.0001
 b = 0.001
-max_batch = 64
+max_batch = 128
 
 [[workers]]
 name = "w0"
@@ -66,7 +66,7 @@ samples = {samples}
 
 [train]
 epochs = {epochs}
-resolutions = [12, 16]
+resolutions = [16, 32]
 base_batch = 32
 base_lr = 0.05
 """
@@ -102,7 +102,8 @@ def test_profile_times_each_batch_and_records_the_cap(tmp_path):
 def _hybridps(*args, timeout=300):
     proc = subprocess.run([sys.executable, "-m", "hybridps", *map(str, args)], capture_output=True, text=True,
                           timeout=timeout)
-    print(f"$ hybridps {' '.join(map(str, args))}\n{proc.stdout}{proc.stderr}")
+    shown = "(JSON)\n" if "--json" in args else proc.stdout
+    print(f"$ hybridps {' '.join(map(str, args))}\n{shown}{proc.stderr}")
     assert proc.returncode == 0, proc.stderr
     return proc.stdout
 
@@ -111,19 +112,19 @@ def _hybridps(*args, timeout=300):
 def test_the_loop_predicts_the_run_within_10_percent(tmp_path):
     parameters = count_parameters(build_model("cnn", 10))
     (tmp_path / "base.toml").write_text(BASE_CLUSTER)
-    (tmp_path / "job.toml").write_text(JOB.format(parameters=parameters, samples=8192, epochs=4))
+    (tmp_path / "job.toml").write_text(JOB.format(parameters=parameters, samples=8192, epochs=6))
     prof, cal, cal_run = tmp_path / "profile.jsonl", tmp_path / "cluster.toml", tmp_path / "cluster-run.toml"
     plan, run = tmp_path / "plan.json", tmp_path / "run"
 
-    _hybridps("profile", "--model", "cnn", "--resolutions", 12, 16, "--batches", 8, 16, 32,
-              "--max-batch", 64, "--out", prof)
+    _hybridps("profile", "--model", "cnn", "--resolutions", 16, 32, "--batches", 8, 16, 32, 64,
+              "--max-batch", 128, "--out", prof)
     _hybridps("calibrate", prof, "--base", tmp_path / "base.toml", "-o", cal)
     _hybridps("plan", "--cluster", cal, "--job", tmp_path / "job.toml", "-o", plan)
     _hybridps("run", "--cluster", cal, "--job", tmp_path / "job.toml", "--plan", plan, "--out", run, "--local",
-              "--eval-every", 0, timeout=240)
+              "--eval-every", 0, "--eval-samples", 200, timeout=240)
     # before: the profile-only cluster; after: recalibrated from the run's own records
     before = json.loads(_hybridps("validate", "--trace", run / "trace.jsonl", "--cluster", cal, "--json"))
-    _hybridps("calibrate", run / "trace.jsonl", "-o", cal_run)
+    _hybridps("calibrate", prof, run / "trace.jsonl", "--base", cal, "-o", cal_run)
     after = json.loads(_hybridps("validate", "--trace", run / "trace.jsonl", "--cluster", cal_run, "--json"))
 
     assert load_cluster(cal_run).worker_by_name["w2"].slowdown > load_cluster(cal_run).worker_by_name["w0"].slowdown

@@ -36,8 +36,8 @@ def run(args: argparse.Namespace) -> int:
     base = load_cluster(args.base) if args.base else None
     traces = [read_trace(p) for p in args.traces]
     cal = calibrate(traces, base, outlier_factor=args.outlier_factor, absorb_gaps=not args.no_absorb_gaps)
-    print(format_report(cal))
     comment = "calibrated by `hybridps calibrate` from: " + ", ".join(args.traces)
-    atomic_write_text(args.out, cluster_to_toml(cal.cluster, comment))
+    atomic_write_text(args.out, cluster_to_toml(cal.cluster, comment))  # first: `| head` must not lose it
+    print(format_report(cal))
     print(f"wrote {args.out}")
     return 0

@@ -4,7 +4,9 @@ change the input resolution between phases (progressive resizing).
 `build_model(name, num_classes)` maps a job's `model.name` to a module:
   resnet18        CIFAR-style ResNet-18 (3x3 stem, no max-pool), plain torch
   cnn             a small 2-conv network (tests, smoke runs)
-  mlp             adaptive-pool to 8x8, then a 2-layer perceptron (no batch norm: exact tests)
+  mlp[:H]         adaptive-pool to 8x8, then a 2-layer perceptron with H hidden units
+                  (default 64; no batch norm: exact tests; a wide one makes a big model
+                  that computes fast, for communication benchmarks)
   torchvision:X   torchvision.models.X(num_classes=...) when torchvision is installed
 """
 
@@ -97,6 +99,12 @@ def build_model(name: str, num_classes: int, in_channels: int = 3, seed: int | N
         if fn is None or not callable(fn):
             raise UserError(f"torchvision has no model {arch!r}")
         return fn(num_classes=num_classes)
+    if name.startswith("mlp:"):
+        try:
+            hidden = int(name.split(":", 1)[1])
+        except ValueError:
+            raise UserError(f"model {name!r}: expected mlp:HIDDEN_UNITS, e.g. mlp:256") from None
+        return MLP(num_classes=num_classes, in_channels=in_channels, hidden=hidden)
     cls = MODELS.get(name)
     if cls is None:
         raise UserError(f"unknown model {name!r}; use one of: {', '.join(MODELS)}, torchvision:NAME "

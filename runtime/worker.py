@@ -89,8 +89,10 @@ class WorkerProcess:
             p.data = self.flat[off: off + p.numel()].view_as(p)
             off += p.numel()
         self.bounds = shard_bounds(n, ctx.shards)
-        pin = device.type == "cuda"
-        self.pull_bufs = [torch.empty(hi - lo, dtype=torch.float32, pin_memory=pin) for lo, hi in self.bounds]
+        if device.type == "cuda":  # pulls land in pinned host buffers, then one copy to the GPU
+            self.pull_bufs = [torch.empty(hi - lo, dtype=torch.float32, pin_memory=True) for lo, hi in self.bounds]
+        else:  # pulls land directly in the parameters
+            self.pull_bufs = [self.flat[lo:hi] for lo, hi in self.bounds]
         self.stragglers = StragglerSchedule(ctx.cluster, seed=ctx.opts.seed)
         self.records: list[dict] = []
         self.hb = Heartbeat(ctx.rank)
@@ -150,6 +152,8 @@ class WorkerProcess:
         return hdrs[0]
 
     def _load_pulled(self) -> None:
+        if self.device.type != "cuda":
+            return
         for (lo, hi), buf in zip(self.bounds, self.pull_bufs):
             self.flat[lo:hi].copy_(buf, non_blocking=True)
         self._sync()

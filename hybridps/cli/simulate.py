@@ -1,4 +1,4 @@
-"""`hybridps simulate` (not built yet)."""
+"""`hybridps simulate`: run a plan through the SimPy model and report the outcome."""
 
 from __future__ import annotations
 
@@ -6,11 +6,79 @@ import argparse
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("simulate", help="(not built yet)")
+    p = sub.add_parser("simulate", help="simulate a plan on a cluster (no GPU needed)",
+                       description="Simulate PLAN for JOB on CLUSTER with the discrete-event model and print "
+                                   "a summary (or the summary JSON with --json).")
+    p.add_argument("--cluster", required=True, help="cluster.toml path or bundled name")
+    p.add_argument("--job", required=True, help="job.toml path or bundled name")
+    p.add_argument("--plan", required=True, help="plan.json path or bundled name")
+    p.add_argument("--seed", type=int, default=None, help="transient-straggler seed (default: the cluster's)")
+    p.add_argument("--json", action="store_true", help="print the summary as JSON on stdout")
+    p.add_argument("--trace", metavar="T.jsonl", help="write the trace records (streamed as it simulates)")
+    p.add_argument("--chrome", metavar="T.json", help="write a Chrome trace-event file (Perfetto, chrome://tracing)")
+    p.add_argument("--gantt", metavar="G.png", help="write a timeline PNG")
     p.set_defaults(func=run)
 
 
-def run(args: argparse.Namespace) -> int:
-    from hybridps.errors import UserError
+def _human(summary: dict, cluster, job, plan, seed: int) -> str:
+    s = summary
+    mk = s["makespan_s"]
+    lines = [
+        f"{job.model.name} on {job.data.name}: {sum(p.epochs for p in plan.phases)} epochs in {len(plan.phases)} "
+        f"phase(s), {len(cluster.worker_list)} workers, {cluster.ps.count} PS shard(s), straggler seed {seed}",
+        f"makespan {mk:,.1f} s ({mk / 3600:.2f} h)   updates {s['updates']:,}   staleness mean "
+        f"{s['staleness']['mean']:.2f} p99 {s['staleness']['p99']:.0f} max {s['staleness']['max']:.0f}   "
+        f"traffic {s['bytes_total'] / 1e9:,.1f} GB",
+    ]
+    if len(s["phases"]) > 1:
+        lines.append("phase ends (s): " + ", ".join(f"{p['end_s']:,.1f}" for p in s["phases"]))
+    width = max(6, max(len(n) for n in s["workers"]))
+    lines.append(f"{'worker':<{width}} {'iters':>9} {'samples':>11} {'compute':>8} {'comm':>8} {'wait':>8} "
+                 f"{'pushed GB':>10} {'pulled GB':>10}")
+    for name, w in s["workers"].items():
+        lines.append(f"{name:<{width}} {w['iterations']:>9,} {w['samples']:>11,} {w['compute_s'] / mk:>8.1%} "
+                     f"{w['comm_s'] / mk:>8.1%} {w['wait_s'] / mk:>8.1%} {w['bytes_pushed'] / 1e9:>10.2f} "
+                     f"{w['bytes_pulled'] / 1e9:>10.2f}")
+    lines.append(f"simulated {s['events']:,} events in {s['wall_s']:.2f} s")
+    return "\n".join(lines)
 
-    raise UserError("`hybridps simulate` is not built yet")
+
+def run(args: argparse.Namespace) -> int:
+    import json
+
+    from hybridps.progress import progress_bar
+    from hybridps.spec import load_cluster, load_job, load_plan
+    from sim import Simulation, trace_header
+    from traces import TraceWriter
+
+    cluster = load_cluster(args.cluster)
+    job = load_job(args.job)
+    plan = load_plan(args.plan, cluster, job)
+    seed = cluster.stragglers.seed if args.seed is None else args.seed
+    keep = bool(args.chrome or args.gantt)
+    writer = TraceWriter(args.trace, trace_header(cluster, job, plan, seed)) if args.trace else None
+    total_epochs = sum(p.epochs for p in plan.phases)
+    try:
+        with progress_bar(total_epochs, "simulating", unit="epoch") as bar:
+            def advance(epochs_done: int) -> None:
+                bar.update(epochs_done - bar.n)
+
+            result = Simulation(cluster, job, plan, seed=seed, record=keep, trace=writer).run(progress=advance)
+    finally:
+        if writer is not None:
+            writer.close()
+    summary = result.summary()
+    if args.chrome:
+        from traces import write_chrome
+
+        write_chrome(args.chrome, result.header, result.records)
+    if args.gantt:
+        from sim.gantt import write_gantt
+
+        title = f"{job.model.name}/{job.data.name} on {len(cluster.worker_list)} workers"
+        write_gantt(args.gantt, result.header, result.records, title=title)
+    if args.json:
+        print(json.dumps(summary, indent=2))
+    else:
+        print(_human(summary, cluster, job, plan, seed))
+    return 0

@@ -64,7 +64,7 @@ class Simulation:
     # phases -----------------------------------------------------------------------
     def _start_phase(self, p: int) -> None:
         self.phase_index = p
-        self.phase_start_s = self.env.now
+        self.phase_start_s = float(self.env.now)
         self.applied_in_phase = 0
         self.target = self.costs[p].target_samples
         self.active = set(self.phase_workers[p])

@@ -107,3 +107,19 @@ def test_chrome_export_has_compute_and_comm_lane_per_worker():
     step = next(e for e in events if e.get("cat") == "compute" and e["pid"] == 2)
     assert step["tid"] == 0 and step["dur"] == pytest.approx(0.6e6)
     json.dumps(out)  # serialisable as-is
+
+
+def test_atomic_write_replaces_whole_file_with_normal_permissions(tmp_path):
+    import os
+    import stat
+
+    from hybridps.fileio import atomic_write_json
+
+    path = tmp_path / "out" / "summary.json"
+    atomic_write_json(path, {"a": 1})
+    atomic_write_json(path, {"a": 2})
+    assert json.loads(path.read_text()) == {"a": 2}
+    assert list(path.parent.iterdir()) == [path]  # no temporary files left behind
+    old = os.umask(0o022)
+    os.umask(old)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o666 & ~old

@@ -11,10 +11,12 @@ import sys
 import pytest
 
 from hybridps.cli import main
-from hybridps.spec import load_cluster, load_job, load_plan
+from hybridps.spec import cluster_from_dict, load_cluster, load_job, load_plan, plan_from_dict
 from sim import simulate
 from traces import TraceWriter, read_trace
-from traces.compare import compare, measured_summary
+from traces.calibrate import calibrate
+from traces.compare import compare, mean_summary, measured_summary
+from traces.jsonl import Trace
 
 CLUSTER, JOB = "gtx1080x4", "cifar100-resnet18"
 
@@ -89,3 +91,34 @@ def test_a_profile_trace_cannot_be_validated(tmp_path, capsys):
         w.write({"kind": "profile", "device": "cpu", "resolution": 8, "batch": 4, "iteration_s": 0.01})
     assert main(["validate", "--trace", str(path)]) == 2
     assert "no job" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("sync,seed", [("bsp", 1), ("asp", 2)])
+def test_transient_stragglers_are_recovered_from_a_simulated_trace(sync, seed):
+    """A cluster with known persistent and transient slowdowns: calibrating from its
+    simulated trace recovers them, and the fitted cluster predicts the makespan."""
+    base, job = load_cluster(CLUSTER), load_job(JOB)
+    data = base.model_dump(mode="json")
+    data["workers"][0]["count"] = 3
+    data["workers"].append({"name": "slow", "device": "gtx1080", "slowdown": 1.5})
+    data["stragglers"] = {"rate_per_hour": 60.0, "slowdown": 3.0, "mean_duration_s": 20.0, "workers": [], "seed": seed}
+    cluster = cluster_from_dict(data)
+    plan = load_plan("gtx1080x4-cifar100-uniform").to_json_dict()
+    for ph in plan["phases"]:
+        ph["sync"] = sync
+        ph["workers"] = [{"name": n, "batch": 500, "samples": 12500} for n in ("gtx0", "gtx1", "gtx2", "slow")]
+    plan = plan_from_dict(plan)
+    res = simulate(cluster, job, plan, record=True)
+    trace = Trace(header=res.header, records=res.records, path="sim")
+    cal = calibrate([trace])
+    s = cal.stragglers
+    print(sync, s)
+    assert {w.worker: w.slowdown for w in cal.workers} == pytest.approx(
+        {"gtx0": 1.0, "gtx1": 1.0, "gtx2": 1.0, "slow": 1.5}, rel=1e-6)
+    assert s.slowdown == pytest.approx(3.0, rel=0.01)
+    assert s.mean_duration_s == pytest.approx(20.0, rel=0.15)
+    assert s.rate_per_hour == pytest.approx(60.0, rel=0.3)  # ~60-160 episodes: sampling noise
+    predicted = mean_summary([simulate(cal.cluster, job, plan, seed=k).summary() for k in range(5)])
+    err = compare(predicted, measured_summary(trace))["makespan"]["rel_error"]
+    print("makespan error", err)
+    assert abs(err) < 0.03

@@ -361,11 +361,10 @@ def _fit_stragglers(obs: list[_Obs], ab, slow, outlier_factor: float, min_run: i
     """Episodes = runs of consecutive iterations slower than `outlier_factor` × the fit.
 
     The simulator starts episodes as a Poisson process (rate λ) lasting an exponential
-    time (mean d) and slows an iteration that starts inside one, which happens with
-    probability 1 − exp(−λ·d). So d is the episodes' mean length, λ is chosen so that
-    this probability equals the fraction of iterations that were slow, and the factor is
-    their total time over their fitted time: the simulated mean iteration time then
-    matches the measured one."""
+    time (mean d). Overlapping episodes merge into one run of slow iterations, so what a
+    trace shows is runs covering a fraction c of each worker's time, of mean length L.
+    For that process c = 1 − exp(−λd) and L = (exp(λd) − 1) / λ; solving gives λ and d.
+    The factor is the slow iterations' total time over their fitted time."""
     by_worker: dict[tuple[int, str], list[_Obs]] = defaultdict(list)
     for o in obs:
         if o.worker:
@@ -395,10 +394,13 @@ def _fit_stragglers(obs: list[_Obs], ab, slow, outlier_factor: float, min_run: i
             run = []
     if not episodes or observed_s <= 0:
         return StragglerFit(0.0, 2.0, 30.0, 0, observed_s)
-    duration = float(np.mean([e - s for s, e in episodes]))
-    covered = min(slow_iters / iters, 0.95)
-    rate_per_s = -np.log1p(-covered) / duration
-    return StragglerFit(float(rate_per_s * 3600.0), slow_t / slow_fit, duration, len(episodes), observed_s)
+    spans = [e - s for s, e in episodes]
+    run_s = float(np.mean(spans))
+    factor = slow_t / slow_fit
+    covered = min(float(np.sum(spans)) / observed_s, 0.95)
+    x = -np.log1p(-covered)  # λ·d
+    rate_per_s = np.expm1(x) / run_s
+    return StragglerFit(float(rate_per_s * 3600.0), factor, float(x / rate_per_s), len(episodes), observed_s)
 
 
 # --------------------------------------------------------------------------- main entry

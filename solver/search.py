@@ -7,8 +7,8 @@ worker-iterations:
    `solver.candidates.estimate_makespan_s` (microseconds each);
 2. **proxy**: the best `proxy_count` by estimate, plus the best of every strategy and the
    uniform baseline, are simulated on a *shortened horizon*: every phase cut to at most
-   `proxy_epochs` epochs; each phase's simulated duration is scaled back by
-   `epochs / shortened epochs` and the scaled durations are summed;
+   `proxy_epochs` epochs (default 2); each phase's simulated duration is scaled back to
+   its full length with a per-phase affine model (`scale_up`) and the results summed;
 3. **full**: the best `full_count` by proxy, plus the uniform baseline, are simulated in
    full; the fastest of those is the answer, so it is never slower (predicted) than the
    baseline, which is always among them.
@@ -28,6 +28,7 @@ from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from typing import Any
 
+from hybridps.errors import UserError
 from hybridps.spec import Cluster, Job, Plan, cluster_from_dict, job_from_dict, plan_from_dict
 from hybridps.progress import progress_bar
 from solver.candidates import Candidate, Constraints, generate
@@ -49,13 +50,36 @@ def shorten(plan: Plan, proxy_epochs: int) -> Plan:
 
 
 def scale_up(plan: Plan, short: Plan, summary: dict) -> float:
-    """Shortened-horizon makespan scaled back to the full plan, phase by phase."""
+    """Shortened-horizon makespan scaled back to the full plan, phase by phase.
+
+    A phase of E epochs takes about `α + E·β`: β the time per epoch of samples in steady
+    state, α a fixed cost (under asp with mini-epochs the phase drains: workers that finish
+    a round before the target is reached start another, so a phase overshoots by up to one
+    round). β is the mean spacing of the `epoch_end_s` crossings that fall inside the
+    shortened phase (needs at least two, hence the default of 2 epochs per phase), α the
+    rest of its duration. Without two crossings (or without `epoch_end_s`) the duration is
+    scaled linearly.
+    """
     phases = summary.get("phases")
     if not phases or len(phases) != len(plan.phases):
         ratio = sum(p.epochs for p in plan.phases) / sum(p.epochs for p in short.phases)
         return float(summary["makespan_s"]) * ratio
-    return float(sum((ph["end_s"] - ph["start_s"]) * full.epochs / cut.epochs
-                     for ph, full, cut in zip(phases, plan.phases, short.phases)))
+    crossings = sorted(summary.get("epoch_end_s") or [])
+    total = 0.0
+    for ph, full, cut in zip(phases, plan.phases, short.phases):
+        start, end = float(ph["start_s"]), float(ph["end_s"])
+        duration = end - start
+        if full.epochs == cut.epochs:
+            total += duration
+            continue
+        inside = [c for c in crossings if start < c <= end]
+        if len(inside) >= 2:
+            beta = (inside[-1] - inside[0]) / (len(inside) - 1)
+            alpha = duration - cut.epochs * beta
+            total += max(alpha + full.epochs * beta, duration)
+        else:
+            total += duration * full.epochs / cut.epochs
+    return float(total)
 
 
 def _task(scorer: Scorer, cluster_d: dict, job_d: dict, plan_d: dict, seed: int | None) -> dict:
@@ -114,13 +138,16 @@ class SearchResult:
 
 
 def search(cluster: Cluster, job: Job, cons: Constraints, scorer: Scorer = simulate_summary,
-           seed: int | None = None, jobs: int = 2, proxy_epochs: int = 1, proxy_count: int = 12,
+           seed: int | None = None, jobs: int = 2, proxy_epochs: int = 2, proxy_count: int = 12,
            full_count: int = 3, objective: str = "time") -> SearchResult:
     t0 = time.perf_counter()
     cands = generate(cluster, job, cons)
     ranked = [Ranked(c, i) for i, c in enumerate(cands)]
     base = ranked[0]  # generate() puts uniform first
     allowed = [r for r in ranked if r.candidate.strategy in cons.strategies]
+    if not allowed:
+        raise UserError("no candidate plan satisfies the constraints (--strategy, --sync, --min-bsp-fraction); "
+                        "relax one of them")
 
     by_est = sorted(allowed, key=lambda r: (r.candidate.estimate_s, r.index))
     pick = {r.index for r in by_est[:proxy_count]} | {base.index}

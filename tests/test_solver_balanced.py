@@ -116,9 +116,9 @@ def test_status_is_honest_after_a_time_limit():
     b = A.sum(1) // 2
     for solver in ("highs", "cbc"):
         prob = pulp.LpProblem("market_split", pulp.LpMinimize)
-        x = [pulp.LpVariable(f"x{j}", cat="Binary") for j in range(50)]
-        sp = [pulp.LpVariable(f"sp{i}", lowBound=0) for i in range(5)]
-        sm = [pulp.LpVariable(f"sm{i}", lowBound=0) for i in range(5)]
+        x = [prob.add_variable(f"x{j}", cat="Binary") for j in range(50)]
+        sp = [prob.add_variable(f"sp{i}", lowBound=0) for i in range(5)]
+        sm = [prob.add_variable(f"sm{i}", lowBound=0) for i in range(5)]
         prob += pulp.lpSum(sp) + pulp.lpSum(sm)
         for i in range(5):
             prob += pulp.lpSum(int(A[i, j]) * x[j] for j in range(50)) + sp[i] - sm[i] == int(b[i])

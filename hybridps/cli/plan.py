@@ -44,8 +44,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--json", action="store_true", help="print the ranking as JSON instead of a table")
     p.add_argument("--seed", type=int, default=0, help="simulation seed (stragglers), default 0")
     p.add_argument("--jobs", type=int, default=None, help="simulation processes (default: CPU count)")
-    p.add_argument("--proxy-epochs", type=int, default=1,
-                   help="shortened horizon for ranking: epochs per phase (default 1)")
+    p.add_argument("--proxy-epochs", type=int, default=2,
+                   help="shortened horizon for ranking: epochs per phase (default 2)")
     p.add_argument("--proxy-count", type=int, default=12,
                    help="candidates simulated on the shortened horizon, best by estimate (default 12)")
     p.add_argument("--full-count", type=int, default=3,

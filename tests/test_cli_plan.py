@@ -1,0 +1,65 @@
+"""`hybridps plan` end to end: the bundled examples, and every impossible request
+(one line naming the binding constraint, exit 2, no traceback)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from hybridps.cli import main
+from hybridps.spec import load_cluster, load_job, load_plan
+
+
+def _err(capsys, argv):
+    code = main(argv)
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert "Traceback" not in err
+    assert err.startswith("hybridps: error: ") and err.count("\n") == 1, err
+    return err
+
+
+def test_time_ratio_below_one_with_small_workers(capsys, tmp_path):
+    err = _err(capsys, ["plan", "--cluster", "gtx1080x4", "--job", "cifar100-resnet18", "--time-ratio", "0.9",
+                        "-o", str(tmp_path / "p.json")])
+    assert "--time-ratio 0.9: with 1 small worker(s) the extra-time ratio t must be >= 1" in err
+    assert not (tmp_path / "p.json").exists()
+
+
+def test_budget_no_small_batch_can_meet(capsys, tmp_path):
+    err = _err(capsys, ["plan", "--cluster", "gtx1080x4", "--job", "cifar100-resnet18", "--strategy", "dbsl",
+                        "--small-workers", "1", "--time-ratio", "1.33", "-o", str(tmp_path / "p.json")])
+    assert "no small batch meets the time budget for 'gtx0'" in err and "B_S = b/(T1/d_S - a)" in err
+
+
+def test_dataset_cannot_be_covered(capsys, tmp_path):
+    job = tmp_path / "tiny.toml"
+    job.write_text('format = "hybridps.job/1"\n[model]\nname = "m"\nparameters = 1000\n[data]\nname = "d"\n'
+                   'samples = 3\n[train]\nepochs = 2\nresolutions = [32]\nbase_batch = 8\nbase_lr = 0.1\n')
+    err = _err(capsys, ["plan", "--cluster", "gtx1080x4", "--job", str(job), "--strategy", "balanced",
+                        "-o", str(tmp_path / "p.json")])
+    assert "the dataset (3 samples per epoch, data.samples) cannot be covered" in err
+
+
+def test_resolution_missing_for_a_device(capsys, tmp_path):
+    err = _err(capsys, ["plan", "--cluster", "gtx1080x4", "--job", "imagenet-resnet18", "-o", str(tmp_path / "p.json")])
+    assert "devices.gtx1080.resolutions: worker 'gtx0' has no profile for resolution 160" in err
+
+
+def test_unknown_strategy_through_a_subprocess(tmp_path):
+    out = subprocess.run([sys.executable, "-m", "hybridps", "plan", "--cluster", "gtx1080x4", "--job",
+                          "cifar100-resnet18", "--strategy", "dbsl,fastest", "-o", str(tmp_path / "p.json")],
+                         capture_output=True, text=True)
+    assert out.returncode == 2
+    assert "Traceback" not in out.stderr
+    assert out.stderr.strip() == ("hybridps: error: --strategy: unknown strategy 'fastest'; use one of: "
+                                  "uniform, dbsl, balanced, sync-switch, ssp, or all")
+
+
+def test_constraints_nothing_satisfies(capsys, tmp_path):
+    err = _err(capsys, ["plan", "--cluster", "gtx1080x4", "--job", "cifar100-resnet18", "--strategy", "dbsl",
+                        "--min-bsp-fraction", "0.5", "-o", str(tmp_path / "p.json")])
+    assert "no candidate plan satisfies the constraints" in err

@@ -16,12 +16,23 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 import simpy
+from simpy.core import NORMAL
 
 from sim.network import make_link
 from sim.predictor import message_latency_s, nic_caps_bytes_per_s
 
 if TYPE_CHECKING:
     from sim.engine import Simulation
+
+
+class Arrival(simpy.Event):
+    """An event that fires at a known future time (what `Timeout` does), created before
+    that time is known: the worker waits on it from its push until its pull arrives."""
+
+    def succeed_at(self, t_s: float) -> None:
+        self._ok = True
+        self._value = None
+        self.env.schedule(self, NORMAL, t_s - self.env.now)
 
 
 class ParameterServer:
@@ -39,6 +50,7 @@ class ParameterServer:
         self.push_samples = [0] * n  # samples carried by each worker's in-flight push
         self.done_event: list[simpy.Event | None] = [None] * n
         self.round: list[int] = []  # bsp: workers whose push has arrived this round
+        self.round_ready_s = 0.0  # bsp: when the round's last push arrives
         self.round_size = 0
         self.bsp = False
         self.costs = None
@@ -49,12 +61,13 @@ class ParameterServer:
         self.costs = costs
         self.bsp = sync == "bsp"
         self.round = []
+        self.round_ready_s = 0.0
         self.round_size = len(costs.workers)
 
     # worker side ------------------------------------------------------------------
     def exchange(self, worker: int, samples: int) -> simpy.Event:
         """Push `samples` worth of work, then pull; the event fires when the pull is in."""
-        ev = self.env.event()
+        ev = Arrival(self.env)
         self.done_event[worker] = ev
         self.push_samples[worker] = samples
         self.push_link.send(worker, self.costs.push_wire_bytes, self.latency_s[worker])
@@ -62,6 +75,7 @@ class ParameterServer:
 
     # server side ------------------------------------------------------------------
     def _on_push_delivered(self, worker: int, start_s: float, end_s: float) -> None:
+        """The push's last byte has left (now); it arrives at the server at `end_s`."""
         sim = self.sim
         c = sim.counters
         c.comm_s[worker] += end_s - start_s
@@ -72,16 +86,22 @@ class ParameterServer:
                               "samples": self.push_samples[worker]})
         if self.bsp:
             self.round.append(worker)
+            if end_s > self.round_ready_s:
+                self.round_ready_s = end_s
             if len(self.round) == self.round_size:
                 workers, self.round = self.round, []
-                self._apply(self._apply_round, workers)
+                ready_s, self.round_ready_s = self.round_ready_s, 0.0
+                self._apply(self._apply_round, workers, ready_s)
         else:
-            self._apply(self._apply_one, worker)
+            self._apply(self._apply_one, worker, end_s)
 
-    def _apply(self, fn, arg) -> None:
-        """Run `fn(arg)` when the server has applied this update (FIFO, one at a time)."""
+    def _apply(self, fn, arg, arrival_s: float) -> None:
+        """Run `fn(arg)` when the server has applied this update (FIFO, one at a time).
+
+        The queue is ordered by when pushes finish sending; with equal latencies that is
+        their arrival order."""
         now = self.env.now
-        start = now if now > self.busy_until_s else self.busy_until_s
+        start = arrival_s if arrival_s > self.busy_until_s else self.busy_until_s
         end = start + self.costs.apply_s
         self.busy_until_s = end
         if end == now:
@@ -116,6 +136,7 @@ class ParameterServer:
             self.pull_link.send(w, pull_bytes, lat[w])
 
     def _on_pull_delivered(self, worker: int, start_s: float, end_s: float) -> None:
+        """The pull's last byte has left the server; the worker has it at `end_s`."""
         sim = self.sim
         c = sim.counters
         c.comm_s[worker] += end_s - start_s
@@ -124,4 +145,4 @@ class ParameterServer:
         if sim.recorder is not None:
             sim.recorder.add({"kind": "pull", "worker": sim.names[worker], "phase": self.phase, "start_s": start_s,
                               "end_s": end_s, "bytes": self.costs.pull_bytes})
-        self.done_event[worker].succeed()
+        self.done_event[worker].succeed_at(end_s)

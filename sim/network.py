@@ -78,6 +78,14 @@ class _Link:
         self._insert(worker, nbytes, latency_s, now)
         self._arm(now)
 
+    def send_many(self, workers: list[int], nbytes: float, latency_s: list[float]) -> None:
+        """Start one transfer of `nbytes` per worker now (one rate update for all)."""
+        now = self.env.now
+        self._advance(now)
+        for w in workers:
+            self._insert(w, nbytes, latency_s[w], now)
+        self._arm(now)
+
     # internals --------------------------------------------------------------------
     def _arm(self, now: float) -> None:
         at = now + self._next_done_s()
@@ -120,6 +128,27 @@ class EqualShareLink(_Link):
     def _advance(self, now: float) -> None:
         self._served += self._rate * (now - self._t_last)
         self._t_last = now
+
+    def send(self, worker: int, nbytes: float, latency_s: float) -> None:
+        # the generic send (advance, insert, arm), inlined: this is the hot path
+        now = self.env.now
+        served = self._served + self._rate * (now - self._t_last)
+        self._served = served
+        self._t_last = now
+        self._seq += 1
+        heap = self._heap
+        heapq.heappush(heap, (served + nbytes, self._seq, worker, latency_s, now))
+        self.bytes_sent += nbytes
+        rate = self.shared_cap / len(heap)
+        if rate > self.worker_cap:
+            rate = self.worker_cap
+        self._rate = rate
+        at = now + (heap[0][0] - served) / rate
+        if at < self._timer_at:
+            self._timer_at = at
+            self._timer_gen += 1
+            gen = self._timer_gen
+            self.env.timeout(at - now).callbacks.append(lambda _ev, gen=gen: self._on_timer(gen))
 
     def _set_rate(self) -> None:
         n = len(self._heap)

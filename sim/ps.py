@@ -130,10 +130,9 @@ class ParameterServer:
                 sim.recorder.add({"kind": "update", "worker": sim.names[w], "phase": self.phase,
                                   "t_s": self.env.now, "version": self.version, "staleness": 0})
         sim.samples_applied(sum(self.push_samples[w] for w in workers))
-        pull_bytes, lat = self.costs.pull_wire_bytes, self.latency_s
         for w in workers:
             self.read_version[w] = self.version
-            self.pull_link.send(w, pull_bytes, lat[w])
+        self.pull_link.send_many(workers, self.costs.pull_wire_bytes, self.latency_s)
 
     def _on_pull_delivered(self, worker: int, start_s: float, end_s: float) -> None:
         """The pull's last byte has left the server; the worker has it at `end_s`."""

@@ -93,7 +93,10 @@ class _Link:
             self._timer_at = at
             self._timer_gen += 1
             gen = self._timer_gen
-            self.env.timeout(at - now).callbacks.append(lambda _ev, gen=gen: self._on_timer(gen))
+            self.env.timeout(at - now, gen).callbacks.append(self._timer_fired)
+
+    def _timer_fired(self, ev: simpy.Timeout) -> None:
+        self._on_timer(ev.value)
 
     def _on_timer(self, gen: int) -> None:
         if gen != self._timer_gen:
@@ -148,7 +151,7 @@ class EqualShareLink(_Link):
             self._timer_at = at
             self._timer_gen += 1
             gen = self._timer_gen
-            self.env.timeout(at - now).callbacks.append(lambda _ev, gen=gen: self._on_timer(gen))
+            self.env.timeout(at - now, gen).callbacks.append(self._timer_fired)
 
     def _set_rate(self) -> None:
         n = len(self._heap)
@@ -159,6 +162,37 @@ class EqualShareLink(_Link):
         heapq.heappush(self._heap, (self._served + nbytes, self._seq, worker, latency_s, start_s))
         self.bytes_sent += nbytes
         self._set_rate()
+
+    def _on_timer(self, gen: int) -> None:
+        # the generic _on_timer (advance, pop the finished flows, re-arm, deliver), inlined
+        if gen != self._timer_gen:
+            return
+        now = self.env.now
+        rate = self._rate
+        served = self._served + rate * (now - self._t_last)
+        self._t_last = now
+        heap = self._heap
+        limit = served + rate * _DONE_S
+        done = []
+        while heap and heap[0][0] <= limit:
+            done.append(heapq.heappop(heap))
+        if heap:
+            rate = self.shared_cap / len(heap)
+            if rate > self.worker_cap:
+                rate = self.worker_cap
+            self._rate = rate
+            self._served = served
+            at = now + (heap[0][0] - served) / rate
+            self._timer_at = at
+            self._timer_gen += 1
+            self.env.timeout(at - now, self._timer_gen).callbacks.append(self._timer_fired)
+        else:
+            self._rate = 0.0
+            self._served = 0.0  # rebase the virtual clock: keeps float precision
+            self._timer_at = float("inf")
+        deliver = self.deliver
+        for _, _, worker, latency_s, start_s in done:
+            deliver(worker, start_s, now + latency_s)
 
     def _pop_done(self) -> list[tuple[int, float, float]]:
         heap = self._heap

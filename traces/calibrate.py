@@ -9,10 +9,10 @@
 - Network: per worker, `t = latency + bytes / bandwidth` over its push and pull records.
 - Transient stragglers: runs of iterations slower than `outlier_factor` × the fit.
 
-Run traces are calibrated on *effective* durations: a compute record is extended to the
-start of the worker's next record and a pull to the start of the next compute, so the
-per-iteration Python overhead between records lands in b and in the latency, where the
-simulator can see it. Never imports torch.
+Run traces are calibrated on *effective* durations: the gaps between a worker's records
+(Python overhead: building batches, encoding and loading messages) are given to the
+compute before (between two computes) or to the message beside them, so the simulator
+sees them as compute time or latency. Never imports torch.
 """
 
 from __future__ import annotations
@@ -140,8 +140,11 @@ def _worker_devices(trace: Trace, base: Cluster | None) -> dict[str, str]:
 
 
 def _effective_records(trace: Trace) -> dict[str, list[dict]]:
-    """Per worker, its compute/push/pull records sorted by start, with `eff_s` = duration
-    stretched to the next record's start (compute) or the next compute's start (pull)."""
+    """Per worker, its compute/push/pull records sorted by start, each with `eff_s`: its
+    duration plus the gap that belongs to it. The gap between two computes goes to the
+    first, the gap before a push (building and encoding it) to the push, the gap after
+    a pull (loading it) to the pull: the runtime slows only the compute itself, so the
+    overhead around an exchange is per-message time, like a latency."""
     per_worker: dict[str, list[dict]] = defaultdict(list)
     for r in trace.records:
         if r["kind"] in ("compute", "push", "pull"):
@@ -151,8 +154,13 @@ def _effective_records(trace: Trace) -> dict[str, list[dict]]:
         for cur, nxt in zip(recs, recs[1:]):
             if cur["phase"] != nxt["phase"]:
                 continue
-            if (cur["kind"] == "compute") or (cur["kind"] == "pull" and nxt["kind"] == "compute"):
-                cur["eff_s"] = max(cur["eff_s"], nxt["start_s"] - cur["start_s"])
+            gap = max(0.0, nxt["start_s"] - cur["end_s"])
+            if cur["kind"] == "compute" and nxt["kind"] == "compute":
+                cur["eff_s"] += gap
+            elif cur["kind"] == "compute" and nxt["kind"] == "push":
+                nxt["eff_s"] += gap
+            elif cur["kind"] == "pull" and nxt["kind"] == "compute":
+                cur["eff_s"] += gap
     return per_worker
 
 

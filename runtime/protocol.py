@@ -1,9 +1,9 @@
 """The wire protocol between workers and PS shards (c10d point-to-point over gloo).
 
 Every message is a fixed header, an int64 tensor of `HEADER_LEN` slots, sent with tag
-`TAG_HEADER`, optionally followed by one flat uint8 payload with tag `TAG_PAYLOAD`
-whose length the header gives (`PAYLOAD` data bytes followed by `RECORDS` bytes of
-UTF-8 JSON lines: the worker's trace records, sent to shard 0 only).
+`TAG_HEADER`, optionally followed by a flat uint8 payload (`PAYLOAD` bytes, tag
+`TAG_PAYLOAD`) and by `RECORDS` bytes of UTF-8 JSON lines (tag `TAG_RECORDS`: the
+worker's trace records, sent to shard 0 only). Payloads are never copied to be sent.
 
 Header slots:
   TYPE      message type (below)
@@ -38,7 +38,7 @@ import torch.distributed as dist
 HEADER_LEN = 16
 TYPE, PHASE, SAMPLES, PAYLOAD, RECORDS, VERSION, STOP, GO, LOST, EPOCH, OFFSET_US = range(11)
 MSG_PHASE, MSG_END, MSG_PUSH, MSG_REPLY, MSG_GO, MSG_DONE, MSG_ABORT = range(1, 8)
-TAG_HEADER, TAG_PAYLOAD, TAG_GATHER = 0, 1, 2
+TAG_HEADER, TAG_PAYLOAD, TAG_GATHER, TAG_RECORDS = 0, 1, 2, 3
 NAMES = {MSG_PHASE: "PHASE", MSG_END: "END", MSG_PUSH: "PUSH", MSG_REPLY: "REPLY", MSG_GO: "GO",
          MSG_DONE: "DONE", MSG_ABORT: "ABORT"}
 
@@ -51,11 +51,14 @@ def header(kind: int, **fields: int) -> torch.Tensor:
     return h
 
 
-def isend(dst: int, hdr: torch.Tensor, payload: torch.Tensor | None = None) -> list:
-    """Send a header and its payload without waiting; returns the work handles."""
+def isend(dst: int, hdr: torch.Tensor, payload: torch.Tensor | None = None,
+          records: torch.Tensor | None = None) -> list:
+    """Send a header, its payload and records without waiting; returns the work handles."""
     works = [dist.isend(hdr, dst, tag=TAG_HEADER)]
     if payload is not None and payload.numel() > 0:
         works.append(dist.isend(payload, dst, tag=TAG_PAYLOAD))
+    if records is not None and records.numel() > 0:
+        works.append(dist.isend(records, dst, tag=TAG_RECORDS))
     return works
 
 
@@ -70,10 +73,10 @@ def recv_header(src: int) -> torch.Tensor:
     return h
 
 
-def recv_payload(src: int, nbytes: int, out: torch.Tensor | None = None) -> torch.Tensor:
+def recv_payload(src: int, nbytes: int, out: torch.Tensor | None = None, tag: int = TAG_PAYLOAD) -> torch.Tensor:
     buf = out[:nbytes] if out is not None and out.numel() >= nbytes else torch.empty(nbytes, dtype=torch.uint8)
     if nbytes:
-        dist.recv(buf, src, tag=TAG_PAYLOAD)
+        dist.recv(buf, src, tag=tag)
     return buf
 
 

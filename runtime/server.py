@@ -36,7 +36,7 @@ from runtime import protocol as P
 from runtime.codecs import Codec
 from runtime.context import RunContext, shard_bounds
 from runtime.data import load_dataset
-from runtime.merge import merge_async, merge_sync, weighted_gradient
+from runtime.merge import FlatSGD, merge_async, merge_sync, weighted_gradient
 from runtime.models import build_model
 from traces.jsonl import TraceWriter
 from traces.records import header as trace_header
@@ -72,9 +72,9 @@ class Shard:
         self.n_params = full.numel()
         self.bounds = shard_bounds(self.n_params, ctx.shards)
         lo, hi = self.bounds[self.s]
-        self.w = torch.nn.Parameter(full[lo:hi].clone())
+        self.w = full[lo:hi].clone()
         tr = ctx.job.train
-        self.opt = torch.optim.SGD([self.w], lr=tr.base_lr, momentum=tr.momentum, weight_decay=tr.weight_decay)
+        self.opt = FlatSGD(self.w, tr.momentum, tr.weight_decay)
         self.version = 0
         self.applied_total = 0  # samples applied over the whole run
         self.start_phase = 0
@@ -220,11 +220,12 @@ class Shard:
         try:
             while True:
                 hdr = P.recv_header(rank)
-                n = int(hdr[P.PAYLOAD]) + int(hdr[P.RECORDS])
+                n = int(hdr[P.PAYLOAD])
                 if self.rx[pos].numel() < n:
                     self.rx[pos] = torch.empty(n, dtype=torch.uint8)
                 body = P.recv_payload(rank, n, self.rx[pos])
-                self.inbox.put((pos, hdr, body))
+                records = P.recv_payload(rank, int(hdr[P.RECORDS]), tag=P.TAG_RECORDS)
+                self.inbox.put((pos, hdr, (body, records)))
                 if int(hdr[P.TYPE]) == P.MSG_DONE and int(hdr[P.PHASE]) >= last_phase:
                     return
         except Exception as e:
@@ -351,12 +352,7 @@ class Shard:
             before = self.version
             total = sum(n for _, n, _ in items)
             if gradient:
-                g = weighted_gradient([(n, v) for _, n, v in items])
-                for group in self.opt.param_groups:
-                    group["lr"] = lr_now()
-                self.w.grad = g
-                self.opt.step()
-                self.w.grad = None
+                self.opt.step(weighted_gradient([(n, v) for _, n, v in items]), lr_now())
             else:
                 models = [(pos, n, (pulled[pos] + v) if keep_pulled else v) for pos, n, v in items]
                 with torch.no_grad():
@@ -387,11 +383,11 @@ class Shard:
             watch = alive - self.lost - done
             expecting = watch - waiting - set(bsp_round)
             try:
-                pos, hdr, body = self._next_message(watch, expecting)
+                pos, hdr, (body, records) = self._next_message(watch, expecting)
                 kind = int(hdr[P.TYPE])
-                nbytes, nrec = int(hdr[P.PAYLOAD]), int(hdr[P.RECORDS])
-                if nrec and self.lead:
-                    for line in bytes(body[nbytes:].numpy()).decode().splitlines():
+                nbytes = int(hdr[P.PAYLOAD])
+                if records.numel() and self.lead:
+                    for line in bytes(records.numpy()).decode().splitlines():
                         self.record(json.loads(line))
                 if kind == P.MSG_DONE:
                     done.add(pos)

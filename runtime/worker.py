@@ -4,7 +4,8 @@ entry (slowdown, NIC bandwidth and latency, straggler episodes).
 
 Gradient exchange: the worker keeps no optimizer. Over an exchange interval it sums the
 per-sample gradients of its iterations (loss with reduction="sum", accumulated by
-autograd at fixed weights) and pushes their mean (sum / samples) with the sample count;
+autograd at fixed weights into one flat buffer) and pushes their mean (sum / samples)
+with the sample count (with one iteration per interval: the batch-mean loss directly);
 the PS re-weights by samples, so a bsp round equals one SGD step on the union of the
 batches and local_steps > 1 acts as a larger batch. Model exchange: the worker trains
 with a local SGD (momentum, weight decay, the phase's LR) and pushes its weights; with a
@@ -83,10 +84,12 @@ class WorkerProcess:
         n = sum(p.numel() for p in self.params)
         self.n_params = n
         self.flat = torch.zeros(n, dtype=torch.float32, device=device)
+        self.flat_grad = torch.zeros(n, dtype=torch.float32, device=device)
         off = 0
-        for p in self.params:  # parameters become views of one flat buffer: a pull is one copy
-            self.flat[off: off + p.numel()].copy_(p.data.reshape(-1))
-            p.data = self.flat[off: off + p.numel()].view_as(p)
+        for p in self.params:  # parameters and gradients become views of flat buffers:
+            self.flat[off: off + p.numel()].copy_(p.data.reshape(-1))  # a pull lands in place,
+            p.data = self.flat[off: off + p.numel()].view_as(p)  # a push needs no gather
+            p.grad = self.flat_grad[off: off + p.numel()].view_as(p)
             off += p.numel()
         self.bounds = shard_bounds(n, ctx.shards)
         if device.type == "cuda":  # pulls land in pinned host buffers, then one copy to the GPU
@@ -126,9 +129,8 @@ class WorkerProcess:
         for s in range(self.ctx.shards):
             data = payloads[s] if payloads is not None else torch.empty(0, dtype=torch.uint8)
             extra = torch.frombuffer(bytearray(rec), dtype=torch.uint8) if (s == 0 and rec) else None
-            body = torch.cat([data, extra]) if extra is not None else data
             hdr = P.header(kind, phase=phase, payload=data.numel(), records=len(rec) if s == 0 else 0, **fields)
-            works += P.isend(s, hdr, body)
+            works += P.isend(s, hdr, data, extra)
             sent += data.numel()
         for w in works:
             w.wait()
@@ -207,8 +209,7 @@ class WorkerProcess:
             # ---------------------------------------------------------- one interval
             interval_samples, iters = 0, 0
             if gradient:
-                for q in self.params:
-                    q.grad = None
+                self.flat_grad.zero_()
             while iters < every:
                 if it == 0:
                     shares = effective_shares(plan_shares, self.lost, positions)
@@ -222,13 +223,13 @@ class WorkerProcess:
                 x, y = self.data.batch(indices[lo: lo + n], res)
                 x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
                 out = self.model(x)
-                if gradient:
-                    F.cross_entropy(out, y, reduction="sum").backward()
+                if gradient:  # accumulates in place into flat_grad
+                    F.cross_entropy(out, y, reduction="mean" if every == 1 else "sum").backward()
                 else:
                     lr = ph.lr * tr.lr_at_epoch(epochs_before + worker_epoch) / tr.base_lr
                     for g in opt.param_groups:
                         g["lr"] = lr
-                    opt.zero_grad(set_to_none=True)
+                    opt.zero_grad(set_to_none=False)
                     F.cross_entropy(out, y).backward()
                     opt.step()
                 self._sync()
@@ -250,8 +251,8 @@ class WorkerProcess:
                     worker_epoch += 1
                     break
             # ---------------------------------------------------------- push
-            if gradient:
-                vec = torch.cat([q.grad.reshape(-1) for q in self.params]) / interval_samples
+            if gradient:  # the mean gradient over the interval's samples
+                vec = self.flat_grad if every == 1 else self.flat_grad.div_(interval_samples)
             elif lossy:
                 vec = self.flat - pulled
             else:

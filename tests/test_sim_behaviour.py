@@ -191,3 +191,13 @@ def test_heterogeneous_nics_hand_computed():
     # now alone (still capped at 1e8): finishes at 4 s.
     done = _run_link(WaterFillLink, [1e8, 1e9], [(0.0, 4e8, 0.0), (0.0, 4e8, 0.0)], shared=3e8)
     assert done[1][1] == pytest.approx(2.0) and done[0][1] == pytest.approx(4.0)
+
+
+def test_progress_callback_counts_epochs():
+    from sim import Simulation
+
+    cluster, job, plan = straggler_case()
+    seen = []
+    result = Simulation(cluster, job, plan).run(progress=seen.append)
+    assert seen == list(range(1, job.train.epochs + 1))
+    assert result.summary()["epoch_end_s"][-1] <= result.makespan_s

@@ -194,3 +194,22 @@ def test_compression_wire_bytes_exact(compression, per_push_bytes):
     # are limited by their own 1 Gbps NIC, so a push takes its bytes / 1.25e8 s
     first_push = min((r for r in result.records if r["kind"] == "push"), key=lambda r: r["start_s"])
     assert first_push["end_s"] - first_push["start_s"] == pytest.approx(per_push_bytes / GBPS, rel=1e-3)
+
+
+def test_bsp_heterogeneous_nics_water_fill():
+    # PS 1 Gbps = 1.25e8 B/s; "slow" has a 0.25 Gbps NIC (3.125e7 B/s), two others 1 Gbps.
+    # Round 1 pushes start together at 0.02: slow is capped at 3.125e7, the two others
+    # share the remaining 9.375e7: 4.6875e7 each, done at 0.02 + 5e6/4.6875e7 = 0.126667
+    # (an equal three-way split would give 0.02 + 5e6/4.1667e7 = 0.14). A capped flow
+    # always gets its cap, so slow's push and pull take 5e6/3.125e7 = 0.16 s each in every
+    # round and slow is the critical path: 3 rounds x (0.02 + 0.16 + 0.16) = 1.02 s.
+    cluster = make_cluster([{"name": "w", "count": 2}, {"name": "slow", "bandwidth_gbps": 0.25}])
+    job = make_job(samples=30, epochs=3)
+    plan = make_plan(cluster, job, [{"sync": "bsp", "exchange": "gradient",
+                                     "workers": [{"name": n, "batch": 10, "samples": 10}
+                                                 for n in ("w0", "w1", "slow")]}])
+    result = simulate(cluster, job, plan, record=True)
+    assert_close(result.makespan_s, 1.02)
+    first = {r["worker"]: r["end_s"] for r in result.records if r["kind"] == "push" and r["start_s"] == 0.02}
+    assert first["w0"] == pytest.approx(0.126667, rel=1e-4) and first["slow"] == pytest.approx(0.18)
+    assert result.summary()["workers"]["slow"]["comm_s"] == pytest.approx(6 * 0.16)

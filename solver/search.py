@@ -10,8 +10,10 @@ worker-iterations:
    `proxy_epochs` epochs (default 2); each phase's simulated duration is scaled back to
    its full length with a per-phase affine model (`scale_up`) and the results summed;
 3. **full**: the best `full_count` by proxy, plus the uniform baseline, are simulated in
-   full; the fastest of those is the answer, so it is never slower (predicted) than the
-   baseline, which is always among them.
+   full; the fastest of those is the answer. The baseline is the costliest plan to
+   simulate; with `baseline="auto"` its full run is skipped when the best proxy is below
+   0.8x the baseline's proxy *and* the best full result confirms it (else it is run after
+   all). Either way the answer is never slower (predicted) than the baseline.
 
 Scoring is injectable: `scorer(cluster, job, plan, seed) -> summary` where the summary
 has `makespan_s` and, for the proxy's per-phase scaling, `phases: [{start_s, end_s}]`
@@ -33,6 +35,8 @@ from hybridps.spec import Cluster, Job, Plan, cluster_from_dict, job_from_dict, 
 from hybridps.progress import progress_bar
 from solver.candidates import Candidate, Constraints, generate
 
+BASELINE_MARGIN = 0.8  # skip the baseline's full run when the best proxy is this far below it
+
 Scorer = Callable[[Cluster, Job, Plan, int | None], dict]
 
 
@@ -43,42 +47,64 @@ def simulate_summary(cluster: Cluster, job: Job, plan: Plan, seed: int | None) -
     return simulate(cluster, job, plan, seed=seed).summary()
 
 
+def _phase_key(p) -> str:
+    """What decides a phase's speed: everything but its length and learning rate."""
+    d = p.model_dump(mode="json")
+    d.pop("epochs")
+    d.pop("lr")
+    return repr(sorted(d.items()))
+
+
 def shorten(plan: Plan, proxy_epochs: int) -> Plan:
-    """Every phase cut to at most `proxy_epochs` epochs (same workers, sync and LR)."""
-    phases = [p.model_copy(update={"epochs": min(p.epochs, proxy_epochs)}) for p in plan.phases]
+    """The proxy plan: one phase per distinct phase configuration (phases that differ only
+    in length and LR run at the same speed, e.g. the three 160 px phases of a cyclic
+    ImageNet plan), each cut to at most `proxy_epochs` epochs."""
+    seen: dict[str, int] = {}
+    phases = []
+    for p in plan.phases:
+        k = _phase_key(p)
+        if k not in seen:
+            seen[k] = len(phases)
+            phases.append(p.model_copy(update={"epochs": min(p.epochs, proxy_epochs)}))
+        else:
+            i = seen[k]
+            phases[i] = phases[i].model_copy(update={"epochs": min(max(phases[i].epochs, p.epochs), proxy_epochs)})
     return plan.model_copy(update={"phases": phases})
 
 
 def scale_up(plan: Plan, short: Plan, summary: dict) -> float:
-    """Shortened-horizon makespan scaled back to the full plan, phase by phase.
+    """The proxy's simulated time scaled back to the full plan, phase by phase.
 
     A phase of E epochs takes about `α + E·β`: β the time per epoch of samples in steady
     state, α a fixed cost (under asp with mini-epochs the phase drains: workers that finish
     a round before the target is reached start another, so a phase overshoots by up to one
-    round). β is the mean spacing of the `epoch_end_s` crossings that fall inside the
-    shortened phase (needs at least two, hence the default of 2 epochs per phase), α the
-    rest of its duration. Without two crossings (or without `epoch_end_s`) the duration is
-    scaled linearly.
+    round). For every proxy phase, β is the mean spacing of the `epoch_end_s` crossings
+    that fall inside it (needs at least two, hence the default of 2 epochs per phase) and α
+    the rest of its duration; each full phase then costs α + E·β of its configuration.
+    Without two crossings (or without `epoch_end_s`) the duration is scaled linearly.
     """
     phases = summary.get("phases")
-    if not phases or len(phases) != len(plan.phases):
+    if not phases or len(phases) != len(short.phases):
         ratio = sum(p.epochs for p in plan.phases) / sum(p.epochs for p in short.phases)
         return float(summary["makespan_s"]) * ratio
     crossings = sorted(summary.get("epoch_end_s") or [])
-    total = 0.0
-    for ph, full, cut in zip(phases, plan.phases, short.phases):
+    model: dict[str, tuple[float, float, float, int]] = {}  # key -> (alpha, beta, duration, epochs)
+    for ph, cut in zip(phases, short.phases):
         start, end = float(ph["start_s"]), float(ph["end_s"])
         duration = end - start
-        if full.epochs == cut.epochs:
-            total += duration
-            continue
         inside = [c for c in crossings if start < c <= end]
         if len(inside) >= 2:
             beta = (inside[-1] - inside[0]) / (len(inside) - 1)
-            alpha = duration - cut.epochs * beta
-            total += max(alpha + full.epochs * beta, duration)
+            model[_phase_key(cut)] = (duration - cut.epochs * beta, beta, duration, cut.epochs)
         else:
-            total += duration * full.epochs / cut.epochs
+            model[_phase_key(cut)] = (0.0, duration / cut.epochs, duration, cut.epochs)
+    total = 0.0
+    for full in plan.phases:
+        alpha, beta, duration, epochs = model[_phase_key(full)]
+        est = alpha + full.epochs * beta
+        if full.epochs >= epochs:
+            est = max(est, duration)  # never shorter than what the proxy measured
+        total += max(est, 0.0)
     return float(total)
 
 
@@ -135,13 +161,15 @@ class SearchResult:
     plan: Plan  # the best plan with its meta filled in
     wall_s: float
     counts: dict[str, int] = field(default_factory=dict)
+    stage_s: dict[str, float] = field(default_factory=dict)  # wall time of generate / proxy / full
 
 
 def search(cluster: Cluster, job: Job, cons: Constraints, scorer: Scorer = simulate_summary,
            seed: int | None = None, jobs: int = 2, proxy_epochs: int = 2, proxy_count: int = 12,
-           full_count: int = 3, objective: str = "time") -> SearchResult:
+           full_count: int = 3, objective: str = "time", baseline: str = "auto") -> SearchResult:
     t0 = time.perf_counter()
     cands = generate(cluster, job, cons)
+    t_gen = time.perf_counter()
     ranked = [Ranked(c, i) for i, c in enumerate(cands)]
     base = ranked[0]  # generate() puts uniform first
     allowed = [r for r in ranked if r.candidate.strategy in cons.strategies]
@@ -162,14 +190,26 @@ def search(cluster: Cluster, job: Job, cons: Constraints, scorer: Scorer = simul
     for r, short, s in zip(proxied, shorts, summaries):
         r.proxy_s = scale_up(r.candidate.plan, short, s)
 
+    t_proxy = time.perf_counter()
     pool = [r for r in proxied if r.candidate.strategy in cons.strategies]
     by_proxy = sorted(pool, key=lambda r: (r.proxy_s, r.index))
-    full_pick = sorted({r.index for r in by_proxy[:full_count]} | {base.index})
-    fulls = [ranked[i] for i in full_pick]
-    if full_count > 0:
+    full_pick = {r.index for r in by_proxy[:full_count]}
+    best_proxy = by_proxy[0].proxy_s if by_proxy else base.proxy_s
+    # The baseline is the costliest plan to simulate (small batches, many rounds). When the
+    # proxy says it is clearly beaten, its full run is skipped and its proxy figure reported.
+    skip_base = baseline == "auto" and best_proxy <= BASELINE_MARGIN * base.proxy_s
+    if not skip_base:
+        full_pick.add(base.index)
+    fulls = [ranked[i] for i in sorted(full_pick)]
+    if full_count > 0 and fulls:
         summaries = score_all(scorer, cluster, job, [r.candidate.plan for r in fulls], seed, jobs, "full")
         for r, s in zip(fulls, summaries):
             r.full_s = float(s["makespan_s"])
+        best_full = min(r.full_s for r in fulls)
+        if skip_base and best_full > BASELINE_MARGIN * base.proxy_s:  # the proxy was too hopeful
+            base.full_s = float(score_all(scorer, cluster, job, [base.candidate.plan], seed, 1, "full")[0]["makespan_s"])
+            fulls.append(base)
+    t_full = time.perf_counter()
 
     def key(r: Ranked) -> tuple:
         level = 0 if r.full_s is not None else 1 if r.proxy_s is not None else 2
@@ -190,14 +230,19 @@ def search(cluster: Cluster, job: Job, cons: Constraints, scorer: Scorer = simul
         "estimate_s": best.candidate.estimate_s,
         "proxy_makespan_s": best.proxy_s,
         "uniform_makespan_s": base.best_s,
+        "uniform_prediction": "full simulation" if base.full_s is not None else
+        (f"shortened-horizon simulation (the best candidate's proxy is below {BASELINE_MARGIN:g}x the baseline's, "
+         "so the baseline's full run was skipped; --baseline full forces it)"),
         "ratio_to_uniform": best.best_s / base.best_s,
         "bsp_fraction": best.candidate.bsp_fraction,
         "seed": seed,
         "candidates": len(cands),
     })
     plan = best.candidate.plan.model_copy(update={"meta": meta})
-    counts = {"candidates": len(cands), "proxy": len(proxied), "full": len(fulls) if full_count > 0 else 0}
-    return SearchResult(best, base, ordered, plan, time.perf_counter() - t0, counts)
+    counts = {"candidates": len(cands), "proxy": len(proxied),
+              "full": sum(r.full_s is not None for r in ranked)}
+    stages = {"generate_s": t_gen - t0, "proxy_s": t_proxy - t_gen, "full_s": t_full - t_proxy}
+    return SearchResult(best, base, ordered, plan, time.perf_counter() - t0, counts, stages)
 
 
 def table(result: SearchResult, top: int) -> str:
@@ -228,5 +273,6 @@ def summary_json(result: SearchResult, top: int) -> dict[str, Any]:
                     "estimate_s": r.candidate.estimate_s, "proxy_s": r.proxy_s, "full_s": r.full_s}
                    for r in result.ranked[:top]],
         "counts": result.counts,
+        "stage_s": result.stage_s,
         "wall_s": result.wall_s,
     }

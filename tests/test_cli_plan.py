@@ -63,3 +63,48 @@ def test_constraints_nothing_satisfies(capsys, tmp_path):
     err = _err(capsys, ["plan", "--cluster", "gtx1080x4", "--job", "cifar100-resnet18", "--strategy", "dbsl",
                         "--min-bsp-fraction", "0.5", "-o", str(tmp_path / "p.json")])
     assert "no candidate plan satisfies the constraints" in err
+
+
+# --------------------------------------------------------------------------- the bundled examples
+
+BUNDLED = [
+    pytest.param("gtx1080x4", "cifar100-resnet18", id="gtx1080x4-cifar100"),
+    pytest.param("rtx3090x4", "imagenet-resnet18", id="rtx3090x4-imagenet"),
+    pytest.param("mixed16", "imagenet-resnet18", id="mixed16-imagenet", marks=pytest.mark.slow),
+]
+
+
+@pytest.mark.parametrize("cluster_name, job_name", BUNDLED)
+def test_plan_on_bundled_examples_never_slower_than_uniform(capsys, tmp_path, cluster_name, job_name):
+    from sim import simulate
+
+    out = tmp_path / "plan.json"
+    code = main(["plan", "--cluster", cluster_name, "--job", job_name, "--jobs", "2", "--seed", "0",
+                 "--json", "-o", str(out)])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    report = json.loads(captured.out)
+    cluster, job = load_cluster(cluster_name), load_job(job_name)
+    plan = load_plan(out, cluster, job)  # passes check_plan
+    meta = plan.meta
+    assert meta["objective"] == "time"
+    assert meta["predicted_makespan_s"] <= meta["uniform_makespan_s"]
+    assert meta["ratio_to_uniform"] == pytest.approx(meta["predicted_makespan_s"] / meta["uniform_makespan_s"])
+    assert meta["ratio_to_uniform"] < 1.0
+    assert report["best"]["predicted_makespan_s"] == meta["predicted_makespan_s"]
+    # the prediction is a full simulation of exactly the plan that was written
+    assert meta["prediction"] == "full simulation (seed 0)"
+    assert simulate(cluster, job, plan, seed=0).makespan_s == pytest.approx(meta["predicted_makespan_s"], rel=1e-9)
+    # the table's rows come best first
+    fulls = [r["full_s"] for r in report["ranked"] if r["full_s"] is not None]
+    assert fulls == sorted(fulls) and fulls[0] == meta["predicted_makespan_s"]
+
+
+def test_plan_table_output(capsys, tmp_path):
+    out = tmp_path / "plan.json"
+    assert main(["plan", "--cluster", "gtx1080x4", "--job", "cifar100-resnet18", "--top", "3", "-o", str(out)]) == 0
+    text = capsys.readouterr().out.splitlines()
+    assert text[0].split() == ["rank", "candidate", "estimate_s", "proxy_s", "full_s", "vs", "uniform"]
+    assert text[1].split()[0] == "1"
+    assert any("uniform(" in line and line.rstrip().endswith("1.000x") for line in text)
+    assert text[-1].startswith(f"wrote {out}: ")

@@ -67,19 +67,26 @@ def test_constraints_filter_candidates(cifar):
     assert {c.strategy for c in only_bsp} == {"uniform", "balanced"}
 
 
-def test_scale_up_is_per_phase(cifar):
+def test_shorten_and_scale_up_per_phase_configuration(cifar):
     cluster, job = cifar
     plan = generate(cluster, job, Constraints(strategies=("dbsl",), small_workers=(1,), schedules=("cyclic",)))[1].plan
+    assert [(p.epochs, p.resolution) for p in plan.phases] == [(40, 24), (40, 32), (20, 24), (20, 32), (10, 24), (10, 32)]
     short = shorten(plan, 2)
-    assert [p.epochs for p in short.phases] == [2] * 6
-    summary = {"makespan_s": 0.0, "phases": [{"start_s": 10.0 * k, "end_s": 10.0 * k + k + 1} for k in range(6)]}
-    # phase k took k+1 s for 2 epochs; the full phase has 40, 40, 20, 20, 10, 10 epochs
-    assert scale_up(plan, short, summary) == pytest.approx(sum((k + 1) * e / 2 for k, e in enumerate([40, 40, 20, 20, 10, 10])))
+    # phases that differ only in length and LR run at the same speed: one proxy phase each
+    assert [(p.epochs, p.resolution) for p in short.phases] == [(2, 24), (2, 32)]
+    # 24 px: 12 s for 2 epochs, crossings 5 s apart -> beta 5, alpha 2 (the asp drain);
+    # 32 px: 14 s, crossings 6 s apart -> beta 6, alpha 2
+    summary = {"makespan_s": 26.0, "phases": [{"start_s": 0.0, "end_s": 12.0}, {"start_s": 12.0, "end_s": 26.0}],
+               "epoch_end_s": [5.0, 10.0, 18.0, 24.0]}
+    assert scale_up(plan, short, summary) == pytest.approx(3 * 2 + 70 * 5 + 3 * 2 + 70 * 6)
+    # without crossings the duration scales linearly
+    summary.pop("epoch_end_s")
+    assert scale_up(plan, short, summary) == pytest.approx(70 * 6 + 70 * 7)
 
 
 def test_search_follows_the_scorer_and_never_loses_to_uniform(cifar):
     cluster, job = cifar
-    res = search(cluster, job, Constraints(), scorer=estimate_scorer, jobs=1, proxy_epochs=140)
+    res = search(cluster, job, Constraints(), scorer=estimate_scorer, jobs=1, proxy_epochs=140, baseline="full")
     assert res.best.full_s <= res.baseline.full_s
     best_full = min(r.full_s for r in res.ranked if r.full_s is not None)
     assert res.best.full_s == best_full
@@ -104,3 +111,44 @@ def test_parallel_results_do_not_depend_on_completion_order(cifar):
     assert one.plan.to_json_dict()["phases"] == two.plan.to_json_dict()["phases"]
     text = table(two, 5)
     assert text.splitlines()[1].lstrip().startswith("1 ") and "uniform" in text
+
+
+def full_only_slow_scorer(cluster, job, plan, seed):
+    """Full runs (more than 20 epochs) of non-uniform plans take 3x what the proxy saw."""
+    out = estimate_scorer(cluster, job, plan, seed)
+    if sum(p.epochs for p in plan.phases) > 20 and plan.phases[0].workers[0].batch != job.train.base_batch:
+        out = {"makespan_s": out["makespan_s"] * 3.0}
+    return out
+
+
+def test_baseline_full_run_skipped_only_when_clearly_beaten(cifar):
+    cluster, job = cifar
+    res = search(cluster, job, Constraints(), scorer=estimate_scorer, jobs=1)
+    assert res.baseline.full_s is None  # the proxy says the best is < 0.8x the baseline, and full runs confirm
+    assert res.best.full_s <= 0.8 * res.baseline.proxy_s
+    assert res.plan.meta["uniform_prediction"].startswith("shortened-horizon simulation")
+    assert res.plan.meta["uniform_makespan_s"] == res.baseline.proxy_s
+    # when the full runs disagree with the proxy, the baseline is simulated in full after all
+    res = search(cluster, job, Constraints(), scorer=full_only_slow_scorer, jobs=1)
+    assert res.baseline.full_s is not None
+    assert res.plan.meta["uniform_prediction"] == "full simulation"
+    assert res.best.full_s <= res.baseline.full_s
+
+
+def test_shortened_horizon_ranks_like_full_simulation(cifar):
+    """The ranking proxy against full simulation on a small case (real simulator)."""
+    from scipy.stats import spearmanr
+
+    from sim import simulate
+
+    cluster, job = cifar
+    cands = generate(cluster, job, Constraints(compressions=("none",)))
+    proxy, full = [], []
+    for c in cands:
+        short = shorten(c.plan, 2)
+        proxy.append(scale_up(c.plan, short, simulate(cluster, job, short, seed=0).summary()))
+        full.append(simulate(cluster, job, c.plan, seed=0).makespan_s)
+    errors = [abs(p - f) / f for p, f in zip(proxy, full)]
+    assert max(errors) < 0.05, max(errors)
+    assert spearmanr(proxy, full).correlation > 0.9
+    assert min(range(len(cands)), key=proxy.__getitem__) == min(range(len(cands)), key=full.__getitem__)

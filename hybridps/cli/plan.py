@@ -50,6 +50,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="candidates simulated on the shortened horizon, best by estimate (default 12)")
     p.add_argument("--full-count", type=int, default=3,
                    help="candidates simulated in full, best by proxy; the uniform baseline always is (default 3)")
+    p.add_argument("--baseline", default="auto", choices=["auto", "full"],
+                   help="simulate the uniform baseline in full always (full), or only when it is not clearly "
+                        "beaten on the shortened horizon (auto, default)")
     p.add_argument("--milp-solver", default="highs", choices=["highs", "cbc"], help="MILP solver (default highs)")
     p.add_argument("--milp-time-limit", type=float, default=10.0, help="seconds per MILP (default 10)")
     p.set_defaults(func=run)
@@ -103,7 +106,8 @@ def run(args: argparse.Namespace) -> int:
     check_resolutions(cluster, job)
     jobs = args.jobs if args.jobs is not None else (os.cpu_count() or 1)
     result = search(cluster, job, cons, seed=args.seed, jobs=jobs, proxy_epochs=args.proxy_epochs,
-                    proxy_count=args.proxy_count, full_count=args.full_count, objective=args.objective)
+                    proxy_count=args.proxy_count, full_count=args.full_count, objective=args.objective,
+                    baseline=args.baseline)
     if result.best.candidate.strategy not in cons.strategies:
         raise UserError("no candidate plan satisfies the constraints (--strategy, --sync, --min-bsp-fraction); "
                         "relax one of them")
@@ -117,10 +121,11 @@ def run(args: argparse.Namespace) -> int:
         print(table(result, args.top))
         print(f"\n{result.counts['candidates']} candidates, {result.counts['proxy']} simulated on a "
               f"{args.proxy_epochs}-epoch-per-phase horizon, {result.counts['full']} in full; "
-              f"{result.wall_s:.1f} s")
+              f"{result.wall_s:.1f} s (generate {result.stage_s['generate_s']:.1f} s, proxy "
+              f"{result.stage_s['proxy_s']:.1f} s, full {result.stage_s['full_s']:.1f} s)")
         print(f"wrote {args.output}: {result.best.candidate.label}, predicted makespan "
               f"{m['predicted_makespan_s']:.1f} s = {m['ratio_to_uniform']:.3f}x the uniform baseline "
               f"({m['uniform_makespan_s']:.1f} s)")
-    for line in cons.extra.get("skipped", []):
+    for line in dict.fromkeys(cons.extra.get("skipped", [])):
         print(f"note: skipped {line}", file=sys.stderr)
     return 0

@@ -1,0 +1,95 @@
+"""Wall time of `hybridps plan --strategy all` on mixed16 and on a 64-worker mixed
+cluster, and of the `balanced` MILP alone at 64 and 256 workers.
+
+Target: the 64-worker search in 30 s or less on a 2-core machine. Each figure is printed
+with its ratio to the target (the MILP figures against the same 30 s, for scale).
+
+    python bench/plan_speed.py [--repeat N] [--jobs J]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+TARGET_S = 30.0
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+
+def mixed_cluster_toml(n_workers: int) -> str:
+    """mixed16's device profiles, scaled to n workers (1/4 rtx3090, 1/2 v100, 1/4 t4, one
+    throttled t4) with n/16 PS shards, and its stragglers."""
+    from hybridps.spec import example_dir
+
+    base = (example_dir("cluster") / "mixed16.toml").read_text()
+    head, _, _ = base.partition("[[workers]]")
+    head = head.replace("count = 2\n", f"count = {max(2, n_workers // 8)}\n", 1)
+    q = n_workers // 4
+    groups = [("rtx", "rtx3090", q, 25.0, 1.0), ("v100_", "v100", 2 * q, 25.0, 1.0),
+              ("t4_", "t4", q - 1, 10.0, 1.0), ("t4_slow", "t4", 1, 10.0, 1.5)]
+    body = "".join(f'[[workers]]\nname = "{n}"\ndevice = "{d}"\ncount = {c}\nbandwidth_gbps = {bw}\nslowdown = {s}\n\n'
+                   for n, d, c, bw, s in groups)
+    strag = "[stragglers]\nrate_per_hour = 2.0\nslowdown = 2.0\nmean_duration_s = 60.0\nworkers = []\nseed = 0\n"
+    return head + body + strag
+
+
+def time_plan(cluster: str, job: str, jobs: int | None, out_dir: Path) -> tuple[float, str]:
+    cmd = [sys.executable, "-m", "hybridps", "plan", "--cluster", cluster, "--job", job, "--strategy", "all",
+           "-o", str(out_dir / "plan.json")]
+    if jobs:
+        cmd += ["--jobs", str(jobs)]
+    t0 = time.perf_counter()
+    out = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
+    wall = time.perf_counter() - t0
+    if out.returncode != 0:
+        raise SystemExit(f"plan failed: {out.stderr}")
+    return wall, out.stdout.strip().splitlines()[-1]
+
+
+def time_milp(n_workers: int, resolution: int = 224) -> tuple[float, object]:
+    from hybridps.spec import cluster_from_dict, load_job
+    from solver.balanced import solve_balanced
+    import tomllib
+
+    cluster = cluster_from_dict(tomllib.loads(mixed_cluster_toml(n_workers)), f"<mixed{n_workers}>")
+    job = load_job("imagenet-resnet18")
+    t0 = time.perf_counter()
+    sol = solve_balanced(cluster, job, resolution)
+    return time.perf_counter() - t0, sol
+
+
+def report(name: str, wall: float, extra: str = "") -> None:
+    print(f"{name:<44} {wall:8.2f} s   {wall / TARGET_S:5.2f}x of the {TARGET_S:.0f} s target   {extra}", flush=True)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--repeat", type=int, default=1, help="runs per figure; the best is reported")
+    ap.add_argument("--jobs", type=int, default=None, help="--jobs for hybridps plan (default: CPU count)")
+    args = ap.parse_args()
+    print(f"cpus: {os.cpu_count()}, python {sys.version.split()[0]}")
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        c64 = tmp / "mixed64.toml"
+        c64.write_text(mixed_cluster_toml(64))
+        for name, cluster in (("plan --strategy all, mixed16 (16 workers)", "mixed16"),
+                              ("plan --strategy all, mixed64 (64 workers)", str(c64))):
+            runs = [time_plan(cluster, "imagenet-resnet18", args.jobs, tmp) for _ in range(args.repeat)]
+            wall, last = min(runs)
+            report(name, wall, last.split(":", 1)[-1].strip()[:90])
+        for n in (64, 256):
+            runs = [time_milp(n) for _ in range(args.repeat)]
+            wall, sol = min(runs, key=lambda r: r[0])
+            report(f"balanced MILP alone, {n} workers, 224 px", wall,
+                   f"K={sol.steps} status={sol.status} gap={sol.gap:.2e} milps={sol.milps} solver={sol.solver}")
+
+
+if __name__ == "__main__":
+    main()

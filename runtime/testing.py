@@ -22,9 +22,11 @@ def write_specs(d: Path, workers: list[tuple[str, int, int]], *, sync: str = "bs
     """workers: (name, batch, samples per epoch). Writes cluster.toml, job.toml, plan.json."""
     d.mkdir(parents=True, exist_ok=True)
     slowdown = slowdown or {}
+    resolutions = sorted({resolution, *(ph["resolution"] for ph in phases or [])})
     lines = ['format = "hybridps.cluster/1"', "[ps]", f"count = {ps_count}", "bandwidth_gbps = 1000.0",
-             "latency_ms = 0.0", f"[devices.cpu.resolutions.{resolution}]", "a = 0.0001", "b = 0.001",
-             "max_batch = 4096"]
+             "latency_ms = 0.0"]
+    for r in resolutions:
+        lines += [f"[devices.cpu.resolutions.{r}]", "a = 0.0001", "b = 0.001", "max_batch = 4096"]
     for name, _, _ in workers:
         lines += ["[[workers]]", f'name = "{name}"', 'device = "cpu"', "bandwidth_gbps = 1000.0", "latency_ms = 0.0",
                   f"slowdown = {float(slowdown.get(name, 1.0))}"]
@@ -32,7 +34,8 @@ def write_specs(d: Path, workers: list[tuple[str, int, int]], *, sync: str = "bs
     samples = sum(s for _, _, s in workers)
     (d / "job.toml").write_text(
         f'format = "hybridps.job/1"\n[model]\nname = "{model}"\nparameters = 1000\n[data]\nname = "{data}"\n'
-        f"samples = {samples}\n[train]\nepochs = {epochs}\nresolutions = [{resolution}]\nbase_batch = 32\n"
+        f"samples = {samples}\n[train]\nepochs = {sum(ph['epochs'] for ph in phases) if phases else epochs}\n"
+        f"resolutions = {resolutions}\nbase_batch = 32\n"
         f"base_lr = {lr}\nmomentum = {momentum}\nweight_decay = {weight_decay}\n")
     phase = {"epochs": epochs, "resolution": resolution, "sync": sync, "staleness": staleness, "exchange": exchange,
              "local_steps": local_steps, "lr": lr, "compression": compression or {"kind": "none"},

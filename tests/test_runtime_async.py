@@ -28,16 +28,30 @@ def _loss_halved(tr):
     assert evals[-1]["loss"] <= 0.5 * evals[0]["loss"], [e["loss"] for e in evals]
 
 
-def test_asp_model_exchange_learns(tmp_path):
-    # DBSL-style: a small-batch worker and a large-batch one, mini-epoch exchanges
-    tr = _run(tmp_path, [("w0", 16, 128), ("w1", 32, 384)], sync="asp", exchange="model", epochs=4, lr=0.05)
+def test_asp_model_exchange_learns_across_phases(tmp_path):
+    # DBSL-style: a small-batch worker and a large-batch one, mini-epoch exchanges, then
+    # a second phase at a higher resolution with other batches (progressive resizing)
+    workers = [("w0", 16, 128), ("w1", 32, 384)]
+    ph0 = {"epochs": 4, "resolution": 8, "sync": "asp", "staleness": None, "exchange": "model", "local_steps": None,
+           "lr": 0.05, "compression": {"kind": "none"},
+           "workers": [{"name": n, "batch": b, "samples": s} for n, b, s in workers]}
+    ph1 = dict(ph0, epochs=1, resolution=16, lr=0.02,
+               workers=[{"name": "w0", "batch": 8, "samples": 128}, {"name": "w1", "batch": 64, "samples": 384}])
+    tr = _run(tmp_path, workers, phases=[ph0, ph1])
     _loss_halved(tr)
-    pushes = tr.of_kind("push")
+    phases = tr.of_kind("phase")
+    assert [p["index"] for p in phases] == [0, 1]
+    second = [c for c in tr.of_kind("compute") if c["phase"] == 1]
+    assert {c["resolution"] for c in second} == {16} and {c["batch"] for c in second} == {8, 64}
+    assert min(c["start_s"] for c in second) >= phases[0]["end_s"] - 0.005  # phases are global
+    assert all(c["phase"] == 0 for c in tr.of_kind("compute") if c["resolution"] == 8)
+    pushes = [p for p in tr.of_kind("push") if p["phase"] == 0]
     # mini-epoch: one exchange per worker-epoch, carrying the whole share
     assert {p["samples"] for p in pushes if p["worker"] == "w0"} == {128}
     assert {p["samples"] for p in pushes if p["worker"] == "w1"} == {384}
     updates = tr.of_kind("update")
     assert [u["version"] for u in updates] == list(range(1, len(updates) + 1))  # one version per asp push
+    assert max(u["staleness"] for u in updates) >= 1  # asp: the other worker's merges in between
     # phase ends once 4 epochs (2048 samples) are applied; overshoot <= one interval per worker
     applied = sum(p["samples"] for p in pushes)
     assert 2048 <= applied <= 2048 + 128 + 384

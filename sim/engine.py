@@ -8,7 +8,7 @@ from typing import Any, Callable
 
 import simpy
 
-from hybridps.spec import Cluster, Job, Plan
+from hybridps.spec import Cluster, Job, Plan, check_plan
 from hybridps.stragglers import StragglerSchedule
 from sim.metrics import Counters, Recorder, SimResult
 from sim.predictor import WorkerPhase, phase_costs
@@ -29,6 +29,7 @@ class Simulation:
 
     def __init__(self, cluster: Cluster, job: Job, plan: Plan, seed: int | None = None, record: bool = False,
                  trace: Any | None = None):
+        check_plan(plan, cluster, job)  # a SpecError naming the field beats a KeyError deep inside
         self.cluster, self.job, self.plan = cluster, job, plan
         self.seed = cluster.stragglers.seed if seed is None else seed
         self.env = simpy.Environment()

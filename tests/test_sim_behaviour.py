@@ -201,3 +201,15 @@ def test_progress_callback_counts_epochs():
     result = Simulation(cluster, job, plan).run(progress=seen.append)
     assert seen == list(range(1, job.train.epochs + 1))
     assert result.summary()["epoch_end_s"][-1] <= result.makespan_s
+
+
+def test_an_unchecked_bad_plan_gets_a_spec_error():
+    from hybridps.errors import SpecError
+    from hybridps.spec import plan_from_dict
+
+    cluster, job, plan = straggler_case()
+    data = plan.to_json_dict()
+    data["phases"][0]["workers"][0]["name"] = "ghost"
+    bad = plan_from_dict(data)  # not checked against the cluster
+    with pytest.raises(SpecError, match="ghost"):
+        simulate(cluster, job, bad)

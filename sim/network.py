@@ -146,7 +146,8 @@ class EqualShareLink(_Link):
         if rate > self.worker_cap:
             rate = self.worker_cap
         self._rate = rate
-        at = now + (heap[0][0] - served) / rate
+        # max(): a flow due at this very instant whose timer has not fired yet
+        at = now + max(0.0, (heap[0][0] - served) / rate)
         if at < self._timer_at:
             self._timer_at = at
             self._timer_gen += 1

@@ -174,12 +174,17 @@ def _run_link(cls, caps, flows, shared):
     return done
 
 
-def test_the_two_network_implementations_agree():
+@pytest.mark.parametrize("grid", [False, True])
+def test_the_two_network_implementations_agree(grid):
     rng = random.Random(0)
-    flows = [(rng.uniform(0, 2), rng.uniform(1e5, 5e7), rng.choice([0.0, 1e-3])) for _ in range(40)]
-    caps = [1.25e9] * len(flows)
-    fast = _run_link(EqualShareLink, caps, flows, shared=5e9)
-    general = _run_link(WaterFillLink, caps, flows, shared=5e9)
+    if grid:  # starts and sizes on a grid: flows start at the very instant others finish
+        flows = [(0.04 * rng.randrange(20), 5e6 * rng.randrange(1, 4), 0.0) for _ in range(40)]
+    else:
+        flows = [(rng.uniform(0, 2), rng.uniform(1e5, 5e7), rng.choice([0.0, 1e-3])) for _ in range(40)]
+    caps = [1.25e8 if grid else 1.25e9] * len(flows)
+    shared = 5e8 if grid else 5e9
+    fast = _run_link(EqualShareLink, caps, flows, shared=shared)
+    general = _run_link(WaterFillLink, caps, flows, shared=shared)
     assert fast.keys() == general.keys() == set(range(40))
     for w in fast:
         assert fast[w][1] == pytest.approx(general[w][1], rel=1e-9)

@@ -66,7 +66,7 @@ samples = {samples}
 
 [train]
 epochs = {epochs}
-resolutions = [16, 32]
+resolutions = [24, 32]
 base_batch = 32
 base_lr = 0.05
 """
@@ -116,7 +116,7 @@ def test_the_loop_predicts_the_run_within_10_percent(tmp_path):
     prof, cal, cal_run = tmp_path / "profile.jsonl", tmp_path / "cluster.toml", tmp_path / "cluster-run.toml"
     plan, run = tmp_path / "plan.json", tmp_path / "run"
 
-    _hybridps("profile", "--model", "cnn", "--resolutions", 16, 32, "--batches", 8, 16, 32, 64,
+    _hybridps("profile", "--model", "cnn", "--resolutions", 24, 32, "--batches", 8, 16, 32, 64,
               "--max-batch", 128, "--out", prof)
     _hybridps("calibrate", prof, "--base", tmp_path / "base.toml", "-o", cal)
     _hybridps("plan", "--cluster", cal, "--job", tmp_path / "job.toml", "-o", plan)

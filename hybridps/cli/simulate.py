@@ -46,6 +46,7 @@ def _human(summary: dict, cluster, job, plan, seed: int) -> str:
 def run(args: argparse.Namespace) -> int:
     import json
 
+    from hybridps.errors import UserError
     from hybridps.progress import progress_bar
     from hybridps.spec import load_cluster, load_job, load_plan
     from sim import Simulation, trace_header
@@ -56,7 +57,10 @@ def run(args: argparse.Namespace) -> int:
     plan = load_plan(args.plan, cluster, job)
     seed = cluster.stragglers.seed if args.seed is None else args.seed
     keep = bool(args.chrome or args.gantt)
-    writer = TraceWriter(args.trace, trace_header(cluster, job, plan, seed)) if args.trace else None
+    try:
+        writer = TraceWriter(args.trace, trace_header(cluster, job, plan, seed)) if args.trace else None
+    except OSError as e:
+        raise UserError(f"--trace {args.trace}: cannot write: {e.strerror}") from None
     total_epochs = sum(p.epochs for p in plan.phases)
     try:
         with progress_bar(total_epochs, "simulating", unit="epoch") as bar:
@@ -71,12 +75,18 @@ def run(args: argparse.Namespace) -> int:
     if args.chrome:
         from traces import write_chrome
 
-        write_chrome(args.chrome, result.header, result.records)
+        try:
+            write_chrome(args.chrome, result.header, result.records)
+        except OSError as e:
+            raise UserError(f"--chrome {args.chrome}: cannot write: {e.strerror}") from None
     if args.gantt:
         from sim.gantt import write_gantt
 
         title = f"{job.model.name}/{job.data.name} on {len(cluster.worker_list)} workers"
-        write_gantt(args.gantt, result.header, result.records, title=title)
+        try:
+            write_gantt(args.gantt, result.header, result.records, title=title)
+        except OSError as e:
+            raise UserError(f"--gantt {args.gantt}: cannot write: {e.strerror}") from None
     if args.json:
         print(json.dumps(summary, indent=2))
     else:

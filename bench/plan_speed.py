@@ -40,9 +40,9 @@ def mixed_cluster_toml(n_workers: int) -> str:
     return head + body + strag
 
 
-def time_plan(cluster: str, job: str, jobs: int | None, out_dir: Path) -> tuple[float, str]:
+def time_plan(cluster: str, job: str, jobs: int | None, out_dir: Path, *extra: str) -> tuple[float, str]:
     cmd = [sys.executable, "-m", "hybridps", "plan", "--cluster", cluster, "--job", job, "--strategy", "all",
-           "-o", str(out_dir / "plan.json")]
+           "-o", str(out_dir / "plan.json"), *extra]
     if jobs:
         cmd += ["--jobs", str(jobs)]
     t0 = time.perf_counter()
@@ -53,7 +53,7 @@ def time_plan(cluster: str, job: str, jobs: int | None, out_dir: Path) -> tuple[
     return wall, out.stdout.strip().splitlines()[-1]
 
 
-def time_milp(n_workers: int, resolution: int = 224) -> tuple[float, object]:
+def time_milp(n_workers: int, resolution: int = 224, solver: str = "highs") -> tuple[float, object]:
     from hybridps.spec import cluster_from_dict, load_job
     from solver.balanced import solve_balanced
     import tomllib
@@ -61,7 +61,7 @@ def time_milp(n_workers: int, resolution: int = 224) -> tuple[float, object]:
     cluster = cluster_from_dict(tomllib.loads(mixed_cluster_toml(n_workers)), f"<mixed{n_workers}>")
     job = load_job("imagenet-resnet18")
     t0 = time.perf_counter()
-    sol = solve_balanced(cluster, job, resolution)
+    sol = solve_balanced(cluster, job, resolution, solver=solver)
     return time.perf_counter() - t0, sol
 
 
@@ -79,16 +79,18 @@ def main() -> None:
         tmp = Path(tmp)
         c64 = tmp / "mixed64.toml"
         c64.write_text(mixed_cluster_toml(64))
-        for name, cluster in (("plan --strategy all, mixed16 (16 workers)", "mixed16"),
-                              ("plan --strategy all, mixed64 (64 workers)", str(c64))):
-            runs = [time_plan(cluster, "imagenet-resnet18", args.jobs, tmp) for _ in range(args.repeat)]
+        for name, cluster, extra in (
+                ("plan --strategy all, mixed16 (16 workers)", "mixed16", ()),
+                ("plan --strategy all, mixed64 (64 workers)", str(c64), ()),
+                ("  same, --baseline auto (64 workers)", str(c64), ("--baseline", "auto"))):
+            runs = [time_plan(cluster, "imagenet-resnet18", args.jobs, tmp, *extra) for _ in range(args.repeat)]
             wall, last = min(runs)
             report(name, wall, last.split(":", 1)[-1].strip()[:90])
-        for n in (64, 256):
-            runs = [time_milp(n) for _ in range(args.repeat)]
+        for n, solver in ((64, "highs"), (256, "highs"), (256, "cbc")):
+            runs = [time_milp(n, solver=solver) for _ in range(args.repeat)]
             wall, sol = min(runs, key=lambda r: r[0])
-            report(f"balanced MILP alone, {n} workers, 224 px", wall,
-                   f"K={sol.steps} status={sol.status} gap={sol.gap:.2e} milps={sol.milps} solver={sol.solver}")
+            report(f"balanced MILP alone, {n} workers, 224 px, {solver}", wall,
+                   f"K={sol.steps} status={sol.status} gap={sol.gap:.2e} milps={sol.milps}")
 
 
 if __name__ == "__main__":

@@ -11,9 +11,10 @@ worker-iterations:
    its full length with a per-phase affine model (`scale_up`) and the results summed;
 3. **full**: the best `full_count` by proxy, plus the uniform baseline, are simulated in
    full; the fastest of those is the answer. The baseline is the costliest plan to
-   simulate; with `baseline="auto"` its full run is skipped when the best proxy is below
-   0.8x the baseline's proxy *and* the best full result confirms it (else it is run after
-   all). Either way the answer is never slower (predicted) than the baseline.
+   simulate; with `baseline="auto"` (not the default) its full run is skipped when the
+   best proxy is below 0.8x the baseline's proxy *and* the best full result confirms it
+   (else it is run after all). Either way the answer is never slower (predicted) than
+   the baseline.
 
 Scoring is injectable: `scorer(cluster, job, plan, seed) -> summary` where the summary
 has `makespan_s` and, for the proxy's per-phase scaling, `phases: [{start_s, end_s}]`
@@ -166,7 +167,7 @@ class SearchResult:
 
 def search(cluster: Cluster, job: Job, cons: Constraints, scorer: Scorer = simulate_summary,
            seed: int | None = None, jobs: int = 2, proxy_epochs: int = 2, proxy_count: int = 12,
-           full_count: int = 3, objective: str = "time", baseline: str = "auto") -> SearchResult:
+           full_count: int = 3, objective: str = "time", baseline: str = "full") -> SearchResult:
     t0 = time.perf_counter()
     cands = generate(cluster, job, cons)
     t_gen = time.perf_counter()

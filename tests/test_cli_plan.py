@@ -88,6 +88,7 @@ def test_plan_on_bundled_examples_never_slower_than_uniform(capsys, tmp_path, cl
     plan = load_plan(out, cluster, job)  # passes check_plan
     meta = plan.meta
     assert meta["objective"] == "time"
+    assert meta["uniform_prediction"] == "full simulation"
     assert meta["predicted_makespan_s"] <= meta["uniform_makespan_s"]
     assert meta["ratio_to_uniform"] == pytest.approx(meta["predicted_makespan_s"] / meta["uniform_makespan_s"])
     assert meta["ratio_to_uniform"] < 1.0

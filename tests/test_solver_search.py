@@ -123,13 +123,13 @@ def full_only_slow_scorer(cluster, job, plan, seed):
 
 def test_baseline_full_run_skipped_only_when_clearly_beaten(cifar):
     cluster, job = cifar
-    res = search(cluster, job, Constraints(), scorer=estimate_scorer, jobs=1)
+    res = search(cluster, job, Constraints(), scorer=estimate_scorer, jobs=1, baseline="auto")
     assert res.baseline.full_s is None  # the proxy says the best is < 0.8x the baseline, and full runs confirm
     assert res.best.full_s <= 0.8 * res.baseline.proxy_s
     assert res.plan.meta["uniform_prediction"].startswith("shortened-horizon simulation")
     assert res.plan.meta["uniform_makespan_s"] == res.baseline.proxy_s
     # when the full runs disagree with the proxy, the baseline is simulated in full after all
-    res = search(cluster, job, Constraints(), scorer=full_only_slow_scorer, jobs=1)
+    res = search(cluster, job, Constraints(), scorer=full_only_slow_scorer, jobs=1, baseline="auto")
     assert res.baseline.full_s is not None
     assert res.plan.meta["uniform_prediction"] == "full simulation"
     assert res.best.full_s <= res.baseline.full_s

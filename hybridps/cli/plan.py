@@ -50,9 +50,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="candidates simulated on the shortened horizon, best by estimate (default 12)")
     p.add_argument("--full-count", type=int, default=3,
                    help="candidates simulated in full, best by proxy; the uniform baseline always is (default 3)")
-    p.add_argument("--baseline", default="auto", choices=["auto", "full"],
-                   help="simulate the uniform baseline in full always (full), or only when it is not clearly "
-                        "beaten on the shortened horizon (auto, default)")
+    p.add_argument("--baseline", default="full", choices=["auto", "full"],
+                   help="simulate the uniform baseline in full (full, default), or only when the shortened "
+                        "horizon does not show it clearly beaten (auto: faster, the ratio is then against a proxy)")
     p.add_argument("--milp-solver", default="highs", choices=["highs", "cbc"], help="MILP solver (default highs)")
     p.add_argument("--milp-time-limit", type=float, default=10.0, help="seconds per MILP (default 10)")
     p.set_defaults(func=run)

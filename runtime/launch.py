@@ -42,9 +42,10 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def run_local(child_args: list[str], world_size: int, grace_s: float = 20.0) -> int:
+def run_local(child_args: list[str], world_size: int, grace_s: float | None = 60.0) -> int:
     """Spawn `world_size` ranks of `python -m hybridps run CHILD_ARGS`; return rank 0's
-    exit code. A child that fails before rank 0 notices gets `grace_s` to be noticed."""
+    exit code. When a child fails and rank 0 has not stopped `grace_s` later (it should
+    have noticed: a fallback for a stuck PS), every process is killed; None: never."""
     port = free_port()
     procs: list[subprocess.Popen] = []
     base_env = dict(os.environ, MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE=str(world_size),
@@ -67,7 +68,7 @@ def run_local(child_args: list[str], world_size: int, grace_s: float = 20.0) -> 
                 return code0
             if failed_at is None and any(p.poll() not in (None, 0) for p in procs[1:]):
                 failed_at = time.monotonic()
-            if failed_at is not None and time.monotonic() - failed_at > grace_s:
+            if failed_at is not None and grace_s is not None and time.monotonic() - failed_at > grace_s:
                 bad = [i for i, p in enumerate(procs) if p.poll() not in (None, 0)]
                 print(f"hybridps: error: rank(s) {bad} exited with an error and the PS did not stop; "
                       f"killed every process", file=sys.stderr)
@@ -139,13 +140,19 @@ def run_process(cluster, job, plan, opts) -> int:
             device = torch.device("cuda", local % torch.cuda.device_count())
             torch.cuda.set_device(device)
         try:
-            return run_worker(ctx, device)
+            code = run_worker(ctx, device)
         except KeyboardInterrupt:
-            return 130
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
+            code = 130
         except RuntimeError as e:  # the PS went away (it reports why)
-            print(f"hybridps run: worker {ctx.workers[rank - ctx.shards]} stopped: {e}".splitlines()[0],
-                  file=sys.stderr)
-            return 3
+            from runtime.server import short_error
+
+            print(f"hybridps run: worker {ctx.workers[rank - ctx.shards]} stopped: {short_error(e)}", file=sys.stderr)
+            code = 3
+        # leave without tearing down gloo under its own threads (the PS may be gone)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
     finally:
         try:
             dist.destroy_process_group()

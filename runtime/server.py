@@ -20,6 +20,7 @@ from __future__ import annotations
 import io
 import json
 import queue
+import signal
 import sys
 import threading
 import time
@@ -42,6 +43,13 @@ from traces.jsonl import TraceWriter
 from traces.records import header as trace_header
 
 CHECKPOINT_FORMAT = "hybridps.checkpoint/1"
+
+
+def short_error(e: BaseException) -> str:
+    """gloo's first sentence, without its source location ("Connection closed by peer ...")."""
+    text = str(e).splitlines()[0] if str(e) else type(e).__name__
+    text = text.rsplit("] ", 1)[-1]
+    return text.split(". ", 1)[0]
 
 
 class WorkerLost(Exception):
@@ -205,7 +213,7 @@ class Shard:
         try:
             work.wait()
         except Exception as e:  # the connection to the worker failed
-            raise WorkerLost(pos, self.ctx.workers[pos], self.ctx.worker_rank(pos), f"connection failed ({e})") from None
+            raise WorkerLost(pos, self.ctx.workers[pos], self.ctx.worker_rank(pos), f"connection failed: {short_error(e)}") from None
 
     def start_receivers(self) -> None:
         """One thread per worker: blocking receives of header + payload into the inbox."""
@@ -241,7 +249,7 @@ class Shard:
             if pos in self.lost:
                 continue
             if hdr is None:
-                raise WorkerLost(pos, self.ctx.workers[pos], self.ctx.worker_rank(pos), f"connection failed ({body})")
+                raise WorkerLost(pos, self.ctx.workers[pos], self.ctx.worker_rank(pos), f"connection failed: {short_error(body)}")
             return pos, hdr, body
 
     # ------------------------------------------------------------------ the run
@@ -284,6 +292,7 @@ class Shard:
         keep_pulled = not gradient and ph.compression.lossy
         pulled: dict[int, torch.Tensor] = {}
         t_phase = ctx.now()
+        self._abort_state = (p, applied)
         self._reset_liveness()
         # ---- start the phase: every live worker gets the parameters
         works = []
@@ -363,6 +372,7 @@ class Shard:
                         self.w.copy_(merge_async(self.w, m, share[pos], max_share))
             self.version += 1
             state["applied"] += total
+            self._abort_state = (p, state["applied"])  # what a checkpoint written on abort holds
             self.applied_total += total
             if self.lead:
                 for pos, n, _ in items:
@@ -408,7 +418,6 @@ class Shard:
                     self.save_checkpoint(p, state["applied"])
             except WorkerLost as e:
                 if ctx.opts.on_worker_loss != "continue" or ph.sync == "bsp":
-                    self._abort_state = (p, state["applied"])
                     raise
                 print(f"hybridps run: {e}; continuing without it", file=sys.stderr, flush=True)
                 self.lost.add(e.pos)
@@ -448,7 +457,14 @@ class Shard:
                 works += P.isend(self.ctx.worker_rank(pos), P.header(P.MSG_ABORT))
             except Exception:
                 pass
-        waiter = threading.Thread(target=lambda: [w.wait() for w in works], daemon=True)
+        def wait_all() -> None:
+            for w in works:
+                try:
+                    w.wait()
+                except Exception:
+                    pass  # that worker is gone already
+
+        waiter = threading.Thread(target=wait_all, daemon=True)
         waiter.start()
         waiter.join(timeout=2.0)  # a dead worker never takes its ABORT
         if self.bar is not None:
@@ -487,6 +503,7 @@ def run_server(ctx: RunContext) -> int:
             write_summary(ctx, shard, status="worker-lost", startup_s=startup_s, wall_s=time.time() - wall0)
         return 3
     except KeyboardInterrupt:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not cost the checkpoint
         path = shard.abort("interrupted")
         if shard.lead:
             print(f"hybridps: interrupted; checkpoint {path}; continue with: hybridps run --resume "

@@ -92,7 +92,8 @@ def run(args: argparse.Namespace) -> int:
     if args.local and "RANK" not in os.environ:
         # the children re-read the same arguments, without --local, plus what --resume recovered
         argv = _rebuild_argv(args)
-        return run_local(argv, expected_world_size(cluster, plan))
+        grace = None if args.on_worker_loss == "continue" else args.worker_timeout + 30.0
+        return run_local(argv, expected_world_size(cluster, plan), grace_s=grace)
     return run_process(cluster, job, plan, opts)
 
 

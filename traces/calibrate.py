@@ -444,7 +444,10 @@ def calibrate(traces: list[Trace], base: Cluster | None = None, *, outlier_facto
         idx = [i for i, o in enumerate(obs) if (o.device, o.resolution) == key]
         if a == 0 and b == 0:
             raise UserError(f"calibrate: device {key[0]!r} at resolution {key[1]} has only zero durations")
-        sel = [i for i in idx if inlier[i]]
+        # judge the line on what set it: the run's iterations where there are some (the
+        # profile then only gave the shape), else the profile points
+        run_sel = [i for i in idx if inlier[i] and obs[i].worker]
+        sel = run_sel or [i for i in idx if inlier[i]]
         y = np.array([obs[i].t_s / (slow[obs[i].worker] if obs[i].worker else 1.0) for i in sel])
         x = np.array([obs[i].n for i in sel], dtype=float)
         pred = a * x + b

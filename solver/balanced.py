@@ -99,7 +99,7 @@ def lp_step_s(c: Coeffs, total_batch: np.ndarray) -> np.ndarray:
     a = np.maximum(c.a_s, 1e-15)[None, :]
     b = c.b_s[None, :]
     mb = c.max_batch[None, :].astype(float)
-    lo = np.full(total_batch.shape, float(c.b_s.max() * 0 + (c.a_s + c.b_s).max()))  # every B_i >= 1
+    lo = np.full(total_batch.shape, float((c.a_s + c.b_s).max()))  # every B_i >= 1
     hi = np.full(total_batch.shape, float((c.a_s * c.max_batch + c.b_s).max()))
     for _ in range(60):
         mid = 0.5 * (lo + hi)

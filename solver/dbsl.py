@@ -17,6 +17,10 @@ splits data so that all finish together, `T0 = N / Σ 1/c_i`; a large worker get
 proportion to 1/c_i, and each small worker's batch is the one that makes its time
 `d_i·(a_i + b_i/B_i)·slowdown_i` equal the common budget `T1 = t·T0`. The small workers
 are the s fastest at the large batch (ties: cluster order, so gtx0 on gtx1080x4).
+
+For t >= 1 a small worker's budget per sample is T1/d_i >= t·c_i > a_i, so B_S is
+positive; what can fail is B_S < 1 (too few samples left for the small workers: t too
+large) or no samples left at all. Both are UserErrors naming the constraint.
 """
 
 from __future__ import annotations
@@ -88,12 +92,17 @@ def dbsl_allocation(cluster: Cluster, job: Job, resolution: int, t: float, s: in
             samples[i] = d
             denom = T1 / d - c.a_s[i]
             b_small = round(c.b_s[i] / denom) if denom > 0 else 0
-            if denom <= 0 or b_small < 1:
-                need = "negative" if denom <= 0 else f"{c.b_s[i] / denom:.3f}"
+            if denom <= 0:
                 raise UserError(
                     f"--time-ratio {t}: no small batch meets the time budget for {name!r} at resolution "
-                    f"{resolution}: B_S = b/(T1/d_S - a) = {need} (< 1) with d_S = {d} samples and budget "
-                    f"T1 = {T1:.3f} s; raise --time-ratio or lower --small-workers")
+                    f"{resolution}: B_S = b/(T1/d_S - a) is negative ({name!r} cannot compute d_S = {d} samples "
+                    f"within T1 = {T1:.3f} s at any batch); raise --time-ratio or --small-workers")
+            if b_small < 1:
+                raise UserError(
+                    f"--time-ratio {t}: no small batch meets the time budget for {name!r} at resolution "
+                    f"{resolution}: B_S = b/(T1/d_S - a) = {c.b_s[i] / denom:.3f} (< 1) with d_S = {d} samples "
+                    f"and budget T1 = {T1:.3f} s; lower --time-ratio or --small-workers so that the small "
+                    f"workers get more samples")
             batch[i] = min(int(b_small), int(c.max_batch[i]))
     workers = tuple(WorkerAssignment(name=c.names[i], batch=int(batch[i]), samples=int(samples[i])) for i in range(n))
     return DbslAllocation(resolution, workers, tuple(c.names[i] for i in idx_small), float(T1), float(T0))

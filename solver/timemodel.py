@@ -53,10 +53,10 @@ def coeffs(cluster: Cluster, resolution: int, config_file: str = "<cluster>") ->
     return Coeffs(np.array(a), np.array(b), np.array(mb, dtype=np.int64), tuple(w.name for w in cluster.worker_list))
 
 
-def check_resolutions(cluster: Cluster, job: Job) -> None:
+def check_resolutions(cluster: Cluster, job: Job, config_file: str = "<cluster>") -> None:
     """Fail early (UserError) if any worker lacks a profile for a job resolution."""
     for r in job.train.resolutions:
-        coeffs(cluster, r)
+        coeffs(cluster, r, config_file)
 
 
 @dataclass(frozen=True)

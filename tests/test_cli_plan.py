@@ -32,7 +32,8 @@ def test_time_ratio_below_one_with_small_workers(capsys, tmp_path):
 def test_budget_no_small_batch_can_meet(capsys, tmp_path):
     err = _err(capsys, ["plan", "--cluster", "gtx1080x4", "--job", "cifar100-resnet18", "--strategy", "dbsl",
                         "--small-workers", "1", "--time-ratio", "1.33", "-o", str(tmp_path / "p.json")])
-    assert "no small batch meets the time budget for 'gtx0'" in err and "B_S = b/(T1/d_S - a)" in err
+    assert "no small batch meets the time budget for 'gtx0'" in err and "B_S = b/(T1/d_S - a) = 0.221 (< 1)" in err
+    assert "lower --time-ratio or --small-workers" in err
 
 
 def test_dataset_cannot_be_covered(capsys, tmp_path):
@@ -46,7 +47,7 @@ def test_dataset_cannot_be_covered(capsys, tmp_path):
 
 def test_resolution_missing_for_a_device(capsys, tmp_path):
     err = _err(capsys, ["plan", "--cluster", "gtx1080x4", "--job", "imagenet-resnet18", "-o", str(tmp_path / "p.json")])
-    assert "devices.gtx1080.resolutions: worker 'gtx0' has no profile for resolution 160" in err
+    assert "gtx1080x4.toml: devices.gtx1080.resolutions: worker 'gtx0' has no profile for resolution 160" in err
 
 
 def test_unknown_strategy_through_a_subprocess(tmp_path):

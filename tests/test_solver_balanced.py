@@ -135,3 +135,20 @@ def test_dataset_that_cannot_be_covered():
     job = job.model_copy(update={"data": job.data.model_copy(update={"samples": 5})})
     with pytest.raises(UserError, match=r"the dataset \(5 samples per epoch, data.samples\) cannot be covered"):
         solve_balanced(cluster, job, 32)
+
+
+@pytest.mark.parametrize("compression", ["none", "onebit"])
+def test_simulated_makespan_within_one_percent_of_lp_bound(compression):
+    """The simulator's makespan of the balanced plan (cyclic schedule, every phase bsp) is
+    within 1 % of the LP relaxation bound summed over the phases."""
+    from sim import simulate
+
+    cluster, job = three_types(), load_job("cifar100-resnet18")
+    cache = BalancedCache(cluster, job)
+    plan, info = balanced_plan(cache, "cyclic", compression)
+    bound = sum(p.epochs * cache.get(p.resolution, p.compression).lp_bound_s for p in plan.phases)
+    closed_form = sum(p.epochs * cache.get(p.resolution, p.compression).epoch_s for p in plan.phases)
+    simulated = simulate(cluster, job, plan, seed=0).makespan_s
+    assert abs(simulated - bound) <= 0.01 * bound
+    assert abs(simulated - closed_form) <= 0.01 * closed_form
+    assert {m["status"] for m in info["milp"].values()} == {"optimal"}

@@ -98,3 +98,17 @@ def test_missing_resolution_is_named():
     cluster, job = load_cluster("gtx1080x4"), load_job("imagenet-resnet18")
     with pytest.raises(UserError, match=r"devices.gtx1080.resolutions: worker 'gtx0' has no profile for resolution 160"):
         dbsl_allocation(cluster, job, 160, 1.05, 1)
+
+
+
+def test_small_batch_is_positive_whenever_t_at_least_one():
+    """For t >= 1, T1/d_S >= t·c_S > a_S, so B_S is never negative: the reachable failure is B_S < 1."""
+    cluster, job = load_cluster("mixed16"), load_job("imagenet-resnet18")
+    for t in (1.0, 1.02, 1.05):
+        for s in (1, 4, 8, 15):
+            try:
+                alloc = dbsl_allocation(cluster, job, 288, t, s)
+            except UserError as e:
+                assert "the large workers already take all" in str(e) or "(< 1)" in str(e)
+                continue
+            assert all(w.batch >= 1 for w in alloc.workers)

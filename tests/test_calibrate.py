@@ -9,7 +9,7 @@ import pytest
 from hybridps.cli import main
 from hybridps.spec import load_cluster
 from traces import TraceWriter, read_trace
-from traces.calibrate import calibrate
+from traces.calibrate import _ps_gaps, calibrate
 from traces.cluster_toml import cluster_to_toml
 from traces.records import header
 
@@ -174,3 +174,35 @@ def test_cli_unknown_worker_without_base_is_a_user_error(tmp_path, capsys):
     assert main(["calibrate", str(path), "-o", str(tmp_path / "c.toml")]) == 2
     assert "ghost" in capsys.readouterr().err
     assert not (tmp_path / "c.toml").exists()
+
+
+def test_parameter_server_time_from_push_to_pull_gaps(tmp_path):
+    """asp: each push's end to the worker's next pull's start; bsp: per round, from the
+    last push to the last pull (the server answers the workers one after another)."""
+    job = {"format": "hybridps.job/1", "model": {"name": "m", "parameters": 2_000_000},
+           "data": {"name": "d", "samples": 100}, "train": {"epochs": 2, "resolutions": [32], "base_batch": 8,
+                                                            "base_lr": 0.1}}
+    workers = [{"name": f"w{i}", "batch": 8, "samples": 50} for i in range(2)]
+    phase = {"epochs": 1, "resolution": 32, "staleness": None, "exchange": "gradient", "local_steps": None,
+             "lr": 0.1, "workers": workers}
+    plan = {"format": "hybridps.plan/1", "phases": [dict(phase, sync="asp"), dict(phase, sync="bsp")]}
+    path = tmp_path / "r.jsonl"
+    with TraceWriter(path, header("runtime", cluster=_cluster_dict((1.0, 1.0)), job=job, plan=plan)) as w:
+        for k in range(20):  # asp: a 3 ms gap each time
+            for i in range(2):
+                t = 1.0 * k + 0.1 * i
+                w.write({"kind": "push", "worker": f"w{i}", "phase": 0, "start_s": t, "end_s": t + 0.01, "bytes": 8})
+                w.write({"kind": "pull", "worker": f"w{i}", "phase": 0, "start_s": t + 0.013, "end_s": t + 0.02,
+                         "bytes": 8})
+        for k in range(20):  # bsp: pushes end at +10/+12 ms, pulls start at +15/+17 ms -> 5 ms per round
+            t = 100.0 + k
+            for i in range(2):
+                w.write({"kind": "push", "worker": f"w{i}", "phase": 1, "start_s": t, "end_s": t + 0.010 + 0.002 * i,
+                         "bytes": 8})
+                w.write({"kind": "pull", "worker": f"w{i}", "phase": 1, "start_s": t + 0.015 + 0.002 * i,
+                         "end_s": t + 0.02 + 0.002 * i, "bytes": 8})
+    gaps = sorted(_ps_gaps(read_trace(path)))
+    assert gaps[:40] == pytest.approx([0.003] * 40) and gaps[40:] == pytest.approx([0.005] * 20)
+    cal = calibrate([read_trace(path)])
+    assert cal.ps_apply_s == pytest.approx(0.003)  # the median of all gaps
+    assert cal.cluster.ps.apply_s_per_mparam == pytest.approx(0.003 / 2.0)  # 2 Mparam, one shard

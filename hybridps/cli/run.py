@@ -81,7 +81,8 @@ def run(args: argparse.Namespace) -> int:
     out = args.resume if args.resume is not None else args.out
     if out is None:
         raise UserError("hybridps run needs --out DIR (or --resume DIR)")
-    if args.resume is not None and not (args.resume / "checkpoint.pt").is_file():
+    on_ps_host = os.environ.get("RANK", "0") == "0"  # other torchrun ranks may not see DIR
+    if args.resume is not None and on_ps_host and not (args.resume / "checkpoint.pt").is_file():
         raise UserError(f"{args.resume}: no checkpoint.pt to resume from")
     cluster, job, plan = _specs(args)
     opts = RunOptions(out_dir=Path(out), model=args.model, data=args.data, data_dir=args.data_dir, seed=args.seed,

@@ -111,7 +111,7 @@ def write_gantt(path: str | os.PathLike, header: dict[str, Any], records: Iterab
     t_end = max([r["end_s"] for r in phases] + [e for n in names for k in COLORS for _, e in bars[n][k]] + [1e-9])
     n_bars = sum(len(v) for n in names for v in bars[n].values())
     exact = n_bars <= EXACT_MAX_BARS
-    height = max(2.5, 0.32 * len(names) + 1.5)
+    height = min(14.0, max(2.5, 0.32 * len(names) + 1.5))  # per panel; many workers get thinner rows
     fig, axes = plt.subplots(1 if exact else 2, 1, figsize=(13, height if exact else 2 * height + 0.5),
                              squeeze=False)
     scale, unit = _time_unit(t_end)
@@ -144,8 +144,9 @@ def write_gantt(path: str | os.PathLike, header: dict[str, Any], records: Iterab
         dax.set_xlabel(f"time ({dunit})")
     for row in axes:
         a = row[0]
-        a.set_yticks(range(len(names)))
-        a.set_yticklabels(names, fontsize=8 if len(names) > 20 else 9)
+        every = 1 if len(names) <= 40 else len(names) // 32 + 1  # label every k-th row when crowded
+        a.set_yticks(range(0, len(names), every))
+        a.set_yticklabels(names[::every], fontsize=8 if len(names) > 20 else 9)
         a.set_ylim(len(names) - 0.4, -0.6)
         a.grid(axis="x", alpha=0.3)
     handles = [Patch(color=COLORS["compute"], label="compute"), Patch(color=COLORS["push"], label="push"),

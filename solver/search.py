@@ -167,7 +167,7 @@ class SearchResult:
 
 def search(cluster: Cluster, job: Job, cons: Constraints, scorer: Scorer = simulate_summary,
            seed: int | None = None, jobs: int = 2, proxy_epochs: int = 2, proxy_count: int = 12,
-           full_count: int = 3, objective: str = "time", baseline: str = "full") -> SearchResult:
+           full_count: int = 2, objective: str = "time", baseline: str = "full") -> SearchResult:
     t0 = time.perf_counter()
     cands = generate(cluster, job, cons)
     t_gen = time.perf_counter()

@@ -48,8 +48,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="shortened horizon for ranking: epochs per phase (default 2)")
     p.add_argument("--proxy-count", type=int, default=12,
                    help="candidates simulated on the shortened horizon, best by estimate (default 12)")
-    p.add_argument("--full-count", type=int, default=3,
-                   help="candidates simulated in full, best by proxy; the uniform baseline always is (default 3)")
+    p.add_argument("--full-count", type=int, default=2,
+                   help="candidates simulated in full, best by proxy, besides the uniform baseline (default 2)")
     p.add_argument("--baseline", default="full", choices=["auto", "full"],
                    help="simulate the uniform baseline in full (full, default), or only when the shortened "
                         "horizon does not show it clearly beaten (auto: faster, the ratio is then against a proxy)")

@@ -224,11 +224,16 @@ def generate(cluster: Cluster, job: Job, cons: Constraints) -> list[Candidate]:
             raise UserError(f"unknown compression {k!r}; use one of: {', '.join(COMPRESSIONS)}")
     n = len(cluster.worker_list)
     out: list[Candidate] = []
+    seen: set[str] = set()
 
     def add(strategy: str, params: dict, built: tuple[Plan, dict]) -> None:
         plan, info = built
         if strategy != "uniform" and not _allowed(plan, cons):
             return
+        key = strategy + repr(plan.model_dump(mode="json")["phases"])
+        if key in seen:  # e.g. cyclic == fixed for a job with one resolution
+            return
+        seen.add(key)
         est = estimate_makespan_s(cluster, job, plan)
         meta = {"strategy": strategy, "parameters": params, **info}
         plan = plan.model_copy(update={"meta": meta})

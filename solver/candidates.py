@@ -93,8 +93,9 @@ def uniform_plan(cluster: Cluster, job: Job) -> tuple[Plan, dict]:
     return make_plan(cluster, job, phases, {}), {}
 
 
-def dbsl_plan(cluster: Cluster, job: Job, time_ratio: float, small: int, schedule: str) -> tuple[Plan, dict]:
-    stages = layout(job, schedule)
+def dbsl_plan(cluster: Cluster, job: Job, time_ratio: float, small: int, schedule: str,
+              substages: int | None = None) -> tuple[Plan, dict]:
+    stages = layout(job, schedule, substages)
     top = max(job.train.resolutions)
     chosen = small_workers(cluster, top, small)  # the same small workers in every phase
     allocs = {r: dbsl_allocation(cluster, job, r, time_ratio, small, chosen) for r in {s.resolution for s in stages}}
@@ -126,11 +127,12 @@ def _milp_meta(sols: dict[int, BalancedSolution]) -> dict:
 
 
 def balanced_plan(cache: BalancedCache, schedule: str, compression: str,
-                  bsp_epochs: int | None = None, staleness: int | None = None) -> tuple[Plan, dict]:
+                  bsp_epochs: int | None = None, staleness: int | None = None,
+                  substages: int | None = None) -> tuple[Plan, dict]:
     """bsp throughout (`bsp_epochs=None`), or bsp then asp/ssp after `bsp_epochs` epochs."""
     cluster, job = cache.cluster, cache.job
     comp = COMPRESSIONS[compression]
-    stages = layout(job, schedule)
+    stages = layout(job, schedule, substages)
     sols = {r: cache.get(r, comp) for r in {s.resolution for s in stages}}
     if staleness is not None:
         phases = [make_phase(s, sols[s.resolution].workers, "ssp", "gradient", comp, staleness) for s in stages]
@@ -201,6 +203,7 @@ class Constraints:
     sync_modes: tuple[str, ...] = ("bsp", "asp", "ssp")
     compressions: tuple[str, ...] = ("none", "topk", "onebit")
     schedules: tuple[str, ...] = ("fixed", "cyclic")
+    substages: int | None = None  # cyclic sub-stages per LR stage (None: one per resolution)
     switch_fractions: tuple[float, ...] = SWITCH_FRACTIONS
     staleness: tuple[int, ...] = STALENESS
     milp_solver: str = "highs"
@@ -249,7 +252,7 @@ def generate(cluster: Cluster, job: Job, cons: Constraints) -> list[Candidate]:
             counts = cons.small_workers if explicit else tuple(range(n))
             for s in counts:
                 try:
-                    built = dbsl_plan(cluster, job, cons.time_ratio, s, schedule)
+                    built = dbsl_plan(cluster, job, cons.time_ratio, s, schedule, cons.substages)
                 except UserError as e:
                     # enumerated counts that the budget cannot meet are skipped; the user's own
                     # count, t < 1, or no feasible count at all is an error
@@ -261,13 +264,14 @@ def generate(cluster: Cluster, job: Job, cons: Constraints) -> list[Candidate]:
         for comp in gradient_kinds:
             base = {"schedule": schedule, "compression": comp}
             if "balanced" in cons.strategies:
-                add("balanced", base, balanced_plan(cache, schedule, comp))
+                add("balanced", base, balanced_plan(cache, schedule, comp, substages=cons.substages))
             if "sync-switch" in cons.strategies:
                 for f in cons.switch_fractions:
                     bsp_epochs = max(1, round(f * job.train.epochs))
                     add("sync-switch", {**base, "f": f, "bsp_epochs": bsp_epochs},
-                        balanced_plan(cache, schedule, comp, bsp_epochs=bsp_epochs))
+                        balanced_plan(cache, schedule, comp, bsp_epochs=bsp_epochs, substages=cons.substages))
             if "ssp" in cons.strategies:
                 for st in cons.staleness:
-                    add("ssp", {**base, "staleness": st}, balanced_plan(cache, schedule, comp, staleness=st))
+                    add("ssp", {**base, "staleness": st},
+                        balanced_plan(cache, schedule, comp, staleness=st, substages=cons.substages))
     return out

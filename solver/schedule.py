@@ -50,6 +50,15 @@ def _split(epochs: int, parts: int) -> list[int]:
     return [base + (1 if k >= parts - extra else 0) for k in range(parts)]
 
 
+def _res_index(j: int, k: int, n_res: int) -> int:
+    """Resolution of sub-stage j of k, rising from the lowest to the highest: with k <= n_res
+    an evenly spread subset that always ends at the highest; with more sub-stages than
+    resolutions each resolution covers consecutive sub-stages."""
+    if k <= n_res:
+        return n_res - 1 if k == 1 else round(j * (n_res - 1) / (k - 1))
+    return (j * n_res) // k
+
+
 def cyclic_layout(job: Job, substages: int | None = None) -> list[Stage]:
     """Cyclic progressive learning: resolution low → high inside every LR stage."""
     res = sorted(set(job.train.resolutions))
@@ -62,7 +71,7 @@ def cyclic_layout(job: Job, substages: int | None = None) -> list[Stage]:
         dropped = k - len(lengths)  # a stage shorter than k epochs keeps the high resolutions
         e = start
         for j, length in enumerate(lengths):
-            r = res[((j + dropped) * len(res)) // k]
+            r = res[_res_index(j + dropped, k, len(res))]
             out.append(Stage(e, length, r, _lr(job, e)))
             e += length
     return merge_equal(out)
@@ -105,9 +114,9 @@ def split_at(stages: list[Stage], epoch: int) -> tuple[list[Stage], list[Stage]]
 LAYOUTS = ("fixed", "cyclic")
 
 
-def layout(job: Job, name: str) -> list[Stage]:
+def layout(job: Job, name: str, substages: int | None = None) -> list[Stage]:
     if name == "fixed":
         return fixed_layout(job)
     if name == "cyclic":
-        return cyclic_layout(job)
+        return cyclic_layout(job, substages)
     raise UserError(f"unknown resolution schedule {name!r}; use one of: {', '.join(LAYOUTS)}")

@@ -112,3 +112,15 @@ def test_small_batch_is_positive_whenever_t_at_least_one():
                 assert "the large workers already take all" in str(e) or "(< 1)" in str(e)
                 continue
             assert all(w.batch >= 1 for w in alloc.workers)
+
+
+def test_cyclic_layout_substages_parameter():
+    job = load_job("imagenet-resnet18")
+    # two sub-stages per LR stage: lowest then highest resolution
+    two = cyclic_layout(job, substages=2)
+    assert [(s.end_epoch, s.resolution) for s in two] == [(30, 160), (60, 288), (75, 160), (90, 288), (97, 160), (105, 288)]
+    # one sub-stage: the highest resolution only, i.e. the fixed layout
+    assert cyclic_layout(job, substages=1) == fixed_layout(job)
+    # six sub-stages over three resolutions: each resolution twice in a row (merged into one phase)
+    six = cyclic_layout(job, substages=6)
+    assert [(s.end_epoch, s.resolution) for s in six][:3] == [(20, 160), (40, 224), (60, 288)]

@@ -37,6 +37,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="allowed gradient compression: none, topk (1%%), onebit (default all three)")
     p.add_argument("--schedule", default="fixed,cyclic",
                    help="resolution schedules: fixed (highest), cyclic (progressive per LR stage)")
+    p.add_argument("--substages", type=int, default=None,
+                   help="cyclic schedule: sub-stages per LR stage, resolution rising low to high "
+                        "(default: one per resolution)")
     p.add_argument("--objective", default="time", choices=["time"],
                    help="what is minimised: predicted makespan (the only objective; see docs/solver.md)")
     p.add_argument("--top", type=int, default=10, help="rows in the ranked table (default 10)")
@@ -87,10 +90,13 @@ def _constraints(args: argparse.Namespace):
         raise UserError(f"--time-ratio {args.time_ratio}: must be positive (and >= 1 with small workers)")
     if args.top < 1 or args.proxy_epochs < 1 or args.proxy_count < 0 or args.full_count < 0:
         raise UserError("--top and --proxy-epochs must be >= 1; --proxy-count and --full-count >= 0")
+    if args.substages is not None and args.substages < 1:
+        raise UserError(f"--substages {args.substages}: must be at least 1")
     small = None if args.small_workers is None else (args.small_workers,)
     return Constraints(strategies=tuple(strategies), time_ratio=args.time_ratio, small_workers=small,
                        min_bsp_fraction=args.min_bsp_fraction, sync_modes=syncs, compressions=comps or ("none",),
-                       schedules=schedules, milp_solver=args.milp_solver, milp_time_limit_s=args.milp_time_limit)
+                       schedules=schedules, substages=args.substages, milp_solver=args.milp_solver,
+                       milp_time_limit_s=args.milp_time_limit)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -152,3 +152,17 @@ def test_simulated_makespan_within_one_percent_of_lp_bound(compression):
     assert abs(simulated - bound) <= 0.01 * bound
     assert abs(simulated - closed_form) <= 0.01 * closed_form
     assert {m["status"] for m in info["milp"].values()} == {"optimal"}
+
+
+def test_falls_back_to_cbc_when_highs_fails(monkeypatch, solved):
+    import pulp
+
+    cluster, job, sols = solved
+
+    def broken(*args, **kwargs):
+        raise pulp.PulpSolverError("HiGHS unavailable")
+
+    monkeypatch.setattr(pulp, "HiGHS", broken)
+    sol = solve_balanced(cluster, job, 32, solver="highs")
+    assert sol.solver == "cbc" and sol.status == "optimal"
+    assert sol.epoch_s == pytest.approx(sols["highs"].epoch_s, rel=1e-9)

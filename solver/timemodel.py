@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from hybridps.errors import UserError
-from hybridps.spec import Cluster, Compression, Job, Worker, pull_bytes_per_shard, push_bytes_per_shard
+from hybridps.spec import Cluster, Compression, Job, pull_bytes_per_shard, push_bytes_per_shard
 
 
 @dataclass(frozen=True)
@@ -103,7 +103,3 @@ def exchange_cost(cluster: Cluster, job: Job, compression: Compression) -> Excha
 def ps_capacity_bytes_per_s(cluster: Cluster) -> float:
     """Aggregate PS bandwidth per direction (all shards)."""
     return cluster.ps.count * cluster.ps.bandwidth_gbps * 1e9 / 8
-
-
-def worker_by_index(cluster: Cluster, i: int) -> Worker:
-    return cluster.worker_list[i]

@@ -259,10 +259,13 @@ class WorkerProcess:
                 vec = self.flat
             vec = vec.detach().to("cpu", torch.float32)
             payloads = [c.encode(vec[lo:hi]) for c, (lo, hi) in zip(codecs, self.bounds)]
-            reply_works = []
+            # post the replies' receives before pushing: a REPLY is a header and the shard's
+            # parameters (known size), so the pull starts streaming as soon as the PS sends
+            reply_works, pull_works = [], []
             hdr_bufs = [torch.empty(P.HEADER_LEN, dtype=torch.int64) for _ in range(ctx.shards)]
             for s in range(ctx.shards):
                 reply_works.append(dist.irecv(hdr_bufs[s], s, tag=P.TAG_HEADER))
+                pull_works.append(dist.irecv(P.as_bytes(self.pull_bufs[s]), s, tag=P.TAG_PAYLOAD))
             t_push = ctx.now()
             wall0 = time.perf_counter()
             pushed = self._send_all(P.MSG_PUSH, p, payloads, samples=interval_samples,
@@ -283,7 +286,8 @@ class WorkerProcess:
                     reply_works[s].wait()
                     if hdr_bufs[s][P.TYPE] == P.MSG_ABORT:
                         raise Aborted()
-                P.recv_payload(s, int(hdr_bufs[s][P.PAYLOAD]), P.as_bytes(self.pull_bufs[s]))
+                assert int(hdr_bufs[s][P.PAYLOAD]) == self.pull_bufs[s].numel() * 4
+                pull_works[s].wait()
                 pulled_bytes += int(hdr_bufs[s][P.PAYLOAD])
             self._load_pulled()
             if pulled is not None:

@@ -202,7 +202,7 @@ class Shard:
             prog_t = now if prog != old[1] else old[3]
             self.hb_seen[pos] = (beat, prog, beat_t, prog_t)
             if now - beat_t > timeout:
-                raise WorkerLost(pos, ctx.workers[pos], rank, f"no heartbeat for {now - beat_t:.1f} s (process dead?)")
+                raise WorkerLost(pos, ctx.workers[pos], rank, f"no heartbeat for {now - beat_t:.1f} s (process dead or stopped?)")
             if pos in expecting and now - prog_t > timeout:
                 raise WorkerLost(pos, ctx.workers[pos], rank, f"no progress for {now - prog_t:.1f} s (hung?)")
 

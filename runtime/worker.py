@@ -92,8 +92,10 @@ class WorkerProcess:
             p.grad = self.flat_grad[off: off + p.numel()].view_as(p)
             off += p.numel()
         self.bounds = shard_bounds(n, ctx.shards)
-        if device.type == "cuda":  # pulls land in pinned host buffers, then one copy to the GPU
+        self.push_buf = None
+        if device.type == "cuda":  # PS traffic is staged through pinned host buffers
             self.pull_bufs = [torch.empty(hi - lo, dtype=torch.float32, pin_memory=True) for lo, hi in self.bounds]
+            self.push_buf = torch.empty(n, dtype=torch.float32, pin_memory=True)
         else:  # pulls land directly in the parameters
             self.pull_bufs = [self.flat[lo:hi] for lo, hi in self.bounds]
         self.stragglers = StragglerSchedule(ctx.cluster, seed=ctx.opts.seed)
@@ -257,7 +259,7 @@ class WorkerProcess:
                 vec = self.flat - pulled
             else:
                 vec = self.flat
-            vec = vec.detach().to("cpu", torch.float32)
+            vec = vec.detach() if self.push_buf is None else self.push_buf.copy_(vec.detach())
             payloads = [c.encode(vec[lo:hi]) for c, (lo, hi) in zip(codecs, self.bounds)]
             # post the replies' receives before pushing: a REPLY is a header and the shard's
             # parameters (known size), so the pull starts streaming as soon as the PS sends

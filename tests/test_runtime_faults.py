@@ -100,3 +100,44 @@ def test_killed_worker_stops_the_run_then_resume_finishes_it(tmp_path):
     assert tr.of_kind("phase")[0]["end_s"] >= times[-1]
     final = load_checkpoint(out / "checkpoint.pt")
     assert final["complete"] and final["applied_total"] >= epochs * 512
+
+
+@pytest.mark.slow
+def test_hung_worker_is_detected_and_the_rest_continue(tmp_path):
+    """--on-worker-loss continue under ssp: a SIGSTOPped worker is declared hung after the
+    timeout, the other two finish the phase with the data re-split between them, and the
+    stopped process does not outlive the run."""
+    write_specs(tmp_path, [("w0", 32, 256), ("w1", 32, 256), ("w2", 32, 256)], sync="ssp", staleness=2,
+                exchange="gradient", epochs=12, lr=0.05, slowdown={"w0": 15.0, "w1": 15.0, "w2": 15.0})
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "hybridps", "run", *map(str, spec_args(tmp_path)), "--out", str(out), "--local",
+           "--eval-every", "0", "--eval-samples", "200", "--worker-timeout", str(TIMEOUT_S),
+           "--on-worker-loss", "continue"]
+    launcher = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                env=dict(os.environ, OMP_NUM_THREADS="1"))
+    try:
+        trace = out / "trace.jsonl"
+        deadline = time.monotonic() + 90
+        while not (trace.exists() and trace.read_text().count('"kind":"update"') >= 10):
+            assert time.monotonic() < deadline and launcher.poll() is None, launcher.communicate()
+            time.sleep(0.1)
+        ranks = _children(launcher.pid)
+        victim = next(pid for pid, rank in ranks.items() if rank == 3)  # w2
+        os.kill(victim, signal.SIGSTOP)
+        _, err = launcher.communicate(timeout=120)
+    finally:
+        if launcher.poll() is None:
+            launcher.kill()
+    assert launcher.returncode == 0, err
+    assert "worker w2 (rank 3) lost" in err and "continuing without it" in err, err
+    assert not [pid for pid in ranks if _alive(pid)]
+    tr = read_trace(trace)
+    lost_at = max(u["t_s"] for u in tr.of_kind("update") if u["worker"] == "w2")
+    late = [c for c in tr.of_kind("compute") if c["start_s"] > lost_at + TIMEOUT_S + 1 and c["worker"] != "w2"]
+    assert late  # the others went on
+    # shares re-split over two workers: 768 * 256 / 512 = 384 samples = 12 iterations per worker-epoch
+    per_epoch: dict[tuple[str, int], int] = {}
+    for c in tr.of_kind("compute"):
+        per_epoch[(c["worker"], c["epoch"])] = per_epoch.get((c["worker"], c["epoch"]), 0) + 1
+    assert {per_epoch[(c["worker"], c["epoch"])] for c in late} >= {12}
+    assert load_checkpoint(out / "checkpoint.pt")["applied_total"] >= 12 * 768

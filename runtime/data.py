@@ -209,3 +209,26 @@ def share_indices(perm: np.ndarray, shares: list[int], position: int) -> np.ndar
     indices wrap around when the shares sum to more than the permutation (rounding)."""
     start = sum(shares[:position])
     return perm[np.arange(start, start + shares[position]) % len(perm)]
+
+
+def check_data(name: str, data_dir: str | None = None) -> None:
+    """Raise UserError for a data name that cannot load, without loading it (the launcher
+    checks once, before starting any process)."""
+    if name == "synthetic" or name.startswith("synthetic:"):
+        if ":" in name and not name.split(":", 1)[1].isdigit():
+            raise UserError(f"data {name!r}: expected synthetic:CLASSES, e.g. synthetic:100")
+        return
+    if name in ("cifar10", "cifar100") or name.startswith(("cifar10:", "cifar100:")):
+        kind, _, path = name.partition(":")
+        root = path or data_dir
+        if not root:
+            raise UserError(f"data {kind!r} needs a directory: pass --data-dir DIR (or name it {kind}:DIR)")
+        if not Path(root).is_dir():
+            raise UserError(f"data {kind!r}: {root} is not a directory")
+        return
+    if name.startswith("imagefolder:"):
+        if not Path(name.split(":", 1)[1]).is_dir():
+            raise UserError(f"data {name!r}: no such directory")
+        return
+    raise UserError(f"unknown data {name!r}; use synthetic[:CLASSES], cifar10, cifar100 or imagefolder:DIR "
+                    f"(set job data.name or pass --data)")

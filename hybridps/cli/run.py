@@ -90,6 +90,11 @@ def run(args: argparse.Namespace) -> int:
                       checkpoint_every_s=args.checkpoint_every, worker_timeout_s=args.worker_timeout,
                       on_worker_loss=args.on_worker_loss, resume=args.resume is not None, device=args.device,
                       threads=args.threads, emulate=not args.no_emulate)
+    from runtime.data import check_data
+    from runtime.models import build_model
+
+    check_data(args.data or job.data.name, args.data_dir)
+    build_model(args.model or job.model.name, 10)  # an unknown model name fails here, once
     if args.local and "RANK" not in os.environ:
         # the children re-read the same arguments, without --local, plus what --resume recovered
         argv = _rebuild_argv(args)

@@ -324,7 +324,8 @@ class Shard:
             epoch = self.applied_total / n_data
             return ph.lr * ctx.job.train.lr_at_epoch(epoch) * lr_scale
 
-        def reply(pos: int, watch: set[int]) -> None:
+        def reply(pos: int, watch: set[int], wait: bool = True) -> list:
+            """Send `pos` the new parameters (the pull); returns the sends when not waiting."""
             stop = self.lead and state["applied"] >= target
             counts[pos] += 1
             if stop:
@@ -337,11 +338,15 @@ class Shard:
                     waiting.add(pos)
             hdr = P.header(P.MSG_REPLY, phase=p, version=self.version, stop=int(stop), go=go,
                            payload=params_bytes.numel(), lost=self._lost_mask())
-            for w in P.isend(ctx.worker_rank(pos), hdr, params_bytes):
-                self._wait(w, pos, watch)
+            works = [(w, pos) for w in P.isend(ctx.worker_rank(pos), hdr, params_bytes)]
             last_pull_version[pos] = self.version
             if keep_pulled:
                 pulled[pos] = self.w.detach().clone()
+            if not wait:
+                return works
+            for w, q in works:
+                self._wait(w, q, watch)
+            return []
 
         def release_waiting() -> None:
             if not waiting:
@@ -436,8 +441,11 @@ class Shard:
     def _apply_round(self, apply, bsp_round: dict, reply, watch: set[int]) -> None:
         items = [(pos, n, v) for pos, (n, v) in sorted(bsp_round.items())]
         apply(items)
-        for pos, _, _ in items:
-            reply(pos, watch)
+        works = []
+        for pos, _, _ in items:  # every worker pulls at once, as in the simulator
+            works += reply(pos, watch, wait=False)
+        for w, pos in works:
+            self._wait(w, pos, watch)
         bsp_round.clear()
 
     def _lost_mask(self) -> int:

@@ -290,6 +290,7 @@ class Shard:
         codec = Codec(ph.compression, hi - lo)
         gradient = ph.exchange == "gradient"
         keep_pulled = not gradient and ph.compression.lossy
+        apply_s = ctx.cluster.ps.apply_s_per_mparam * (hi - lo) / 1e6
         pulled: dict[int, torch.Tensor] = {}
         t_phase = ctx.now()
         self._abort_state = (p, applied)
@@ -363,6 +364,7 @@ class Shard:
         def apply(items: list[tuple[int, int, torch.Tensor]]) -> None:
             """items: (worker position, samples, decoded vector); one version step."""
             t = ctx.now()
+            wall0 = time.perf_counter()
             before = self.version
             total = sum(n for _, n, _ in items)
             if gradient:
@@ -375,6 +377,10 @@ class Shard:
                     else:
                         pos, _, m = models[0]
                         self.w.copy_(merge_async(self.w, m, share[pos], max_share))
+            if ctx.opts.emulate:  # the cluster's PS apply cost, when the real one was faster
+                left = apply_s - (time.perf_counter() - wall0)
+                if left > 0:
+                    time.sleep(left)
             self.version += 1
             state["applied"] += total
             self._abort_state = (p, state["applied"])  # what a checkpoint written on abort holds

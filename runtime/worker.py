@@ -24,6 +24,7 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
+from hybridps.spec import gbps_to_bytes_per_s
 from hybridps.stragglers import StragglerSchedule
 from runtime import protocol as P
 from runtime.codecs import ErrorFeedback
@@ -114,8 +115,15 @@ class WorkerProcess:
         if left > 0 and self.ctx.opts.emulate:
             time.sleep(left)
 
-    def _link_time_s(self, nbytes: int) -> float:
-        return nbytes / self.spec.bandwidth_bytes_per_s + self.spec.latency_s
+    def _link_time_s(self, shard_bytes: list[int]) -> float:
+        """The modelled time of one push or pull (docs/semantics.md): the slices go to the
+        shards in parallel, through the worker's NIC (all bytes) and each shard's NIC (its
+        slice), plus the worker's and the PS's one-way latency. The sharing of the PS NIC
+        between concurrent flows is not emulated."""
+        ps = self.ctx.cluster.ps
+        t = max(sum(shard_bytes) / self.spec.bandwidth_bytes_per_s,
+                max(shard_bytes) / gbps_to_bytes_per_s(ps.bandwidth_gbps))
+        return t + self.spec.latency_s + ps.latency_s
 
     def _records_payload(self) -> bytes:
         if not self.records:
@@ -124,16 +132,16 @@ class WorkerProcess:
         self.records.clear()
         return raw
 
-    def _send_all(self, kind: int, phase: int, payloads: list[torch.Tensor] | None, **fields: int) -> int:
-        """Send one message to every shard (records to shard 0); returns the data bytes."""
+    def _send_all(self, kind: int, phase: int, payloads: list[torch.Tensor] | None, **fields: int) -> list[int]:
+        """Send one message to every shard (records to shard 0); returns the data bytes per shard."""
         rec = self._records_payload()
-        works, sent = [], 0
+        works, sent = [], []
         for s in range(self.ctx.shards):
             data = payloads[s] if payloads is not None else torch.empty(0, dtype=torch.uint8)
             extra = torch.frombuffer(bytearray(rec), dtype=torch.uint8) if (s == 0 and rec) else None
             hdr = P.header(kind, phase=phase, payload=data.numel(), records=len(rec) if s == 0 else 0, **fields)
             works += P.isend(s, hdr, data, extra)
-            sent += data.numel()
+            sent.append(data.numel())
         for w in works:
             w.wait()
         self.hb.progress += 1
@@ -274,7 +282,7 @@ class WorkerProcess:
                                     epoch=epochs_before + worker_epoch)
             self._sleep_until(wall0, self._link_time_s(pushed))
             self.records.append({"kind": "push", "worker": self.name, "phase": p, "start_s": t_push,
-                                 "end_s": ctx.now(), "bytes": pushed, "samples": interval_samples})
+                                 "end_s": ctx.now(), "bytes": sum(pushed), "samples": interval_samples})
             # ---------------------------------------------------------- pull
             reply_works[0].wait()
             h0 = hdr_bufs[0]
@@ -282,7 +290,7 @@ class WorkerProcess:
                 raise Aborted()
             t_pull = ctx.now()
             wall0 = time.perf_counter()
-            pulled_bytes = 0
+            pulled_bytes = []
             for s in range(ctx.shards):
                 if s:
                     reply_works[s].wait()
@@ -290,13 +298,13 @@ class WorkerProcess:
                         raise Aborted()
                 assert int(hdr_bufs[s][P.PAYLOAD]) == self.pull_bufs[s].numel() * 4
                 pull_works[s].wait()
-                pulled_bytes += int(hdr_bufs[s][P.PAYLOAD])
+                pulled_bytes.append(int(hdr_bufs[s][P.PAYLOAD]))
             self._load_pulled()
             if pulled is not None:
                 pulled.copy_(self.flat)
             self._sleep_until(wall0, self._link_time_s(pulled_bytes))
             self.records.append({"kind": "pull", "worker": self.name, "phase": p, "start_s": t_pull,
-                                 "end_s": ctx.now(), "bytes": pulled_bytes})
+                                 "end_s": ctx.now(), "bytes": sum(pulled_bytes)})
             self.hb.progress += 1
             self._update_lost(int(h0[P.LOST]))
             stop = bool(h0[P.STOP])

@@ -19,7 +19,6 @@ import math
 import threading
 import time
 
-import numpy as np
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F

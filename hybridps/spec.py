@@ -111,7 +111,7 @@ class StragglerSpec(_Spec):
     slowdown: float = Field(2.0, gt=0)
     mean_duration_s: float = Field(30.0, gt=0)
     workers: list[str] = []
-    seed: int = 0
+    seed: int = Field(0, ge=0)
 
 
 @dataclass(frozen=True)

@@ -135,6 +135,8 @@ BAD_INPUTS = [
      "phases[0].staleness", ["ssp", "staleness"]),
     ("compression missing ratio", "plan", lambda d: d["phases"][0].__setitem__("compression", {"kind": "topk"}),
      "phases[0].compression.ratio", ["needs 'ratio'"]),
+    ("negative straggler seed", "cluster", lambda d: d.__setitem__("stragglers", {"rate_per_hour": 1.0, "seed": -1}),
+     "stragglers.seed", ["greater than or equal to 0"]),
     ("wrong format", "job", lambda d: d.__setitem__("format", "hybridps.job/2"),
      "format", ["hybridps.job/1"]),
 ]
@@ -194,3 +196,11 @@ def test_compression_wire_bytes_follow_design_formulas():
 def test_shard_sizes_split_evenly_first_shards_larger():
     assert shard_sizes(10, 3) == [4, 3, 3]
     assert sum(shard_sizes(11_227_812, 7)) == 11_227_812
+
+
+@pytest.mark.parametrize("command", ["simulate", "plan", "validate", "run"])
+def test_negative_seed_is_a_usage_error_for_every_command(capsys, command):
+    with pytest.raises(SystemExit) as e:
+        main([command, "--seed", "-1"])
+    assert e.value.code == 2
+    assert "--seed: expected a non-negative integer, got -1" in capsys.readouterr().err

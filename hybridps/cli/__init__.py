@@ -17,6 +17,17 @@ from hybridps.errors import UserError
 COMMANDS = ["examples", "check", "simulate", "plan", "run", "profile", "calibrate", "validate"]
 
 
+def seed_arg(text: str) -> int:
+    """argparse type for --seed: a non-negative integer (numpy seeds must be)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {value}")
+    return value
+
+
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> None:  # argparse's own usage errors also exit 2
         self.print_usage(sys.stderr)

@@ -8,6 +8,8 @@ quality is held by the constraints the user sets (--time-ratio, --min-bsp-fracti
 from __future__ import annotations
 
 import argparse
+
+from hybridps.cli import seed_arg
 import json
 import os
 import sys
@@ -45,7 +47,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--top", type=int, default=10, help="rows in the ranked table (default 10)")
     p.add_argument("-o", "--output", default="plan.json", help="where to write the best plan (default plan.json)")
     p.add_argument("--json", action="store_true", help="print the ranking as JSON instead of a table")
-    p.add_argument("--seed", type=int, default=0, help="simulation seed (stragglers), default 0")
+    p.add_argument("--seed", type=seed_arg, default=0, help="simulation seed (stragglers), default 0")
     p.add_argument("--jobs", type=int, default=None, help="simulation processes (default: CPU count)")
     p.add_argument("--proxy-epochs", type=int, default=2,
                    help="shortened horizon for ranking: epochs per phase (default 2)")

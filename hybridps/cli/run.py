@@ -8,6 +8,8 @@ under torchrun (RANK/WORLD_SIZE set) the same command is one rank of the run.
 from __future__ import annotations
 
 import argparse
+
+from hybridps.cli import seed_arg
 import os
 from pathlib import Path
 
@@ -28,7 +30,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--model", help="override the job's model.name (resnet18, cnn, mlp, torchvision:NAME)")
     p.add_argument("--data", help="override the job's data.name (synthetic[:C], cifar10, cifar100, imagefolder:DIR)")
     p.add_argument("--data-dir", help="directory holding the CIFAR python batches")
-    p.add_argument("--seed", type=int, help="seed for data order, model init and stragglers "
+    p.add_argument("--seed", type=seed_arg, help="seed for data order, model init and stragglers "
                    "(default: 0, stragglers: the cluster's [stragglers].seed)")
     p.add_argument("--eval-every", type=int, default=1, metavar="EPOCHS",
                    help="evaluate every N epochs (0: only at phase ends; default 1)")

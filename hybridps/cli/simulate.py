@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from hybridps.cli import seed_arg
+
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("simulate", help="simulate a plan on a cluster (no GPU needed)",
@@ -12,7 +14,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--cluster", required=True, help="cluster.toml path or bundled name")
     p.add_argument("--job", required=True, help="job.toml path or bundled name")
     p.add_argument("--plan", required=True, help="plan.json path or bundled name")
-    p.add_argument("--seed", type=int, default=None, help="transient-straggler seed (default: the cluster's)")
+    p.add_argument("--seed", type=seed_arg, default=None, help="transient-straggler seed (default: the cluster's)")
     p.add_argument("--json", action="store_true", help="print the summary as JSON on stdout")
     p.add_argument("--trace", metavar="T.jsonl", help="write the trace records (streamed as it simulates)")
     p.add_argument("--chrome", metavar="T.json", help="write a Chrome trace-event file (Perfetto, chrome://tracing)")

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import argparse
 
+from hybridps.cli import seed_arg
+
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
@@ -15,7 +17,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--trace", required=True, help="the run's trace.jsonl")
     p.add_argument("--cluster", help="cluster to simulate on (path or bundled name), e.g. a calibrated one; "
                                      "default: the cluster in the trace header")
-    p.add_argument("--seed", type=int, help="straggler seed (default: the trace header's seed)")
+    p.add_argument("--seed", type=seed_arg, help="straggler seed (default: the trace header's seed)")
     p.add_argument("--repeats", type=int, default=10,
                    help="when the cluster's [stragglers] are not the ones the run emulated (e.g. fitted by "
                         "calibrate from noise), average the prediction over this many seeds (default 10)")

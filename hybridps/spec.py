@@ -112,6 +112,9 @@ class StragglerSpec(_Spec):
     mean_duration_s: float = Field(30.0, gt=0)
     workers: list[str] = []
     seed: int = Field(0, ge=0)
+    # per-iteration compute noise on every worker: each iteration's time is multiplied by
+    # an independent draw of mean 1 and this coefficient of variation (gamma). 0 = none.
+    jitter_cv: float = Field(0.0, ge=0, le=2.0)
 
 
 @dataclass(frozen=True)

@@ -5,6 +5,12 @@ Per worker, episodes arrive as a Poisson process (`rate_per_hour`) and last an
 exponential time (`mean_duration_s`); during one, compute takes `slowdown` times longer.
 The draws for worker i come from `numpy.random.default_rng([seed, i])`, so adding a
 worker does not change the others' episodes.
+
+Jitter (`jitter_cv`): every iteration of every worker is also multiplied by an
+independent gamma draw of mean 1 and that coefficient of variation, from
+`default_rng([seed, i, 1])`, one draw per iteration in order. It is the run-to-run noise
+of a shared machine; under bsp a round waits for the slowest worker, so noise lengthens
+rounds even though it does not change the mean iteration time.
 """
 
 from __future__ import annotations
@@ -30,6 +36,9 @@ class StragglerSchedule:
         self._starts: dict[str, list[float]] = {}
         self._ends: dict[str, list[float]] = {}
         self._horizon: dict[str, float] = {}
+        self.jitter_cv = spec.jitter_cv
+        self._jitter_rngs = {w.name: np.random.default_rng([self.seed, w.index, 1]) for w in cluster.worker_list} \
+            if self.jitter_cv > 0 else {}
         for w in cluster.worker_list:
             if w.name in affected and self.rate_per_s > 0:
                 self._rngs[w.name] = np.random.default_rng([self.seed, w.index])
@@ -68,6 +77,14 @@ class StragglerSchedule:
                 break
             i -= 1
         return 1.0
+
+    def jitter(self, worker: str) -> float:
+        """The next iteration's noise factor for `worker` (mean 1; 1.0 when jitter_cv is 0)."""
+        rng = self._jitter_rngs.get(worker)
+        if rng is None:
+            return 1.0
+        shape = 1.0 / (self.jitter_cv * self.jitter_cv)
+        return float(rng.gamma(shape, 1.0 / shape))
 
     def episodes(self, worker: str, until_s: float) -> list[tuple[float, float]]:
         if worker not in self._rngs:

@@ -243,7 +243,8 @@ class WorkerProcess:
                     opt.step()
                 self._sync()
                 measured = time.perf_counter() - wall0
-                factor = self.spec.slowdown * self.stragglers.factor_at(self.name, t_start)
+                factor = (self.spec.slowdown * self.stragglers.factor_at(self.name, t_start)
+                          * self.stragglers.jitter(self.name))
                 self._sleep_until(wall0, measured * factor)
                 rec = {"kind": "compute", "worker": self.name, "phase": p, "epoch": epochs_before + worker_epoch,
                        "step": step, "batch": B, "resolution": res, "start_s": t_start, "end_s": ctx.now()}

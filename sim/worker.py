@@ -20,6 +20,7 @@ def worker_process(sim: "Simulation", w: int) -> Generator:
     c = sim.counters
     name = sim.names[w]
     stragglers = sim.stragglers if sim.stragglers.active else None
+    jitter = sim.stragglers.jitter if sim.stragglers.jitter_cv > 0 else None
     for p, phase in enumerate(sim.plan.phases):
         yield sim.phase_started[p]
         wp = sim.phase_workers[p].get(w)
@@ -51,6 +52,8 @@ def worker_process(sim: "Simulation", w: int) -> Generator:
                     n, dt = batch, full_s
                 if stragglers is not None:
                     dt *= stragglers.factor_at(name, t)
+                if jitter is not None:
+                    dt *= jitter(name)
                 if rec is not None:
                     r = {"kind": "compute", "worker": name, "phase": p, "epoch": epoch0 + computed // share,
                          "step": pos, "batch": batch, "resolution": resolution, "start_s": t, "end_s": t + dt}

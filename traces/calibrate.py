@@ -8,6 +8,9 @@
   fastest worker (slowdown 1).
 - Network: per worker, `t = latency + bytes / bandwidth` over its push and pull records.
 - Transient stragglers: runs of iterations slower than `outlier_factor` × the fit.
+- Jitter: the coefficient of variation of the other (inlier) iterations around the fit,
+  `[stragglers] jitter_cv`: under bsp a round waits for its slowest worker, so noise
+  that averages out per worker still lengthens every round.
 
 Run traces are calibrated on *effective* durations: the gaps between a worker's records
 (Python overhead: building batches, encoding and loading messages) are given to the
@@ -88,6 +91,7 @@ class Calibration:
     links: list[LinkFit] = field(default_factory=list)
     stragglers: StragglerFit | None = None
     ps_apply_s: float | None = None  # fitted server time per update (per shard), None if not measured
+    jitter_cv: float | None = None  # fitted per-iteration noise, None without run records
     warnings: list[str] = field(default_factory=list)
 
 
@@ -327,9 +331,9 @@ def _fit_link(worker: str, sizes: np.ndarray, times: np.ndarray, ps_s_per_byte: 
 
 def _ps_gaps(trace: Trace) -> list[float]:
     """Server time per update as the run saw it. asp/ssp: the gap between a push's end and
-    the same worker's next pull's start. bsp: per round, from the last push's end to the
-    last pull's start: the server answers the workers one after another, and the last
-    one served starts its next iteration that much later."""
+    the same worker's next pull's start. bsp: per round, the same gap of the worker whose
+    push ended last: the round waits for it, so its wait is what lengthens the round (the
+    others may see their reply before their own push's emulated end)."""
     plan = trace.header.get("plan") or {}
     syncs = [ph.get("sync") for ph in plan.get("phases", [])]
     per_worker: dict[tuple[int, str], list[dict]] = defaultdict(list)
@@ -348,8 +352,9 @@ def _ps_gaps(trace: Trace) -> list[float]:
                 else:
                     gaps.append(max(0.0, nxt["start_s"] - cur["end_s"]))
                 k += 1
-    for pairs in rounds.values():
-        gaps.append(max(0.0, max(p for _, p in pairs) - max(e for e, _ in pairs)))
+    for pairs in rounds.values():  # the last pusher's wait: the round's critical path
+        push_end_s, pull_start_s = max(pairs)
+        gaps.append(max(0.0, pull_start_s - push_end_s))
     return gaps
 
 
@@ -409,6 +414,24 @@ def _fit_stragglers(obs: list[_Obs], ab, slow, outlier_factor: float, min_run: i
     x = -np.log1p(-covered)  # λ·d
     rate_per_s = np.expm1(x) / run_s
     return StragglerFit(float(rate_per_s * 3600.0), factor, float(x / rate_per_s), len(episodes), observed_s)
+
+
+def _fit_jitter(obs: list[_Obs], ab, slow, inlier: np.ndarray) -> float | None:
+    """The coefficient of variation of the run's inlier iterations around their fit
+    (`slowdown × (a·n + b)`), each weighted by its fitted time (the makespan is a sum of
+    times, so long iterations' noise matters more); the outliers are the stragglers'
+    part. None without run records."""
+    fit_s, t_s = [], []
+    for o, keep in zip(obs, inlier):
+        if o.worker and keep:
+            a, b = ab[(o.device, o.resolution)]
+            fit_s.append(slow[o.worker] * (a * o.n + b))
+            t_s.append(o.t_s)
+    if len(fit_s) < 2:
+        return None
+    w, r = np.array(fit_s), np.array(t_s) / np.array(fit_s)
+    mean = float(np.average(r, weights=w))
+    return float(np.sqrt(np.average((r - mean) ** 2, weights=w)) / mean)
 
 
 # --------------------------------------------------------------------------- main entry
@@ -516,18 +539,19 @@ def calibrate(traces: list[Trace], base: Cluster | None = None, *, outlier_facto
 
     strag = (_fit_stragglers(obs, ab, slow, outlier_factor, straggler_min_run)
              if any(o.worker for o in obs) else None)
+    jitter_cv = _fit_jitter(obs, ab, slow, inlier) if any(o.worker for o in obs) else None
     ps_apply_s = _fit_ps_apply(traces)
     params = next((t.header["job"]["model"]["parameters"] for t in traces if (t.header.get("job") or {}).get("model")),
                   None)
     if start is not None and ps_apply_s is not None and params:
         per_mparam = ps_apply_s / (params / start.ps.count / 1e6)
         start = start.model_copy(update={"ps": start.ps.model_copy(update={"apply_s_per_mparam": per_mparam})})
-    cluster = _build_cluster(start, fits, worker_fits, links, strag)
-    return Calibration(cluster, fits, worker_fits, links, strag, ps_apply_s, warnings)
+    cluster = _build_cluster(start, fits, worker_fits, links, strag, jitter_cv)
+    return Calibration(cluster, fits, worker_fits, links, strag, ps_apply_s, jitter_cv, warnings)
 
 
 def _build_cluster(start: Cluster | None, fits: list[ComputeFit], workers: list[WorkerFit],
-                   links: list[LinkFit], strag: StragglerFit | None) -> Cluster:
+                   links: list[LinkFit], strag: StragglerFit | None, jitter_cv: float | None = None) -> Cluster:
     devices: dict[str, dict[int, ResolutionProfile]] = {}
     if start is not None:
         devices = {name: dict(d.resolutions) for name, d in start.devices.items()}
@@ -554,6 +578,8 @@ def _build_cluster(start: Cluster | None, fits: list[ComputeFit], workers: list[
         stragglers = StragglerSpec(rate_per_hour=strag.rate_per_hour, slowdown=strag.slowdown,
                                    mean_duration_s=strag.mean_duration_s, workers=[],
                                    seed=start.stragglers.seed)
+    if jitter_cv is not None:
+        stragglers = stragglers.model_copy(update={"jitter_cv": min(jitter_cv, 2.0)})
     return Cluster(format="hybridps.cluster/1", ps=start.ps, devices=device_specs, workers=groups,
                    stragglers=stragglers)
 
@@ -587,6 +613,9 @@ def format_report(cal: Calibration) -> str:
                          f"mean duration {s.mean_duration_s:.3g} s")
         else:
             lines.append(f"stragglers: none detected in {s.observed_s:.1f} worker-seconds")
+    if cal.jitter_cv is not None:
+        lines.append(f"jitter: iterations vary by {cal.jitter_cv:.1%} (coefficient of variation) around the fit "
+                     f"-> jitter_cv {cal.cluster.stragglers.jitter_cv:.4g}")
     if cal.ps_apply_s is not None:
         lines.append(f"parameter server: {cal.ps_apply_s * 1e3:.3f} ms per update (push end to pull start) "
                      f"-> apply_s_per_mparam {cal.cluster.ps.apply_s_per_mparam:.4g}")

@@ -57,4 +57,6 @@ def cluster_to_toml(cluster: Cluster, comment: str = "") -> str:
     out += ["", "[stragglers]", f"rate_per_hour = {_value(float(st.rate_per_hour))}",
             f"slowdown = {_value(float(st.slowdown))}", f"mean_duration_s = {_value(float(st.mean_duration_s))}",
             f"workers = {_value(list(st.workers))}", f"seed = {st.seed}"]
+    if st.jitter_cv:
+        out.append(f"jitter_cv = {_value(float(st.jitter_cv))}")
     return "\n".join(out) + "\n"

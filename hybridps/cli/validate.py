@@ -69,7 +69,8 @@ def run(args: argparse.Namespace) -> int:
     trace, cluster, job, plan = load_run(args.trace, args.cluster)
     seed = args.seed if args.seed is not None else trace.header.get("seed")
     emulated = (trace.header.get("cluster") or {}).get("stragglers")
-    same_episodes = cluster.stragglers.rate_per_hour == 0 or cluster.stragglers.model_dump() == emulated
+    noiseless = cluster.stragglers.rate_per_hour == 0 and cluster.stragglers.jitter_cv == 0
+    same_episodes = noiseless or cluster.stragglers.model_dump() == emulated
     # the run's own episodes are reproduced exactly by its seed; fitted ones are a
     # statistical model, so their prediction is the mean over several seeds
     seeds = [seed] if same_episodes else [(seed or 0) + k for k in range(args.repeats)]

@@ -52,6 +52,9 @@ class PSSpec(_Spec):
     bandwidth_gbps: float = Field(10.0, gt=0)
     latency_ms: float = Field(0.05, ge=0)
     apply_s_per_mparam: float = Field(0.0, ge=0)
+    # time between two phases when no worker computes: the PS's phase-end evaluation and
+    # checkpoint, and the next phase's start (hybridps calibrate fits it from a run)
+    phase_overhead_s: float = Field(0.0, ge=0)
 
     @property
     def latency_s(self) -> float:

@@ -443,6 +443,10 @@ class Shard:
         self._send_gather()
         if self.lead:
             self.evaluate(float(epochs_before + ph.epochs), p, ph.resolution)
+        if ctx.opts.emulate and p + 1 < len(ctx.plan.phases):  # the cluster's time between phases
+            left = ctx.cluster.ps.phase_overhead_s - (ctx.now() - t_end)
+            if left > 0:
+                time.sleep(left)
 
     def _apply_round(self, apply, bsp_round: dict, reply, watch: set[int]) -> None:
         items = [(pos, n, v) for pos, (n, v) in sorted(bsp_round.items())]

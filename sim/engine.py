@@ -102,7 +102,11 @@ class Simulation:
             self.recorder.flush()
         self.makespan_s = now
         if p + 1 < len(self.plan.phases):
-            self._start_phase(p + 1)
+            overhead_s = self.cluster.ps.phase_overhead_s  # phase-end evaluation, checkpoint
+            if overhead_s > 0:
+                self.env.timeout(overhead_s).callbacks.append(lambda _ev: self._start_phase(p + 1))
+            else:
+                self._start_phase(p + 1)
 
     # ssp --------------------------------------------------------------------------
     def ssp_ahead(self, w: int) -> int:

@@ -8,6 +8,8 @@
   fastest worker (slowdown 1).
 - Network: per worker, `t = latency + bytes / bandwidth` over its push and pull records.
 - Transient stragglers: runs of iterations slower than `outlier_factor` × the fit.
+- Time between phases (`[ps] phase_overhead_s`): the mean gap between a run's phase
+  records (the PS evaluates and checkpoints there; no worker computes).
 - Jitter: the coefficient of variation of the other (inlier) iterations around the fit,
   `[stragglers] jitter_cv`: under bsp a round waits for its slowest worker, so noise
   that averages out per worker still lengthens every round.
@@ -92,6 +94,7 @@ class Calibration:
     stragglers: StragglerFit | None = None
     ps_apply_s: float | None = None  # fitted server time per update (per shard), None if not measured
     jitter_cv: float | None = None  # fitted per-iteration noise, None without run records
+    phase_overhead_s: float | None = None  # fitted time between phases, None without a multi-phase run
     warnings: list[str] = field(default_factory=list)
 
 
@@ -358,6 +361,16 @@ def _ps_gaps(trace: Trace) -> list[float]:
     return gaps
 
 
+def _fit_phase_overhead(traces: list[Trace]) -> float | None:
+    """The mean time from one phase record's end to the next one's start (the mean: every
+    phase boundary pays it once). None when no trace has two phases."""
+    gaps = []
+    for t in traces:
+        phases = sorted(t.of_kind("phase"), key=lambda r: r["index"])
+        gaps += [max(0.0, b["start_s"] - a["end_s"]) for a, b in zip(phases, phases[1:])]
+    return float(np.mean(gaps)) if gaps else None
+
+
 def _fit_ps_apply(traces: list[Trace]) -> float | None:
     """The median gap: under asp/ssp queueing behind other workers' updates is modelled
     by the simulator itself, so a typical gap, not the mean, is the server's own time."""
@@ -546,8 +559,11 @@ def calibrate(traces: list[Trace], base: Cluster | None = None, *, outlier_facto
     if start is not None and ps_apply_s is not None and params:
         per_mparam = ps_apply_s / (params / start.ps.count / 1e6)
         start = start.model_copy(update={"ps": start.ps.model_copy(update={"apply_s_per_mparam": per_mparam})})
+    phase_overhead_s = _fit_phase_overhead(traces)
+    if start is not None and phase_overhead_s is not None:
+        start = start.model_copy(update={"ps": start.ps.model_copy(update={"phase_overhead_s": phase_overhead_s})})
     cluster = _build_cluster(start, fits, worker_fits, links, strag, jitter_cv)
-    return Calibration(cluster, fits, worker_fits, links, strag, ps_apply_s, jitter_cv, warnings)
+    return Calibration(cluster, fits, worker_fits, links, strag, ps_apply_s, jitter_cv, phase_overhead_s, warnings)
 
 
 def _build_cluster(start: Cluster | None, fits: list[ComputeFit], workers: list[WorkerFit],
@@ -616,6 +632,9 @@ def format_report(cal: Calibration) -> str:
     if cal.jitter_cv is not None:
         lines.append(f"jitter: iterations vary by {cal.jitter_cv:.1%} (coefficient of variation) around the fit "
                      f"-> jitter_cv {cal.cluster.stragglers.jitter_cv:.4g}")
+    if cal.phase_overhead_s is not None:
+        lines.append(f"between phases: {cal.phase_overhead_s * 1e3:.1f} ms (evaluation, checkpoint) "
+                     f"-> phase_overhead_s {cal.cluster.ps.phase_overhead_s:.4g}")
     if cal.ps_apply_s is not None:
         lines.append(f"parameter server: {cal.ps_apply_s * 1e3:.3f} ms per update (push end to pull start) "
                      f"-> apply_s_per_mparam {cal.cluster.ps.apply_s_per_mparam:.4g}")

@@ -44,6 +44,8 @@ def cluster_to_toml(cluster: Cluster, comment: str = "") -> str:
     out += ["", "[ps]", f"count = {ps.count}", f"bandwidth_gbps = {_value(float(ps.bandwidth_gbps))}",
             f"latency_ms = {_value(float(ps.latency_ms))}",
             f"apply_s_per_mparam = {_value(float(ps.apply_s_per_mparam))}"]
+    if ps.phase_overhead_s:
+        out.append(f"phase_overhead_s = {_value(float(ps.phase_overhead_s))}")
     for dev_name in sorted(cluster.devices):
         for res, prof in sorted(cluster.devices[dev_name].resolutions.items()):
             out += ["", f"[devices.{_key(dev_name)}.resolutions.{res}]",

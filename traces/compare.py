@@ -11,6 +11,7 @@ import math
 from collections import defaultdict
 from typing import Any
 
+from traces.calibrate import _effective_records as effective_records  # the same gap rule as calibrate
 from traces.jsonl import Trace
 
 WORKER_FIELDS = ("iterations", "samples", "bytes_pushed", "bytes_pulled", "compute_s", "comm_s")
@@ -55,7 +56,12 @@ def measured_summary(trace: Trace) -> dict[str, Any]:
     Times count from the first phase's start, as in the simulator: what the runtime does
     before it (the initial evaluation) is not training and is reported apart, as
     `before_first_phase_s`; the time between phases (phase-end evaluation, checkpoint)
-    stays in the makespan and is reported as `between_phases_s`."""
+    stays in the makespan and is reported as `between_phases_s`.
+
+    compute_s and comm_s are the records' times plus the gaps between them, given out as
+    calibrate does (between two computes to the first, before a push to the push, after a
+    pull to the pull: Python overhead the calibrated simulator counts as compute time or
+    message latency), so that both sides count the same time."""
     phases = sorted(trace.of_kind("phase"), key=lambda r: r["index"])
     origin = phases[0]["start_s"] if phases else 0.0
     ends = [r["end_s"] for r in trace.records if "end_s" in r]
@@ -65,12 +71,12 @@ def measured_summary(trace: Trace) -> dict[str, Any]:
         w = workers[r["worker"]]
         w["iterations"] += 1
         w["samples"] += r.get("samples", r["batch"])
-        w["compute_s"] += r["end_s"] - r["start_s"]
     for kind, field in (("push", "bytes_pushed"), ("pull", "bytes_pulled")):
         for r in trace.of_kind(kind):
-            w = workers[r["worker"]]
-            w[field] += r["bytes"]
-            w["comm_s"] += r["end_s"] - r["start_s"]
+            workers[r["worker"]][field] += r["bytes"]
+    for name, recs in effective_records(trace).items():
+        for r in recs:
+            workers[name]["compute_s" if r["kind"] == "compute" else "comm_s"] += r["eff_s"]
     for w in workers.values():
         w["wait_s"] = max(0.0, makespan - w["compute_s"] - w["comm_s"])
     epoch_end_s: list[float] = []
@@ -153,6 +159,10 @@ def compare(predicted: dict[str, Any], measured: dict[str, Any]) -> dict[str, An
     for key in ("before_first_phase_s", "between_phases_s"):
         if key in measured:
             out[key] = measured[key]
+    if "between_phases_s" in measured and len(predicted["phases"]) > 1:
+        ph = predicted["phases"]
+        out["between_phases"] = _row("between phases", sum(b["start_s"] - a["end_s"] for a, b in zip(ph, ph[1:])),
+                                     measured["between_phases_s"])
     return out
 
 
@@ -179,6 +189,8 @@ def format_comparison(cmp: dict[str, Any]) -> str:
     add("makespan", cmp["makespan"], "s")
     for row in cmp["phases"]:
         add(f"{row['name']} (duration)", row, "s")
+    if "between_phases" in cmp:
+        add("between phases (sum)", cmp["between_phases"], "s")
     for row in cmp["epochs"]:
         add(f"{row['name']} (end)", row, "s")
     for name, rows in cmp["workers"].items():

@@ -1,7 +1,8 @@
-"""Per-iteration compute noise (`[stragglers] jitter_cv`): the draws, what it does to a
-bsp round in the simulator (the round waits for the slowest of noisy workers), how
-calibrate recovers it from a run trace, and the bsp server time taken from the round's
-last pusher."""
+"""What the loop (docs/loop.md) taught the model, with numbers: per-iteration compute
+noise (`[stragglers] jitter_cv`: the draws, a bsp round waiting for the slowest of noisy
+workers, calibrate recovering it), the bsp server time taken from the round's last
+pusher, the time between phases (`[ps] phase_overhead_s`: simulated, fitted, reported),
+and validate counting the gaps around messages as the model does."""
 
 from __future__ import annotations
 
@@ -99,3 +100,70 @@ def test_bsp_server_time_is_the_last_pushers_wait(tmp_path):
             w.write({"kind": "pull", "worker": f"w{i}", "phase": 0, "start_s": pull_start,
                      "end_s": pull_start + 0.001, "bytes": 8})
     assert _ps_gaps(read_trace(path)) == pytest.approx([0.001])
+
+
+# ------------------------------------------------------------------ time between phases
+
+
+def test_phase_overhead_delays_each_next_phase_and_counts_in_the_makespan():
+    cluster, job, _, _ = _bsp(2, 3, 0.0)
+    phase = {"sync": "bsp", "exchange": "gradient", "workers": [{"name": f"w{i}", "batch": 10, "samples": 10}
+                                                                  for i in range(2)]}
+    plan = make_plan(cluster, job, [phase, phase, phase])
+    quiet = simulate(cluster, job, plan).summary()
+    slow = cluster.model_copy(update={"ps": cluster.ps.model_copy(update={"phase_overhead_s": 0.25})})
+    paused = simulate(slow, job, plan).summary()
+    # three phases, two boundaries: 0.5 s more, and each phase lasts as long as before
+    assert paused["makespan_s"] == pytest.approx(quiet["makespan_s"] + 0.5)
+    for (a, b), (c, d) in zip([(p["start_s"], p["end_s"]) for p in quiet["phases"]],
+                              [(p["start_s"], p["end_s"]) for p in paused["phases"]]):
+        assert d - c == pytest.approx(b - a)
+    gaps = [b["start_s"] - a["end_s"] for a, b in zip(paused["phases"], paused["phases"][1:])]
+    assert gaps == pytest.approx([0.25, 0.25])
+
+
+def test_calibrate_fits_the_time_between_phases_and_validate_reports_it(tmp_path):
+    cluster, job, _, _ = _bsp(2, 3, 0.0)
+    phase = {"sync": "bsp", "exchange": "gradient", "workers": [{"name": f"w{i}", "batch": 10, "samples": 10}
+                                                                  for i in range(2)]}
+    plan = make_plan(cluster, job, [phase, phase, phase])
+    truth = cluster.model_copy(update={"ps": cluster.ps.model_copy(update={"phase_overhead_s": 0.04})})
+    res = simulate(truth, job, plan, record=True)
+    path = tmp_path / "run.jsonl"
+    with TraceWriter(path, dict(res.header, source="runtime")) as w:
+        for r in res.records:
+            w.write(r)
+    cal = calibrate([read_trace(path)], base=cluster)
+    assert cal.phase_overhead_s == pytest.approx(0.04)
+    assert cal.cluster.ps.phase_overhead_s == pytest.approx(0.04)
+    out = tmp_path / "c.toml"
+    out.write_text(cluster_to_toml(cal.cluster))
+    assert "phase_overhead_s = 0.04" in out.read_text() and load_cluster(out) == cal.cluster
+    from traces.compare import compare, measured_summary
+    cmp = compare(simulate(cal.cluster, job, plan).summary(), measured_summary(read_trace(path)))
+    assert cmp["between_phases"]["measured"] == pytest.approx(0.08)
+    assert cmp["between_phases"]["rel_error"] == pytest.approx(0, abs=1e-9)
+    assert cmp["makespan"]["rel_error"] == pytest.approx(0, abs=1e-9)
+
+
+def test_measured_comm_time_includes_the_gaps_the_model_gives_to_messages(tmp_path):
+    # compute 0-10 ms, 2 ms gap (encoding), push 12-15 ms, pull 15-16 ms, 1 ms gap (loading),
+    # compute 17-27 ms, then a gap of 3 ms to the next compute (given to the compute)
+    recs = [("compute", 0.000, 0.010), ("push", 0.012, 0.015), ("pull", 0.015, 0.016),
+            ("compute", 0.017, 0.027), ("compute", 0.030, 0.040)]
+    cluster = {"format": "hybridps.cluster/1",
+               "devices": {"dev": {"resolutions": {"32": {"a": 0.001, "b": 0.001, "max_batch": 128}}}},
+               "workers": [{"name": "w0", "device": "dev"}]}
+    path = tmp_path / "r.jsonl"
+    with TraceWriter(path, header("runtime", cluster=cluster)) as w:
+        for k, (kind, a, b) in enumerate(recs):
+            r = {"kind": kind, "worker": "w0", "phase": 0, "start_s": a, "end_s": b}
+            if kind == "compute":
+                r.update(epoch=0, step=k, batch=8, resolution=32)
+            else:
+                r["bytes"] = 8
+            w.write(r)
+    from traces.compare import measured_summary
+    m = measured_summary(read_trace(path))["workers"]["w0"]
+    assert m["comm_s"] == pytest.approx(0.003 + 0.002 + 0.001 + 0.001)  # push + 2 ms before, pull + 1 ms after
+    assert m["compute_s"] == pytest.approx(0.010 + 0.013 + 0.010)  # the 3 ms gap goes to the first compute

@@ -63,6 +63,8 @@ class ParameterServer:
         self.round = []
         self.round_ready_s = 0.0
         self.round_size = len(costs.workers)
+        # every worker starts a phase from the current parameters: a phase start counts as a pull
+        self.read_version = [self.version] * len(self.read_version)
 
     # worker side ------------------------------------------------------------------
     def exchange(self, worker: int, samples: int) -> simpy.Event:

@@ -218,3 +218,31 @@ def test_an_unchecked_bad_plan_gets_a_spec_error():
     bad = plan_from_dict(data)  # not checked against the cluster
     with pytest.raises(SpecError, match="ghost"):
         simulate(cluster, job, bad)
+
+
+def test_staleness_restarts_at_a_phase_boundary():
+    """A worker that sat out a phase starts the next one from the current model: its first
+    update there is not charged with the versions the others applied meanwhile."""
+    import json
+
+    from hybridps.spec import example_dir, load_cluster, load_job, plan_from_dict
+    from sim import simulate
+
+    cluster, job = load_cluster("gtx1080x4"), load_job("cifar100-resnet18")
+    data = json.loads((example_dir("plan") / "gtx1080x4-cifar100-dbsl.json").read_text())
+    solo = dict(data["phases"][1])
+    solo.update(workers=[{"name": "gtx0", "batch": 500, "samples": 50_000}], exchange="gradient", local_steps=1,
+                epochs=2)
+    data["phases"] = [data["phases"][0] | {"epochs": 2}, solo, data["phases"][2] | {"epochs": 2}]
+    plan = plan_from_dict(data, cluster=cluster, job=job)
+    result = simulate(cluster, job, plan, record=True)
+    updates = [r for r in result.records if r["kind"] == "update"]
+    phase1 = [u for u in updates if u["phase"] == 1]
+    assert len(phase1) == 200  # gtx0 alone: 2 epochs x 100 pushes
+    first_of_phase2 = {}
+    for u in updates:
+        if u["phase"] == 2:
+            first_of_phase2.setdefault(u["worker"], u["staleness"])
+    # 4 asp workers: nobody can have seen more than the other 3 workers' updates
+    assert max(first_of_phase2.values()) <= 3, first_of_phase2
+    assert result.summary()["staleness"]["max"] <= 3

@@ -176,12 +176,20 @@ def estimate_makespan_s(cluster: Cluster, job: Job, plan: Plan) -> float:
         if ph.sync == "ssp":
             ex_rate = (1.0 / interval_s).min()
             rate = per_interval_samples * ex_rate
-        bytes_per_s = float(np.sum(rate / per_interval_samples * (ex.push_bytes[idx] + ex.pull_bytes)))
-        load = bytes_per_s / (2 * ps_capacity_bytes_per_s(cluster))
+        exchanges_per_s = rate / per_interval_samples
+        # push and pull are separate directions of the full-duplex PS NICs: the busier one binds
+        push_bytes_per_s = float(np.sum(exchanges_per_s * ex.push_bytes[idx]))
+        pull_bytes_per_s = float(np.sum(exchanges_per_s * ex.pull_bytes))
+        load = max(push_bytes_per_s, pull_bytes_per_s) / ps_capacity_bytes_per_s(cluster)
         if load > 1:
             rate = rate / load
         total += ph.epochs * N / float(rate.sum())
-    return total
+    return total + phase_overheads_s(cluster, plan)
+
+
+def phase_overheads_s(cluster: Cluster, plan: Plan) -> float:
+    """Time between phases (evaluation, checkpoint): `ps.phase_overhead_s` per boundary."""
+    return (len(plan.phases) - 1) * cluster.ps.phase_overhead_s
 
 
 def bsp_fraction(plan: Plan) -> float:
@@ -255,8 +263,8 @@ def generate(cluster: Cluster, job: Job, cons: Constraints) -> list[Candidate]:
                     built = dbsl_plan(cluster, job, cons.time_ratio, s, schedule, cons.substages)
                 except UserError as e:
                     # enumerated counts that the budget cannot meet are skipped; the user's own
-                    # count, t < 1, or no feasible count at all is an error
-                    if explicit or cons.time_ratio < 1 or s == 0:
+                    # count, t < 1, or no feasible dbsl plan when dbsl is all that was asked is an error
+                    if explicit or cons.time_ratio < 1 or (s == 0 and set(cons.strategies) == {"dbsl"}):
                         raise
                     cons.extra.setdefault("skipped", []).append(f"dbsl small_workers={s}: {e}")
                     continue

@@ -77,6 +77,11 @@ def dbsl_allocation(cluster: Cluster, job: Job, resolution: int, t: float, s: in
     ratio = t if s > 0 else 1.0
     for i in np.flatnonzero(~is_small):
         samples[i] = round(ratio * T0 / per_sample[i])
+        if samples[i] < 1:
+            raise UserError(
+                f"dbsl: worker {c.names[i]!r} is so slow at resolution {resolution} ({per_sample[i] * 1e3:.3g} ms "
+                f"per sample against {T0:.3g} s per epoch for the cluster) that its share rounds to 0 samples; "
+                f"remove it from the cluster or check its slowdown")
     if s > 0:
         rest = N - int(samples[~is_small].sum())
         inv = 1.0 / per_sample[is_small]

@@ -34,7 +34,7 @@ from typing import Any
 from hybridps.errors import UserError
 from hybridps.spec import Cluster, Job, Plan, cluster_from_dict, job_from_dict, plan_from_dict
 from hybridps.progress import progress_bar
-from solver.candidates import Candidate, Constraints, generate
+from solver.candidates import Candidate, Constraints, generate, phase_overheads_s
 
 BASELINE_MARGIN = 0.8  # skip the baseline's full run when the best proxy is this far below it
 
@@ -83,6 +83,7 @@ def scale_up(plan: Plan, short: Plan, summary: dict) -> float:
     that fall inside it (needs at least two, hence the default of 2 epochs per phase) and α
     the rest of its duration; each full phase then costs α + E·β of its configuration.
     Without two crossings (or without `epoch_end_s`) the duration is scaled linearly.
+    Phase durations exclude the time between phases: the caller adds it for the full plan.
     """
     phases = summary.get("phases")
     if not phases or len(phases) != len(short.phases):
@@ -189,7 +190,7 @@ def search(cluster: Cluster, job: Job, cons: Constraints, scorer: Scorer = simul
     shorts = [shorten(r.candidate.plan, proxy_epochs) for r in proxied]
     summaries = score_all(scorer, cluster, job, shorts, seed, jobs, "proxy")
     for r, short, s in zip(proxied, shorts, summaries):
-        r.proxy_s = scale_up(r.candidate.plan, short, s)
+        r.proxy_s = scale_up(r.candidate.plan, short, s) + phase_overheads_s(cluster, r.candidate.plan)
 
     t_proxy = time.perf_counter()
     pool = [r for r in proxied if r.candidate.strategy in cons.strategies]

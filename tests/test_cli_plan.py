@@ -110,3 +110,52 @@ def test_plan_table_output(capsys, tmp_path):
     assert text[1].split()[0] == "1"
     assert any("uniform(" in line and line.rstrip().endswith("1.000x") for line in text)
     assert text[-1].startswith(f"wrote {out}: ")
+
+
+@pytest.mark.parametrize("flag,value,message", [
+    ("--time-ratio", "nan", "expected a finite number > 0, got nan"),
+    ("--time-ratio", "inf", "expected a finite number > 0, got inf"),
+    ("--milp-time-limit", "0", "expected a finite number > 0, got 0"),
+    ("--jobs", "0", "expected an integer >= 1, got 0"),
+])
+def test_nonsense_numeric_flags_are_usage_errors(capsys, flag, value, message):
+    with pytest.raises(SystemExit) as e:
+        main(["plan", "--cluster", "gtx1080x4", "--job", "cifar100-resnet18", flag, value])
+    assert e.value.code == 2
+    assert f"argument {flag}: {message}" in capsys.readouterr().err
+
+
+SNAIL_CLUSTER = """
+format = "hybridps.cluster/1"
+[devices.gtx1080.resolutions.24]
+a = 0.00035268184915307385
+b = 0.014788833468238893
+max_batch = 600
+[devices.gtx1080.resolutions.32]
+a = 0.0005056358858583448
+b = 0.015562114074817612
+max_batch = 560
+[[workers]]
+name = "gtx"
+device = "gtx1080"
+count = 3
+[[workers]]
+name = "snail"
+device = "gtx1080"
+slowdown = 1e6
+"""
+
+
+def test_a_worker_too_slow_for_any_dbsl_share(capsys, tmp_path):
+    """dbsl alone: a clear error naming the worker; all strategies: dbsl is skipped with a note."""
+    cluster = tmp_path / "snail.toml"
+    cluster.write_text(SNAIL_CLUSTER)
+    base = ["plan", "--cluster", str(cluster), "--job", "cifar100-resnet18"]
+    assert main(base + ["--strategy", "dbsl", "-o", str(tmp_path / "p.json")]) == 2
+    err = capsys.readouterr().err
+    assert "worker 'snail' is so slow" in err and "rounds to 0 samples" in err
+    assert main(base + ["--jobs", "1", "-o", str(tmp_path / "p.json")]) == 0
+    out = capsys.readouterr()
+    assert "note: skipped dbsl small_workers=0" in out.err
+    plan = json.loads((tmp_path / "p.json").read_text())
+    assert plan["meta"]["strategy"] != "dbsl" and plan["meta"]["ratio_to_uniform"] < 1

@@ -152,3 +152,25 @@ def test_shortened_horizon_ranks_like_full_simulation(cifar):
     assert max(errors) < 0.05, max(errors)
     assert spearmanr(proxy, full).correlation > 0.9
     assert min(range(len(cands)), key=proxy.__getitem__) == min(range(len(cands)), key=full.__getitem__)
+
+
+def test_time_between_phases_counts_in_estimate_and_proxy(cifar):
+    """`ps.phase_overhead_s` per phase boundary is added by every stage of the ranking."""
+    from hybridps.spec import cluster_from_dict
+    from sim import simulate
+
+    cluster, job = cifar
+    data = cluster.model_dump(mode="json")
+    data["ps"]["phase_overhead_s"] = 30.0
+    slow = cluster_from_dict(data)
+    cons = Constraints(strategies=("dbsl",), small_workers=(1,), schedules=("cyclic",))
+    plan = next(c.plan for c in generate(cluster, job, cons) if c.strategy == "dbsl")
+    boundaries = len(plan.phases) - 1
+    assert boundaries == 5
+    assert estimate_makespan_s(slow, job, plan) == pytest.approx(estimate_makespan_s(cluster, job, plan) + 150.0)
+    full = simulate(slow, job, plan).makespan_s
+    assert full == pytest.approx(simulate(cluster, job, plan).makespan_s + 150.0, rel=1e-6)
+    found = search(slow, job, cons, jobs=1)
+    row = next(r for r in found.ranked if r.candidate.strategy == "dbsl")
+    assert row.full_s == pytest.approx(full, rel=1e-9)
+    assert row.proxy_s == pytest.approx(full, rel=0.05)  # without the overhead it would be 150 s short

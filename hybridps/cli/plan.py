@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import argparse
 
-from hybridps.cli import seed_arg
+from hybridps.cli import positive_float_arg, positive_int_arg, seed_arg
 import json
 import os
 import sys
@@ -28,7 +28,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--job", required=True, help="job.toml path or bundled example name")
     p.add_argument("--strategy", default="all",
                    help=f"one or more of {', '.join(STRATEGY_NAMES)} (comma-separated), or all (default)")
-    p.add_argument("--time-ratio", type=float, default=1.05,
+    p.add_argument("--time-ratio", type=positive_float_arg, default=1.05,
                    help="DBSL extra-time ratio t >= 1 that small-batch workers may cost (default 1.05)")
     p.add_argument("--small-workers", type=int, default=None,
                    help="DBSL small-batch worker count (default: try 0..n-1)")
@@ -48,7 +48,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("-o", "--output", default="plan.json", help="where to write the best plan (default plan.json)")
     p.add_argument("--json", action="store_true", help="print the ranking as JSON instead of a table")
     p.add_argument("--seed", type=seed_arg, default=0, help="simulation seed (stragglers), default 0")
-    p.add_argument("--jobs", type=int, default=None, help="simulation processes (default: CPU count)")
+    p.add_argument("--jobs", type=positive_int_arg, default=None, help="simulation processes (default: CPU count)")
     p.add_argument("--proxy-epochs", type=int, default=2,
                    help="shortened horizon for ranking: epochs per phase (default 2)")
     p.add_argument("--proxy-count", type=int, default=12,
@@ -59,7 +59,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="simulate the uniform baseline in full (full, default), or only when the shortened "
                         "horizon does not show it clearly beaten (auto: faster, the ratio is then against a proxy)")
     p.add_argument("--milp-solver", default="highs", choices=["highs", "cbc"], help="MILP solver (default highs)")
-    p.add_argument("--milp-time-limit", type=float, default=10.0, help="seconds per MILP (default 10)")
+    p.add_argument("--milp-time-limit", type=positive_float_arg, default=10.0, help="seconds per MILP (default 10)")
     p.set_defaults(func=run)
 
 

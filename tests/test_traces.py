@@ -7,7 +7,8 @@ import json
 import pytest
 
 from hybridps.errors import SpecError
-from traces import TraceWriter, read_trace, to_chrome, validate_record
+from traces import TraceWriter, read_trace, to_chrome, validate_record, write_chrome
+from traces.chrome import ChromeWriter
 from traces.records import header
 
 RECORDS = [
@@ -109,6 +110,34 @@ def test_chrome_export_has_compute_and_comm_lane_per_worker():
     json.dumps(out)  # serialisable as-is
 
 
+def test_streamed_chrome_writer_equals_to_chrome_across_batches(tmp_path):
+    plan = {"phases": [{"workers": [{"name": "w0"}]}]}  # w1 is not in the plan: its lanes come mid-stream
+    hdr = header("sim", plan=plan)
+    path = tmp_path / "c.json"
+    writer = ChromeWriter(path, hdr)
+    for i in range(0, len(RECORDS), 3):
+        writer.write_many(RECORDS[i:i + 3])
+    writer.write_many([])
+    assert not path.exists()  # nothing at the destination until close()
+    writer.close()
+    assert json.loads(path.read_text()) == json.loads(json.dumps(to_chrome(hdr, RECORDS)))
+    procs = {e["pid"]: e["args"]["name"] for e in json.loads(path.read_text())["traceEvents"]
+             if e.get("name") == "process_name"}
+    assert procs == {1: "w0", 0: "PS / phases", 2: "w1"}
+    write_chrome(tmp_path / "w.json", hdr, iter(RECORDS))
+    assert json.loads((tmp_path / "w.json").read_text()) == json.loads(path.read_text())
+
+
+def test_aborted_chrome_writer_leaves_the_previous_file(tmp_path):
+    path = tmp_path / "c.json"
+    path.write_text("previous")
+    writer = ChromeWriter(path, header("sim"))
+    writer.write_many(RECORDS)
+    writer.abort()
+    assert path.read_text() == "previous"
+    assert list(tmp_path.iterdir()) == [path]
+
+
 def test_atomic_write_replaces_whole_file_with_normal_permissions(tmp_path):
     import os
     import stat
@@ -123,3 +152,15 @@ def test_atomic_write_replaces_whole_file_with_normal_permissions(tmp_path):
     old = os.umask(0o022)
     os.umask(old)
     assert stat.S_IMODE(path.stat().st_mode) == 0o666 & ~old
+
+
+def test_resuming_after_a_torn_line_keeps_the_trace_readable(tmp_path):
+    path = tmp_path / "t.jsonl"
+    with TraceWriter(path, header("runtime")) as w:
+        w.write_many(RECORDS[:2])
+    with open(path, "a") as f:
+        f.write('{"kind":"pull","worker":"w0","pha')  # the run died mid-write
+    with TraceWriter(path, append=True) as w:  # --resume appends
+        w.write(RECORDS[2])
+    trace = read_trace(path)
+    assert not trace.torn and trace.records == RECORDS[:3]

@@ -20,6 +20,28 @@ def _dumps(rec: dict[str, Any]) -> str:
     return json.dumps(rec, separators=(",", ":"), allow_nan=False)
 
 
+def _drop_torn_tail(path: Path) -> None:
+    """Cut a half-written last line (a crash mid-write) so appended records start on a line of their own."""
+    if not path.exists():
+        return
+    with open(path, "r+b") as f:
+        end = f.seek(0, os.SEEK_END)
+        pos = end
+        while pos > 0:
+            step = min(65536, pos)
+            f.seek(pos - step)
+            chunk = f.read(step)
+            nl = chunk.rfind(b"\n")
+            if nl >= 0:
+                keep = pos - step + nl + 1
+                break
+            pos -= step
+        else:
+            keep = 0
+        if keep < end:
+            f.truncate(keep)
+
+
 class TraceWriter:
     """Append records to a JSONL trace, one flushed line each.
 
@@ -34,6 +56,7 @@ class TraceWriter:
         self._fsync_every = fsync_every
         self._count = 0
         if append:
+            _drop_torn_tail(self.path)
             self._f = open(self.path, "a", encoding="utf-8")
         else:
             if header is None or header.get("kind") != "header":

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import io
 import os
+from array import array
 from typing import Any, Iterable
 
 import numpy as np
@@ -46,40 +47,79 @@ def _busy_per_bin(starts: np.ndarray, ends: np.ndarray, edges: np.ndarray) -> np
     return np.diff(total)
 
 
-def _worker_order(header: dict[str, Any], records: list[dict[str, Any]]) -> list[str]:
-    names: list[str] = []
-    for ph in (header.get("plan") or {}).get("phases", []):
-        for w in ph.get("workers", []):
-            if w["name"] not in names:
-                names.append(w["name"])
-    for r in records:
-        if "worker" in r and r["kind"] in COLORS and r["worker"] not in names:
-            names.append(r["worker"])
-    return names
+Bars = dict[str, dict[str, tuple[np.ndarray, np.ndarray]]]  # worker -> kind -> (starts, ends)
 
 
-def _draw_bars(ax, rows: dict[str, int], bars: dict[str, dict[str, list[tuple[float, float]]]], scale: float) -> None:
+class GanttData:
+    """What the timeline needs from a trace, kept compact: per worker and kind, the bar
+    start and end times as float arrays (16 bytes a bar, not a dict), and the phases.
+
+    Feed it records with `write_many` (it is a trace sink the simulator can stream into),
+    then draw it with `write_png`."""
+
+    def __init__(self, header: dict[str, Any]):
+        self.names: list[str] = []  # rows: plan order, then workers as they first appear
+        self._starts_s: dict[str, dict[str, array]] = {}
+        self._ends_s: dict[str, dict[str, array]] = {}
+        self.phases: list[dict[str, Any]] = []
+        for ph in (header.get("plan") or {}).get("phases", []):
+            for w in ph.get("workers", []):
+                self._add_worker(w["name"])
+
+    def _add_worker(self, name: str) -> None:
+        if name not in self._starts_s:
+            self.names.append(name)
+            self._starts_s[name] = {k: array("d") for k in COLORS}
+            self._ends_s[name] = {k: array("d") for k in COLORS}
+
+    def write_many(self, records: Iterable[dict[str, Any]]) -> None:
+        for r in records:
+            kind = r["kind"]
+            if kind in COLORS:
+                worker = r["worker"]
+                if worker not in self._starts_s:
+                    self._add_worker(worker)
+                self._starts_s[worker][kind].append(r["start_s"])
+                self._ends_s[worker][kind].append(r["end_s"])
+            elif kind == "phase":
+                self.phases.append(r)
+
+    def bars(self) -> Bars:
+        """worker -> kind -> (start times, end times), as numpy arrays (copies)."""
+        return {n: {k: (np.array(self._starts_s[n][k], dtype=float), np.array(self._ends_s[n][k], dtype=float))
+                    for k in COLORS} for n in self.names}
+
+    def write_png(self, path: str | os.PathLike, title: str | None = None) -> None:
+        _write_png(path, self.names, self.bars(), sorted(self.phases, key=lambda r: r["index"]), title)
+
+
+def _draw_bars(ax, rows: dict[str, int], bars: Bars, scale: float) -> None:
     for name, y in rows.items():
         for kind, (lo, h) in (("compute", (y - 0.4, 0.45)), ("push", (y + 0.08, 0.32)), ("pull", (y + 0.08, 0.32))):
-            spans = [(s / scale, max((e - s) / scale, 0.0)) for s, e in bars[name][kind]]
-            if spans:
+            s, e = bars[name][kind]
+            if len(s):
+                spans = list(zip((s / scale).tolist(), np.maximum((e - s) / scale, 0.0).tolist()))
                 ax.broken_barh(spans, (lo, h), facecolors=COLORS[kind], linewidth=0)
 
 
-def _draw_overview(ax, rows, bars, t_end: float, scale: float) -> None:
+def _draw_overview(ax, rows, bars: Bars, t_end: float, scale: float) -> None:
+    from matplotlib.collections import PolyCollection
+
     edges = np.linspace(0.0, t_end, OVERVIEW_BINS + 1)
     width = edges[1] - edges[0]
+    x0, x1 = edges[:-1] / scale, (edges[:-1] + width) / scale
     for name, y in rows.items():
         bottom = np.full(OVERVIEW_BINS, y - 0.4)
         for kind in ("compute", "push", "pull"):
-            iv = bars[name][kind]
-            s = np.array([a for a, _ in iv], dtype=float)
-            e = np.array([b for _, b in iv], dtype=float)
+            s, e = bars[name][kind]
             frac = _busy_per_bin(s, e, edges) / width
             height = np.clip(frac, 0.0, 1.0) * 0.8
-            ax.bar(edges[:-1] / scale, height, width=width / scale, bottom=bottom, align="edge",
-                   color=COLORS[kind], linewidth=0)
-            bottom = bottom + height
+            # one stacked bar per bin, as one collection of rectangles (ax.bar makes a patch each: slow)
+            top = bottom + height
+            corners = np.stack([np.column_stack([x0, bottom]), np.column_stack([x1, bottom]),
+                                np.column_stack([x1, top]), np.column_stack([x0, top])], axis=1)
+            ax.add_collection(PolyCollection(corners, facecolors=COLORS[kind], linewidths=0))
+            bottom = top
 
 
 def _mark_phases(ax, phases: list[dict[str, Any]], scale: float, t_max: float, label: bool) -> None:
@@ -94,22 +134,23 @@ def _mark_phases(ax, phases: list[dict[str, Any]], scale: float, t_max: float, l
 def write_gantt(path: str | os.PathLike, header: dict[str, Any], records: Iterable[dict[str, Any]],
                 title: str | None = None) -> None:
     """Write the timeline of `records` (a trace's records) to a PNG at `path`."""
+    data = GanttData(header)
+    data.write_many(records)
+    data.write_png(path, title)
+
+
+def _write_png(path: str | os.PathLike, names: list[str], bars: Bars, phases: list[dict[str, Any]],
+               title: str | None) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     from matplotlib.patches import Patch
 
-    records = list(records)
-    names = _worker_order(header, records)
     rows = {n: i for i, n in enumerate(names)}
-    bars: dict[str, dict[str, list[tuple[float, float]]]] = {n: {k: [] for k in COLORS} for n in names}
-    for r in records:
-        if r["kind"] in COLORS:
-            bars[r["worker"]][r["kind"]].append((r["start_s"], r["end_s"]))
-    phases = sorted((r for r in records if r["kind"] == "phase"), key=lambda r: r["index"])
-    t_end = max([r["end_s"] for r in phases] + [e for n in names for k in COLORS for _, e in bars[n][k]] + [1e-9])
-    n_bars = sum(len(v) for n in names for v in bars[n].values())
+    t_end = max([r["end_s"] for r in phases] + [float(e.max()) for n in names for _, e in bars[n].values() if len(e)]
+                + [1e-9])
+    n_bars = sum(len(s) for n in names for s, _ in bars[n].values())
     exact = n_bars <= EXACT_MAX_BARS
     height = min(14.0, max(2.5, 0.32 * len(names) + 1.5))  # per panel; many workers get thinner rows
     fig, axes = plt.subplots(1 if exact else 2, 1, figsize=(13, height if exact else 2 * height + 0.5),
@@ -128,12 +169,12 @@ def write_gantt(path: str | os.PathLike, header: dict[str, Any], records: Iterab
     ax.set_xlabel(f"time ({unit})")
     if not exact:  # the detail panel: the first exchanges, bar by bar
         window_s = min(
-            sorted(s for k in COLORS for s, _ in bars[n][k])[min(DETAIL_BARS_PER_WORKER, n_k) - 1]
-            for n in names if (n_k := sum(len(bars[n][k]) for k in COLORS))
+            np.sort(np.concatenate([bars[n][k][0] for k in COLORS]))[min(DETAIL_BARS_PER_WORKER, n_k) - 1]
+            for n in names if (n_k := sum(len(bars[n][k][0]) for k in COLORS))
         )
-        second_pulls = [sorted(e for _, e in bars[n]["pull"])[1] for n in names if len(bars[n]["pull"]) > 1]
-        window_s = min(t_end, max([window_s, t_end / 1000] + second_pulls))
-        clipped = {n: {k: [(s, e) for s, e in bars[n][k] if s < window_s] for k in COLORS} for n in names}
+        second_pulls = [float(np.sort(bars[n]["pull"][1])[1]) for n in names if len(bars[n]["pull"][1]) > 1]
+        window_s = min(t_end, max([float(window_s), t_end / 1000] + second_pulls))
+        clipped = {n: {k: (s[s < window_s], e[s < window_s]) for k, (s, e) in bars[n].items()} for n in names}
         dscale, dunit = _time_unit(window_s)
         dax = axes[1][0]
         _draw_bars(dax, rows, clipped, dscale)

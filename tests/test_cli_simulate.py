@@ -13,7 +13,8 @@ import pytest
 from hybridps.cli import main
 from hybridps.spec import load_cluster, load_job, load_plan
 from sim import simulate
-from traces import read_trace
+from sim.gantt import GanttData, write_gantt
+from traces import read_trace, to_chrome
 
 CLUSTER_TOML = """\
 format = "hybridps.cluster/1"
@@ -134,6 +135,44 @@ def test_chrome_export_has_a_compute_and_a_communication_lane_per_worker(files, 
     assert sum(1 for e in xs if e["tid"] == 0 and e["cat"] == "compute") == n_compute
     assert sum(1 for e in xs if e["tid"] == 1 and e["cat"] == "comm") == n_comm
     assert all(e["dur"] >= 0 and e["ts"] >= 0 for e in xs)
+
+
+def test_streamed_chrome_file_equals_the_in_memory_export(files, capsys):
+    tmp_path, args = files
+    (tmp_path / "c.json").write_text("old")
+    assert main(["simulate", *args, "--chrome", str(tmp_path / "c.json")]) == 0
+    streamed = json.loads((tmp_path / "c.json").read_text())
+    want = _expected(tmp_path)
+    in_memory = json.loads(json.dumps(to_chrome(want.header, want.records)))
+    assert streamed == in_memory  # same events in the same order, same metadata
+    assert len(streamed["traceEvents"]) == 4 * 2 + 1 + want.events  # lanes, PS process, one event per record
+    assert not list(tmp_path.glob(".c.json.*"))  # the temporary file was moved into place
+
+
+def test_gantt_bars_are_the_trace_records_as_arrays(files, capsys):
+    tmp_path, args = files
+    want = _expected(tmp_path)
+    data = GanttData(want.header)
+    data.write_many(want.records[:7])  # in batches, as the simulator streams them
+    data.write_many(want.records[7:])
+    assert data.names == ["w0", "w1"]
+    bars = data.bars()
+    for name in ("w0", "w1"):
+        for kind in ("compute", "push", "pull"):
+            recs = [r for r in want.records if r["kind"] == kind and r["worker"] == name]
+            assert len(recs) > 0
+            assert bars[name][kind][0].tolist() == [r["start_s"] for r in recs]
+            assert bars[name][kind][1].tolist() == [r["end_s"] for r in recs]
+    assert [p["index"] for p in data.phases] == [0, 1]
+    assert data.phases[-1]["end_s"] == want.makespan_s
+
+
+def test_gantt_from_the_cli_equals_the_gantt_of_the_records(files, capsys):
+    tmp_path, args = files
+    assert main(["simulate", *args, "--gantt", str(tmp_path / "cli.png")]) == 0
+    want = _expected(tmp_path)
+    write_gantt(tmp_path / "records.png", want.header, want.records, title="m/d on 2 workers")
+    assert (tmp_path / "cli.png").read_bytes() == (tmp_path / "records.png").read_bytes()
 
 
 @pytest.mark.parametrize("big", [False, True])

@@ -45,6 +45,19 @@ def _human(summary: dict, cluster, job, plan, seed: int) -> str:
     return "\n".join(lines)
 
 
+class _Outputs:
+    """The trace sinks the simulator streams its records into, batch by batch: the
+    JSONL trace, the Chrome trace-event file and the Gantt bars. Nothing keeps the
+    records themselves, so memory stays flat however long the run."""
+
+    def __init__(self, sinks: list):
+        self.sinks = sinks
+
+    def write_many(self, records: list) -> None:
+        for sink in self.sinks:
+            sink.write_many(records)
+
+
 def run(args: argparse.Namespace) -> int:
     import json
 
@@ -52,41 +65,51 @@ def run(args: argparse.Namespace) -> int:
     from hybridps.progress import progress_bar
     from hybridps.spec import load_cluster, load_job, load_plan
     from sim import Simulation, trace_header
+    from sim.gantt import GanttData
     from traces import TraceWriter
+    from traces.chrome import ChromeWriter
 
     cluster = load_cluster(args.cluster)
     job = load_job(args.job)
     plan = load_plan(args.plan, cluster, job)
     seed = cluster.stragglers.seed if args.seed is None else args.seed
-    keep = bool(args.chrome or args.gantt)
+    header = trace_header(cluster, job, plan, seed)
+    writer = chrome = None
+    gantt = GanttData(header) if args.gantt else None
     try:
-        writer = TraceWriter(args.trace, trace_header(cluster, job, plan, seed)) if args.trace else None
-    except OSError as e:
-        raise UserError(f"--trace {args.trace}: cannot write: {e.strerror}") from None
-    total_epochs = sum(p.epochs for p in plan.phases)
-    try:
+        try:
+            writer = TraceWriter(args.trace, header) if args.trace else None
+        except OSError as e:
+            raise UserError(f"--trace {args.trace}: cannot write: {e.strerror}") from None
+        try:
+            chrome = ChromeWriter(args.chrome, header) if args.chrome else None
+        except OSError as e:
+            raise UserError(f"--chrome {args.chrome}: cannot write: {e.strerror}") from None
+        sinks = [s for s in (writer, chrome, gantt) if s is not None]
+        total_epochs = sum(p.epochs for p in plan.phases)
         with progress_bar(total_epochs, "simulating", unit="epoch") as bar:
             def advance(epochs_done: int) -> None:
                 bar.update(epochs_done - bar.n)
 
-            result = Simulation(cluster, job, plan, seed=seed, record=keep, trace=writer).run(progress=advance)
+            result = Simulation(cluster, job, plan, seed=seed, trace=_Outputs(sinks) if sinks else None).run(
+                progress=advance)
+    except BaseException:
+        if chrome is not None:
+            chrome.abort()  # no half-written Chrome file; the JSONL trace keeps what it has
+        raise
     finally:
         if writer is not None:
             writer.close()
     summary = result.summary()
-    if args.chrome:
-        from traces import write_chrome
-
+    if chrome is not None:
         try:
-            write_chrome(args.chrome, result.header, result.records)
+            chrome.close()
         except OSError as e:
             raise UserError(f"--chrome {args.chrome}: cannot write: {e.strerror}") from None
-    if args.gantt:
-        from sim.gantt import write_gantt
-
+    if gantt is not None:
         title = f"{job.model.name}/{job.data.name} on {len(cluster.worker_list)} workers"
         try:
-            write_gantt(args.gantt, result.header, result.records, title=title)
+            gantt.write_png(args.gantt, title=title)
         except OSError as e:
             raise UserError(f"--gantt {args.gantt}: cannot write: {e.strerror}") from None
     if args.json:

@@ -444,7 +444,11 @@ def _fit_jitter(obs: list[_Obs], ab, slow, inlier: np.ndarray) -> float | None:
         return None
     w, r = np.array(fit_s), np.array(t_s) / np.array(fit_s)
     mean = float(np.average(r, weights=w))
-    return float(np.sqrt(np.average((r - mean) ** 2, weights=w)) / mean)
+    cv = float(np.sqrt(np.average((r - mean) ** 2, weights=w)) / mean)
+    return cv if cv >= JITTER_FLOOR_CV else 0.0  # rounding noise of a noiseless trace is no jitter
+
+
+JITTER_FLOOR_CV = 1e-6
 
 
 # --------------------------------------------------------------------------- main entry

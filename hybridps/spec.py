@@ -109,8 +109,11 @@ class WorkerGroup(_Spec):
     slowdown: float = Field(1.0, gt=0)
 
 
+MAX_STRAGGLER_RATE_PER_HOUR = 1e5  # ~28 episodes/s per worker: beyond this a worker is simply slow
+
+
 class StragglerSpec(_Spec):
-    rate_per_hour: float = Field(0.0, ge=0)
+    rate_per_hour: float = Field(0.0, ge=0, le=MAX_STRAGGLER_RATE_PER_HOUR)
     slowdown: float = Field(2.0, gt=0)
     mean_duration_s: float = Field(30.0, gt=0)
     workers: list[str] = []

@@ -35,6 +35,7 @@ class StragglerSchedule:
         self._rngs: dict[str, np.random.Generator] = {}
         self._starts: dict[str, list[float]] = {}
         self._ends: dict[str, list[float]] = {}
+        self._max_end: dict[str, list[float]] = {}  # running max of ends: episodes may overlap
         self._horizon: dict[str, float] = {}
         self.jitter_cv = spec.jitter_cv
         self._jitter_rngs = {w.name: np.random.default_rng([self.seed, w.index, 1]) for w in cluster.worker_list} \
@@ -44,6 +45,7 @@ class StragglerSchedule:
                 self._rngs[w.name] = np.random.default_rng([self.seed, w.index])
                 self._starts[w.name] = []
                 self._ends[w.name] = []
+                self._max_end[w.name] = []
                 self._horizon[w.name] = 0.0
 
     @property
@@ -51,14 +53,21 @@ class StragglerSchedule:
         return bool(self._rngs)
 
     def _extend(self, worker: str, until_s: float) -> None:
+        """Draw episodes until one starts after `until_s`. Draws come in vectorised chunks of
+        (gap, duration) pairs, the same stream a one-at-a-time loop would consume."""
         rng = self._rngs[worker]
-        starts, ends = self._starts[worker], self._ends[worker]
+        starts, ends, max_end = self._starts[worker], self._ends[worker], self._max_end[worker]
         t = self._horizon[worker]
         while t <= until_s:
-            t += rng.exponential(1.0 / self.rate_per_s)
-            duration = rng.exponential(self.mean_duration_s)
-            starts.append(t)
-            ends.append(t + duration)
+            k = 64 + int(1.1 * self.rate_per_s * (until_s - t))
+            draws = rng.standard_exponential((k, 2))
+            new_starts = np.cumsum(np.concatenate(([t], draws[:, 0] / self.rate_per_s)))[1:]
+            new_ends = new_starts + draws[:, 1] * self.mean_duration_s
+            running = np.maximum.accumulate(np.concatenate(([max_end[-1] if max_end else 0.0], new_ends)))[1:]
+            starts.extend(new_starts.tolist())
+            ends.extend(new_ends.tolist())
+            max_end.extend(running.tolist())
+            t = float(new_starts[-1])
         self._horizon[worker] = t
 
     def factor_at(self, worker: str, t_s: float) -> float:
@@ -67,16 +76,9 @@ class StragglerSchedule:
             return 1.0
         if t_s >= self._horizon[worker]:
             self._extend(worker, t_s + 3600.0)
-        starts = self._starts[worker]
-        i = bisect.bisect_right(starts, t_s) - 1
-        # episodes may overlap: any episode that started before t and has not ended
-        while i >= 0:
-            if self._ends[worker][i] > t_s:
-                return self.factor
-            if starts[i] < t_s - 50 * self.mean_duration_s:
-                break
-            i -= 1
-        return 1.0
+        i = bisect.bisect_right(self._starts[worker], t_s) - 1
+        # inside an episode iff some episode that started before t_s ends after it
+        return self.factor if i >= 0 and self._max_end[worker][i] > t_s else 1.0
 
     def jitter(self, worker: str) -> float:
         """The next iteration's noise factor for `worker` (mean 1; 1.0 when jitter_cv is 0)."""

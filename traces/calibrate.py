@@ -29,6 +29,7 @@ import numpy as np
 
 from hybridps.errors import UserError
 from hybridps.spec import (
+    MAX_STRAGGLER_RATE_PER_HOUR,
     Cluster,
     DeviceSpec,
     PSSpec,
@@ -595,7 +596,7 @@ def _build_cluster(start: Cluster | None, fits: list[ComputeFit], workers: list[
                                       slowdown=slow.get(w.name, w.slowdown)))
     stragglers = start.stragglers
     if strag is not None:
-        stragglers = StragglerSpec(rate_per_hour=strag.rate_per_hour, slowdown=strag.slowdown,
+        stragglers = StragglerSpec(rate_per_hour=min(strag.rate_per_hour, MAX_STRAGGLER_RATE_PER_HOUR), slowdown=strag.slowdown,
                                    mean_duration_s=strag.mean_duration_s, workers=[],
                                    seed=start.stragglers.seed)
     if jitter_cv is not None:

@@ -60,6 +60,16 @@ class PSSpec(_Spec):
     def latency_s(self) -> float:
         return self.latency_ms / 1e3
 
+    @property
+    def bandwidth_bytes_per_s(self) -> float:
+        """One shard's NIC, per direction."""
+        return gbps_to_bytes_per_s(self.bandwidth_gbps)
+
+    @property
+    def total_bandwidth_bytes_per_s(self) -> float:
+        """All shards' NICs together, per direction."""
+        return self.count * self.bandwidth_bytes_per_s
+
 
 class ResolutionProfile(_Spec):
     """Iteration time t(B) = a*B + b seconds for batch B; max_batch fits in memory."""

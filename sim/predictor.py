@@ -72,7 +72,4 @@ def message_latency_s(cluster: Cluster) -> list[float]:
 
 def nic_caps_bytes_per_s(cluster: Cluster) -> tuple[float, list[float]]:
     """(aggregate PS capacity over all shards, each worker's NIC capacity), per direction."""
-    from hybridps.spec import gbps_to_bytes_per_s
-
-    ps_cap = cluster.ps.count * gbps_to_bytes_per_s(cluster.ps.bandwidth_gbps)
-    return ps_cap, [w.bandwidth_bytes_per_s for w in cluster.worker_list]
+    return cluster.ps.total_bandwidth_bytes_per_s, [w.bandwidth_bytes_per_s for w in cluster.worker_list]

@@ -87,7 +87,7 @@ def exchange_cost(cluster: Cluster, job: Job, compression: Compression) -> Excha
     pull_shard = max(pull_bytes_per_shard(params, S, bpp))
     push_total = sum(push_bytes_per_shard(compression, params, S, bpp))
     pull_total = sum(pull_bytes_per_shard(params, S, bpp))
-    ps_bps = cluster.ps.bandwidth_gbps * 1e9 / 8
+    ps_bps = cluster.ps.bandwidth_bytes_per_s
     w_bps = np.array([w.bandwidth_bytes_per_s for w in workers])
     lat = np.array([w.latency_s for w in workers]) + cluster.ps.latency_s
     apply_s = cluster.ps.apply_s_per_mparam * (params / S) / 1e6
@@ -102,4 +102,4 @@ def exchange_cost(cluster: Cluster, job: Job, compression: Compression) -> Excha
 
 def ps_capacity_bytes_per_s(cluster: Cluster) -> float:
     """Aggregate PS bandwidth per direction (all shards)."""
-    return cluster.ps.count * cluster.ps.bandwidth_gbps * 1e9 / 8
+    return cluster.ps.total_bandwidth_bytes_per_s

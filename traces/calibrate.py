@@ -37,10 +37,11 @@ from hybridps.spec import (
     StragglerSpec,
     WorkerGroup,
     cluster_from_dict,
+    gbps_to_bytes_per_s,
 )
 from traces.jsonl import Trace
 
-BYTES_PER_S_PER_GBPS = 1.25e8
+BYTES_PER_S_PER_GBPS = gbps_to_bytes_per_s(1.0)
 
 
 @dataclass(frozen=True)
@@ -527,7 +528,7 @@ def calibrate(traces: list[Trace], base: Cluster | None = None, *, outlier_facto
     links: list[LinkFit] = []
     msgs: dict[str, list[tuple[float, float, float]]] = defaultdict(list)
     ps = start.ps if start is not None else PSSpec()
-    ps_bytes_per_s = ps.count * ps.bandwidth_gbps * BYTES_PER_S_PER_GBPS
+    ps_bytes_per_s = ps.total_bandwidth_bytes_per_s
     for trace in traces:
         if not (trace.of_kind("push") or trace.of_kind("pull")):
             continue

@@ -317,10 +317,6 @@ class Compression(_Spec):
     def dithering_normalize(self) -> str:
         return self.normalize or "max"
 
-    def wire_bytes(self, n_elements: int, bytes_per_element: int = 4) -> int:
-        """Bytes on the wire for a push of `n_elements` values (DESIGN.md formulas)."""
-        return compressed_bytes(self, n_elements, bytes_per_element)
-
 
 def topk_count(ratio: float, n_elements: int) -> int:
     """Elements kept by topk/randomk: round(ratio*n), at least 1, at most n."""

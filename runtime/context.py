@@ -84,6 +84,13 @@ def expected_world_size(cluster: Cluster, plan: Plan) -> int:
     return cluster.ps.count + len(worker_order(cluster, plan))
 
 
+def phase_lr(phase) -> float:
+    """The learning rate of a plan phase: the plan's `lr`, used as is. The solver already
+    folds the job's `lr_milestones` step decay into each phase's lr (DESIGN.md), so the
+    runtime applies no decay of its own."""
+    return phase.lr
+
+
 def shard_bounds(n_params: int, shards: int) -> list[tuple[int, int]]:
     out, start = [], 0
     for size in shard_sizes(n_params, shards):

@@ -35,7 +35,7 @@ from hybridps.fileio import atomic_write_bytes
 from hybridps.progress import progress_bar
 from runtime import protocol as P
 from runtime.codecs import Codec
-from runtime.context import RunContext, shard_bounds
+from runtime.context import RunContext, phase_lr, shard_bounds
 from runtime.data import load_dataset
 from runtime.merge import FlatSGD, merge_async, merge_sync, weighted_gradient
 from runtime.models import build_model
@@ -282,7 +282,6 @@ class Shard:
         n_data = ctx.job.data.samples
         target = ph.epochs * n_data
         epochs_before = sum(x.epochs for x in ctx.plan.phases[:p])
-        lr_scale = 1.0 / ctx.job.train.base_lr
         participants = [ctx.workers.index(wa.name) for wa in ph.workers]
         share = {ctx.workers.index(wa.name): wa.samples for wa in ph.workers}
         max_share = max(share.values())
@@ -320,10 +319,6 @@ class Shard:
 
         def active() -> set[int]:
             return {q for q in participants if q not in self.lost and q not in stopped and q not in done}
-
-        def lr_now() -> float:
-            epoch = self.applied_total / n_data
-            return ph.lr * ctx.job.train.lr_at_epoch(epoch) * lr_scale
 
         def reply(pos: int, watch: set[int], wait: bool = True) -> list:
             """Send `pos` the new parameters (the pull); returns the sends when not waiting."""
@@ -368,7 +363,7 @@ class Shard:
             before = self.version
             total = sum(n for _, n, _ in items)
             if gradient:
-                self.opt.step(weighted_gradient([(n, v) for _, n, v in items]), lr_now())
+                self.opt.step(weighted_gradient([(n, v) for _, n, v in items]), phase_lr(ph))
             else:
                 models = [(pos, n, (pulled[pos] + v) if keep_pulled else v) for pos, n, v in items]
                 with torch.no_grad():

@@ -8,7 +8,7 @@ autograd at fixed weights into one flat buffer) and pushes their mean (sum / sam
 with the sample count (with one iteration per interval: the batch-mean loss directly);
 the PS re-weights by samples, so a bsp round equals one SGD step on the union of the
 batches and local_steps > 1 acts as a larger batch. Model exchange: the worker trains
-with a local SGD (momentum, weight decay, the phase's LR) and pushes its weights; with a
+with a local SGD (momentum, weight decay, the phase's LR as the plan gives it) and pushes its weights; with a
 lossy codec it pushes (w_local - w_pulled) and the PS rebuilds w_local.
 """
 
@@ -27,7 +27,7 @@ from hybridps.spec import gbps_to_bytes_per_s
 from hybridps.stragglers import StragglerSchedule
 from runtime import protocol as P
 from runtime.codecs import ErrorFeedback
-from runtime.context import RunContext, shard_bounds
+from runtime.context import RunContext, phase_lr, shard_bounds
 from runtime.data import epoch_permutation, load_dataset, share_indices
 from runtime.models import build_model
 
@@ -207,7 +207,7 @@ class WorkerProcess:
         tr = ctx.job.train
         opt = None
         if not gradient:
-            opt = torch.optim.SGD(self.params, lr=ph.lr, momentum=tr.momentum, weight_decay=tr.weight_decay)
+            opt = torch.optim.SGD(self.params, lr=phase_lr(ph), momentum=tr.momentum, weight_decay=tr.weight_decay)
         pulled = self.flat.clone() if (not gradient and lossy) else None
         # resume: start at the worker-epoch that this worker's part of the applied count reaches
         computed = round(resumed_samples * wa.samples / sum(plan_shares)) if resumed_samples else 0
@@ -235,9 +235,6 @@ class WorkerProcess:
                 if gradient:  # accumulates in place into flat_grad
                     F.cross_entropy(out, y, reduction="mean" if every == 1 else "sum").backward()
                 else:
-                    lr = ph.lr * tr.lr_at_epoch(epochs_before + worker_epoch) / tr.base_lr
-                    for g in opt.param_groups:
-                        g["lr"] = lr
                     opt.zero_grad(set_to_none=False)
                     F.cross_entropy(out, y).backward()
                     opt.step()

@@ -51,3 +51,63 @@ def test_bsp_unequal_batches_is_the_batch_weighted_average_over_two_shards(tmp_p
     computes = tr.of_kind("compute")
     assert {(c["worker"], c["batch"]) for c in computes} == {("w0", 16), ("w1", 48)}
     assert sum(c.get("samples", c["batch"]) for c in computes) == 2 * 256
+
+
+def test_phase_after_a_milestone_uses_exactly_the_plans_lr(tmp_path):
+    # job: base_lr 0.1, decay x0.1 at epoch 1. The plan's phase 1 (epoch 1-2) already
+    # carries the decayed lr 0.02 (the solver folds the decay in); the runtime must apply
+    # 0.02, not 0.02 x 0.1 again. Reference: single-process SGD, lr 0.05 then 0.02.
+    workers = [("w0", 32, 128), ("w1", 32, 128)]
+    wl = [{"name": n, "batch": b, "samples": s} for n, b, s in workers]
+    ph0 = {"epochs": 1, "resolution": 8, "sync": "bsp", "exchange": "gradient", "lr": 0.05, "workers": wl}
+    ph1 = dict(ph0, lr=0.02)
+    write_specs(tmp_path, workers, lr=0.1, momentum=MOM, weight_decay=WD, phases=[ph0, ph1])
+    with open(tmp_path / "job.toml", "a") as f:
+        f.write("lr_milestones = [1]\nlr_decay = 0.1\n")
+    _set_real_parameters(tmp_path)
+    out = tmp_path / "out"
+    r = run_cli(["run", *spec_args(tmp_path), "--out", out, "--local", "--eval-every", "0", "--eval-samples", "200",
+                 "--worker-timeout", "30"])
+    assert r.returncode == 0, r.stderr
+    got = load_checkpoint(out / "checkpoint.pt")["params"]
+    ref = _reference_sgd_per_epoch(workers, [0.05, 0.02])
+    assert float((got - ref).abs().max()) < 1e-5
+    twice = _reference_sgd_per_epoch(workers, [0.05, 0.002])  # the old double decay
+    assert float((got - twice).abs().max()) > 1e-3
+
+
+def _reference_sgd_per_epoch(workers, lrs):
+    """Single-process SGD on the union of the workers' batches, lr `lrs[e]` in epoch e
+    (one optimizer throughout: momentum carries over, as on the PS)."""
+    import math
+
+    import torch.nn.functional as F
+
+    from runtime.data import epoch_permutation, load_dataset, share_indices
+    from runtime.models import build_model
+
+    samples = sum(s for _, _, s in workers)
+    ds = load_dataset("synthetic", samples, 0)
+    net = build_model("mlp", ds.num_classes, seed=0)
+    opt = torch.optim.SGD(net.parameters(), lr=lrs[0], momentum=MOM, weight_decay=WD)
+    shares = [s for _, _, s in workers]
+    for epoch, lr in enumerate(lrs):
+        for g in opt.param_groups:
+            g["lr"] = lr
+        perm = epoch_permutation(samples, epoch, 0)
+        own = [share_indices(perm, shares, i) for i in range(len(workers))]
+        for k in range(math.ceil(workers[0][2] / workers[0][1])):
+            idx = torch.cat([torch.from_numpy(own[i][k * b: (k + 1) * b]) for i, (_, b, _) in enumerate(workers)])
+            x, y = ds.batch(idx.numpy(), 8)
+            opt.zero_grad()
+            F.cross_entropy(net(x), y).backward()
+            opt.step()
+    return torch.nn.utils.parameters_to_vector(net.parameters()).detach()
+
+
+def _set_real_parameters(d):
+    """write_specs puts a placeholder model.parameters; `hybridps run` checks it against the model."""
+    from runtime.models import build_model, count_parameters
+
+    job = d / "job.toml"
+    job.write_text(job.read_text().replace("parameters = 1000", f"parameters = {count_parameters(build_model('mlp', 10))}"))

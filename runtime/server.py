@@ -353,8 +353,14 @@ class Shard:
                 if q in self.lost:
                     waiting.discard(q)
                 elif counts[q] - floor <= ph.staleness:
+                    # the target may have been reached while q waited: then q stops here
+                    # instead of starting another interval (docs/semantics.md)
                     waiting.discard(q)
-                    P.send(ctx.worker_rank(q), P.header(P.MSG_GO, phase=p, go=1, lost=self._lost_mask()))
+                    stop = state["applied"] >= target
+                    if stop:
+                        stopped.add(q)
+                    P.send(ctx.worker_rank(q), P.header(P.MSG_GO, phase=p, go=1, stop=int(stop),
+                                                        lost=self._lost_mask()))
 
         def apply(items: list[tuple[int, int, torch.Tensor]]) -> None:
             """items: (worker position, samples, decoded vector); one version step."""

@@ -84,3 +84,35 @@ def test_ssp_keeps_its_bound_and_compressed_bytes_match(tmp_path):
         seen[w] = k
     assert tight > 0  # the slow worker made the fast one reach the bound (and wait)
     assert total["w0"] > total["w1"]  # yet the fast one did run ahead
+
+
+def test_ssp_worker_released_after_the_target_stops_instead_of_running_one_more_interval(tmp_path):
+    # staleness 0: the fast worker waits for the slow one after every exchange. Target
+    # 4 epochs x 512 = 2048 samples = 64 pushes of 32; the 64th (the slow worker's)
+    # reaches it while the fast one waits, so the fast one is released with stop and the
+    # phase has exactly 64 updates (it had 65: the released worker ran one more interval).
+    from hybridps.spec import load_cluster, load_job, load_plan
+    from sim import simulate
+
+    write_specs(tmp_path, [("w0", 32, 256), ("w1", 32, 256)], sync="ssp", staleness=0, exchange="gradient",
+                epochs=4, lr=0.05, slowdown={"w1": 4.0})
+    _set_real_parameters(tmp_path)
+    out = tmp_path / "out"
+    r = run_cli(["run", *spec_args(tmp_path), "--out", out, "--local", "--eval-every", "0", "--eval-samples", "200",
+                 "--worker-timeout", "30"])
+    assert r.returncode == 0, r.stderr
+    updates = read_trace(out / "trace.jsonl").of_kind("update")
+    assert len(updates) == 2048 // 32 == 64
+    assert sum(1 for u in updates if u["worker"] == "w0") == sum(1 for u in updates if u["worker"] == "w1") == 32
+    cluster = load_cluster(tmp_path / "cluster.toml")
+    job = load_job(tmp_path / "job.toml")
+    sim = simulate(cluster, job, load_plan(tmp_path / "plan.json", cluster, job))
+    assert sim.updates == len(updates)
+
+
+def _set_real_parameters(d):
+    """write_specs puts a placeholder model.parameters; `hybridps run` checks it against the model."""
+    from runtime.models import build_model, count_parameters
+
+    job = d / "job.toml"
+    job.write_text(job.read_text().replace("parameters = 1000", f"parameters = {count_parameters(build_model('mlp', 10))}"))

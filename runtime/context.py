@@ -62,12 +62,28 @@ class RunContext:
 
     @property
     def model_name(self) -> str:
-        name = self.opts.model or self.job.model.name
-        return {"resnet-18": "resnet18", "resnet_18": "resnet18"}.get(name.lower(), name)
+        return canonical_model_name(self.opts.model or self.job.model.name)
 
     @property
     def data_name(self) -> str:
         return self.opts.data or self.job.data.name
+
+
+def canonical_model_name(name: str) -> str:
+    return {"resnet-18": "resnet18", "resnet_18": "resnet18"}.get(name.lower(), name)
+
+
+def num_classes(data_name: str, samples: int, seed: int, data_dir: str | None) -> int:
+    """The number of classes of a data set, without loading it where the name says."""
+    if data_name.startswith("synthetic"):
+        return int(data_name.split(":", 1)[1]) if ":" in data_name else 10
+    if data_name.startswith("cifar100"):
+        return 100
+    if data_name.startswith("cifar10"):
+        return 10
+    from runtime.data import load_dataset
+
+    return load_dataset(data_name, samples, seed, data_dir).num_classes
 
 
 def worker_order(cluster: Cluster, plan: Plan) -> list[str]:

@@ -31,11 +31,11 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
-from hybridps.fileio import atomic_write_bytes
+from hybridps.fileio import atomic_write_bytes, atomic_write_json
 from hybridps.progress import progress_bar
 from runtime import protocol as P
 from runtime.codecs import Codec
-from runtime.context import RunContext, phase_lr, shard_bounds
+from runtime.context import RunContext, num_classes, phase_lr, shard_bounds
 from runtime.data import load_dataset
 from runtime.merge import FlatSGD, merge_async, merge_sync, weighted_gradient
 from runtime.models import build_model
@@ -74,8 +74,11 @@ class Shard:
         opts = ctx.opts
         self.data = load_dataset(ctx.data_name, ctx.job.data.samples, ctx.data_seed, opts.data_dir) \
             if self.lead else None
-        num_classes = self.data.num_classes if self.lead else _num_classes(ctx)
-        self.model = build_model(ctx.model_name, num_classes, seed=ctx.data_seed)
+        if self.lead:
+            n_classes = self.data.num_classes
+        else:
+            n_classes = num_classes(ctx.data_name, ctx.job.data.samples, ctx.data_seed, opts.data_dir)
+        self.model = build_model(ctx.model_name, n_classes, seed=ctx.data_seed)
         full = torch.nn.utils.parameters_to_vector(self.model.parameters()).detach()
         self.n_params = full.numel()
         self.bounds = shard_bounds(self.n_params, ctx.shards)
@@ -493,20 +496,18 @@ class Shard:
         return path
 
 
-def _num_classes(ctx: RunContext) -> int:
-    name = ctx.data_name
-    if name.startswith("synthetic"):
-        return int(name.split(":", 1)[1]) if ":" in name else 10
-    if name.startswith("cifar100"):
-        return 100
-    if name.startswith("cifar10"):
-        return 10
-    return load_dataset(name, ctx.job.data.samples, ctx.data_seed, ctx.opts.data_dir).num_classes
+def write_summary(ctx: RunContext, shard: Shard, **kw) -> dict:
+    """summary.json, plus the model's real parameter count beside the job's (they may
+    differ by up to 1%: `hybridps run` rejects more)."""
+    from runtime.summary import write_summary as summary_from_trace
+
+    out = summary_from_trace(ctx, shard, **kw)
+    out["parameters"] = {"model": shard.n_params, "job": ctx.job.model.parameters}
+    atomic_write_json(ctx.opts.out_dir / "summary.json", out)
+    return out
 
 
 def run_server(ctx: RunContext) -> int:
-    from runtime.summary import write_summary
-
     shard = Shard(ctx)
     startup_s = time.perf_counter() - ctx.t0
     dist.barrier()  # every process ready: time zero

@@ -9,8 +9,20 @@ torch = pytest.importorskip("torch")
 pytestmark = pytest.mark.torch
 
 from hybridps.spec import Compression, compressed_bytes  # noqa: E402
-from runtime.testing import run_cli, spec_args, write_specs  # noqa: E402
+from runtime.testing import run_cli, spec_args, write_specs as _write_specs  # noqa: E402
 from traces.jsonl import read_trace  # noqa: E402
+
+
+def write_specs(d, workers, **kw):
+    """runtime.testing.write_specs with the job's model.parameters set to the model's real
+    count (`hybridps run` rejects a count more than 1% off; write_specs puts 1000)."""
+    from runtime.models import build_model, count_parameters
+
+    paths = _write_specs(d, workers, **kw)
+    real = count_parameters(build_model(kw.get("model", "mlp"), 10))
+    job = d / "job.toml"
+    job.write_text(job.read_text().replace("parameters = 1000\n", f"parameters = {real}\n"))
+    return paths
 
 
 def _run(tmp_path, workers, **plan):
@@ -96,7 +108,6 @@ def test_ssp_worker_released_after_the_target_stops_instead_of_running_one_more_
 
     write_specs(tmp_path, [("w0", 32, 256), ("w1", 32, 256)], sync="ssp", staleness=0, exchange="gradient",
                 epochs=4, lr=0.05, slowdown={"w1": 4.0})
-    _set_real_parameters(tmp_path)
     out = tmp_path / "out"
     r = run_cli(["run", *spec_args(tmp_path), "--out", out, "--local", "--eval-every", "0", "--eval-samples", "200",
                  "--worker-timeout", "30"])
@@ -109,10 +120,3 @@ def test_ssp_worker_released_after_the_target_stops_instead_of_running_one_more_
     sim = simulate(cluster, job, load_plan(tmp_path / "plan.json", cluster, job))
     assert sim.updates == len(updates)
 
-
-def _set_real_parameters(d):
-    """write_specs puts a placeholder model.parameters; `hybridps run` checks it against the model."""
-    from runtime.models import build_model, count_parameters
-
-    job = d / "job.toml"
-    job.write_text(job.read_text().replace("parameters = 1000", f"parameters = {count_parameters(build_model('mlp', 10))}"))

@@ -9,10 +9,22 @@ torch = pytest.importorskip("torch")
 pytestmark = pytest.mark.torch
 
 from runtime.server import load_checkpoint  # noqa: E402
-from runtime.testing import reference_bsp_sgd, run_cli, spec_args, write_specs  # noqa: E402
+from runtime.testing import reference_bsp_sgd, run_cli, spec_args, write_specs as _write_specs  # noqa: E402
 from traces.jsonl import read_trace  # noqa: E402
 
 LR, MOM, WD = 0.05, 0.9, 1e-3
+
+
+def write_specs(d, workers, **kw):
+    """runtime.testing.write_specs with the job's model.parameters set to the model's real
+    count (`hybridps run` rejects a count more than 1% off; write_specs puts 1000)."""
+    from runtime.models import build_model, count_parameters
+
+    paths = _write_specs(d, workers, **kw)
+    real = count_parameters(build_model(kw.get("model", "mlp"), 10))
+    job = d / "job.toml"
+    job.write_text(job.read_text().replace("parameters = 1000\n", f"parameters = {real}\n"))
+    return paths
 
 
 def _run_and_compare(tmp_path, workers, epochs=2, ps_count=1):
@@ -64,7 +76,6 @@ def test_phase_after_a_milestone_uses_exactly_the_plans_lr(tmp_path):
     write_specs(tmp_path, workers, lr=0.1, momentum=MOM, weight_decay=WD, phases=[ph0, ph1])
     with open(tmp_path / "job.toml", "a") as f:
         f.write("lr_milestones = [1]\nlr_decay = 0.1\n")
-    _set_real_parameters(tmp_path)
     out = tmp_path / "out"
     r = run_cli(["run", *spec_args(tmp_path), "--out", out, "--local", "--eval-every", "0", "--eval-samples", "200",
                  "--worker-timeout", "30"])
@@ -104,10 +115,3 @@ def _reference_sgd_per_epoch(workers, lrs):
             opt.step()
     return torch.nn.utils.parameters_to_vector(net.parameters()).detach()
 
-
-def _set_real_parameters(d):
-    """write_specs puts a placeholder model.parameters; `hybridps run` checks it against the model."""
-    from runtime.models import build_model, count_parameters
-
-    job = d / "job.toml"
-    job.write_text(job.read_text().replace("parameters = 1000", f"parameters = {count_parameters(build_model('mlp', 10))}"))

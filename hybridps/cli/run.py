@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import argparse
 
-from hybridps.cli import seed_arg
 import os
+import sys
 from pathlib import Path
+
+from hybridps.cli import seed_arg
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -93,16 +95,44 @@ def run(args: argparse.Namespace) -> int:
                       on_worker_loss=args.on_worker_loss, resume=args.resume is not None, device=args.device,
                       threads=args.threads, emulate=not args.no_emulate)
     from runtime.data import check_data
-    from runtime.models import build_model
 
-    check_data(args.data or job.data.name, args.data_dir)
-    build_model(args.model or job.model.name, 10)  # an unknown model name fails here, once
+    data = args.data or job.data.name
+    check_data(data, args.data_dir)
+    job_file = args.job or f"{args.resume}/trace.jsonl header"
+    note = check_model(job, job_file, args.model, data, args.data_dir, 0 if args.seed is None else args.seed)
+    if note and "HYBRIDPS_PARENT_PID" not in os.environ and os.environ.get("RANK", "0") == "0":
+        print(f"hybridps run: warning: {note}", file=sys.stderr)  # once, not once per rank
     if args.local and "RANK" not in os.environ:
         # the children re-read the same arguments, without --local, plus what --resume recovered
         argv = _rebuild_argv(args)
         grace = None if args.on_worker_loss == "continue" else args.worker_timeout + 30.0
         return run_local(argv, expected_world_size(cluster, plan), grace_s=grace)
     return run_process(cluster, job, plan, opts)
+
+
+def check_model(job, job_file: str, model: str | None, data: str, data_dir: str | None, seed: int) -> str | None:
+    """Build the run's model (an unknown name fails here, once) and check the job's model
+    size against it: raises UserError for bytes_per_parameter other than 4 (the runtime
+    exchanges fp32) or a parameter count more than 1% off; returns a warning when it is
+    off by less, else None."""
+    from hybridps.errors import UserError
+    from runtime.context import canonical_model_name, num_classes
+    from runtime.models import build_model, count_parameters
+
+    if job.model.bytes_per_parameter != 4:
+        raise UserError(f"{job_file}: model.bytes_per_parameter = {job.model.bytes_per_parameter}, but hybridps run "
+                        f"exchanges fp32 parameters; set model.bytes_per_parameter = 4")
+    name = canonical_model_name(model or job.model.name)
+    real = count_parameters(build_model(name, num_classes(data, job.data.samples, seed, data_dir), seed=None))
+    declared = job.model.parameters
+    if real == declared:
+        return None
+    off = abs(declared - real) / real
+    text = (f"{job_file}: model.parameters = {declared:,} but model {name!r} on {data!r} has {real:,} "
+            f"({off:.2%} off)")
+    if off > 0.01:
+        raise UserError(f"{text}; set model.parameters = {real} in the job file, or choose the matching --model")
+    return f"{text}; running with {real:,} (summary.json records both)"
 
 
 def _rebuild_argv(args: argparse.Namespace) -> list[str]:

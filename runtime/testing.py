@@ -11,7 +11,8 @@ import torch
 import torch.nn.functional as F
 
 from runtime.data import epoch_permutation, load_dataset, share_indices
-from runtime.models import build_model
+from runtime.context import num_classes
+from runtime.models import build_model, count_parameters
 
 
 def write_specs(d: Path, workers: list[tuple[str, int, int]], *, sync: str = "bsp", exchange: str = "gradient",
@@ -32,8 +33,9 @@ def write_specs(d: Path, workers: list[tuple[str, int, int]], *, sync: str = "bs
                   f"slowdown = {float(slowdown.get(name, 1.0))}"]
     (d / "cluster.toml").write_text("\n".join(lines) + "\n")
     samples = sum(s for _, _, s in workers)
+    parameters = count_parameters(build_model(model, num_classes(data, samples, 0, None)))  # `run` checks it
     (d / "job.toml").write_text(
-        f'format = "hybridps.job/1"\n[model]\nname = "{model}"\nparameters = 1000\n[data]\nname = "{data}"\n'
+        f'format = "hybridps.job/1"\n[model]\nname = "{model}"\nparameters = {parameters}\n[data]\nname = "{data}"\n'
         f"samples = {samples}\n[train]\nepochs = {sum(ph['epochs'] for ph in phases) if phases else epochs}\n"
         f"resolutions = {resolutions}\nbase_batch = 32\n"
         f"base_lr = {lr}\nmomentum = {momentum}\nweight_decay = {weight_decay}\n")

@@ -9,20 +9,8 @@ torch = pytest.importorskip("torch")
 pytestmark = pytest.mark.torch
 
 from hybridps.spec import Compression, compressed_bytes  # noqa: E402
-from runtime.testing import run_cli, spec_args, write_specs as _write_specs  # noqa: E402
+from runtime.testing import run_cli, spec_args, write_specs  # noqa: E402
 from traces.jsonl import read_trace  # noqa: E402
-
-
-def write_specs(d, workers, **kw):
-    """runtime.testing.write_specs with the job's model.parameters set to the model's real
-    count (`hybridps run` rejects a count more than 1% off; write_specs puts 1000)."""
-    from runtime.models import build_model, count_parameters
-
-    paths = _write_specs(d, workers, **kw)
-    real = count_parameters(build_model(kw.get("model", "mlp"), 10))
-    job = d / "job.toml"
-    job.write_text(job.read_text().replace("parameters = 1000\n", f"parameters = {real}\n"))
-    return paths
 
 
 def _run(tmp_path, workers, **plan):

@@ -26,7 +26,7 @@ def _specs(tmp_path, parameters=None, bytes_per_parameter=None):
     job = tmp_path / "job.toml"
     text = job.read_text()
     if parameters is not None:
-        text = text.replace("parameters = 1000\n", f"parameters = {parameters}\n")
+        text = text.replace(f"parameters = {MLP}\n", f"parameters = {parameters}\n")
     if bytes_per_parameter is not None:
         text = text.replace("[data]", f"bytes_per_parameter = {bytes_per_parameter}\n[data]")
     job.write_text(text)
@@ -39,7 +39,7 @@ def _run(tmp_path):
 
 def test_parameter_count_more_than_1_percent_off_is_exit_2_naming_both_counts(tmp_path):
     assert MLP == 13_002
-    _specs(tmp_path)  # write_specs' placeholder: parameters = 1000
+    _specs(tmp_path, parameters=1000)
     r = _run(tmp_path)
     assert r.returncode == 2
     lines = r.stderr.strip().splitlines()

@@ -18,37 +18,24 @@ from hybridps.errors import UserError
 COMMANDS = ["examples", "check", "simulate", "plan", "run", "profile", "calibrate", "validate"]
 
 
-def seed_arg(text: str) -> int:
-    """argparse type for --seed: a non-negative integer (numpy seeds must be)."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {value}")
-    return value
+def _bounded_arg(cast: type, lowest: float, strict: bool, expected: str):
+    """An argparse type: `cast(text)`, finite and >= `lowest` (> when `strict`)."""
+
+    def parse(text: str):
+        try:
+            value = cast(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}") from None
+        if not math.isfinite(value) or value < lowest or (strict and value == lowest):
+            raise argparse.ArgumentTypeError(f"expected {expected}, got {text}")
+        return value
+
+    return parse
 
 
-def positive_float_arg(text: str) -> float:
-    """argparse type: a finite number > 0 (nan and inf are refused)."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
-    if not (math.isfinite(value) and value > 0):
-        raise argparse.ArgumentTypeError(f"expected a finite number > 0, got {text}")
-    return value
-
-
-def positive_int_arg(text: str) -> int:
-    """argparse type: an integer >= 1."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {value}")
-    return value
+seed_arg = _bounded_arg(int, 0, False, "a non-negative integer")  # numpy seeds must be
+positive_int_arg = _bounded_arg(int, 1, False, "an integer >= 1")
+positive_float_arg = _bounded_arg(float, 0.0, True, "a finite number > 0")  # nan and inf refused
 
 
 class _Parser(argparse.ArgumentParser):

@@ -77,6 +77,8 @@ def num_classes(data_name: str, samples: int, seed: int, data_dir: str | None) -
     """The number of classes of a data set, without loading it where the name says."""
     if data_name.startswith("synthetic"):
         return int(data_name.split(":", 1)[1]) if ":" in data_name else 10
+    if data_name == "digits":
+        return 10
     if data_name.startswith("cifar100"):
         return 100
     if data_name.startswith("cifar10"):

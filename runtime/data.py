@@ -5,6 +5,9 @@ worker that owns a slice of an epoch's permutation can build its batches directl
                     generated on the fly at any resolution
   cifar10 / cifar100  the standard python-pickle batches from a local directory, read
                     with a restricted unpickler (only numpy array reconstruction allowed)
+  digits            scikit-learn's bundled 8x8 handwritten digits (1,797 real images, no
+                    network): a fixed stratified split of 1,437 training and 360
+                    validation images, grey levels copied into 3 channels
   imagefolder:DIR   torchvision.datasets.ImageFolder (needs torchvision)
 
 `batch(indices, resolution)` returns float32 NCHW images resized on the fly
@@ -79,6 +82,51 @@ class _ArrayData:
         idx = np.asarray(indices, dtype=np.int64) % len(self._y[split])
         x = (self._x[split][idx].astype(np.float32) / 255.0 - _CIFAR_MEAN) / _CIFAR_STD
         return resize(torch.from_numpy(x), resolution), torch.from_numpy(self._y[split][idx].astype(np.int64))
+
+
+# ----------------------------------------------------------------------------- digits
+
+DIGITS_TRAIN, DIGITS_VAL = 1437, 360
+
+
+class DigitsData:
+    """scikit-learn's `load_digits` (real 8x8 images that ship inside the wheel), split
+    once, stratified and seeded (random_state=0), into 1,437 training and 360 validation
+    images; normalised with the training split's mean and deviation; each resolution's
+    resized copy is made once and kept (the whole set is a few MB)."""
+
+    num_classes = 10
+    base = 8
+
+    def __init__(self):
+        from sklearn.datasets import load_digits
+        from sklearn.model_selection import train_test_split
+
+        d = load_digits()
+        x = d.images.astype(np.float32) / 16.0
+        tx, vx, ty, vy = train_test_split(x, d.target.astype(np.int64), test_size=DIGITS_VAL,
+                                          stratify=d.target, random_state=0)
+        mean, std = float(tx.mean()), float(tx.std())
+        self._x = {s: torch.from_numpy(np.repeat(((a - mean) / std)[:, None], 3, axis=1).copy())
+                   for s, a in (("train", tx), ("test", vx))}
+        self._y = {"train": torch.from_numpy(ty), "test": torch.from_numpy(vy)}
+        self.train_size, self.test_size = len(ty), len(vy)
+        self._resized: dict[tuple[str, int], torch.Tensor] = {}
+
+    def batch(self, indices: np.ndarray, resolution: int, split: str = "train") -> tuple[torch.Tensor, torch.Tensor]:
+        key = (split, resolution)
+        if key not in self._resized:
+            self._resized[key] = resize(self._x[split], resolution).contiguous()
+        idx = torch.from_numpy(np.asarray(indices, dtype=np.int64) % self._y[split].numel())
+        return self._resized[key][idx], self._y[split][idx]
+
+
+def _need_sklearn(name: str) -> None:
+    try:
+        import sklearn  # noqa: F401
+    except ImportError:
+        raise UserError(f"data {name!r} needs scikit-learn (its bundled digits); install it: "
+                        f"pip install scikit-learn, or pip install -e '.[runtime,test]'") from None
 
 
 # ----------------------------------------------------------------------------- CIFAR
@@ -189,7 +237,10 @@ def load_dataset(name: str, samples: int, seed: int = 0, data_dir: str | None = 
         return load_cifar(kind, root)
     if name.startswith("imagefolder:"):
         return _ImageFolderData(name.split(":", 1)[1])
-    raise UserError(f"unknown data {name!r}; use synthetic[:CLASSES], cifar10, cifar100 or imagefolder:DIR "
+    if name == "digits":
+        _need_sklearn(name)
+        return DigitsData()
+    raise UserError(f"unknown data {name!r}; use synthetic[:CLASSES], digits, cifar10, cifar100 or imagefolder:DIR "
                     f"(set job data.name or pass --data)")
 
 
@@ -230,5 +281,8 @@ def check_data(name: str, data_dir: str | None = None) -> None:
         if not Path(name.split(":", 1)[1]).is_dir():
             raise UserError(f"data {name!r}: no such directory")
         return
-    raise UserError(f"unknown data {name!r}; use synthetic[:CLASSES], cifar10, cifar100 or imagefolder:DIR "
+    if name == "digits":
+        _need_sklearn(name)
+        return
+    raise UserError(f"unknown data {name!r}; use synthetic[:CLASSES], digits, cifar10, cifar100 or imagefolder:DIR "
                     f"(set job data.name or pass --data)")

@@ -8,10 +8,33 @@ from dataclasses import dataclass, field
 from typing import Any
 
 
+class UpdateLog:
+    """Every applied update, in order, as plain parallel lists (what the convergence model
+    reads; kept only when asked for). A bsp round is one entry with `worker` = -1 and the
+    round's total samples; an asp/ssp push is one entry with its staleness."""
+
+    def __init__(self) -> None:
+        self.t_s: list[float] = []
+        self.phase: list[int] = []
+        self.worker: list[int] = []  # global worker index, -1 for a bsp round
+        self.staleness: list[int] = []
+        self.samples: list[int] = []
+
+    def add(self, t_s: float, phase: int, worker: int, staleness: int, samples: int) -> None:
+        self.t_s.append(t_s)
+        self.phase.append(phase)
+        self.worker.append(worker)
+        self.staleness.append(staleness)
+        self.samples.append(samples)
+
+    def __len__(self) -> int:
+        return len(self.t_s)
+
+
 class Counters:
     """What the summary needs, as plain lists indexed by global worker index."""
 
-    def __init__(self, n_workers: int):
+    def __init__(self, n_workers: int, log_updates: bool = False):
         self.iterations = [0] * n_workers
         self.samples = [0] * n_workers
         self.compute_s = [0.0] * n_workers
@@ -22,6 +45,7 @@ class Counters:
         self.staleness_hist: dict[int, int] = {}  # staleness -> number of updates
         self.phases: list[tuple[float, float]] = []
         self.epoch_end_s: list[float] = []
+        self.update_log: UpdateLog | None = UpdateLog() if log_updates else None
 
     def add_staleness(self, staleness: int, count: int = 1) -> None:
         self.staleness_hist[staleness] = self.staleness_hist.get(staleness, 0) + count

@@ -116,6 +116,8 @@ class ParameterServer:
         self.version += 1
         staleness = self.version - 1 - self.read_version[worker]
         sim.counters.add_staleness(staleness)
+        if sim.counters.update_log is not None:
+            sim.counters.update_log.add(self.env.now, self.phase, worker, staleness, self.push_samples[worker])
         if sim.recorder is not None:
             sim.recorder.add({"kind": "update", "worker": sim.names[worker], "phase": self.phase,
                               "t_s": self.env.now, "version": self.version, "staleness": staleness})
@@ -127,6 +129,8 @@ class ParameterServer:
         sim = self.sim
         self.version += 1
         sim.counters.add_staleness(0, len(workers))
+        if sim.counters.update_log is not None:
+            sim.counters.update_log.add(self.env.now, self.phase, -1, 0, sum(self.push_samples[w] for w in workers))
         if sim.recorder is not None:
             for w in workers:
                 sim.recorder.add({"kind": "update", "worker": sim.names[w], "phase": self.phase,

@@ -45,6 +45,20 @@ RECORD_KINDS: dict[str, tuple[dict[str, tuple[type, ...]], dict[str, tuple[type,
         {"t_s": _NUM, "epoch": _NUM, "loss": _NUM, "accuracy": _NUM},
         {"phase": _INT, "split": _STR},
     ),
+    # training loss per exchange interval, per worker (mean over the interval's samples);
+    # with lossy compression also the norm of the vector handed to the codec (error
+    # feedback included) and of the residual error feedback keeps
+    "train": (
+        {"worker": _STR, "phase": _INT, "t_s": _NUM, "samples": _INT, "loss": _NUM},
+        {"update_norm": _NUM, "residual_norm": _NUM},
+    ),
+    # the gradient noise scale B_simple = tr(Sigma) / |G|^2 measured at the PS over a phase
+    # (McCandlish et al. 2018): estimator "two-batch" (bsp rounds) or "differenced" (asp/ssp)
+    "noise": (
+        {"phase": _INT, "t_s": _NUM, "estimator": _STR, "noise_scale": _NUM, "grad_sq": _NUM,
+         "trace_cov": _NUM, "stderr": _NUM, "rounds": _INT},
+        {"batch_small": _NUM, "batch_big": _NUM},
+    ),
     "profile": (
         {"device": _STR, "resolution": _INT, "batch": _INT, "iteration_s": _NUM},
         {"samples": _INT, "repeats": _INT, "model": _STR},

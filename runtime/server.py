@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import io
 import json
+import math
 import queue
 import signal
 import sys
@@ -39,6 +40,7 @@ from runtime.context import RunContext, num_classes, phase_lr, shard_bounds
 from runtime.data import load_dataset
 from runtime.merge import FlatSGD, merge_async, merge_sync, weighted_gradient
 from runtime.models import build_model
+from runtime.noise import NoiseMeter, measures_noise
 from traces.jsonl import TraceWriter
 from traces.records import header as trace_header
 
@@ -294,6 +296,7 @@ class Shard:
         keep_pulled = not gradient and ph.compression.lossy
         apply_s = ctx.cluster.ps.apply_s_per_mparam * (hi - lo) / 1e6
         pulled: dict[int, torch.Tensor] = {}
+        noise = NoiseMeter(ph.sync) if measures_noise(ph, ctx.shards) else None
         t_phase = ctx.now()
         self._abort_state = (p, applied)
         self._reset_liveness()
@@ -372,7 +375,13 @@ class Shard:
             before = self.version
             total = sum(n for _, n, _ in items)
             if gradient:
-                self.opt.step(weighted_gradient([(n, v) for _, n, v in items]), phase_lr(ph))
+                g = weighted_gradient([(n, v) for _, n, v in items])
+                if noise is not None:  # one dot product per pushed vector, before the step
+                    if ph.sync == "bsp":
+                        noise.add_round([(n, v) for _, n, v in items], g)
+                    else:
+                        noise.add_push(items[0][1], g)
+                self.opt.step(g, phase_lr(ph))
             else:
                 models = [(pos, n, (pulled[pos] + v) if keep_pulled else v) for pos, n, v in items]
                 with torch.no_grad():
@@ -444,6 +453,8 @@ class Shard:
         if self.lead:
             self.record({"kind": "phase", "index": p, "start_s": t_phase, "end_s": t_end})
         self.save_checkpoint(p + 1, 0)
+        if noise is not None:
+            self._record_noise(noise, p)
         self._send_gather()
         if self.lead:
             self.evaluate(float(epochs_before + ph.epochs), p, ph.resolution)
@@ -451,6 +462,17 @@ class Shard:
             left = ctx.cluster.ps.phase_overhead_s - (ctx.now() - t_end)
             if left > 0:
                 time.sleep(left)
+
+    def _record_noise(self, noise: NoiseMeter, p: int) -> None:
+        """The phase's gradient noise scale (runtime/noise.py): shard 0 sums the shards'
+        partial norms and writes one `noise` record; none when |G|^2 is not resolved."""
+        if not self.lead:
+            noise.send_partials()
+            return
+        noise.gather_partials(self.ctx.shards)
+        est = noise.estimate(self.ctx.job.data.samples)  # an epoch samples without replacement
+        if est is not None and math.isfinite(est.noise_scale) and math.isfinite(est.stderr):
+            self.record(est.record(p, self.ctx.now()))
 
     def _apply_round(self, apply, bsp_round: dict, reply, watch: set[int]) -> None:
         items = [(pos, n, v) for pos, (n, v) in sorted(bsp_round.items())]

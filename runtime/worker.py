@@ -169,6 +169,19 @@ class WorkerProcess:
             self.flat[lo:hi].copy_(buf, non_blocking=True)
         self._sync()
 
+    def _train_record(self, p: int, samples: int, loss_sum: float, codecs: list[ErrorFeedback] | None) -> dict:
+        """The interval's mean training loss (the loss the iterations computed anyway, at the
+        weights each iteration saw), stamped at the push it travels with; with a lossy codec
+        also the L2 norms of what went into the codec (error feedback included) and of the
+        residual kept, summed over the shards' slices."""
+        rec = {"kind": "train", "worker": self.name, "phase": p, "t_s": self.ctx.now(), "samples": samples,
+               "loss": loss_sum / samples}
+        if codecs is not None:
+            rec["update_norm"] = math.sqrt(sum(c.input_sq for c in codecs))
+            if all(c.residual is not None for c in codecs):
+                rec["residual_norm"] = math.sqrt(sum(float(torch.dot(c.residual, c.residual)) for c in codecs))
+        return rec
+
     def _update_lost(self, mask: int) -> None:
         self.lost = {i for i in range(len(self.ctx.workers)) if mask >> i & 1}
 
@@ -216,7 +229,7 @@ class WorkerProcess:
         indices, k, it = None, 0, 0  # it: iteration within the worker-epoch
         while True:
             # ---------------------------------------------------------- one interval
-            interval_samples, iters = 0, 0
+            interval_samples, iters, loss_sum = 0, 0, 0.0
             if gradient:
                 self.flat_grad.zero_()
             while iters < every:
@@ -233,11 +246,15 @@ class WorkerProcess:
                 x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
                 out = self.model(x)
                 if gradient:  # accumulates in place into flat_grad
-                    F.cross_entropy(out, y, reduction="mean" if every == 1 else "sum").backward()
+                    loss = F.cross_entropy(out, y, reduction="mean" if every == 1 else "sum")
+                    loss.backward()
+                    loss_sum += float(loss.detach()) * (n if every == 1 else 1)
                 else:
                     opt.zero_grad(set_to_none=False)
-                    F.cross_entropy(out, y).backward()
+                    loss = F.cross_entropy(out, y)
+                    loss.backward()
                     opt.step()
+                    loss_sum += float(loss.detach()) * n
                 self._sync()
                 measured = time.perf_counter() - wall0
                 factor = (self.spec.slowdown * self.stragglers.factor_at(self.name, t_start)
@@ -266,6 +283,7 @@ class WorkerProcess:
                 vec = self.flat
             vec = vec.detach() if self.push_buf is None else self.push_buf.copy_(vec.detach())
             payloads = [c.encode(vec[lo:hi]) for c, (lo, hi) in zip(codecs, self.bounds)]
+            self.records.append(self._train_record(p, interval_samples, loss_sum, codecs if lossy else None))
             # post the replies' receives before pushing: a REPLY is a header and the shard's
             # parameters (known size), so the pull starts streaming as soon as the PS sends
             reply_works, pull_works = [], []

@@ -68,3 +68,12 @@ def test_asp_gradient_phase_gets_a_differenced_noise_record(tmp_path):
     assert noise["estimator"] == "differenced" and noise["rounds"] == pushes - 1
     assert noise["noise_scale"] > 0 and noise["grad_sq"] > 0 and noise["trace_cov"] > 0
     assert "batch_small" not in noise
+
+
+def test_two_shards_give_the_same_noise_record_as_one(tmp_path):
+    # the shards' partial squared norms add up on shard 0 to the one-shard values
+    one = _run(tmp_path / "s1", sync="bsp", epochs=1).of_kind("noise")[0]
+    two = _run(tmp_path / "s2", sync="bsp", epochs=1, ps_count=2).of_kind("noise")[0]
+    for key in ("noise_scale", "grad_sq", "trace_cov", "stderr"):
+        assert two[key] == pytest.approx(one[key], rel=1e-4)
+    assert two["rounds"] == one["rounds"] == 4

@@ -17,6 +17,7 @@ when its connection fails.
 
 from __future__ import annotations
 
+import base64
 import io
 import json
 import math
@@ -37,9 +38,9 @@ from hybridps.progress import progress_bar
 from runtime import protocol as P
 from runtime.codecs import Codec
 from runtime.context import RunContext, num_classes, phase_lr, shard_bounds
-from runtime.data import load_dataset
+from runtime.data import check_samples, load_dataset
 from runtime.merge import FlatSGD, merge_async, merge_sync, weighted_gradient
-from runtime.models import build_model
+from runtime.models import build_model, buffers_vector, load_buffers
 from runtime.noise import NoiseMeter, measures_noise
 from traces.jsonl import TraceWriter
 from traces.records import header as trace_header
@@ -77,6 +78,7 @@ class Shard:
         self.data = load_dataset(ctx.data_name, ctx.job.data.samples, ctx.data_seed, opts.data_dir) \
             if self.lead else None
         if self.lead:
+            check_samples(self.data, ctx.data_name, ctx.job.data.samples, ctx.job.data.subset)
             n_classes = self.data.num_classes
         else:
             n_classes = num_classes(ctx.data_name, ctx.job.data.samples, ctx.data_seed, opts.data_dir)
@@ -86,6 +88,11 @@ class Shard:
         self.bounds = shard_bounds(self.n_params, ctx.shards)
         lo, hi = self.bounds[self.s]
         self.w = full[lo:hi].clone()
+        # the model's buffers (batch-norm running statistics), held by shard 0 only: the
+        # workers ship theirs with every push; merged in `_merge_buffers`
+        self.buffers = buffers_vector(self.model)
+        self.worker_buffers: dict[int, torch.Tensor] = {}
+        self._gathered: tuple[int, torch.Tensor] | None = None  # (version, full params), S > 1
         tr = ctx.job.train
         self.opt = FlatSGD(self.w, tr.momentum, tr.weight_decay)
         self.version = 0
@@ -120,6 +127,7 @@ class Shard:
         self.phase_times = [(float(a), float(b)) for a, b in ck["phase_times"]]
         self.ctx.time_offset_s = float(ck["elapsed_s"])
         torch.set_rng_state(ck["torch_rng"])
+        self.buffers = ck.get("buffers", self.buffers)
         # lost workers are not restored: a resumed run starts with every worker again
 
     def save_checkpoint(self, phase: int, applied_in_phase: int) -> Path:
@@ -128,7 +136,9 @@ class Shard:
               "applied_in_phase": applied_in_phase, "applied_total": self.applied_total, "version": self.version,
               "elapsed_s": self.ctx.now(), "epoch_end_s": list(self.epoch_end_s),
               "phase_times": [list(t) for t in self.phase_times], "torch_rng": torch.get_rng_state(),
-              "complete": phase >= len(self.ctx.plan.phases)}
+              "complete": phase >= len(self.ctx.plan.phases), "buffers": self.buffers}
+        if self.lead and (state := self.model_state_dict()) is not None:
+            ck["model_state_dict"] = state
         buf = io.BytesIO()
         torch.save(ck, buf)
         path = checkpoint_path(self.ctx.opts.out_dir, self.s)
@@ -165,16 +175,57 @@ class Shard:
             buf = torch.empty(hi - lo, dtype=torch.float32)
             dist.recv(buf, s, tag=P.TAG_GATHER)
             parts.append(buf)
-        return torch.cat(parts)
+        full = torch.cat(parts)
+        self._gathered = (self.version, full)
+        return full
+
+    def _load_model(self, params: torch.Tensor) -> torch.nn.Module:
+        torch.nn.utils.vector_to_parameters(params, self.model.parameters())
+        with torch.no_grad():
+            load_buffers(self.model, self.buffers)
+        return self.model
+
+    def model_state_dict(self) -> dict | None:
+        """Parameters and buffers named as the model names them (`load_state_dict` into
+        `runtime.models.build_model(...)`); None with S > 1 shards unless the full vector
+        was gathered at the current version (phase ends: the final checkpoint has it)."""
+        if self.ctx.shards == 1:
+            params = self.w.detach()
+        elif self._gathered is not None and self._gathered[0] == self.version:
+            params = self._gathered[1]
+        else:
+            return None
+        return {k: v.detach().clone() for k, v in self._load_model(params).state_dict().items()}
+
+    def _merge_buffers(self, ph, items: list, share: dict[int, int], max_share: int) -> None:
+        """Shard 0's copy of the buffers after an apply. Model exchange: the parameters'
+        rule (bsp: samples-weighted average of the round's; asp/ssp: the DBSL merge).
+        Gradient exchange: the share-weighted average of every worker's latest. A no-op
+        for models without buffers."""
+        if not self.worker_buffers:
+            return
+        if ph.exchange == "model":
+            got = [(pos, n) for pos, n, _ in items if pos in self.worker_buffers]
+            if not got:
+                return
+            if ph.sync == "bsp":
+                self.buffers = merge_sync([(n, self.worker_buffers[pos]) for pos, n in got])
+            else:
+                pos = got[0][0]
+                self.buffers = merge_async(self.buffers, self.worker_buffers[pos], share[pos], max_share)
+        else:
+            latest = [(share[pos], b) for pos, b in self.worker_buffers.items() if pos in share]
+            if latest:
+                self.buffers = merge_sync(latest)
 
     def evaluate(self, epoch: float, phase: int, resolution: int) -> None:
-        """Loss and accuracy on the held-out split; batch norm uses batch statistics (the
-        PS holds parameters only, not the workers' running statistics)."""
-        params = self.full_params()
-        torch.nn.utils.vector_to_parameters(params, self.model.parameters())
-        n = min(self.ctx.opts.eval_samples, self.data.test_size)
+        """Loss and accuracy on the held-out split (all of it unless --eval-samples asks for
+        fewer), in eval() mode: batch norm uses the PS's merged running statistics, so the
+        result does not depend on the evaluation batch."""
+        self._load_model(self.full_params())
+        n = self.eval_size()
         loss_sum, correct = 0.0, 0
-        self.model.train()
+        self.model.eval()
         with torch.no_grad():
             for lo in range(0, n, 500):
                 x, y = self.data.batch(np.arange(lo, min(n, lo + 500)), resolution, split="test")
@@ -182,9 +233,13 @@ class Shard:
                 loss_sum += float(F.cross_entropy(out, y, reduction="sum"))
                 correct += int((out.argmax(1) == y).sum())
         rec = {"kind": "eval", "t_s": self.ctx.now(), "epoch": float(epoch), "loss": loss_sum / n,
-               "accuracy": correct / n, "phase": phase, "split": "test"}
+               "accuracy": correct / n, "phase": phase, "split": "test", "samples": n}
         self.final_eval = rec
         self.record(rec)
+
+    def eval_size(self) -> int:
+        asked = self.ctx.opts.eval_samples
+        return self.data.test_size if not asked else min(asked, self.data.test_size)
 
     def _send_gather(self) -> None:
         if self.ctx.shards > 1 and not self.lead:
@@ -390,6 +445,8 @@ class Shard:
                     else:
                         pos, _, m = models[0]
                         self.w.copy_(merge_async(self.w, m, share[pos], max_share))
+            if self.lead:
+                self._merge_buffers(ph, items, share, max_share)
             if ctx.opts.emulate:  # the cluster's PS apply cost, when the real one was faster
                 left = apply_s - (time.perf_counter() - wall0)
                 if left > 0:
@@ -422,7 +479,12 @@ class Shard:
                 nbytes = int(hdr[P.PAYLOAD])
                 if records.numel() and self.lead:
                     for line in bytes(records.numpy()).decode().splitlines():
-                        self.record(json.loads(line))
+                        rec = json.loads(line)
+                        if rec["kind"] == "_buffers":  # the worker's batch-norm statistics
+                            raw = bytearray(base64.b64decode(rec["data"]))
+                            self.worker_buffers[pos] = torch.frombuffer(raw, dtype=torch.float64)
+                        else:
+                            self.record(rec)
                 if kind == P.MSG_DONE:
                     done.add(pos)
                     release_waiting()

@@ -14,8 +14,10 @@ lossy codec it pushes (w_local - w_pulled) and the PS rebuilds w_local.
 
 from __future__ import annotations
 
+import base64
 import json
 import math
+import os
 import threading
 import time
 
@@ -23,13 +25,14 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
+from hybridps.errors import UserError
 from hybridps.spec import gbps_to_bytes_per_s
 from hybridps.stragglers import StragglerSchedule
 from runtime import protocol as P
 from runtime.codecs import ErrorFeedback
 from runtime.context import RunContext, phase_lr, shard_bounds
-from runtime.data import epoch_permutation, load_dataset, share_indices
-from runtime.models import build_model
+from runtime.data import check_samples, epoch_permutation, load_dataset, share_indices
+from runtime.models import build_model, buffers_vector
 
 
 class Aborted(Exception):
@@ -79,8 +82,10 @@ class WorkerProcess:
         self.spec = ctx.cluster.worker_by_name[self.name]
         self.device = device
         self.data = load_dataset(ctx.data_name, ctx.job.data.samples, ctx.data_seed, ctx.opts.data_dir)
+        check_samples(self.data, ctx.data_name, ctx.job.data.samples, ctx.job.data.subset)
         self.model = build_model(ctx.model_name, self.data.num_classes, seed=ctx.data_seed).to(device)
         self.params = list(self.model.parameters())
+        self.has_buffers = any(True for _ in self.model.buffers())
         n = sum(p.numel() for p in self.params)
         self.n_params = n
         self.flat = torch.zeros(n, dtype=torch.float32, device=device)
@@ -284,6 +289,9 @@ class WorkerProcess:
             vec = vec.detach() if self.push_buf is None else self.push_buf.copy_(vec.detach())
             payloads = [c.encode(vec[lo:hi]) for c, (lo, hi) in zip(codecs, self.bounds)]
             self.records.append(self._train_record(p, interval_samples, loss_sum, codecs if lossy else None))
+            if self.has_buffers:  # batch-norm statistics travel to shard 0 with every push
+                raw = buffers_vector(self.model).numpy().tobytes()
+                self.records.append({"kind": "_buffers", "data": base64.b64encode(raw).decode()})
             # post the replies' receives before pushing: a REPLY is a header and the shard's
             # parameters (known size), so the pull starts streaming as soon as the PS sends
             reply_works, pull_works = [], []
@@ -335,7 +343,12 @@ class WorkerProcess:
 
 
 def run_worker(ctx: RunContext, device: torch.device) -> int:
-    w = WorkerProcess(ctx, device)
+    try:
+        w = WorkerProcess(ctx, device)
+    except UserError:
+        if os.environ.get("HYBRIDPS_PARENT_PID"):  # --local: rank 0 reports the same error, once
+            return 2
+        raise
     dist.barrier()  # every process ready: time zero
     ctx.t0 = time.perf_counter()
     try:

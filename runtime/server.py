@@ -7,7 +7,9 @@ and serves whichever message arrives first from a queue, so no worker waits behi
 another's transfer. Shard 0 is the
 coordinator: it decides when a worker stops (the phase's sample target), gates ssp
 workers, writes the trace (the workers ship their records with their pushes),
-evaluates, and writes checkpoints and summary.json. Other shards only apply and serve.
+evaluates, and writes checkpoints and summary.json; it also holds the model's buffers
+(batch-norm statistics, docs/semantics.md) and writes each gradient phase's noise record
+(runtime/noise.py). Other shards only apply and serve.
 
 Liveness: each worker publishes a heartbeat in the rendezvous store (see
 `runtime.worker.Heartbeat`). A worker is lost when its heartbeat stops (dead) or its

@@ -10,6 +10,10 @@ the PS re-weights by samples, so a bsp round equals one SGD step on the union of
 batches and local_steps > 1 acts as a larger batch. Model exchange: the worker trains
 with a local SGD (momentum, weight decay, the phase's LR as the plan gives it) and pushes its weights; with a
 lossy codec it pushes (w_local - w_pulled) and the PS rebuilds w_local.
+
+With each push the worker ships, to shard 0, a `train` record (the interval's mean loss,
+docs/runtime.md) and, for models with buffers, its batch-norm statistics (an internal
+`_buffers` record that the PS merges and never writes to the trace).
 """
 
 from __future__ import annotations

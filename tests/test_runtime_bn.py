@@ -106,3 +106,20 @@ def test_imagefolder_without_a_validation_split_is_one_line_exit_2(tmp_path):
     r = run_cli(["run", *spec_args(tmp_path), "--out", tmp_path / "out", "--local",
                  "--data", f"imagefolder:{tmp_path / 'imgs'}"])
     _one_line_error(r, "no validation split", "val")
+
+
+def test_two_shards_final_checkpoint_has_the_whole_model(tmp_path):
+    # with 2 PS shards shard 0 holds half the parameters; the final checkpoint's
+    # model_state_dict is the whole model (gathered at the last phase end)
+    write_specs(tmp_path, WORKERS, epochs=2, lr=0.05, model="cnn-bn", data="digits", ps_count=2)
+    out = tmp_path / "out"
+    r = run_cli(["run", *spec_args(tmp_path), "--out", out, "--local", "--eval-every", "0", "--worker-timeout", "60"])
+    assert r.returncode == 0, r.stderr
+    ck0 = torch.load(out / "checkpoint.pt", map_location="cpu", weights_only=True)
+    ck1 = torch.load(out / "checkpoint-shard1.pt", map_location="cpu", weights_only=True)
+    model = build_model("cnn-bn", 10)
+    model.load_state_dict(ck0["model_state_dict"])
+    assert torch.equal(torch.nn.utils.parameters_to_vector(model.parameters()), torch.cat([ck0["params"], ck1["params"]]))
+    model.eval()
+    final = json.loads((out / "summary.json").read_text())["final_eval"]
+    assert abs(_accuracy(model, 50) - final["accuracy"]) <= 0.01

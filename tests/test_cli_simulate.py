@@ -13,7 +13,7 @@ import pytest
 from hybridps.cli import main
 from hybridps.spec import load_cluster, load_job, load_plan
 from sim import simulate
-from sim.gantt import GanttData, write_gantt
+from traces.gantt import GanttData, write_gantt
 from traces import read_trace, to_chrome
 
 CLUSTER_TOML = """\
@@ -179,10 +179,10 @@ def test_gantt_from_the_cli_equals_the_gantt_of_the_records(files, capsys):
 def test_gantt_png_is_written(files, capsys, monkeypatch, big):
     import matplotlib.image
 
-    import sim.gantt
+    import traces.gantt
 
     if big:  # force the overview + detail layout used for long runs
-        monkeypatch.setattr(sim.gantt, "EXACT_MAX_BARS", 10)
+        monkeypatch.setattr(traces.gantt, "EXACT_MAX_BARS", 10)
     tmp_path, args = files
     assert main(["simulate", *args, "--gantt", str(tmp_path / "g.png")]) == 0
     data = (tmp_path / "g.png").read_bytes()

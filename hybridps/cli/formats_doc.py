@@ -124,7 +124,7 @@ TRACE_MEANINGS = {
     "compute.worker": "worker name",
     "compute.phase": "phase index",
     "compute.epoch": "epoch index within the run",
-    "compute.step": "iteration index within the worker's phase",
+    "compute.step": "iteration index within the worker's share of the epoch",
     "compute.batch": "batch size",
     "compute.resolution": "input resolution",
     "compute.start_s": "start, from the run's start",

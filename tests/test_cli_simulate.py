@@ -145,7 +145,7 @@ def test_streamed_chrome_file_equals_the_in_memory_export(files, capsys):
     want = _expected(tmp_path)
     in_memory = json.loads(json.dumps(to_chrome(want.header, want.records)))
     assert streamed == in_memory  # same events in the same order, same metadata
-    assert len(streamed["traceEvents"]) == 4 * 2 + 1 + want.events  # lanes, PS process, one event per record
+    assert len(streamed["traceEvents"]) == 4 * 2 + 5 + want.events  # lanes, PS process + its 3 lanes, one per record
     assert not list(tmp_path.glob(".c.json.*"))  # the temporary file was moved into place
 
 

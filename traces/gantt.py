@@ -294,9 +294,9 @@ def layout(data: GanttData, title: str | None = None, window_s: tuple[float, flo
         bin_s = _nice(max((window[1] - window[0]) / OVERVIEW_BINS, 2 * interval))
         overview = Panel("overview", "", *window, bin_s=bin_s)
         overview.comm_full_share = comm_scale(lanes, overview)
-        overview.title = (f"{name}{where}: % of each {format_s(bin_s)} bin spent computing (upper band, full = "
-                          f"100%, white = waiting) and pushing / pulling (grey strip, full = "
-                          f"{overview.comm_full_share:.0%})")
+        overview.title = (f"{name}{where}: share of each {format_s(bin_s)} bin\n"
+                          f"blue band: computing (full = 100%, white = waiting); grey strip: pushing / pulling "
+                          f"(full = {overview.comm_full_share:.0%})")
         panels.append(overview)
         detail_hi = _detail_end_s(lanes, window)
         per_bar, iter_s = _iterations_per_bar(lanes, window[0], detail_hi)
@@ -434,7 +434,7 @@ def draw(picture: Picture, path: str | os.PathLike) -> None:
     lane_h = min(14.0, max(2.5, 0.36 * len(lanes) + 1.5))
     heights = [2.2 if p.kind == "accuracy" else lane_h for p in picture.panels]
     key_lines = len(picture.phase_key)
-    key_h = 0.3 + 0.17 * key_lines if key_lines else 0.0
+    key_h = 0.15 + 0.15 * key_lines if key_lines else 0.0
     fig = plt.figure(figsize=(WIDTH_IN, sum(heights) + key_h + 0.4))
     grid = fig.add_gridspec(len(heights) + (1 if key_lines else 0), 1,
                             height_ratios=heights + ([key_h] if key_lines else []))

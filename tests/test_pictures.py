@@ -52,7 +52,7 @@ def test_long_run_gets_an_overview_with_a_readable_bin_and_a_detail(dbsl, tmp_pa
     assert overview.comm_full_share == 0.1  # comm is ~4%: its strip is scaled so it is not a hairline
     assert "full = 10%" in overview.title
     assert [lane.label.split("\n")[0] for lane in picture.lanes] == ["gtx0", "gtx1", "gtx2", "gtx3"]
-    assert picture.lanes[1].label.split("\n")[1] == "comm 4.0%"
+    assert picture.lanes[1].label.split("\n")[1] == "compute 95%, comm 4.0%"
     # the detail says what a bar is, and draws real iterations
     assert detail.iteration_edges and "one block per iteration" in detail.title
     assert all(n > 40 for n in detail.bars_drawn.values())
@@ -131,7 +131,7 @@ def test_gantt_command_draws_a_runtime_trace_with_an_accuracy_panel(tmp_path, ca
     picture = layout(_data(hdr, recs))
     assert picture.accuracy == [(0.4, 0.3), (0.8, 0.45)]
     assert picture.legend[-1] == "accuracy"
-    assert picture.panels[0].bars_drawn == {"w0\ncomm 20.0%": 12, "w1\ncomm 20.0%": 12}
+    assert picture.panels[0].bars_drawn == {"w0\ncompute 50%, comm 20.0%": 12, "w1\ncompute 75%, comm 20.0%": 12}
     assert picture.phase_key == ["P0  0.0–0.8 s: 24 px, batch 8, bsp, gradient exchange"]
     img_w, img_h = _png_size(tmp_path / "g.png")
     assert img_w == 1430 and img_h > 400

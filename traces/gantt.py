@@ -31,6 +31,7 @@ OVERVIEW_BINS = 400  # at most; fewer when exchanges are rarer (each bin then ho
 DETAIL_BARS_PER_WORKER = 40
 WIDTH_IN, DPI = 13.0, 110
 MIN_BAR_PX = 1.5  # push/pull bars are drawn at least this wide, so short exchanges stay visible
+COMM_ZOOM_BELOW = 0.1  # a push/pull share under this gets a magnified strip
 ITERATION_EDGE_PX = 4.0  # iterations at least this wide get white separators in bar panels
 
 
@@ -230,7 +231,7 @@ def _lanes(data: GanttData, window: tuple[float, float], max_lanes: int | None) 
         share = {k: float(np.sum(e - s)) / span / len(members) for k, (s, e) in bars.items()}
         comm = share["push"] + share["pull"]
         name = members[0] if len(members) == 1 else f"{members[0]} … {members[-1]} ({len(members)}, mean)"
-        lanes.append(Lane(f"{name}\ncomm {comm:.1%}", members, bars, share))
+        lanes.append(Lane(f"{name}\ncompute {share['compute']:.0%}, comm {comm:.1%}", members, bars, share))
     return lanes
 
 
@@ -375,11 +376,13 @@ def share_per_bin(lane: Lane, panel: Panel) -> tuple[np.ndarray, dict[str, np.nd
 
 
 def comm_scale(lanes: list[Lane], panel: Panel) -> float:
-    """The share a full communication strip stands for: the busiest bin's push+pull
-    share rounded up to 1, 2 or 5 × 10^k, so a 5% share is not a hairline."""
+    """The share a full communication strip stands for: 100%, unless no bin's push+pull
+    share reaches COMM_ZOOM_BELOW; then the busiest bin's share rounded up to 1, 2 or
+    5 × 10^k, so a 4% share is not a hairline. (Zooming larger shares would make 16% of
+    comm look bigger than 18% of compute.)"""
     peak = max([float(np.max(f["push"] + f["pull"])) for lane in lanes
                 for f in (share_per_bin(lane, panel)[1],) if len(f["push"])] + [0.0])
-    return min(1.0, _nice(peak)) if peak > 0 else 1.0
+    return _nice(max(peak, 0.01)) if peak < COMM_ZOOM_BELOW else 1.0
 
 
 def _draw_shares(ax, y: int, lane: Lane, panel: Panel, scale: float) -> None:

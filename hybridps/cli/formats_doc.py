@@ -475,7 +475,14 @@ def render() -> str:
         _table(trace_rows(), [("kind", "kind"), ("field", "field"), ("presence", "presence"),
                               ("type", "type"), ("unit", "unit"), ("meaning", "meaning")]),
         "",
-        "`hybridps gantt TRACE -o FILE.png` and `hybridps chrome TRACE -o FILE.json` draw any trace.",
+        "`hybridps gantt TRACE -o FILE.png` and `hybridps chrome TRACE -o FILE.json` draw any trace, "
+        "simulated or measured; both take `--window START:END` (seconds) and `--max-lanes N` (the workers "
+        "beyond the first N-1 share one lane, their mean). A whole run's Chrome file can be more than a "
+        "browser opens: the mixed16 ImageNet trace (`hybridps simulate --cluster mixed16 --job "
+        "imagenet-resnet18 --plan mixed16-imagenet-uniform --trace m16.jsonl`, 2.1 M records) converts "
+        "to 303 MB with `hybridps chrome m16.jsonl -o m16.json`, to 6.1 MB with `--window 0:600`, to "
+        "20.4 MB with `--max-lanes 8 --window 0:3600`, and to 2.0 MB with `--bin-s 30` (the whole run as "
+        "counters: each worker's share of every 30 s bin computing and communicating, PS updates per bin).",
         "",
         "## `simulate --json` — the summary",
         "",

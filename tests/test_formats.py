@@ -141,3 +141,27 @@ def test_schema_check_on_a_spec_format_is_a_one_line_error(capsys):
     assert main(["schema", "plan", "--check", str(DOC)]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "--check applies to `hybridps schema docs` only" in err
+
+
+def test_every_bundled_example_validates_and_is_listed_with_what_it_is(capsys):
+    for kind in ("cluster", "job", "plan"):
+        for name in spec.list_examples(kind):
+            assert main(["check", f"--{kind}", name]) == 0, (kind, name)
+    capsys.readouterr()
+    assert main(["examples"]) == 0
+    out = capsys.readouterr().out
+    assert "  emulated-cpu3  3 workers (3 cpu), 1 PS shard\n" in out
+    assert "  loop-cnn           cnn (5,418 parameters) on synthetic, 6 epochs at 24/32 px\n" in out
+    assert "  mixed16        16 workers (4 rtx3090, 8 v100, 4 t4), 2 PS shards\n" in out
+
+
+def test_the_loop_inputs_in_docs_loop_md_are_the_bundled_files():
+    """docs/loop.md shows emulated-cpu3 and loop-cnn verbatim and runs them by name."""
+    import re
+
+    loop = (DOC.parent / "loop.md").read_text(encoding="utf-8")
+    blocks = re.findall(r"```toml\n(.*?)```", loop, re.S)
+    assert blocks[0] == spec.resolve_path("cluster", "emulated-cpu3").read_text()
+    assert blocks[1] == spec.resolve_path("job", "loop-cnn").read_text()
+    assert "--base emulated-cpu3" in loop and "--job loop-cnn" in loop
+    assert "emulated.toml" not in loop and "--job job.toml" not in loop

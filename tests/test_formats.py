@@ -165,3 +165,24 @@ def test_the_loop_inputs_in_docs_loop_md_are_the_bundled_files():
     assert blocks[1] == spec.resolve_path("job", "loop-cnn").read_text()
     assert "--base emulated-cpu3" in loop and "--job loop-cnn" in loop
     assert "emulated.toml" not in loop and "--job job.toml" not in loop
+
+
+def test_a_union_of_tables_by_kind_is_walked_once_per_field():
+    """The shape of a `policy` table that differs by kind (a discriminated union)."""
+    from typing import Annotated, Literal, Union
+
+    class Greedy(spec._Spec):
+        kind: Literal["sync-switch-greedy"]
+        threshold_s: float = Field(1.0, gt=0)
+
+    class Rebalance(spec._Spec):
+        kind: Literal["lb-rebalance"]
+        every_s: float = Field(10.0, gt=0)
+
+    class PhasePlus(spec.Phase):
+        policy: Annotated[Union[Greedy, Rebalance], Field(discriminator="kind")] | None = None
+
+    rows = {r["path"]: r for r in model_rows(PhasePlus)}
+    assert rows["policy"]["type"] == "table (kind `sync-switch-greedy` \\| `lb-rebalance`) or null"
+    assert rows["policy.threshold_s"]["unit"] == "s" and rows["policy.every_s"]["default"] == "10"
+    assert [r["path"] for r in model_rows(PhasePlus)].count("policy.kind") == 1

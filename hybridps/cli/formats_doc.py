@@ -11,7 +11,7 @@ meaning here is still listed (its meaning reads "(not described yet)").
 from __future__ import annotations
 
 import types
-from typing import Any, Literal, Union, get_args, get_origin
+from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
 from pydantic import BaseModel
 from pydantic_core import PydanticUndefined
@@ -205,12 +205,41 @@ def unit_of(name: str) -> str:
 # --------------------------------------------------------------------------- spec models
 
 
+def _unwrap(ann: Any) -> Any:
+    while get_origin(ann) is Annotated:
+        ann = get_args(ann)[0]
+    return ann
+
+
 def _strip_optional(ann: Any) -> tuple[Any, bool]:
+    ann = _unwrap(ann)
     if get_origin(ann) in (Union, types.UnionType):
-        args = [a for a in get_args(ann) if a is not type(None)]
-        if len(args) == 1 and len(get_args(ann)) == 2:
-            return args[0], True
+        args = [_unwrap(a) for a in get_args(ann) if a is not type(None)]
+        optional = len(args) < len(get_args(ann))
+        if len(args) == 1:
+            return args[0], optional
+        if optional:
+            return Union[tuple(args)], True
     return ann, False
+
+
+def _models_in(ann: Any) -> list[type[BaseModel]]:
+    """The model classes `ann` is: one model, or a union of models (e.g. one per `kind`)."""
+    ann = _unwrap(ann)
+    if _is_model(ann):
+        return [ann]
+    if get_origin(ann) in (Union, types.UnionType):
+        members = [_unwrap(a) for a in get_args(ann)]
+        if members and all(_is_model(m) for m in members):
+            return members
+    return []
+
+
+def _kinds(models: list[type[BaseModel]]) -> str:
+    """`table`, or for a union of tables told apart by `kind`: table (kind `a` | `b`)."""
+    kinds = [f"`{a}`" for m in models if "kind" in m.model_fields
+             for a in get_args(_unwrap(m.model_fields["kind"].annotation))]
+    return "table (kind " + " \\| ".join(kinds) + ")" if len(models) > 1 and kinds else "table"
 
 
 def type_name(ann: Any) -> str:
@@ -219,14 +248,14 @@ def type_name(ann: Any) -> str:
     origin = get_origin(ann)
     if origin is Literal:
         text = " \\| ".join(f"`{a}`" for a in get_args(ann))
-    elif isinstance(ann, type) and issubclass(ann, BaseModel):
-        text = "table"
+    elif _models_in(ann):
+        text = _kinds(_models_in(ann))
     elif origin is dict:
         key, value = get_args(ann)
-        text = f"tables by {'name' if key is str else 'number'}" if _is_model(value) else "table"
+        text = f"tables by {'name' if key is str else 'number'}" if _models_in(value) else "table"
     elif origin is list:
         (item,) = get_args(ann)
-        text = "array of tables" if _is_model(item) else f"list[{type_name(item)}]"
+        text = "array of tables" if _models_in(item) else f"list[{type_name(item)}]"
     elif isinstance(ann, type):
         text = ann.__name__
     else:
@@ -286,19 +315,22 @@ def model_rows(model: type[BaseModel], prefix: str = "", json: bool = False) -> 
     for name, field in model.model_fields.items():
         path = f"{prefix}{name}"
         ann, _ = _strip_optional(field.annotation)
-        container = _is_model(ann) or get_origin(ann) is dict or (get_origin(ann) is list and
-                                                                  _is_model(get_args(ann)[0]))
-        rows.append({"path": path, "type": type_name(field.annotation), "unit": "" if container else unit_of(name),
+        origin = get_origin(ann)
+        if origin is list:
+            children, sub = _models_in(get_args(ann)[0]), f"{path}[]."
+        elif origin is dict:
+            children, sub = _models_in(get_args(ann)[1]), f"{path}.{'NAME' if get_args(ann)[0] is str else 'R'}."
+        else:
+            children, sub = _models_in(ann), f"{path}."
+        rows.append({"path": path, "type": type_name(field.annotation), "unit": "" if children else unit_of(name),
                      "default": _default(field), "range": _range(field),
                      "meaning": field.description or MEANINGS.get(path, NOT_DESCRIBED)})
-        origin = get_origin(ann)
-        if _is_model(ann):
-            rows += model_rows(ann, path + ".")
-        elif origin is list and _is_model(get_args(ann)[0]):
-            rows += model_rows(get_args(ann)[0], path + "[].")
-        elif origin is dict and _is_model(get_args(ann)[1]):
-            key = "NAME" if get_args(ann)[0] is str else "R"
-            rows += model_rows(get_args(ann)[1], f"{path}.{key}.")
+        seen = set()
+        for child in children:  # a union of tables: each field once, from the first kind that has it
+            for row in model_rows(child, sub):
+                if row["path"] not in seen:
+                    seen.add(row["path"])
+                    rows.append(row)
     return rows
 
 

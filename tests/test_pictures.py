@@ -154,6 +154,13 @@ def test_picture_commands_refuse_bad_options_in_one_line(tmp_path, capsys, argv,
         assert needle in err and "Traceback" not in err
 
 
+def test_gantt_window_after_the_trace_ends_is_a_one_line_error(tmp_path, capsys):
+    trace = tmp_path / "t.jsonl"
+    _runtime_trace(trace)
+    assert main(["gantt", str(trace), "-o", str(tmp_path / "g.png"), "--window", "5:9"]) == 2
+    assert "the trace ends at 0.8 s" in capsys.readouterr().err
+
+
 def test_gantt_of_a_trace_without_workers_is_a_one_line_error(tmp_path, capsys):
     trace = tmp_path / "profile.jsonl"
     with TraceWriter(trace, header("profile")) as w:

@@ -120,6 +120,11 @@ class GanttData:
             elif kind == "eval":
                 self.evals.append((float(r["t_s"]), float(r["accuracy"])))
 
+    def end_s(self) -> float:
+        """The trace's last time: the end of its last bar, phase or evaluation."""
+        ends = [float(np.frombuffer(e).max()) for n in self.names for e in self._ends_s[n].values() if len(e)]
+        return max(ends + [r["end_s"] for r in self.phases] + [t for t, _ in self.evals] + [1e-9])
+
     def bars(self) -> Bars:
         """worker -> kind -> (start times, end times), as numpy arrays (copies)."""
         return {n: {k: (np.array(self._starts_s[n][k], dtype=float), np.array(self._ends_s[n][k], dtype=float))
@@ -265,10 +270,7 @@ def _iterations_per_bar(lanes: list[Lane], lo: float, hi: float) -> tuple[float,
 def layout(data: GanttData, title: str | None = None, window_s: tuple[float, float] | None = None,
            max_lanes: int | None = None) -> Picture:
     """Decide what the timeline shows (see `Picture`)."""
-    bars = data.bars()
-    t_end = max([r["end_s"] for r in data.phases] + [float(e.max()) for n in data.names
-                                                      for _, e in bars[n].values() if len(e)]
-                + [t for t, _ in data.evals] + [1e-9])
+    t_end = data.end_s()
     lo, hi = window_s if window_s is not None else (0.0, t_end)
     hi = min(hi, t_end) if window_s is not None and hi > t_end else hi
     window = (lo, max(hi, lo + 1e-9))

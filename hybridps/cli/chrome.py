@@ -6,6 +6,7 @@ aggregated process for the workers beyond `--max-lanes`."""
 from __future__ import annotations
 
 import argparse
+import os
 
 from hybridps.cli import positive_float_arg, positive_int_arg
 from hybridps.cli.gantt import window_arg
@@ -50,7 +51,5 @@ def run(args: argparse.Namespace) -> int:
         write_chrome(args.out, header, records, options)
     except OSError as e:
         raise UserError(f"--out {args.out}: cannot write: {e.strerror}") from None
-    import os
-
     print(f"wrote {args.out} ({os.path.getsize(args.out) / 1e6:,.1f} MB)")
     return 0

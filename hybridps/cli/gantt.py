@@ -55,10 +55,12 @@ def run(args: argparse.Namespace) -> int:
         raise UserError("--max-lanes: expected at least 2 (one worker row and the group row)")
     header, records = stream_trace(args.trace)
     data = GanttData(header)
-    for rec in records:
-        data.write_many((rec,))
+    data.write_many(records)
     if not data.names:
         raise UserError(f"{args.trace}: no compute, push or pull records to draw (a profile trace?)")
+    if args.window and args.window[0] >= data.end_s():
+        raise UserError(f"--window {args.window[0]:g}:{args.window[1]:g}: the trace ends at {data.end_s():,.1f} s; "
+                        f"start the window before that")
     try:
         picture = data.write_png(args.out, args.title or default_title(header), args.window, args.max_lanes)
     except OSError as e:

@@ -91,6 +91,7 @@ def test_max_lanes_groups_the_workers_beyond_it_into_one_mean_row(dbsl):
     _, share = share_per_bin(picture.lanes[1], overview)
     assert 0.9 < float(np.median(share["compute"])) <= 1.0  # a mean share, not a sum over three workers
     assert set(picture.panels[1].bars_drawn) == {picture.lanes[0].label}  # the group is not drawn bar by bar
+    assert "the grouped row: mean share of each" in picture.panels[1].title
 
 
 def _runtime_trace(path, with_eval=True):

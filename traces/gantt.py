@@ -286,12 +286,11 @@ def layout(data: GanttData, title: str | None = None, window_s: tuple[float, flo
     if n_bars <= EXACT_MAX_BARS:
         per_bar, iter_s = _iterations_per_bar(lanes, *window)
         edges = iter_s * px_per_s >= ITERATION_EDGE_PX
-        panels.append(Panel("bars", f"{name}{where}: {_bar_caption(per_bar, edges)}", *window,
+        panels.append(Panel("bars", f"{name}{where}\n{_bar_caption(per_bar, edges)}", *window,
                             bars_drawn=_bar_counts(lanes, *window), iterations_per_bar=per_bar,
                             iteration_edges=edges))
         if any_group:
-            panels[-1].bin_s = (window[1] - window[0]) / OVERVIEW_BINS
-            panels[-1].comm_full_share = comm_scale(lanes, panels[-1])
+            _group_bins(panels[-1], lanes)
     else:
         interval = _exchange_interval_s(lanes)
         bin_s = _nice(max((window[1] - window[0]) / OVERVIEW_BINS, 2 * interval))
@@ -309,8 +308,7 @@ def layout(data: GanttData, title: str | None = None, window_s: tuple[float, flo
                             bars_drawn=_bar_counts(lanes, window[0], detail_hi), iterations_per_bar=per_bar,
                             iteration_edges=edges))
         if any_group:
-            panels[-1].bin_s = (detail_hi - window[0]) / OVERVIEW_BINS
-            panels[-1].comm_full_share = comm_scale(lanes, panels[-1])
+            _group_bins(panels[-1], lanes)
     accuracy = [(t, a) for t, a in data.evals if window[0] <= t <= window[1]]
     if accuracy:
         panels.append(Panel("accuracy", "evaluation accuracy of the global model", *window))
@@ -318,9 +316,17 @@ def layout(data: GanttData, title: str | None = None, window_s: tuple[float, flo
     return Picture(name, lanes, panels, marks, key, accuracy, legend)
 
 
+def _group_bins(panel: Panel, lanes: list[Lane]) -> None:
+    """A bar panel draws a group of workers as their mean share per bin; say so."""
+    panel.bin_s = (panel.end_s - panel.start_s) / OVERVIEW_BINS
+    panel.comm_full_share = comm_scale(lanes, panel)
+    panel.title += (f"\nthe grouped row: mean share of each {format_s(panel.bin_s)} bin (push/pull strip full = "
+                    f"{panel.comm_full_share:.0%})")
+
+
 def _bar_caption(per_bar: float, edges: bool) -> str:
     if edges:
-        return "bar by bar, one block per iteration (thin white lines separate back-to-back iterations)"
+        return "bar by bar, one block per iteration (white lines separate back-to-back iterations)"
     if per_bar > 1.5:
         return f"bar by bar; back-to-back iterations merge into one blue bar (median {per_bar:.0f} per bar)"
     return "bar by bar, one blue bar per iteration"

@@ -224,3 +224,21 @@ def test_chrome_max_lanes_keeps_n_minus_1_workers_and_one_group(dbsl):
     assert [e for e in events if e["ph"] == "X" and e["pid"] == 1]  # own lanes keep their bars
     shares = [e["args"]["compute"] for e in events if e["ph"] == "C" and e["pid"] == group]
     assert max(shares) <= 1.0
+
+
+def test_the_picture_and_schema_commands_never_import_torch(tmp_path):
+    import subprocess
+    import sys
+
+    trace = tmp_path / "t.jsonl"
+    _runtime_trace(trace)
+    code = ("import sys\n"
+            "from hybridps.cli import main\n"
+            f"assert main(['gantt', {str(trace)!r}, '-o', {str(tmp_path / 'g.png')!r}]) == 0\n"
+            f"assert main(['chrome', {str(trace)!r}, '-o', {str(tmp_path / 'c.json')!r}]) == 0\n"
+            f"assert main(['schema', 'docs', '-o', {str(tmp_path / 'f.md')!r}]) == 0\n"
+            "import matplotlib\n"
+            "assert matplotlib.get_backend().lower() == 'agg', matplotlib.get_backend()\n"
+            "assert 'torch' not in sys.modules\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr

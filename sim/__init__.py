@@ -9,7 +9,7 @@ Public API (other packages code against this):
 Layout: `predictor` (compute/transfer/apply times and wire bytes), `network` (fluid
 max-min fair share per direction), `ps` (parameter server), `worker` (the worker
 process), `metrics` (counters, trace recorder, SimResult), `engine` (wiring and
-phases), `gantt` (timeline PNG).
+phases). The timeline PNG is `traces.gantt` (it reads trace records only).
 """
 
 from sim.engine import Simulation, simulate, trace_header

@@ -13,7 +13,7 @@ import pytest
 from hybridps.cli import main
 from hybridps.spec import load_cluster, load_job, load_plan
 from sim import simulate
-from sim.gantt import GanttData, write_gantt
+from traces.gantt import GanttData, write_gantt
 from traces import read_trace, to_chrome
 
 CLUSTER_TOML = """\
@@ -145,7 +145,7 @@ def test_streamed_chrome_file_equals_the_in_memory_export(files, capsys):
     want = _expected(tmp_path)
     in_memory = json.loads(json.dumps(to_chrome(want.header, want.records)))
     assert streamed == in_memory  # same events in the same order, same metadata
-    assert len(streamed["traceEvents"]) == 4 * 2 + 1 + want.events  # lanes, PS process, one event per record
+    assert len(streamed["traceEvents"]) == 4 * 2 + 5 + want.events  # lanes, PS process + its 3 lanes, one per record
     assert not list(tmp_path.glob(".c.json.*"))  # the temporary file was moved into place
 
 
@@ -179,10 +179,10 @@ def test_gantt_from_the_cli_equals_the_gantt_of_the_records(files, capsys):
 def test_gantt_png_is_written(files, capsys, monkeypatch, big):
     import matplotlib.image
 
-    import sim.gantt
+    import traces.gantt
 
     if big:  # force the overview + detail layout used for long runs
-        monkeypatch.setattr(sim.gantt, "EXACT_MAX_BARS", 10)
+        monkeypatch.setattr(traces.gantt, "EXACT_MAX_BARS", 10)
     tmp_path, args = files
     assert main(["simulate", *args, "--gantt", str(tmp_path / "g.png")]) == 0
     data = (tmp_path / "g.png").read_bytes()

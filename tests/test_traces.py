@@ -100,7 +100,8 @@ def test_chrome_export_has_compute_and_comm_lane_per_worker():
     out = to_chrome(header("sim", plan=plan), RECORDS)
     events = out["traceEvents"]
     lanes = {(e["pid"], e["args"]["name"]) for e in events if e.get("name") == "thread_name"}
-    assert lanes == {(1, "compute"), (1, "communication"), (2, "compute"), (2, "communication")}
+    assert lanes == {(1, "compute"), (1, "communication"), (2, "compute"), (2, "communication"),
+                     (0, "phases"), (0, "updates"), (0, "evaluations")}  # every lane named, the PS's too
     procs = {e["pid"]: e["args"]["name"] for e in events if e.get("name") == "process_name"}
     assert procs[1] == "w0" and procs[2] == "w1"
     push = next(e for e in events if e.get("name") == "push")

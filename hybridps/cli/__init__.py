@@ -15,7 +15,7 @@ import sys
 from hybridps import __version__
 from hybridps.errors import UserError
 
-COMMANDS = ["examples", "check", "simulate", "plan", "run", "profile", "calibrate", "validate"]
+COMMANDS = ["examples", "check", "simulate", "plan", "run", "profile", "calibrate", "validate", "schema", "gantt", "chrome"]
 
 
 def _bounded_arg(cast: type, lowest: float, strict: bool, expected: str):

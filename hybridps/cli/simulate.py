@@ -65,7 +65,7 @@ def run(args: argparse.Namespace) -> int:
     from hybridps.progress import progress_bar
     from hybridps.spec import load_cluster, load_job, load_plan
     from sim import Simulation, trace_header
-    from sim.gantt import GanttData
+    from traces.gantt import GanttData
     from traces import TraceWriter
     from traces.chrome import ChromeWriter
 

@@ -293,6 +293,22 @@ class ClassShareLink(_Link):
         for k in range(len(served)):
             served[k] += rate[k] * dt
 
+    def send(self, worker: int, nbytes: float, latency_s: float) -> None:
+        # the generic send (advance, insert, set rates, arm) with fewer calls: the hot path
+        now = self.env.now
+        self._advance(now)
+        k = self.class_of[worker]
+        self._seq += 1
+        heapq.heappush(self._heaps[k], (self._served[k] + nbytes, self._seq, worker, latency_s, now))
+        self._n_flows += 1
+        self.bytes_sent += nbytes
+        self._set_rates()
+        at = now + self._next_done_s()
+        if at < self._timer_at:
+            self._timer_at = at
+            self._timer_gen += 1
+            self.env.timeout(at - now, self._timer_gen).callbacks.append(self._timer_fired)
+
     def _insert(self, worker: int, nbytes: float, latency_s: float, start_s: float) -> None:
         k = self.class_of[worker]
         self._seq += 1
@@ -304,43 +320,65 @@ class ClassShareLink(_Link):
         """Water-filling over capacity classes (ascending): what `water_fill` gives each flow."""
         left, n_left = self.shared_cap, self._n_flows
         level = None
+        rate, heaps = self._rate, self._heaps
         for k, cap in enumerate(self.class_caps):
-            n_k = len(self._heaps[k])
+            n_k = len(heaps[k])
             if n_k == 0:
-                self._rate[k] = 0.0
+                rate[k] = 0.0
             elif level is not None:
-                self._rate[k] = level
+                rate[k] = level
             elif cap < left / n_left:
-                self._rate[k] = cap
+                rate[k] = cap
                 left -= cap * n_k
                 n_left -= n_k
             else:
                 level = left / n_left  # this class and every larger one share what is left
-                self._rate[k] = level
+                rate[k] = level
+
+    def _on_timer(self, gen: int) -> None:
+        # the generic _on_timer (advance, pop the finished flows, re-arm, deliver) with fewer calls
+        if gen != self._timer_gen:
+            return
+        now = self.env.now
+        self._timer_at = float("inf")
+        self._advance(now)
+        done = self._pop_done()
+        at = now + self._next_done_s()
+        if at < self._timer_at:
+            self._timer_at = at
+            self._timer_gen += 1
+            self.env.timeout(at - now, self._timer_gen).callbacks.append(self._timer_fired)
+        deliver = self.deliver
+        for worker, latency_s, start_s in done:
+            deliver(worker, start_s, now + latency_s)
 
     def _pop_done(self) -> list[tuple[int, float, float]]:
         done = []
+        served, rate = self._served, self._rate
         for k, heap in enumerate(self._heaps):
-            limit = self._served[k] + self._rate[k] * _DONE_S
-            while heap and heap[0][0] <= limit:
-                done.append(heapq.heappop(heap))
-            if not heap:
-                self._served[k] = 0.0  # rebase the virtual clock: keeps float precision
+            if heap:
+                limit = served[k] + rate[k] * _DONE_S
+                while heap and heap[0][0] <= limit:
+                    done.append(heapq.heappop(heap))
+                if not heap:
+                    served[k] = 0.0  # rebase the virtual clock: keeps float precision
         if not done:
             return []
         self._n_flows -= len(done)
         self._set_rates()
-        done.sort(key=lambda f: f[1])  # insertion order
+        if len(done) > 1:
+            done.sort(key=lambda f: f[1])  # insertion order, as WaterFillLink delivers
         return [(worker, latency_s, start_s) for _, _, worker, latency_s, start_s in done]
 
     def _next_done_s(self) -> float:
         best = float("inf")
+        served, rate = self._served, self._rate
         for k, heap in enumerate(self._heaps):
             if heap:
-                dt = (heap[0][0] - self._served[k]) / self._rate[k]
+                dt = (heap[0][0] - served[k]) / rate[k]
                 if dt < best:
                     best = dt
-        return max(0.0, best)
+        return best if best > 0.0 else 0.0
 
 
 def make_link(env: simpy.Environment, shared_cap_bytes_per_s: float, worker_caps_bytes_per_s: list[float],

@@ -170,7 +170,8 @@ def search(cluster: Cluster, job: Job, cons: Constraints, scorer: Scorer = simul
            seed: int | None = None, jobs: int = 2, proxy_epochs: int = 2, proxy_count: int = 12,
            full_count: int = 2, objective: str = "time", baseline: str = "full") -> SearchResult:
     t0 = time.perf_counter()
-    cands = generate(cluster, job, cons)
+    # DBSL variants outside the best proxy_count estimates are never simulated: not generated
+    cands = generate(cluster, job, cons, dbsl_keep=proxy_count)
     t_gen = time.perf_counter()
     ranked = [Ranked(c, i) for i, c in enumerate(cands)]
     base = ranked[0]  # generate() puts uniform first

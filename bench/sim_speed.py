@@ -8,6 +8,16 @@
     gradient exchange: 79 iterations x 64 workers x 90 epochs = 455,040 worker-iterations;
 (c) the same with asp and transient stragglers.
 Target: (b) in 10 s or less, with the full network model on.
+
+    python bench/sim_speed.py --scaling  # cost per worker-iteration against cluster size
+
+(d) scaling: 16 to 1,024 RTX 3090 workers, bsp and asp, equal NICs (all 25 Gbps) and
+    mixed NICs (half 25, half 10 Gbps), about the same number of worker-iterations per
+    run; each figure is printed relative to a bare SimPy loop timed in the same process
+    (N generator processes, each `yield env.timeout(t)` then a `simpy.Resource` request
+    for the PS per iteration), and mixed relative to equal. SimPy events are counted in a
+    separate run (deterministic). `--reference` also times the reference path
+    (`simulate(..., fast=False)`: the per-flow water-fill).
 """
 
 from __future__ import annotations
@@ -16,9 +26,12 @@ import argparse
 import cProfile
 import io
 import pstats
+import os
 import sys
 import time
 from pathlib import Path
+
+import simpy
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -61,7 +74,7 @@ def cifar_dbsl():
     return cluster, job, load_plan("gtx1080x4-cifar100-dbsl", cluster, job)
 
 
-def run_case(label: str, cluster, job, plan) -> float:
+def run_case(label: str, cluster, job, plan, events: bool = False) -> float:
     t0 = time.perf_counter()
     result = simulate(cluster, job, plan)
     wall_s = time.perf_counter() - t0
@@ -70,18 +83,132 @@ def run_case(label: str, cluster, job, plan) -> float:
     print(f"{label}: {iterations:,} worker-iterations, {s['events']:,} trace events, simulated makespan "
           f"{s['makespan_s'] / 3600:.2f} h; wall {wall_s:.2f} s = {iterations / wall_s:,.0f} worker-iterations/s",
           flush=True)
+    if events:
+        n = count_events(cluster, job, plan)
+        print(f"    {n:,} SimPy events = {n / iterations:.2f} per worker-iteration", flush=True)
     return wall_s
+
+
+class CountingEnvironment(simpy.Environment):
+    """simpy.Environment that counts the events it processes."""
+
+    events = 0
+
+    def step(self) -> None:
+        CountingEnvironment.events += 1
+        super().step()
+
+
+def count_events(cluster, job, plan, **kw) -> int:
+    real = simpy.Environment
+    simpy.Environment = CountingEnvironment
+    CountingEnvironment.events = 0
+    try:
+        simulate(cluster, job, plan, **kw)
+    finally:
+        simpy.Environment = real
+    return CountingEnvironment.events
+
+
+def bare_loop_s(n_workers: int, iters_per_worker: int) -> float:
+    """Wall time of the bare SimPy loop the issue compares with: one generator per worker,
+    each iteration a timeout and then a Resource request for the PS."""
+    env = simpy.Environment()
+    ps = simpy.Resource(env, capacity=1)
+
+    def worker(i: int):
+        for _ in range(iters_per_worker):
+            yield env.timeout(0.1 + 1e-4 * i)
+            with ps.request() as req:
+                yield req
+
+    for i in range(n_workers):
+        env.process(worker(i))
+    t0 = time.perf_counter()
+    env.run()
+    return time.perf_counter() - t0
+
+
+def scaled(n_workers: int, sync: str, mixed: bool, worker_iterations: int, stragglers: bool = False):
+    """n RTX 3090 workers (half at 10 Gbps when mixed), n/8 PS shards of 25 Gbps, batch 256,
+    one iteration per worker-epoch, about `worker_iterations` in all."""
+    rtx = load_cluster("rtx3090x4").model_dump(mode="json")
+    workers = [{"name": "fast", "device": "rtx3090", "count": n_workers // 2, "bandwidth_gbps": 25.0},
+               {"name": "slow", "device": "rtx3090", "count": n_workers - n_workers // 2,
+                "bandwidth_gbps": 10.0 if mixed else 25.0}]
+    cluster = cluster_from_dict({
+        "format": "hybridps.cluster/1",
+        "ps": {"count": max(1, n_workers // 8), "bandwidth_gbps": 25.0, "latency_ms": 0.05,
+               "apply_s_per_mparam": 0.0005},
+        "devices": {"rtx3090": rtx["devices"]["rtx3090"]}, "workers": workers,
+        "stragglers": {"rate_per_hour": 2.0 if stragglers else 0.0, "slowdown": 2.0, "mean_duration_s": 60.0,
+                       "seed": 0},
+    })
+    job_d = load_job("imagenet-resnet18").model_dump(mode="json")
+    epochs = max(1, worker_iterations // n_workers)
+    job_d["data"]["samples"] = n_workers * BATCH
+    job_d["train"].update(epochs=epochs, lr_milestones=[])
+    job = job_from_dict(job_d)
+    names = [w.name for w in cluster.worker_list]
+    plan = plan_from_dict({"format": "hybridps.plan/1", "phases": [{
+        "epochs": epochs, "resolution": RESOLUTION, "sync": sync, "staleness": None, "exchange": "gradient",
+        "local_steps": None, "lr": 0.1, "compression": {"kind": "none"},
+        "workers": [{"name": n, "batch": BATCH, "samples": BATCH} for n in names]}]}, cluster=cluster, job=job)
+    return cluster, job, plan
+
+
+def best_wall_s(repeat: int, fn) -> float:
+    best = float("inf")
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - t0)
+    return best
+
+
+def scaling(sizes: list[int], worker_iterations: int, repeat: int, reference: bool) -> None:
+    print(f"\n(d) scaling, about {worker_iterations:,} worker-iterations per run, best of {repeat}; "
+          f"load average {os.getloadavg()[0]:.2f}")
+    print(f"{'sync':<5}{'workers':>8}{'NICs':>7}{'us/w-it':>9}{'vs bare':>9}{'mixed/eq':>9}{'events/w-it':>12}"
+          + (f"{'ref vs bare':>12}" if reference else ""))
+    for sync in ("bsp", "asp"):
+        for n in sizes:
+            iters = max(1, worker_iterations // n)
+            bare = best_wall_s(repeat, lambda: bare_loop_s(n, iters)) / (n * iters)
+            equal = None
+            for mixed in (False, True):
+                case = scaled(n, sync, mixed, worker_iterations)
+                wit = n * iters
+                per = best_wall_s(repeat, lambda: simulate(*case)) / wit
+                events = count_events(*case) / wit
+                equal = per if not mixed else equal
+                ratio = f"{per / equal:8.2f}x" if mixed else f"{'':9}"
+                line = (f"{sync:<5}{n:>8}{'mixed' if mixed else 'equal':>7}{per * 1e6:>9.2f}{per / bare:>8.2f}x"
+                        f"{ratio}{events:>12.2f}")
+                if reference and mixed:
+                    ref = best_wall_s(1, lambda: simulate(*case, fast=False)) / wit
+                    line += f"{ref / bare:>11.2f}x"
+                print(line, flush=True)
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--profile", action="store_true", help="cProfile case (b) and print the top functions")
+    ap.add_argument("--scaling", action="store_true", help="only case (d): cost per worker-iteration vs cluster size")
+    ap.add_argument("--sizes", type=int, nargs="+", default=[16, 64, 256, 1024])
+    ap.add_argument("--worker-iterations", type=int, default=40_960)
+    ap.add_argument("--repeat", type=int, default=3, help="best of N for (d)")
+    ap.add_argument("--reference", action="store_true", help="(d) also times the reference path (fast=False)")
     args = ap.parse_args()
+    if args.scaling:
+        scaling(args.sizes, args.worker_iterations, args.repeat, args.reference)
+        return
     run_case("(a) gtx1080x4 CIFAR-100 DBSL, 140 epochs", *cifar_dbsl())
-    wall_b = run_case("(b) 64 x rtx3090 ImageNet-1k bsp/gradient, 90 epochs", *imagenet64("bsp", False))
+    print(f"load average {os.getloadavg()[0]:.2f}")
+    wall_b = run_case("(b) 64 x rtx3090 ImageNet-1k bsp/gradient, 90 epochs", *imagenet64("bsp", False), events=True)
     print(f"    target {TARGET_S:.0f} s: (b) took {wall_b / TARGET_S:.2f}x the target "
           f"({'met' if wall_b <= TARGET_S else 'missed'})")
-    wall_c = run_case("(c) same, asp with transient stragglers", *imagenet64("asp", True))
+    wall_c = run_case("(c) same, asp with transient stragglers", *imagenet64("asp", True), events=True)
     print(f"    (c) / (b) wall time: {wall_c / wall_b:.2f}x; (c) took {wall_c / TARGET_S:.2f}x the target")
     if args.profile:
         cluster, job, plan = imagenet64("bsp", False)

@@ -381,8 +381,8 @@ class Phase(_Spec):
             raise _FieldError("staleness", "sync 'ssp' needs an integer staleness bound (e.g. 3)")
         if self.sync != "ssp" and self.staleness is not None:
             raise _FieldError("staleness", f"staleness applies only to sync 'ssp' (this phase is {self.sync!r}); use null")
-        names = [w.name for w in self.workers]
-        dup = {n for n in names if names.count(n) > 1}
+        seen: set[str] = set()
+        dup = {w.name for w in self.workers if w.name in seen or seen.add(w.name)}  # O(n), not names.count
         if dup:
             raise _FieldError("workers", f"worker(s) listed twice: {', '.join(sorted(dup))}")
         return self

@@ -28,10 +28,11 @@ class Simulation:
     """One run of a plan. `run()` returns the SimResult; use `simulate()` normally."""
 
     def __init__(self, cluster: Cluster, job: Job, plan: Plan, seed: int | None = None, record: bool = False,
-                 trace: Any | None = None, log_updates: bool = False):
+                 trace: Any | None = None, log_updates: bool = False, fast: bool = True):
         check_plan(plan, cluster, job)  # a SpecError naming the field beats a KeyError deep inside
         self.cluster, self.job, self.plan = cluster, job, plan
         self.seed = cluster.stragglers.seed if seed is None else seed
+        self.fast = fast
         self.env = simpy.Environment()
         self.names = [w.name for w in cluster.worker_list]
         self.counters = Counters(len(self.names), log_updates)
@@ -163,13 +164,16 @@ class Simulation:
 
 
 def simulate(cluster: Cluster, job: Job, plan: Plan, seed: int | None = None, record: bool = False,
-             trace: Any | None = None, log_updates: bool = False) -> SimResult:
+             trace: Any | None = None, log_updates: bool = False, fast: bool = True) -> SimResult:
     """Simulate `plan` on `cluster` for `job`.
 
     seed: transient-straggler seed (default: cluster.stragglers.seed). record: keep the
     trace records (`result.records`, header in `result.header`). trace: a
     traces.TraceWriter to stream the records into as the simulation goes. log_updates:
     keep every applied update in `result.counters.update_log` (sim.metrics.UpdateLog),
-    what the convergence model reads.
+    what the convergence model reads. fast=False: the reference event-by-event model with
+    the per-flow water-fill (the fast paths are checked against it by
+    tests/test_sim_equivalence.py).
     """
-    return Simulation(cluster, job, plan, seed=seed, record=record, trace=trace, log_updates=log_updates).run()
+    return Simulation(cluster, job, plan, seed=seed, record=record, trace=trace, log_updates=log_updates,
+                      fast=fast).run()

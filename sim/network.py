@@ -18,7 +18,12 @@ path latency, the moment the message arrives; the receiver acts at `end_s` (this
 one event per message).
 `EqualShareLink` is the fast path when every worker NIC has the same capacity (all
 flows then run at the same rate, so a virtual clock and a heap give O(log n) per
-change); `WaterFillLink` handles any capacities with an O(n) recompute.
+change). `ClassShareLink` handles any capacities: flows with the same NIC capacity
+always get the same rate, so it keeps one virtual clock and heap per capacity class and
+water-fills over the classes, O(#classes + log n) per change. `WaterFillLink` is the
+reference: per-flow state and an O(n log n) water-fill on every change (what the
+simulator used before; `simulate(..., fast=False)` still runs it, and the equivalence
+tests compare the two).
 """
 
 from __future__ import annotations
@@ -66,7 +71,8 @@ class _Link:
 
     # subclass hooks ---------------------------------------------------------------
     def _advance(self, now: float) -> None: ...
-    def _insert(self, worker: int, nbytes: float, latency_s: float, start_s: float) -> None: ...
+    def _insert(self, worker: int, nbytes: float, latency_s: float, start_s: float) -> None: ...  # no rate update
+    def _set_rates(self) -> None: ...
     def _pop_done(self) -> list[tuple[int, float, float]]: ...  # (worker, latency_s, start_s)
     def _next_done_s(self) -> float: ...  # seconds from now to the next completion (inf if idle)
 
@@ -76,6 +82,7 @@ class _Link:
         now = self.env.now
         self._advance(now)
         self._insert(worker, nbytes, latency_s, now)
+        self._set_rates()
         self._arm(now)
 
     def send_many(self, workers: list[int], nbytes: float, latency_s: list[float]) -> None:
@@ -84,6 +91,7 @@ class _Link:
         self._advance(now)
         for w in workers:
             self._insert(w, nbytes, latency_s[w], now)
+        self._set_rates()
         self._arm(now)
 
     # internals --------------------------------------------------------------------
@@ -154,7 +162,7 @@ class EqualShareLink(_Link):
             gen = self._timer_gen
             self.env.timeout(at - now, gen).callbacks.append(self._timer_fired)
 
-    def _set_rate(self) -> None:
+    def _set_rates(self) -> None:
         n = len(self._heap)
         self._rate = min(self.worker_cap, self.shared_cap / n) if n else 0.0
 
@@ -162,7 +170,6 @@ class EqualShareLink(_Link):
         self._seq += 1
         heapq.heappush(self._heap, (self._served + nbytes, self._seq, worker, latency_s, start_s))
         self.bytes_sent += nbytes
-        self._set_rate()
 
     def _on_timer(self, gen: int) -> None:
         # the generic _on_timer (advance, pop the finished flows, re-arm, deliver), inlined
@@ -203,7 +210,7 @@ class EqualShareLink(_Link):
             _, _, worker, latency_s, start_s = heapq.heappop(heap)
             done.append((worker, latency_s, start_s))
         if done:
-            self._set_rate()
+            self._set_rates()
             if not heap:
                 self._served = 0.0  # rebase the virtual clock: keeps float precision
         return done
@@ -215,7 +222,8 @@ class EqualShareLink(_Link):
 
 
 class WaterFillLink(_Link):
-    """Any worker NIC capacities: water-filling recomputed whenever the flow set changes."""
+    """Any worker NIC capacities, per-flow state, water-filling recomputed whenever the flow
+    set changes: O(n log n) per change. The reference implementation (fast=False)."""
 
     def __init__(self, env: simpy.Environment, shared_cap_bytes_per_s: float, worker_caps_bytes_per_s: list[float],
                  deliver: DeliverFn):
@@ -241,7 +249,6 @@ class WaterFillLink(_Link):
     def _insert(self, worker: int, nbytes: float, latency_s: float, start_s: float) -> None:
         self._flows.append([float(nbytes), 0.0, worker, latency_s, start_s])
         self.bytes_sent += nbytes
-        self._set_rates()
 
     def _pop_done(self) -> list[tuple[int, float, float]]:
         done = [(f[2], f[3], f[4]) for f in self._flows if f[0] <= f[1] * _DONE_S]
@@ -256,9 +263,134 @@ class WaterFillLink(_Link):
         return max(0.0, min(f[0] / f[1] for f in self._flows))
 
 
+class ClassShareLink(_Link):
+    """Any worker NIC capacities, O(#classes + log n) per change.
+
+    Water-filling gives every flow of the same capacity the same rate, so the flows of one
+    capacity class share a virtual clock `served[k]` (bytes each of its flows has received)
+    and a heap of finish marks, as in EqualShareLink; water-filling runs over the classes,
+    not the flows. Completions are delivered in insertion order, as WaterFillLink does.
+    """
+
+    def __init__(self, env: simpy.Environment, shared_cap_bytes_per_s: float, worker_caps_bytes_per_s: list[float],
+                 deliver: DeliverFn):
+        super().__init__(env, shared_cap_bytes_per_s, deliver)
+        self.class_caps = sorted(set(worker_caps_bytes_per_s))  # ascending: the water-fill order
+        index = {cap: k for k, cap in enumerate(self.class_caps)}
+        self.class_of = [index[cap] for cap in worker_caps_bytes_per_s]
+        n_classes = len(self.class_caps)
+        self._served = [0.0] * n_classes
+        self._rate = [0.0] * n_classes
+        self._heaps: list[list[tuple[float, int, int, float, float]]] = [[] for _ in range(n_classes)]
+        self._n_flows = 0
+        self._t_last = 0.0
+        self._seq = 0
+
+    def _advance(self, now: float) -> None:
+        dt = now - self._t_last
+        self._t_last = now
+        served, rate = self._served, self._rate
+        for k in range(len(served)):
+            served[k] += rate[k] * dt
+
+    def send(self, worker: int, nbytes: float, latency_s: float) -> None:
+        # the generic send (advance, insert, set rates, arm) with fewer calls: the hot path
+        now = self.env.now
+        dt = now - self._t_last
+        self._t_last = now
+        served, rate, heaps = self._served, self._rate, self._heaps
+        for k in range(len(served)):
+            served[k] += rate[k] * dt
+        k = self.class_of[worker]
+        self._seq += 1
+        heapq.heappush(heaps[k], (served[k] + nbytes, self._seq, worker, latency_s, now))
+        self._n_flows += 1
+        self.bytes_sent += nbytes
+        self._set_rates()
+        at = now + self._next_done_s()
+        if at < self._timer_at:
+            self._timer_at = at
+            self._timer_gen += 1
+            self.env.timeout(at - now, self._timer_gen).callbacks.append(self._timer_fired)
+
+    def _insert(self, worker: int, nbytes: float, latency_s: float, start_s: float) -> None:
+        k = self.class_of[worker]
+        self._seq += 1
+        heapq.heappush(self._heaps[k], (self._served[k] + nbytes, self._seq, worker, latency_s, start_s))
+        self._n_flows += 1
+        self.bytes_sent += nbytes
+
+    def _set_rates(self) -> None:
+        """Water-filling over capacity classes (ascending): what `water_fill` gives each flow."""
+        left, n_left = self.shared_cap, self._n_flows
+        level = None
+        rate, heaps = self._rate, self._heaps
+        for k, cap in enumerate(self.class_caps):
+            n_k = len(heaps[k])
+            if n_k == 0:
+                rate[k] = 0.0
+            elif level is not None:
+                rate[k] = level
+            elif cap < left / n_left:
+                rate[k] = cap
+                left -= cap * n_k
+                n_left -= n_k
+            else:
+                level = left / n_left  # this class and every larger one share what is left
+                rate[k] = level
+
+    def _on_timer(self, gen: int) -> None:
+        # the generic _on_timer (advance, pop the finished flows, re-arm, deliver) with fewer calls
+        if gen != self._timer_gen:
+            return
+        now = self.env.now
+        self._timer_at = float("inf")
+        self._advance(now)
+        done = self._pop_done()
+        at = now + self._next_done_s()
+        if at < self._timer_at:
+            self._timer_at = at
+            self._timer_gen += 1
+            self.env.timeout(at - now, self._timer_gen).callbacks.append(self._timer_fired)
+        deliver = self.deliver
+        for worker, latency_s, start_s in done:
+            deliver(worker, start_s, now + latency_s)
+
+    def _pop_done(self) -> list[tuple[int, float, float]]:
+        done = []
+        served, rate = self._served, self._rate
+        for k, heap in enumerate(self._heaps):
+            if heap:
+                limit = served[k] + rate[k] * _DONE_S
+                while heap and heap[0][0] <= limit:
+                    done.append(heapq.heappop(heap))
+                if not heap:
+                    served[k] = 0.0  # rebase the virtual clock: keeps float precision
+        if not done:
+            return []
+        self._n_flows -= len(done)
+        self._set_rates()
+        if len(done) > 1:
+            done.sort(key=lambda f: f[1])  # insertion order, as WaterFillLink delivers
+        return [(worker, latency_s, start_s) for _, _, worker, latency_s, start_s in done]
+
+    def _next_done_s(self) -> float:
+        best = float("inf")
+        served, rate = self._served, self._rate
+        for k, heap in enumerate(self._heaps):
+            if heap:
+                dt = (heap[0][0] - served[k]) / rate[k]
+                if dt < best:
+                    best = dt
+        return best if best > 0.0 else 0.0
+
+
 def make_link(env: simpy.Environment, shared_cap_bytes_per_s: float, worker_caps_bytes_per_s: list[float],
-              deliver: DeliverFn) -> _Link:
-    """The cheapest exact implementation for these capacities."""
+              deliver: DeliverFn, fast: bool = True) -> _Link:
+    """The cheapest exact implementation for these capacities; fast=False: the reference
+    per-flow water-fill for unequal NICs (what the simulator did before ClassShareLink)."""
     if len(set(worker_caps_bytes_per_s)) == 1:
         return EqualShareLink(env, shared_cap_bytes_per_s, worker_caps_bytes_per_s[0], deliver)
+    if fast:
+        return ClassShareLink(env, shared_cap_bytes_per_s, worker_caps_bytes_per_s, deliver)
     return WaterFillLink(env, shared_cap_bytes_per_s, worker_caps_bytes_per_s, deliver)

@@ -41,8 +41,8 @@ class ParameterServer:
         self.env = sim.env
         n = len(sim.cluster.worker_list)
         ps_cap, worker_caps = nic_caps_bytes_per_s(sim.cluster)
-        self.push_link = make_link(self.env, ps_cap, worker_caps, self._on_push_delivered)
-        self.pull_link = make_link(self.env, ps_cap, worker_caps, self._on_pull_delivered)
+        self.push_link = make_link(self.env, ps_cap, worker_caps, self._on_push_delivered, sim.fast)
+        self.pull_link = make_link(self.env, ps_cap, worker_caps, self._on_pull_delivered, sim.fast)
         self.latency_s = message_latency_s(sim.cluster)
         self.version = 0  # global model version: one per applied asp/ssp push, one per bsp round
         self.busy_until_s = 0.0  # FIFO apply queue: when the server is free again

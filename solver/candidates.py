@@ -21,7 +21,7 @@ import numpy as np
 from hybridps.errors import UserError
 from hybridps.spec import Cluster, Compression, Job, Phase, Plan, WorkerAssignment, check_plan
 from solver.balanced import BalancedSolution, solve_balanced
-from solver.dbsl import dbsl_allocation, small_workers
+from solver.dbsl import dbsl_allocation, small_workers, speed_order
 from solver.schedule import Stage, layout, split_at
 from solver.timemodel import coeffs, exchange_cost, ps_capacity_bytes_per_s
 
@@ -93,16 +93,49 @@ def uniform_plan(cluster: Cluster, job: Job) -> tuple[Plan, dict]:
     return make_plan(cluster, job, phases, {}), {}
 
 
-def dbsl_plan(cluster: Cluster, job: Job, time_ratio: float, small: int, schedule: str,
-              substages: int | None = None) -> tuple[Plan, dict]:
+def dbsl_allocations(cluster: Cluster, job: Job, time_ratio: float, small: int, schedule: str,
+                     substages: int | None = None, memo: dict | None = None) -> tuple[list[Stage], dict]:
+    """The stages and the DBSL allocation per resolution (UserError if infeasible); `memo`
+    shares allocations between schedules (they depend on the resolution, not the schedule)."""
     stages = layout(job, schedule, substages)
     top = max(job.train.resolutions)
-    chosen = small_workers(cluster, top, small)  # the same small workers in every phase
-    allocs = {r: dbsl_allocation(cluster, job, r, time_ratio, small, chosen) for r in {s.resolution for s in stages}}
+    memo = {} if memo is None else memo
+    allocs = {}
+    for r in {s.resolution for s in stages}:
+        if (r, small) not in memo:
+            if "order" not in memo:
+                memo["order"] = speed_order(cluster, top)
+            if r not in memo:
+                memo[r] = coeffs(cluster, r)
+            chosen = small_workers(cluster, top, small, memo["order"])  # the same small workers in every phase
+            memo[(r, small)] = dbsl_allocation(cluster, job, r, time_ratio, small, chosen, memo[r])
+        allocs[r] = memo[(r, small)]
+    return stages, allocs
+
+
+def dbsl_plan(cluster: Cluster, job: Job, time_ratio: float, small: int, schedule: str,
+              substages: int | None = None, built: tuple[list[Stage], dict] | None = None) -> tuple[Plan, dict]:
+    stages, allocs = built or dbsl_allocations(cluster, job, time_ratio, small, schedule, substages)
+    top = max(job.train.resolutions)
     phases = [make_phase(s, allocs[s.resolution].workers, "asp", "model") for s in stages]
     info = {"small_workers": list(allocs[top].small) if top in allocs else [],
             "budget_s_per_epoch": {str(r): a.budget_s for r, a in sorted(allocs.items())}}
     return make_plan(cluster, job, phases, {}), info
+
+
+def dbsl_estimate_s(cache: "EstimateCache", stages: list[Stage], allocs: dict) -> float:
+    """`estimate_makespan_s` of the DBSL plan these allocations make, without building it
+    (the same arithmetic on the same arrays, so the same float)."""
+    cluster = cache.cluster
+    arrays = {}
+    for r, alloc in allocs.items():
+        B = np.array(alloc.batches, dtype=float)
+        d = np.array(alloc.shares, dtype=float)
+        arrays[r] = (cache.indices(alloc.names), B, d, np.ceil(d / B))  # one exchange per mini-epoch
+    total = 0.0
+    for st in stages:
+        total += phase_estimate_s(cache, st.epochs, st.resolution, "asp", Compression(), *arrays[st.resolution])
+    return total + (len(stages) - 1) * cluster.ps.phase_overhead_s
 
 
 class BalancedCache:
@@ -148,43 +181,78 @@ def balanced_plan(cache: BalancedCache, schedule: str, compression: str,
 # --------------------------------------------------------------------------- estimate
 
 
-def estimate_makespan_s(cluster: Cluster, job: Job, plan: Plan) -> float:
+class EstimateCache:
+    """Per-resolution coefficients and per-compression exchange costs, shared by every
+    estimate of one generate() call (they depend on the cluster and job only)."""
+
+    def __init__(self, cluster: Cluster, job: Job):
+        self.cluster, self.job = cluster, job
+        self._coeffs: dict[int, Any] = {}
+        self._exchange: dict[str, Any] = {}
+        self._indices: dict[tuple[str, ...], list[int]] = {}
+
+    def indices(self, names: tuple[str, ...]) -> list[int]:
+        """Global worker indices of `names` (memoised: every DBSL variant lists all workers)."""
+        if names not in self._indices:
+            self._indices[names] = [self.cluster.worker_by_name[n].index for n in names]
+        return self._indices[names]
+
+    def coeffs(self, resolution: int):
+        if resolution not in self._coeffs:
+            self._coeffs[resolution] = coeffs(self.cluster, resolution)
+        return self._coeffs[resolution]
+
+    def exchange(self, compression: Compression):
+        key = repr(compression)
+        if key not in self._exchange:
+            self._exchange[key] = exchange_cost(self.cluster, self.job, compression)
+        return self._exchange[key]
+
+
+def estimate_makespan_s(cluster: Cluster, job: Job, plan: Plan, cache: EstimateCache | None = None) -> float:
     """Closed-form makespan (no stragglers): bsp phases pay K rounds of the slowest step plus
     a concurrent exchange; asp/ssp phases run at the workers' summed throughput, each
     interval paying an uncontended exchange, scaled down if the PS NICs saturate; ssp
     additionally holds every worker to the slowest worker's exchange rate."""
-    N = job.data.samples
+    cache = cache or EstimateCache(cluster, job)
     total = 0.0
     for ph in plan.phases:
-        c = coeffs(cluster, ph.resolution)
         idx = [cluster.worker_by_name[w.name].index for w in ph.workers]
         B = np.array([w.batch for w in ph.workers], dtype=float)
         d = np.array([w.samples for w in ph.workers], dtype=float)
-        a, b = c.a_s[idx], c.b_s[idx]
-        ex = exchange_cost(cluster, job, ph.compression)
-        if ph.sync == "bsp":
-            K = np.ceil(d / B)
-            last = d - (K - 1) * B
-            epoch = float(((K - 1) * (a * B + b)).max() + (a * last + b).max()
-                          + K.max() * ex.concurrent_s.max())
-            total += ph.epochs * epoch
-            continue
         E = np.array([ph.exchange_every(w) for w in ph.workers], dtype=float)
-        per_interval_samples = np.minimum(E * B, d)
-        interval_s = per_interval_samples * a + np.ceil(per_interval_samples / B) * b + ex.alone_s[idx]
-        rate = per_interval_samples / interval_s  # samples/s
-        if ph.sync == "ssp":
-            ex_rate = (1.0 / interval_s).min()
-            rate = per_interval_samples * ex_rate
-        exchanges_per_s = rate / per_interval_samples
-        # push and pull are separate directions of the full-duplex PS NICs: the busier one binds
-        push_bytes_per_s = float(np.sum(exchanges_per_s * ex.push_bytes[idx]))
-        pull_bytes_per_s = float(np.sum(exchanges_per_s * ex.pull_bytes))
-        load = max(push_bytes_per_s, pull_bytes_per_s) / ps_capacity_bytes_per_s(cluster)
-        if load > 1:
-            rate = rate / load
-        total += ph.epochs * N / float(rate.sum())
+        total += phase_estimate_s(cache, ph.epochs, ph.resolution, ph.sync, ph.compression, idx, B, d, E)
     return total + phase_overheads_s(cluster, plan)
+
+
+def phase_estimate_s(cache: EstimateCache, epochs: int, resolution: int, sync: str, compression: Compression,
+                     idx: list[int], B: np.ndarray, d: np.ndarray, E: np.ndarray) -> float:
+    """One phase of `estimate_makespan_s`, from the workers' batch, share and exchange
+    interval arrays (so DBSL variants can be estimated before a Plan is built)."""
+    cluster, N = cache.cluster, cache.job.data.samples
+    c = cache.coeffs(resolution)
+    a, b = c.a_s[idx], c.b_s[idx]
+    ex = cache.exchange(compression)
+    if sync == "bsp":
+        K = np.ceil(d / B)
+        last = d - (K - 1) * B
+        epoch = float(((K - 1) * (a * B + b)).max() + (a * last + b).max()
+                      + K.max() * ex.concurrent_s.max())
+        return epochs * epoch
+    per_interval_samples = np.minimum(E * B, d)
+    interval_s = per_interval_samples * a + np.ceil(per_interval_samples / B) * b + ex.alone_s[idx]
+    rate = per_interval_samples / interval_s  # samples/s
+    if sync == "ssp":
+        ex_rate = (1.0 / interval_s).min()
+        rate = per_interval_samples * ex_rate
+    exchanges_per_s = rate / per_interval_samples
+    # push and pull are separate directions of the full-duplex PS NICs: the busier one binds
+    push_bytes_per_s = float(np.sum(exchanges_per_s * ex.push_bytes[idx]))
+    pull_bytes_per_s = float(np.sum(exchanges_per_s * ex.pull_bytes))
+    load = max(push_bytes_per_s, pull_bytes_per_s) / ps_capacity_bytes_per_s(cluster)
+    if load > 1:
+        rate = rate / load
+    return epochs * N / float(rate.sum())
 
 
 def phase_overheads_s(cluster: Cluster, plan: Plan) -> float:
@@ -198,6 +266,23 @@ def bsp_fraction(plan: Plan) -> float:
 
 
 # --------------------------------------------------------------------------- generation
+
+
+def _dbsl_variants(cluster: Cluster, job: Job, cons: Constraints, schedule: str, memo: dict) -> list:
+    """[(small_workers, (stages, allocations))] for every feasible small-worker count."""
+    explicit = cons.small_workers is not None
+    counts = cons.small_workers if explicit else tuple(range(len(cluster.worker_list)))
+    variants = []
+    for s in counts:
+        try:
+            variants.append((s, dbsl_allocations(cluster, job, cons.time_ratio, s, schedule, cons.substages, memo)))
+        except UserError as e:
+            # enumerated counts that the budget cannot meet are skipped; the user's own
+            # count, t < 1, or no feasible dbsl plan when dbsl is all that was asked is an error
+            if explicit or cons.time_ratio < 1 or (s == 0 and set(cons.strategies) == {"dbsl"}):
+                raise
+            cons.extra.setdefault("skipped", []).append(f"dbsl small_workers={s}: {e}")
+    return variants
 
 
 @dataclass
@@ -224,18 +309,25 @@ def _allowed(plan: Plan, cons: Constraints) -> bool:
             and bsp_fraction(plan) >= cons.min_bsp_fraction - 1e-12)
 
 
-def generate(cluster: Cluster, job: Job, cons: Constraints) -> list[Candidate]:
+def generate(cluster: Cluster, job: Job, cons: Constraints, dbsl_keep: int | None = None) -> list[Candidate]:
     """All candidates the constraints allow, in a fixed order; `uniform` always comes first
-    (it is the baseline every result is compared with, allowed or not)."""
+    (it is the baseline every result is compared with, allowed or not).
+
+    dbsl_keep = K: of the DBSL variants of each schedule, only the K with the best estimate
+    (ties: generation order) become candidates. The search simulates only the best
+    `proxy_count` estimates overall plus the best of each strategy, and picks among the
+    simulated ones, so with K = proxy_count the dropped variants could never be simulated
+    or chosen: the search result is the same (the variants are estimated without building
+    their plans, which is most of what generating 500 of them cost on 256 workers)."""
     for s in cons.strategies:
         if s not in STRATEGIES:
             raise UserError(f"unknown strategy {s!r}; use one of: {', '.join(STRATEGIES)}, or all")
     for k in cons.compressions:
         if k not in COMPRESSIONS:
             raise UserError(f"unknown compression {k!r}; use one of: {', '.join(COMPRESSIONS)}")
-    n = len(cluster.worker_list)
     out: list[Candidate] = []
     seen: set[str] = set()
+    estimates = EstimateCache(cluster, job)
 
     def add(strategy: str, params: dict, built: tuple[Plan, dict]) -> None:
         plan, info = built
@@ -245,7 +337,7 @@ def generate(cluster: Cluster, job: Job, cons: Constraints) -> list[Candidate]:
         if key in seen:  # e.g. cyclic == fixed for a job with one resolution
             return
         seen.add(key)
-        est = estimate_makespan_s(cluster, job, plan)
+        est = estimate_makespan_s(cluster, job, plan, estimates)
         meta = {"strategy": strategy, "parameters": params, **info}
         plan = plan.model_copy(update={"meta": meta})
         out.append(Candidate(strategy, params, plan, est, bsp_fraction(plan)))
@@ -254,21 +346,18 @@ def generate(cluster: Cluster, job: Job, cons: Constraints) -> list[Candidate]:
         cluster, job, max(job.train.resolutions))[0].batch}, uniform_plan(cluster, job))
     gradient_kinds = cons.compressions
     cache = BalancedCache(cluster, job, cons.milp_solver, cons.milp_time_limit_s)
+    dbsl_memo: dict = {}
     for schedule in cons.schedules:
         if "dbsl" in cons.strategies:
-            explicit = cons.small_workers is not None
-            counts = cons.small_workers if explicit else tuple(range(n))
-            for s in counts:
-                try:
-                    built = dbsl_plan(cluster, job, cons.time_ratio, s, schedule, cons.substages)
-                except UserError as e:
-                    # enumerated counts that the budget cannot meet are skipped; the user's own
-                    # count, t < 1, or no feasible dbsl plan when dbsl is all that was asked is an error
-                    if explicit or cons.time_ratio < 1 or (s == 0 and set(cons.strategies) == {"dbsl"}):
-                        raise
-                    cons.extra.setdefault("skipped", []).append(f"dbsl small_workers={s}: {e}")
-                    continue
-                add("dbsl", {"schedule": schedule, "small_workers": s, "time_ratio": cons.time_ratio}, built)
+            variants = _dbsl_variants(cluster, job, cons, schedule, dbsl_memo)
+            if dbsl_keep is not None and len(variants) > dbsl_keep:
+                best = sorted(range(len(variants)), key=lambda i: (dbsl_estimate_s(estimates, *variants[i][1]), i))
+                kept = set(best[:dbsl_keep])
+                cons.extra["dbsl_pruned"] = cons.extra.get("dbsl_pruned", 0) + len(variants) - len(kept)
+                variants = [v for i, v in enumerate(variants) if i in kept]
+            for s, built in variants:
+                add("dbsl", {"schedule": schedule, "small_workers": s, "time_ratio": cons.time_ratio},
+                    dbsl_plan(cluster, job, cons.time_ratio, s, schedule, cons.substages, built))
         for comp in gradient_kinds:
             base = {"schedule": schedule, "compression": comp}
             if "balanced" in cons.strategies:

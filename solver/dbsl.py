@@ -26,34 +26,66 @@ large) or no samples left at all. Both are UserErrors naming the constraint.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 
 from hybridps.errors import UserError
 from hybridps.spec import Cluster, Job, WorkerAssignment
-from solver.timemodel import coeffs
+from solver.timemodel import Coeffs, coeffs
 
 
 @dataclass(frozen=True)
 class DbslAllocation:
     resolution: int
-    workers: tuple[WorkerAssignment, ...]
+    names: tuple[str, ...]  # cluster order
+    batches: tuple[int, ...]
+    shares: tuple[int, ...]  # samples per worker-epoch
     small: tuple[str, ...]
     budget_s: float  # T1: every worker's compute time per epoch (closed form)
     baseline_s: float  # T0
 
+    @cached_property
+    def workers(self) -> tuple[WorkerAssignment, ...]:
+        """Built on first use: the planner estimates hundreds of variants from the plain tuples."""
+        return tuple(WorkerAssignment(name=n, batch=b, samples=d) for n, b, d in zip(self.names, self.batches, self.shares))
 
-def small_workers(cluster: Cluster, resolution: int, s: int) -> list[int]:
-    """Indices of the s fastest workers at their large batch (stable: cluster order breaks ties)."""
+
+def speed_order(cluster: Cluster, resolution: int) -> list[int]:
+    """Worker indices, fastest first at their large batch (stable: cluster order breaks ties)."""
     c = coeffs(cluster, resolution)
     per_sample = c.sample_s(c.max_batch.astype(float))
-    order = sorted(range(len(per_sample)), key=lambda i: (round(per_sample[i], 15), i))
-    return sorted(order[:s])
+    return sorted(range(len(per_sample)), key=lambda i: (round(per_sample[i], 15), i))
+
+
+def small_workers(cluster: Cluster, resolution: int, s: int, order: list[int] | None = None) -> list[int]:
+    """Indices of the s fastest workers at their large batch; `order`: speed_order's, if known."""
+    return sorted((order if order is not None else speed_order(cluster, resolution))[:s])
+
+
+def _small_batches(c: Coeffs, is_small: np.ndarray, shares: np.ndarray, T1: float, batch: np.ndarray,
+                   samples: np.ndarray) -> bool:
+    """The small workers' samples and batches, vectorised (the same values as the scalar
+    loop of dbsl_allocation); False, and nothing set, if any worker is infeasible."""
+    idx = np.flatnonzero(is_small)
+    d = np.rint(shares)
+    if (d < 1).any():
+        return False
+    denom = T1 / d - c.a_s[idx]
+    if (denom <= 0).any():
+        return False
+    b_small = np.rint(c.b_s[idx] / denom)
+    if (b_small < 1).any():
+        return False
+    samples[idx] = d
+    batch[idx] = np.minimum(b_small.astype(np.int64), c.max_batch[idx])
+    return True
 
 
 def dbsl_allocation(cluster: Cluster, job: Job, resolution: int, t: float, s: int,
-                    small: list[int] | None = None) -> DbslAllocation:
-    """Per-worker batch and samples for one resolution (raises UserError naming the binding constraint)."""
+                    small: list[int] | None = None, c: Coeffs | None = None) -> DbslAllocation:
+    """Per-worker batch and samples for one resolution (raises UserError naming the binding
+    constraint); `c`: the cluster's coefficients at `resolution`, if already computed."""
     n = len(cluster.worker_list)
     N = job.data.samples
     if not 0 <= s < n:
@@ -64,7 +96,7 @@ def dbsl_allocation(cluster: Cluster, job: Job, resolution: int, t: float, s: in
                         f"(small batches are slower per sample; t < 1 gives them less time than the baseline)")
     if t <= 0:
         raise UserError(f"--time-ratio {t}: must be positive")
-    c = coeffs(cluster, resolution)
+    c = c if c is not None else coeffs(cluster, resolution)
     B_L = c.max_batch.astype(float)
     per_sample = c.sample_s(B_L)  # c_i
     T0 = N / np.sum(1.0 / per_sample)
@@ -75,8 +107,9 @@ def dbsl_allocation(cluster: Cluster, job: Job, resolution: int, t: float, s: in
     batch = c.max_batch.copy()
     samples = np.zeros(n, dtype=np.int64)
     ratio = t if s > 0 else 1.0
-    for i in np.flatnonzero(~is_small):
-        samples[i] = round(ratio * T0 / per_sample[i])
+    large = np.flatnonzero(~is_small)
+    samples[large] = np.rint(ratio * T0 / per_sample[large])  # round half to even, as round() does
+    for i in large[samples[large] < 1][:1]:
         if samples[i] < 1:
             raise UserError(
                 f"dbsl: worker {c.names[i]!r} is so slow at resolution {resolution} ({per_sample[i] * 1e3:.3g} ms "
@@ -86,6 +119,8 @@ def dbsl_allocation(cluster: Cluster, job: Job, resolution: int, t: float, s: in
         rest = N - int(samples[~is_small].sum())
         inv = 1.0 / per_sample[is_small]
         shares = rest * inv / inv.sum()
+        if _small_batches(c, is_small, shares, T1, batch, samples):
+            shares = []  # all feasible, set; else the loop below raises for the first bad worker
         for i, share in zip(np.flatnonzero(is_small), shares):
             d = round(float(share))
             name = c.names[i]
@@ -109,5 +144,5 @@ def dbsl_allocation(cluster: Cluster, job: Job, resolution: int, t: float, s: in
                     f"and budget T1 = {T1:.3f} s; lower --time-ratio or --small-workers so that the small "
                     f"workers get more samples")
             batch[i] = min(int(b_small), int(c.max_batch[i]))
-    workers = tuple(WorkerAssignment(name=c.names[i], batch=int(batch[i]), samples=int(samples[i])) for i in range(n))
-    return DbslAllocation(resolution, workers, tuple(c.names[i] for i in idx_small), float(T1), float(T0))
+    return DbslAllocation(resolution, tuple(c.names), tuple(int(v) for v in batch), tuple(int(v) for v in samples),
+                          tuple(c.names[i] for i in idx_small), float(T1), float(T0))

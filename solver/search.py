@@ -121,22 +121,30 @@ def _task(scorer: Scorer, cluster_d: dict, job_d: dict, plan_d: dict, seed: int 
 
 def score_all(scorer: Scorer, cluster: Cluster, job: Job, plans: list[Plan], seed: int | None, jobs: int,
               desc: str) -> list[dict]:
-    """Score plans in `jobs` processes (inline when jobs <= 1); results in input order."""
+    """Score plans in `jobs` processes (inline when jobs <= 1); results in input order.
+    Identical plans (e.g. sync-switch proxies that differ only beyond the proxy horizon)
+    are scored once and share the result."""
     cd, jd = cluster.model_dump(mode="json"), job.model_dump(mode="json")
-    pds = [p.to_json_dict() for p in plans]
-    results: list[dict | None] = [None] * len(plans)
-    with progress_bar(len(plans), desc, unit="plan") as bar:
-        if jobs <= 1 or len(plans) <= 1:
+    all_pds = [p.to_json_dict() for p in plans]
+    first: dict[str, int] = {}
+    slot = [first.setdefault(repr(pd["phases"]), len(first)) for pd in all_pds]
+    unique: dict[int, dict] = {}
+    for pd, i in zip(all_pds, slot):
+        unique.setdefault(i, pd)
+    pds = [unique[i] for i in range(len(first))]
+    results: list[dict | None] = [None] * len(pds)
+    with progress_bar(len(pds), desc, unit="plan") as bar:
+        if jobs <= 1 or len(pds) <= 1:
             for i, pd in enumerate(pds):
                 results[i] = _task(scorer, cd, jd, pd, seed)
                 bar.update(1)
         else:
-            with ProcessPoolExecutor(max_workers=min(jobs, len(plans))) as pool:
+            with ProcessPoolExecutor(max_workers=min(jobs, len(pds))) as pool:
                 futs = {pool.submit(_task, scorer, cd, jd, pd, seed): i for i, pd in enumerate(pds)}
                 for fut in as_completed(futs):
                     results[futs[fut]] = fut.result()
                     bar.update(1)
-    return results  # type: ignore[return-value]
+    return [dict(results[i]) for i in slot]  # type: ignore[arg-type]
 
 
 @dataclass
@@ -170,7 +178,8 @@ def search(cluster: Cluster, job: Job, cons: Constraints, scorer: Scorer = simul
            seed: int | None = None, jobs: int = 2, proxy_epochs: int = 2, proxy_count: int = 12,
            full_count: int = 2, objective: str = "time", baseline: str = "full") -> SearchResult:
     t0 = time.perf_counter()
-    cands = generate(cluster, job, cons)
+    # DBSL variants outside the best proxy_count estimates are never simulated: not generated
+    cands = generate(cluster, job, cons, dbsl_keep=proxy_count)
     t_gen = time.perf_counter()
     ranked = [Ranked(c, i) for i, c in enumerate(cands)]
     base = ranked[0]  # generate() puts uniform first

@@ -55,6 +55,9 @@ class PSSpec(_Spec):
     # time between two phases when no worker computes: the PS's phase-end evaluation and
     # checkpoint, and the next phase's start (hybridps calibrate fits it from a run)
     phase_overhead_s: float = Field(0.0, ge=0)
+    # seconds the PS spends on one in-phase evaluation (every epoch end inside a phase, as
+    # the runtime's --eval-every 1 does), blocking applies and pulls; docs/semantics.md
+    eval_s: float = Field(0.0, ge=0, allow_inf_nan=False)
 
     @property
     def latency_s(self) -> float:
@@ -117,6 +120,9 @@ class WorkerGroup(_Spec):
     bandwidth_gbps: float = Field(10.0, gt=0)
     latency_ms: float = Field(0.05, ge=0)
     slowdown: float = Field(1.0, gt=0)
+    # worker-local seconds per exchange, spent after the interval's compute and before its
+    # push (DBSL: the mini-epoch's validation pass and model serialisation); not shared
+    exchange_overhead_s: float = Field(0.0, ge=0, allow_inf_nan=False)
 
 
 MAX_STRAGGLER_RATE_PER_HOUR = 1e5  # ~28 episodes/s per worker: beyond this a worker is simply slow
@@ -143,6 +149,7 @@ class Worker:
     bandwidth_gbps: float
     latency_ms: float
     slowdown: float
+    exchange_overhead_s: float = 0.0
 
     @property
     def latency_s(self) -> float:
@@ -186,7 +193,8 @@ class Cluster(_Spec):
         for g in self.workers:
             names = [g.name] if g.count == 1 else [f"{g.name}{k}" for k in range(g.count)]
             for name in names:
-                out.append(Worker(len(out), name, g.device, g.bandwidth_gbps, g.latency_ms, g.slowdown))
+                out.append(Worker(len(out), name, g.device, g.bandwidth_gbps, g.latency_ms, g.slowdown,
+                                  g.exchange_overhead_s))
         return tuple(out)
 
     @cached_property

@@ -23,6 +23,7 @@ class WorkerPhase:
     exchange_every: int  # E_w
     a_s: float  # seconds per sample, times the persistent slowdown
     b_s: float  # seconds per iteration, times the persistent slowdown
+    exchange_overhead_s: float = 0.0  # worker-local, between an interval's compute and its push
 
     def iteration_s(self, samples: int) -> float:
         """Compute time of one iteration before transient stragglers."""
@@ -54,7 +55,7 @@ def phase_costs(cluster: Cluster, job: Job, phase: Phase) -> PhaseCosts:
         workers.append(WorkerPhase(
             index=w.index, name=w.name, batch=wa.batch, share=wa.samples, iters_per_epoch=k,
             last_batch=wa.samples - (k - 1) * wa.batch, exchange_every=phase.exchange_every(wa),
-            a_s=prof.a * w.slowdown, b_s=prof.b * w.slowdown))
+            a_s=prof.a * w.slowdown, b_s=prof.b * w.slowdown, exchange_overhead_s=w.exchange_overhead_s))
     largest_shard = shard_sizes(n_params, shards)[0]
     return PhaseCosts(
         workers=tuple(workers),

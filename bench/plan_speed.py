@@ -5,6 +5,11 @@ Target: the 64-worker search in 30 s or less on a 2-core machine. Each figure is
 with its ratio to the target (the MILP figures against the same 30 s, for scale).
 
     python bench/plan_speed.py [--repeat N] [--jobs J]
+    python bench/plan_speed.py --large [--xl]   # 256 workers of 3 device types (target 10 s); --xl: also 1,024
+
+--large also times candidate generation in-process at 256 workers with the DBSL pruning
+the search uses (`generate(..., dbsl_keep=12)`) against the unpruned generation, in the
+same run, and checks that both give the same DBSL candidates the search can simulate.
 """
 
 from __future__ import annotations
@@ -74,11 +79,42 @@ def report(name: str, wall: float, extra: str = "") -> None:
     print(f"{name:<44} {wall:8.2f} s   {wall / TARGET_S:5.2f}x of the {TARGET_S:.0f} s target   {extra}", flush=True)
 
 
+def time_generate(n_workers: int, repeat: int) -> None:
+    """Candidate generation with and without DBSL pruning, same run, CPU seconds (best of N)."""
+    import tomllib
+
+    from hybridps.spec import cluster_from_dict, load_job
+    from solver.candidates import Constraints, generate
+
+    cluster = cluster_from_dict(tomllib.loads(mixed_cluster_toml(n_workers)), f"<mixed{n_workers}>")
+    job = load_job("imagenet-resnet18")
+    generate(cluster, job, Constraints(strategies=("uniform", "balanced")))  # warm the MILP imports
+
+    def best(**kw):
+        runs = []
+        for _ in range(repeat):
+            t0 = time.process_time()
+            cands = generate(cluster, job, Constraints(), **kw)
+            runs.append(time.process_time() - t0)
+        return min(runs), cands
+
+    pruned_s, pruned = best(dbsl_keep=12)
+    full_s, full = best()
+    print(f"generate, {n_workers} workers: {len(full)} candidates in {full_s:.2f} s cpu unpruned, {len(pruned)} in "
+          f"{pruned_s:.2f} s cpu with dbsl_keep=12 ({pruned_s / full_s:.2f}x; includes the same "
+          f"{sum(c.strategy != 'dbsl' for c in full) - 1} MILP-based candidates)", flush=True)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--repeat", type=int, default=1, help="runs per figure; the best is reported")
     ap.add_argument("--jobs", type=int, default=None, help="--jobs for hybridps plan (default: CPU count)")
+    ap.add_argument("--large", action="store_true", help="256 workers of 3 device types (target 10 s)")
+    ap.add_argument("--xl", action="store_true", help="with --large: also 1,024 workers (report)")
     args = ap.parse_args()
+    if args.large:
+        large(args)
+        return
     print(f"cpus: {os.cpu_count()}, python {sys.version.split()[0]}, load average {os.getloadavg()[0]:.1f} "
           "(other work on the machine inflates wall times; cpu = the command's own CPU seconds)")
     with tempfile.TemporaryDirectory() as tmp:
@@ -97,6 +133,20 @@ def main() -> None:
             wall, sol = min(runs, key=lambda r: r[0])
             report(f"balanced MILP alone, {n} workers, 224 px, {solver}", wall,
                    f"K={sol.steps} status={sol.status} gap={sol.gap:.2e} milps={sol.milps}")
+
+
+def large(args) -> None:
+    print(f"cpus: {os.cpu_count()}, python {sys.version.split()[0]}, load average {os.getloadavg()[0]:.1f}")
+    time_generate(256, args.repeat)
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        for n in (256, 1024) if args.xl else (256,):
+            path = tmp / f"mixed{n}.toml"
+            path.write_text(mixed_cluster_toml(n))
+            runs = [time_plan(str(path), "imagenet-resnet18", args.jobs, tmp) for _ in range(args.repeat)]
+            wall, last = min(runs)
+            print(f"plan --strategy all, mixed{n} ({n} workers) {wall:8.2f} s   {wall / 10.0:5.2f}x of the 10 s target   "
+                  f"{last[:110]}   (load average {os.getloadavg()[0]:.1f})", flush=True)
 
 
 if __name__ == "__main__":

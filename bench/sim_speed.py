@@ -74,7 +74,7 @@ def cifar_dbsl():
     return cluster, job, load_plan("gtx1080x4-cifar100-dbsl", cluster, job)
 
 
-def run_case(label: str, cluster, job, plan) -> float:
+def run_case(label: str, cluster, job, plan, events: bool = False) -> float:
     t0 = time.perf_counter()
     result = simulate(cluster, job, plan)
     wall_s = time.perf_counter() - t0
@@ -83,6 +83,9 @@ def run_case(label: str, cluster, job, plan) -> float:
     print(f"{label}: {iterations:,} worker-iterations, {s['events']:,} trace events, simulated makespan "
           f"{s['makespan_s'] / 3600:.2f} h; wall {wall_s:.2f} s = {iterations / wall_s:,.0f} worker-iterations/s",
           flush=True)
+    if events:
+        n = count_events(cluster, job, plan)
+        print(f"    {n:,} SimPy events = {n / iterations:.2f} per worker-iteration", flush=True)
     return wall_s
 
 
@@ -201,10 +204,11 @@ def main() -> None:
         scaling(args.sizes, args.worker_iterations, args.repeat, args.reference)
         return
     run_case("(a) gtx1080x4 CIFAR-100 DBSL, 140 epochs", *cifar_dbsl())
-    wall_b = run_case("(b) 64 x rtx3090 ImageNet-1k bsp/gradient, 90 epochs", *imagenet64("bsp", False))
+    print(f"load average {os.getloadavg()[0]:.2f}")
+    wall_b = run_case("(b) 64 x rtx3090 ImageNet-1k bsp/gradient, 90 epochs", *imagenet64("bsp", False), events=True)
     print(f"    target {TARGET_S:.0f} s: (b) took {wall_b / TARGET_S:.2f}x the target "
           f"({'met' if wall_b <= TARGET_S else 'missed'})")
-    wall_c = run_case("(c) same, asp with transient stragglers", *imagenet64("asp", True))
+    wall_c = run_case("(c) same, asp with transient stragglers", *imagenet64("asp", True), events=True)
     print(f"    (c) / (b) wall time: {wall_c / wall_b:.2f}x; (c) took {wall_c / TARGET_S:.2f}x the target")
     if args.profile:
         cluster, job, plan = imagenet64("bsp", False)

@@ -129,11 +129,9 @@ def dbsl_estimate_s(cache: "EstimateCache", stages: list[Stage], allocs: dict) -
     cluster = cache.cluster
     arrays = {}
     for r, alloc in allocs.items():
-        idx = [cluster.worker_by_name[name].index for name in alloc.names]
         B = np.array(alloc.batches, dtype=float)
         d = np.array(alloc.shares, dtype=float)
-        E = np.array([math.ceil(dw / bw) for dw, bw in zip(alloc.shares, alloc.batches)], dtype=float)  # mini-epoch
-        arrays[r] = (idx, B, d, E)
+        arrays[r] = (cache.indices(alloc.names), B, d, np.ceil(d / B))  # one exchange per mini-epoch
     total = 0.0
     for st in stages:
         total += phase_estimate_s(cache, st.epochs, st.resolution, "asp", Compression(), *arrays[st.resolution])
@@ -191,6 +189,13 @@ class EstimateCache:
         self.cluster, self.job = cluster, job
         self._coeffs: dict[int, Any] = {}
         self._exchange: dict[str, Any] = {}
+        self._indices: dict[tuple[str, ...], list[int]] = {}
+
+    def indices(self, names: tuple[str, ...]) -> list[int]:
+        """Global worker indices of `names` (memoised: every DBSL variant lists all workers)."""
+        if names not in self._indices:
+            self._indices[names] = [self.cluster.worker_by_name[n].index for n in names]
+        return self._indices[names]
 
     def coeffs(self, resolution: int):
         if resolution not in self._coeffs:

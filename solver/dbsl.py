@@ -63,6 +63,25 @@ def small_workers(cluster: Cluster, resolution: int, s: int, order: list[int] | 
     return sorted((order if order is not None else speed_order(cluster, resolution))[:s])
 
 
+def _small_batches(c: Coeffs, is_small: np.ndarray, shares: np.ndarray, T1: float, batch: np.ndarray,
+                   samples: np.ndarray) -> bool:
+    """The small workers' samples and batches, vectorised (the same values as the scalar
+    loop of dbsl_allocation); False, and nothing set, if any worker is infeasible."""
+    idx = np.flatnonzero(is_small)
+    d = np.rint(shares)
+    if (d < 1).any():
+        return False
+    denom = T1 / d - c.a_s[idx]
+    if (denom <= 0).any():
+        return False
+    b_small = np.rint(c.b_s[idx] / denom)
+    if (b_small < 1).any():
+        return False
+    samples[idx] = d
+    batch[idx] = np.minimum(b_small.astype(np.int64), c.max_batch[idx])
+    return True
+
+
 def dbsl_allocation(cluster: Cluster, job: Job, resolution: int, t: float, s: int,
                     small: list[int] | None = None, c: Coeffs | None = None) -> DbslAllocation:
     """Per-worker batch and samples for one resolution (raises UserError naming the binding
@@ -88,8 +107,9 @@ def dbsl_allocation(cluster: Cluster, job: Job, resolution: int, t: float, s: in
     batch = c.max_batch.copy()
     samples = np.zeros(n, dtype=np.int64)
     ratio = t if s > 0 else 1.0
-    for i in np.flatnonzero(~is_small):
-        samples[i] = round(ratio * T0 / per_sample[i])
+    large = np.flatnonzero(~is_small)
+    samples[large] = np.rint(ratio * T0 / per_sample[large])  # round half to even, as round() does
+    for i in large[samples[large] < 1][:1]:
         if samples[i] < 1:
             raise UserError(
                 f"dbsl: worker {c.names[i]!r} is so slow at resolution {resolution} ({per_sample[i] * 1e3:.3g} ms "
@@ -99,6 +119,8 @@ def dbsl_allocation(cluster: Cluster, job: Job, resolution: int, t: float, s: in
         rest = N - int(samples[~is_small].sum())
         inv = 1.0 / per_sample[is_small]
         shares = rest * inv / inv.sum()
+        if _small_batches(c, is_small, shares, T1, batch, samples):
+            shares = []  # all feasible, set; else the loop below raises for the first bad worker
         for i, share in zip(np.flatnonzero(is_small), shares):
             d = round(float(share))
             name = c.names[i]

@@ -62,10 +62,12 @@ class Simulation:
         self.ssp_waiting: list[tuple[int, simpy.Event]] = []
         self.progress: Callable[[int], None] | None = None
         self.makespan_s = 0.0
-        # PS evaluation every `eval_every` epochs (0: none), as the runtime's --eval-every; the
-        # runtime evaluates inside a phase only with one PS shard (the phase-end one is phase_overhead_s)
+        # PS evaluation every `eval_every` epochs (0: none), as the runtime's --eval-every: the
+        # initial model, and epoch ends inside a phase with one PS shard (the runtime's rule;
+        # the phase-end evaluation is phase_overhead_s)
         self.eval_every = eval_every
-        self.eval_s = cluster.ps.eval_s if (eval_every > 0 and cluster.ps.count == 1) else 0.0
+        self.eval_s = cluster.ps.eval_s if eval_every > 0 else 0.0
+        self.eval_in_phase_s = self.eval_s if cluster.ps.count == 1 else 0.0
         self.phase_end_epoch = 0
 
     # phases -----------------------------------------------------------------------
@@ -94,8 +96,8 @@ class Simulation:
         eval_s = 0.0
         while len(ends) < self.total_epochs and self.applied_total >= (len(ends) + 1) * self.dataset_samples:
             ends.append(self.env.now)
-            if self.eval_s > 0 and len(ends) % self.eval_every == 0 and len(ends) < self.phase_end_epoch:
-                eval_s += self.eval_s
+            if self.eval_in_phase_s > 0 and len(ends) % self.eval_every == 0 and len(ends) < self.phase_end_epoch:
+                eval_s += self.eval_in_phase_s
             if self.progress is not None:
                 self.progress(len(ends))
         if eval_s > 0:  # the evaluation blocks the PS: later applies queue behind it

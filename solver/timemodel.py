@@ -107,10 +107,10 @@ def eval_overhead_s(cluster: Cluster, phase_epochs: list[int], eval_every: int =
     """PS evaluation time of a plan whose phases have these epoch counts: `ps.eval_s` for the
     initial model and each epoch end inside a phase (docs/semantics.md; the phase-end
     evaluation is in `phase_overhead_s`). The runtime evaluates in-phase only with one shard."""
-    if cluster.ps.eval_s == 0 or eval_every <= 0 or cluster.ps.count != 1:
+    if cluster.ps.eval_s == 0 or eval_every <= 0:
         return 0.0
     done, count = 0, 1
-    for epochs in phase_epochs:
+    for epochs in (phase_epochs if cluster.ps.count == 1 else []):
         count += sum(1 for e in range(done + 1, done + epochs) if e % eval_every == 0)
         done += epochs
     return count * cluster.ps.eval_s

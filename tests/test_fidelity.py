@@ -170,3 +170,51 @@ def test_dbsl_journal_cifar100_reproduced_within_1_percent():
     r = simulate(cluster_from_dict(data), job, plan)
     close(r.makespan_s, JOURNAL_TOTAL_S)
     assert r.updates == 560
+
+
+# --------------------------------------------------------------------------- calibrate fits them
+
+
+def test_calibrate_recovers_exchange_overhead_from_a_trace(tmp_path):
+    # a simulated run where w0 spends 0.25 s per exchange and w1 nothing: the compute-to-push
+    # gaps give the overhead back per worker, and the links keep their latency (0.5 ms)
+    from traces import TraceWriter, read_trace
+    from traces.calibrate import calibrate, format_report
+    from sim.engine import trace_header
+
+    cluster = make_cluster([{"name": "w0", "exchange_overhead_s": 0.25, "latency_ms": 0.5}, {"name": "w1", "latency_ms": 0.5}])
+    job = make_job(200, 3)
+    plan = make_plan(cluster, job, "asp", "model", [{"name": "w0", "batch": 10, "samples": 100},
+                                                     {"name": "w1", "batch": 20, "samples": 100}])
+    path = tmp_path / "t.jsonl"
+    with TraceWriter(path, trace_header(cluster, job, plan)) as tw:
+        simulate(cluster, job, plan, trace=tw)
+    cal = calibrate([read_trace(path)])
+    assert cal.exchange_overhead["w0"].median_s == pytest.approx(0.25, rel=1e-6)
+    assert cal.exchange_overhead["w0"].n == 2  # asp: the faster w1 makes the other exchanges
+    assert cal.exchange_overhead["w1"].median_s == pytest.approx(0.0, abs=1e-9)
+    w = cal.cluster.worker_by_name
+    assert w["w0"].exchange_overhead_s == pytest.approx(0.25) and w["w1"].exchange_overhead_s == 0.0
+    assert {lf.worker: round(lf.latency_ms, 3) for lf in cal.links} == {"w0": 0.5, "w1": 0.5}
+    assert "exchange overhead w0: median 250.0 ms over 2 exchanges" in format_report(cal)
+    # the fitted cluster predicts the run it came from
+    close(simulate(cal.cluster, job, plan).makespan_s, simulate(cluster, job, plan).makespan_s)
+
+
+def test_calibrate_fits_eval_s_from_eval_records(tmp_path):
+    from traces import TraceWriter, read_trace
+    from traces.calibrate import calibrate, format_report
+    from sim.engine import trace_header
+
+    cluster = make_cluster([{"name": "w"}])
+    job = make_job(10, 3)
+    plan = make_plan(cluster, job, "asp", "model", [{"name": "w", "batch": 10, "samples": 10}])
+    path = tmp_path / "t.jsonl"
+    with TraceWriter(path, trace_header(cluster, job, plan)) as tw:
+        simulate(cluster, job, plan, trace=tw)
+        for e, (t0, t1) in enumerate([(0.0, 0.30), (0.5, 0.82), (1.0, 1.29)]):
+            tw.write({"kind": "eval", "t_s": t1, "epoch": float(e), "loss": 1.0, "accuracy": 0.5, "start_s": t0})
+    cal = calibrate([read_trace(path)])
+    assert cal.eval_fit.median_s == pytest.approx(0.30) and cal.eval_fit.n == 3
+    assert cal.cluster.ps.eval_s == pytest.approx(0.30)
+    assert "evaluation: median 300.0 ms over 3 evaluations (p10-p90 292.0-316.0 ms)" in format_report(cal)

@@ -87,6 +87,22 @@ class StragglerFit:
     observed_s: float  # worker-seconds observed
 
 
+@dataclass(frozen=True)
+class SpreadFit:
+    """A fitted duration: the median of `n` measured ones and their 10th-90th percentile
+    spread, so a report can say how well one number stands for them."""
+
+    median_s: float
+    p10_s: float
+    p90_s: float
+    n: int
+
+    @staticmethod
+    def of(values: list[float]) -> "SpreadFit":
+        v = np.asarray(values, dtype=float)
+        return SpreadFit(float(np.median(v)), float(np.percentile(v, 10)), float(np.percentile(v, 90)), len(v))
+
+
 @dataclass
 class Calibration:
     cluster: Cluster
@@ -98,6 +114,8 @@ class Calibration:
     jitter_cv: float | None = None  # fitted per-iteration noise, None without run records
     phase_overhead_s: float | None = None  # fitted time between phases, None without a multi-phase run
     warnings: list[str] = field(default_factory=list)
+    exchange_overhead: dict[str, SpreadFit] = field(default_factory=dict)  # per worker, from run traces
+    eval_fit: SpreadFit | None = None  # PS evaluation durations, from eval records with start_s
 
 
 @dataclass
@@ -363,6 +381,55 @@ def _ps_gaps(trace: Trace) -> list[float]:
     return gaps
 
 
+def _exchange_gaps(trace: Trace) -> dict[str, list[float]]:
+    """Per worker, the time from an interval's last compute to its push: the worker-local
+    exchange overhead (`[[workers]] exchange_overhead_s`; the runtime encodes the push there,
+    and emulates the cluster's overhead there)."""
+    per_worker: dict[str, list[dict]] = defaultdict(list)
+    for r in trace.records:
+        if r["kind"] in ("compute", "push"):
+            per_worker[r["worker"]].append(r)
+    gaps: dict[str, list[float]] = defaultdict(list)
+    for worker, recs in per_worker.items():
+        recs.sort(key=lambda r: (r["start_s"], r["end_s"]))
+        for cur, nxt in zip(recs, recs[1:]):
+            if cur["kind"] == "compute" and nxt["kind"] == "push" and cur["phase"] == nxt["phase"]:
+                gaps[worker].append(max(0.0, nxt["start_s"] - cur["end_s"]))
+    return gaps
+
+
+def _fit_exchange_overhead(traces: list[Trace]) -> dict[str, SpreadFit]:
+    """Per worker, the median compute-to-push gap over all its exchanges."""
+    gaps: dict[str, list[float]] = defaultdict(list)
+    for t in traces:
+        for worker, g in _exchange_gaps(t).items():
+            gaps[worker] += g
+    return {w: SpreadFit.of(g) for w, g in sorted(gaps.items()) if g}
+
+
+def _fit_eval(traces: list[Trace]) -> SpreadFit | None:
+    """The PS's evaluation time, `[ps] eval_s`: the median duration of the eval records
+    that carry their start (the runtime's do). None when there are none."""
+    durations = [max(0.0, r["t_s"] - r["start_s"]) for t in traces for r in t.of_kind("eval") if "start_s" in r]
+    return SpreadFit.of(durations) if durations else None
+
+
+def _with_overheads(cluster: Cluster, overhead: dict[str, SpreadFit], eval_fit: SpreadFit | None) -> Cluster:
+    """The fitted cluster with the measured exchange overheads and evaluation time."""
+    data = cluster.model_dump(mode="json")
+    if eval_fit is not None:
+        data["ps"]["eval_s"] = eval_fit.median_s
+    if overhead:
+        expanded = []  # one group per worker (named as worker_list names them), each its own overhead
+        for g, w in zip([g for g in data["workers"] for _ in range(g["count"])], cluster.worker_list):
+            one = dict(g, name=w.name, count=1)
+            if w.name in overhead:
+                one["exchange_overhead_s"] = overhead[w.name].median_s
+            expanded.append(one)
+        data["workers"] = expanded
+    return cluster_from_dict(data)
+
+
 def _fit_phase_overhead(traces: list[Trace]) -> float | None:
     """The mean time from one phase record's end to the next one's start (the mean: every
     phase boundary pays it once). None when no trace has two phases."""
@@ -529,6 +596,7 @@ def calibrate(traces: list[Trace], base: Cluster | None = None, *, outlier_facto
     msgs: dict[str, list[tuple[float, float, float]]] = defaultdict(list)
     ps = start.ps if start is not None else PSSpec()
     ps_bytes_per_s = ps.total_bandwidth_bytes_per_s
+    overhead = _fit_exchange_overhead(traces) if start is not None else {}
     for trace in traces:
         if not (trace.of_kind("push") or trace.of_kind("pull")):
             continue
@@ -541,6 +609,8 @@ def calibrate(traces: list[Trace], base: Cluster | None = None, *, outlier_facto
                                      np.array([r["end_s"] for r in recs], dtype=float))
             for r, k in zip(recs, conc):
                 t = r["eff_s"] if absorb_gaps else r["end_s"] - r["start_s"]
+                if kind == "push" and absorb_gaps and r["worker"] in overhead:  # the overhead is not the link's
+                    t = max(r["end_s"] - r["start_s"], t - overhead[r["worker"]].median_s)
                 msgs[r["worker"]].append((r["bytes"], t, k / ps_bytes_per_s))
     for worker, triples in sorted(msgs.items()):
         bw0, lat0 = 10.0, 0.05
@@ -569,7 +639,10 @@ def calibrate(traces: list[Trace], base: Cluster | None = None, *, outlier_facto
     if start is not None and phase_overhead_s is not None:
         start = start.model_copy(update={"ps": start.ps.model_copy(update={"phase_overhead_s": phase_overhead_s})})
     cluster = _build_cluster(start, fits, worker_fits, links, strag, jitter_cv)
-    return Calibration(cluster, fits, worker_fits, links, strag, ps_apply_s, jitter_cv, phase_overhead_s, warnings)
+    eval_fit = _fit_eval(traces)
+    cluster = _with_overheads(cluster, overhead, eval_fit) if (overhead or eval_fit) else cluster
+    return Calibration(cluster, fits, worker_fits, links, strag, ps_apply_s, jitter_cv, phase_overhead_s, warnings,
+                       overhead, eval_fit)
 
 
 def _build_cluster(start: Cluster | None, fits: list[ComputeFit], workers: list[WorkerFit],
@@ -641,6 +714,13 @@ def format_report(cal: Calibration) -> str:
     if cal.phase_overhead_s is not None:
         lines.append(f"between phases: {cal.phase_overhead_s * 1e3:.1f} ms (evaluation, checkpoint) "
                      f"-> phase_overhead_s {cal.cluster.ps.phase_overhead_s:.4g}")
+    for name, f in cal.exchange_overhead.items():
+        lines.append(f"exchange overhead {name}: median {f.median_s * 1e3:.1f} ms over {f.n} exchanges "
+                     f"(p10-p90 {f.p10_s * 1e3:.1f}-{f.p90_s * 1e3:.1f} ms) -> exchange_overhead_s")
+    if cal.eval_fit is not None:
+        f = cal.eval_fit
+        lines.append(f"evaluation: median {f.median_s * 1e3:.1f} ms over {f.n} evaluations "
+                     f"(p10-p90 {f.p10_s * 1e3:.1f}-{f.p90_s * 1e3:.1f} ms) -> eval_s {cal.cluster.ps.eval_s:.4g}")
     if cal.ps_apply_s is not None:
         lines.append(f"parameter server: {cal.ps_apply_s * 1e3:.3f} ms per update (push end to pull start) "
                      f"-> apply_s_per_mparam {cal.cluster.ps.apply_s_per_mparam:.4g}")

@@ -218,3 +218,33 @@ def test_calibrate_fits_eval_s_from_eval_records(tmp_path):
     assert cal.eval_fit.median_s == pytest.approx(0.30) and cal.eval_fit.n == 3
     assert cal.cluster.ps.eval_s == pytest.approx(0.30)
     assert "evaluation: median 300.0 ms over 3 evaluations (p10-p90 292.0-316.0 ms)" in format_report(cal)
+
+
+# --------------------------------------------------------------------------- the runtime emulates them
+
+
+@pytest.mark.torch
+def test_runtime_emulates_both_costs_and_calibrate_gets_them_back(tmp_path):
+    pytest.importorskip("torch")
+    from runtime.testing import run_cli, spec_args, write_specs
+    from traces import read_trace
+    from traces.calibrate import calibrate
+
+    cluster_path, _, _ = write_specs(tmp_path, [("w0", 32, 128), ("w1", 32, 128)], sync="asp", exchange="model",
+                                     epochs=3)
+    text = cluster_path.read_text().replace("latency_ms = 0.0\n[devices", "latency_ms = 0.0\neval_s = 0.3\n[devices", 1)
+    text = text.replace('name = "w0"', 'name = "w0"\nexchange_overhead_s = 0.2', 1)
+    cluster_path.write_text(text)
+    out = tmp_path / "out"
+    r = run_cli(["run", *spec_args(tmp_path), "--out", out, "--local", "--eval-samples", "100",
+                 "--worker-timeout", "60"])
+    assert r.returncode == 0, r.stderr
+    tr = read_trace(out / "trace.jsonl")
+    evals = [e for e in tr.of_kind("eval")]
+    in_run = [e for e in evals if e["epoch"] < 3]  # the initial one and epochs 1, 2 (3 is the phase end)
+    assert [e["epoch"] for e in in_run] == [0.0, 1.0, 2.0]
+    assert all(e["t_s"] - e["start_s"] >= 0.3 for e in in_run)
+    cal = calibrate([tr])
+    assert cal.exchange_overhead["w0"].median_s == pytest.approx(0.2, abs=0.05)
+    assert cal.exchange_overhead["w1"].median_s < 0.05
+    assert cal.eval_fit.n == 3 and cal.cluster.ps.eval_s == pytest.approx(0.3, abs=0.05)

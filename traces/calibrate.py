@@ -409,8 +409,16 @@ def _fit_exchange_overhead(traces: list[Trace]) -> dict[str, SpreadFit]:
 
 def _fit_eval(traces: list[Trace]) -> SpreadFit | None:
     """The PS's evaluation time, `[ps] eval_s`: the median duration of the eval records
-    that carry their start (the runtime's do). None when there are none."""
-    durations = [max(0.0, r["t_s"] - r["start_s"]) for t in traces for r in t.of_kind("eval") if "start_s" in r]
+    that carry their start (the runtime's do), leaving out those at phase ends (they are
+    part of `phase_overhead_s`). None when there are none."""
+    durations = []
+    for t in traces:
+        phase_end_epochs, done = set(), 0
+        for ph in (t.header.get("plan") or {}).get("phases", []):
+            done += ph["epochs"]
+            phase_end_epochs.add(float(done))
+        durations += [max(0.0, r["t_s"] - r["start_s"]) for r in t.of_kind("eval")
+                      if "start_s" in r and r["epoch"] not in phase_end_epochs]
     return SpreadFit.of(durations) if durations else None
 
 

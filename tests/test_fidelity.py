@@ -248,3 +248,51 @@ def test_runtime_emulates_both_costs_and_calibrate_gets_them_back(tmp_path):
     assert cal.exchange_overhead["w0"].median_s == pytest.approx(0.2, abs=0.05)
     assert cal.exchange_overhead["w1"].median_s < 0.05
     assert cal.eval_fit.n == 3 and cal.cluster.ps.eval_s == pytest.approx(0.3, abs=0.05)
+
+
+# --------------------------------------------------------------------------- contention
+
+
+def _ramp_trace(path, ramp):
+    """Two workers, 90 iterations of 0.001*n + 0.01 s (n alternating 10 and 20), 1% noise;
+    w1's times are multiplied by a factor rising linearly from 1 to 1 + ramp."""
+    import numpy as np
+
+    from traces import TraceWriter
+    from traces.records import header
+
+    rng = np.random.default_rng(0)
+    cluster = {"format": "hybridps.cluster/1",
+               "devices": {"dev": {"resolutions": {"32": {"a": 0.001, "b": 0.01, "max_batch": 100}}}},
+               "workers": [{"name": "w0", "device": "dev"}, {"name": "w1", "device": "dev"}]}
+    with TraceWriter(path, header("runtime", cluster=cluster)) as w:
+        for wi in range(2):
+            t = 0.0
+            for k in range(90):
+                n = 10 if k % 2 else 20
+                f = 1 + ramp * k / 89 if wi == 1 else 1.0
+                dt = (0.001 * n + 0.01) * f * (1 + 0.01 * rng.standard_normal())
+                w.write({"kind": "compute", "worker": f"w{wi}", "phase": 0, "epoch": 0, "step": k, "batch": 20,
+                         "resolution": 32, "start_s": t, "end_s": t + dt, "samples": n})
+                t += dt
+    return path
+
+
+def test_calibrate_flags_a_drifting_worker_and_reports_the_spread(tmp_path):
+    from traces import read_trace
+    from traces.calibrate import calibrate, format_report
+
+    cal = calibrate([read_trace(_ramp_trace(tmp_path / "ramp.jsonl", 0.4))])
+    drift = {d.worker: d.change for d in cal.drift}
+    assert drift["w0"] == pytest.approx(0.0, abs=0.02)
+    assert drift["w1"] == pytest.approx(1.3467 / 1.0533 - 1, abs=0.03)  # thirds' middles: 1 + 0.4 * (1/6, 5/6)
+    flagged = [w for w in cal.warnings if "drift" in w]
+    assert len(flagged) == 1 and f"worker w1's iterations drift {drift['w1']:+.0%}" in flagged[0]
+    spread = cal.residual_spread[("dev", 32)]
+    assert spread.n == 180 and spread.p90_s - spread.p10_s > 0.1  # the ramp widens it
+    assert "residuals dev 32: measured/fit p10-p90" in format_report(cal)
+
+    steady = calibrate([read_trace(_ramp_trace(tmp_path / "steady.jsonl", 0.0))])
+    assert not [w for w in steady.warnings if "drift" in w]
+    s = steady.residual_spread[("dev", 32)]
+    assert s.p90_s - s.p10_s < 0.04  # 1% noise: p10-p90 is about 2.6%

@@ -115,6 +115,9 @@ class Calibration:
     phase_overhead_s: float | None = None  # fitted time between phases, None without a multi-phase run
     warnings: list[str] = field(default_factory=list)
     exchange_overhead: dict[str, SpreadFit] = field(default_factory=dict)  # per worker, from run traces
+    # per (device, resolution): measured/fitted iteration time of the inlier iterations
+    residual_spread: dict[tuple[str, int], SpreadFit] = field(default_factory=dict)
+    drift: list["DriftFit"] = field(default_factory=list)  # per (trace, worker) with run iterations
     eval_fit: SpreadFit | None = None  # PS evaluation durations, from eval records with start_s
 
 
@@ -457,6 +460,60 @@ def _fit_ps_apply(traces: list[Trace]) -> float | None:
     return float(np.median(gaps))
 
 
+# --------------------------------------------------------------------------- contention
+
+
+@dataclass(frozen=True)
+class DriftFit:
+    """How a worker's iteration times moved during one trace: the median measured/fitted
+    ratio of its first and last third of iterations. Contention that comes and goes
+    (other jobs on the machine) shows as drift; a cluster property does not drift."""
+
+    trace: str
+    worker: str
+    first: float
+    last: float
+    iterations: int
+
+    @property
+    def change(self) -> float:
+        return self.last / self.first - 1.0
+
+
+def _residual_spread(obs: list[_Obs], ab, slow, inlier: np.ndarray) -> dict[tuple[str, int], SpreadFit]:
+    """Per (device, resolution), the spread of measured/fitted over the inlier iterations
+    (profile points and run iterations): how well one line stands for them."""
+    ratios: dict[tuple[str, int], list[float]] = defaultdict(list)
+    for o, ok in zip(obs, inlier):
+        a, b = ab[(o.device, o.resolution)]
+        pred = (slow[o.worker] if o.worker else 1.0) * (a * o.n + b)
+        if ok and pred > 0:
+            ratios[(o.device, o.resolution)].append(o.t_s / pred)
+    return {k: SpreadFit.of(v) for k, v in sorted(ratios.items())}
+
+
+def _fit_drift(traces: list[Trace], obs: list[_Obs], ab, slow, min_iterations: int = 30) -> list[DriftFit]:
+    """Per (trace, worker) with at least `min_iterations` run iterations, the drift of its
+    measured/fitted ratio from the first third to the last (medians: transient stragglers
+    do not move them)."""
+    series: dict[tuple[int, str], list[tuple[float, float]]] = defaultdict(list)
+    for o in obs:
+        if o.worker:
+            a, b = ab[(o.device, o.resolution)]
+            pred = slow[o.worker] * (a * o.n + b)
+            if pred > 0:
+                series[(o.trace, o.worker)].append((o.start_s, o.t_s / pred))
+    out = []
+    for (ti, worker), pts in sorted(series.items()):
+        if len(pts) < min_iterations:
+            continue
+        r = np.array([v for _, v in sorted(pts)])
+        third = len(r) // 3
+        out.append(DriftFit(str(traces[ti].path), worker, float(np.median(r[:third])), float(np.median(r[-third:])),
+                            len(r)))
+    return out
+
+
 # --------------------------------------------------------------------------- stragglers
 
 
@@ -542,9 +599,11 @@ def _start_cluster(traces: list[Trace], base: Cluster | None) -> Cluster | None:
 
 def calibrate(traces: list[Trace], base: Cluster | None = None, *, outlier_factor: float = 1.5,
               straggler_min_run: int = 1, absorb_gaps: bool = True, bad_r2: float = 0.9,
-              bad_relative: float = 0.25) -> Calibration:
+              bad_relative: float = 0.25, drift_tolerance: float = 0.10) -> Calibration:
     """Fit a cluster to `traces` (profile and/or run traces), starting from `base` (or the
-    first run trace's header cluster): measured parts replace the base's, the rest is kept."""
+    first run trace's header cluster): measured parts replace the base's, the rest is kept.
+    A worker whose iteration times drift by more than `drift_tolerance` during a trace is
+    flagged in the warnings (contention, not the cluster)."""
     if not traces:
         raise UserError("calibrate: give at least one trace")
     obs = _collect(traces, base, absorb_gaps)
@@ -647,10 +706,16 @@ def calibrate(traces: list[Trace], base: Cluster | None = None, *, outlier_facto
     if start is not None and phase_overhead_s is not None:
         start = start.model_copy(update={"ps": start.ps.model_copy(update={"phase_overhead_s": phase_overhead_s})})
     cluster = _build_cluster(start, fits, worker_fits, links, strag, jitter_cv)
+    spread = _residual_spread(obs, ab, slow, inlier) if obs else {}
+    drift = _fit_drift(traces, obs, ab, slow) if obs else []
+    warnings += [f"{d.trace}: worker {d.worker}'s iterations drift {d.change:+.0%} from the first third to the "
+                 f"last ({d.iterations} iterations): contention that changed during the run, not a cluster "
+                 f"property; the fit averages it (rerun on a quiet machine or calibrate on part of the run)"
+                 for d in drift if abs(d.change) > drift_tolerance]
     eval_fit = _fit_eval(traces)
     cluster = _with_overheads(cluster, overhead, eval_fit) if (overhead or eval_fit) else cluster
     return Calibration(cluster, fits, worker_fits, links, strag, ps_apply_s, jitter_cv, phase_overhead_s, warnings,
-                       overhead, eval_fit)
+                       exchange_overhead=overhead, eval_fit=eval_fit, residual_spread=spread, drift=drift)
 
 
 def _build_cluster(start: Cluster | None, fits: list[ComputeFit], workers: list[WorkerFit],
@@ -722,6 +787,9 @@ def format_report(cal: Calibration) -> str:
     if cal.phase_overhead_s is not None:
         lines.append(f"between phases: {cal.phase_overhead_s * 1e3:.1f} ms (evaluation, checkpoint) "
                      f"-> phase_overhead_s {cal.cluster.ps.phase_overhead_s:.4g}")
+    for (dev, res), f in cal.residual_spread.items():
+        lines.append(f"residuals {dev} {res}: measured/fit p10-p90 {f.p10_s:.3f}-{f.p90_s:.3f} over {f.n} "
+                     f"iterations (outliers beyond the straggler threshold excluded)")
     for name, f in cal.exchange_overhead.items():
         lines.append(f"exchange overhead {name}: median {f.median_s * 1e3:.1f} ms over {f.n} exchanges "
                      f"(p10-p90 {f.p10_s * 1e3:.1f}-{f.p90_s * 1e3:.1f} ms) -> exchange_overhead_s")

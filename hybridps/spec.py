@@ -75,20 +75,32 @@ class PSSpec(_Spec):
 
 
 class ResolutionProfile(_Spec):
-    """Iteration time t(B) = a*B + b seconds for batch B; max_batch fits in memory."""
+    """Iteration time t(B) = a*B + b (+ c*B^2 where the profile bends) seconds for batch B;
+    max_batch fits in memory."""
 
     a: float = Field(ge=0)
     b: float = Field(ge=0)
     max_batch: int = Field(ge=1)
+    # seconds per sample^2: calibrate sets it only when a profile is clearly not linear
+    # (docs/fidelity.md); 0 keeps the linear model
+    c: float = Field(0.0, allow_inf_nan=False)
 
     @model_validator(mode="after")
     def _some_time(self) -> "ResolutionProfile":
-        if self.a == 0 and self.b == 0:
+        if self.a == 0 and self.b == 0 and self.c <= 0:
             raise ValueError("a and b are both 0: an iteration must take some time")
+        if self.c != 0:
+            sizes = [1.0, float(self.max_batch)]
+            vertex = -self.a / (2 * self.c)
+            if 1 < vertex < self.max_batch:
+                sizes.append(vertex)
+            if min(self.iteration_s(s) for s in sizes) <= 0:
+                raise _FieldError("c", f"t(B) = a*B + b + c*B^2 must stay positive for B in 1..max_batch; "
+                                       f"c = {self.c} makes it reach 0")
         return self
 
-    def iteration_s(self, batch: int) -> float:
-        return self.a * batch + self.b
+    def iteration_s(self, batch: float) -> float:
+        return self.a * batch + self.b + self.c * batch * batch
 
 
 class DeviceSpec(_Spec):

@@ -47,7 +47,7 @@ def coeffs(cluster: Cluster, resolution: int, config_file: str = "<cluster>") ->
                 f"resolution {resolution} (have {have}); add [devices.{w.device}.resolutions.{resolution}] "
                 f"or drop {resolution} from the job's train.resolutions"
             )
-        a.append(prof.a * w.slowdown)
+        a.append(max(0.0, prof.a + prof.c * prof.max_batch) * w.slowdown)  # a bent profile: exact at max_batch
         b.append(prof.b * w.slowdown)
         mb.append(prof.max_batch)
     return Coeffs(np.array(a), np.array(b), np.array(mb, dtype=np.int64), tuple(w.name for w in cluster.worker_list))

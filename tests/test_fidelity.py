@@ -296,3 +296,63 @@ def test_calibrate_flags_a_drifting_worker_and_reports_the_spread(tmp_path):
     assert not [w for w in steady.warnings if "drift" in w]
     s = steady.residual_spread[("dev", 32)]
     assert s.p90_s - s.p10_s < 0.04  # 1% noise: p10-p90 is about 2.6%
+
+
+# --------------------------------------------------------------------------- nonlinear compute
+
+
+def test_a_bent_profile_is_charged_exactly_for_full_and_partial_batches():
+    # t(B) = 0.001 B + 0.01 + 2e-5 B^2: 50 samples at batch 20 = t(20) + t(20) + t(10)
+    data = make_cluster([{"name": "w"}]).model_dump(mode="json")
+    data["devices"]["dev"]["resolutions"]["32"]["c"] = 2e-5
+    cluster = cluster_from_dict(data)
+    job = make_job(50, 1)
+    plan = make_plan(cluster, job, "asp", "model", [{"name": "w", "batch": 20, "samples": 50}])
+    t = lambda n: 0.001 * n + 0.01 + 2e-5 * n * n  # noqa: E731
+    r = simulate(cluster, job, plan)
+    assert r.counters.compute_s[0] == pytest.approx(2 * t(20) + t(10), rel=1e-12)
+    close(r.makespan_s, 2 * t(20) + t(10) + 0.08)
+    assert "c = 2e-05" in cluster_to_toml(cluster)
+    with pytest.raises(SpecError, match=r"resolutions\.32\.c"):
+        data["devices"]["dev"]["resolutions"]["32"]["c"] = -1e-3  # t(1000) < 0
+        cluster_from_dict(data)
+
+
+def _profile(path, c, noise=0.005):
+    import numpy as np
+
+    from traces import TraceWriter
+    from traces.records import header
+
+    rng = np.random.default_rng(1)
+    with TraceWriter(path, header("profile")) as w:
+        for batch in (16, 32, 64, 128, 256, 512):
+            for _ in range(5):
+                t = (0.0005 * batch + 0.015 + c * batch * batch) * (1 + noise * rng.standard_normal())
+                w.write({"kind": "profile", "device": "gpu", "resolution": 32, "batch": batch, "iteration_s": t})
+    return path
+
+
+def test_calibrate_bends_the_line_only_when_the_profile_says_so(tmp_path):
+    from traces import read_trace
+    from traces.calibrate import calibrate, format_report
+
+    bent = calibrate([read_trace(_profile(tmp_path / "bent.jsonl", 1e-6))])
+    f = bent.compute[0]
+    assert f.shape.startswith("quadratic")
+    assert f.c == pytest.approx(1e-6, rel=0.1) and f.a == pytest.approx(0.0005, rel=0.1)
+    prof = bent.cluster.devices["gpu"].resolutions[32]
+    for batch in (16, 128, 512):  # the fitted curve within 1% of the truth everywhere
+        assert prof.iteration_s(batch) == pytest.approx(0.0005 * batch + 0.015 + 1e-6 * batch**2, rel=0.01)
+    assert "quadratic (BIC -" in format_report(bent)
+
+    straight = calibrate([read_trace(_profile(tmp_path / "line.jsonl", 0.0))])
+    assert straight.compute[0].shape == "linear" and straight.cluster.devices["gpu"].resolutions[32].c == 0.0
+
+
+def test_bundled_examples_keep_their_linear_coefficients():
+    from hybridps.spec import list_examples
+
+    for name in list_examples("cluster"):
+        for dev in load_cluster(name).devices.values():
+            assert all(p.c == 0.0 for p in dev.resolutions.values()), name

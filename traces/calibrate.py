@@ -23,7 +23,7 @@ sees them as compute time or latency. Never imports torch.
 from __future__ import annotations
 
 from collections import defaultdict
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -57,6 +57,8 @@ class ComputeFit:
     worst_residual_s: float
     worst_relative: float
     worst_where: str
+    c: float = 0.0  # seconds per sample^2 when the profile is clearly bent (`_bend`), else 0
+    shape: str = "linear"  # or "quadratic (BIC -N vs linear)"
 
 
 @dataclass(frozen=True)
@@ -460,6 +462,56 @@ def _fit_ps_apply(traces: list[Trace]) -> float | None:
     return float(np.median(gaps))
 
 
+# --------------------------------------------------------------------------- nonlinear compute
+
+BEND_MIN_SIZES = 4  # distinct profiled batch sizes before a quadratic is considered
+BEND_MIN_BIC_GAIN = 10.0  # "very strong" evidence (Kass & Raftery 1995)
+
+
+def _bic(y: np.ndarray, pred: np.ndarray, k: int) -> float:
+    """Gaussian BIC of relative residuals (small batches weigh as much as large ones)."""
+    rss = float(np.sum(((y - pred) / y) ** 2))
+    return len(y) * np.log(max(rss, 1e-300) / len(y)) + k * np.log(len(y))
+
+
+def _bend(fits: list[ComputeFit], obs: list[_Obs]) -> list[ComputeFit]:
+    """t(B) = a·B + b + c·B² instead of the line, per (device, resolution), when its profile
+    points cover at least BEND_MIN_SIZES batch sizes and the quadratic's BIC is lower by more
+    than BEND_MIN_BIC_GAIN (both fitted on relative residuals) and it is a valid profile
+    (a, b >= 0, positive on 1..max_batch). A run's scale of the line (see `_fit_compute`)
+    carries over to the quadratic."""
+    out = []
+    for f in fits:
+        pts = [(o.n, o.t_s) for o in obs if not o.worker and (o.device, o.resolution) == (f.device, f.resolution)]
+        x = np.array([p[0] for p in pts], dtype=float)
+        y = np.array([p[1] for p in pts], dtype=float)
+        if len(set(x.tolist())) < BEND_MIN_SIZES or np.any(y <= 0):
+            out.append(f)
+            continue
+        lin = np.polyfit(x, y, 1, w=1 / y)
+        quad = np.polyfit(x, y, 2, w=1 / y)
+        gain = _bic(y, np.polyval(lin, x), 2) - _bic(y, np.polyval(quad, x), 3)
+        a0, b0 = _linear_fit(x, y)  # the shape `_fit_compute` scaled to the run
+        scale = f.a / a0 if a0 > 0 else (f.b / b0 if b0 > 0 else 1.0)
+        cq, aq, bq = (float(v) * scale for v in quad)
+        if gain <= BEND_MIN_BIC_GAIN:
+            out.append(f)
+            continue
+        try:
+            ResolutionProfile(a=aq, b=bq, c=cq, max_batch=f.max_batch)
+        except ValueError:
+            out.append(f)
+            continue
+        if f.points == len(pts):  # the fit was judged on these points: judge the curve on them too
+            pred = aq * x + bq + cq * x * x
+            rel = np.abs(y - pred) / pred
+            worst = int(np.argmax(rel))
+            f = replace(f, r2=_r2(y, pred), worst_residual_s=float(abs(y - pred)[worst]),
+                        worst_relative=float(rel[worst]))
+        out.append(replace(f, a=aq, b=bq, c=cq, shape=f"quadratic (BIC -{gain:.0f} vs linear)"))
+    return out
+
+
 # --------------------------------------------------------------------------- contention
 
 
@@ -480,13 +532,14 @@ class DriftFit:
         return self.last / self.first - 1.0
 
 
-def _residual_spread(obs: list[_Obs], ab, slow, inlier: np.ndarray) -> dict[tuple[str, int], SpreadFit]:
+def _residual_spread(obs: list[_Obs], fits: dict[tuple[str, int], ComputeFit], slow,
+                     inlier: np.ndarray) -> dict[tuple[str, int], SpreadFit]:
     """Per (device, resolution), the spread of measured/fitted over the inlier iterations
-    (profile points and run iterations): how well one line stands for them."""
+    (profile points and run iterations): how well one line (or curve) stands for them."""
     ratios: dict[tuple[str, int], list[float]] = defaultdict(list)
     for o, ok in zip(obs, inlier):
-        a, b = ab[(o.device, o.resolution)]
-        pred = (slow[o.worker] if o.worker else 1.0) * (a * o.n + b)
+        f = fits[(o.device, o.resolution)]
+        pred = (slow[o.worker] if o.worker else 1.0) * (f.a * o.n + f.b + f.c * o.n * o.n)
         if ok and pred > 0:
             ratios[(o.device, o.resolution)].append(o.t_s / pred)
     return {k: SpreadFit.of(v) for k, v in sorted(ratios.items())}
@@ -655,6 +708,13 @@ def calibrate(traces: list[Trace], base: Cluster | None = None, *, outlier_facto
             warnings.append(f"device {key[0]} at resolution {key[1]}: a point is {fit.worst_relative:.0%} off the "
                             f"fit ({fit.worst_residual_s * 1e3:.2f} ms): {fit.worst_where}")
 
+    fits = _bend(fits, obs)
+    for f in fits:  # a bent fit replaces the line's verdicts with its own
+        if f.c:
+            warnings = [w for w in warnings if not w.startswith(f"device {f.device} at resolution {f.resolution}:")]
+            if f.worst_relative > bad_relative:
+                warnings.append(f"device {f.device} at resolution {f.resolution}: a point is {f.worst_relative:.0%} "
+                                f"off the {f.shape} fit ({f.worst_residual_s * 1e3:.2f} ms): {f.worst_where}")
     worker_fits = [WorkerFit(w, next(o.device for o in obs if o.worker == w), s,
                              sum(1 for o in obs if o.worker == w)) for w, s in sorted(slow.items())]
 
@@ -706,7 +766,7 @@ def calibrate(traces: list[Trace], base: Cluster | None = None, *, outlier_facto
     if start is not None and phase_overhead_s is not None:
         start = start.model_copy(update={"ps": start.ps.model_copy(update={"phase_overhead_s": phase_overhead_s})})
     cluster = _build_cluster(start, fits, worker_fits, links, strag, jitter_cv)
-    spread = _residual_spread(obs, ab, slow, inlier) if obs else {}
+    spread = _residual_spread(obs, {(f.device, f.resolution): f for f in fits}, slow, inlier) if obs else {}
     drift = _fit_drift(traces, obs, ab, slow) if obs else []
     warnings += [f"{d.trace}: worker {d.worker}'s iterations drift {d.change:+.0%} from the first third to the "
                  f"last ({d.iterations} iterations): contention that changed during the run, not a cluster "
@@ -724,7 +784,7 @@ def _build_cluster(start: Cluster | None, fits: list[ComputeFit], workers: list[
     if start is not None:
         devices = {name: dict(d.resolutions) for name, d in start.devices.items()}
     for f in fits:
-        devices.setdefault(f.device, {})[f.resolution] = ResolutionProfile(a=f.a, b=f.b, max_batch=f.max_batch)
+        devices.setdefault(f.device, {})[f.resolution] = ResolutionProfile(a=f.a, b=f.b, max_batch=f.max_batch, c=f.c)
     device_specs = {name: DeviceSpec(resolutions=res) for name, res in devices.items()}
     if start is None:  # profile traces only: one worker per profiled device
         groups = [WorkerGroup(name=name, device=name) for name in sorted(device_specs)]
@@ -787,6 +847,9 @@ def format_report(cal: Calibration) -> str:
     if cal.phase_overhead_s is not None:
         lines.append(f"between phases: {cal.phase_overhead_s * 1e3:.1f} ms (evaluation, checkpoint) "
                      f"-> phase_overhead_s {cal.cluster.ps.phase_overhead_s:.4g}")
+    for f in cal.compute:
+        if f.c:
+            lines.append(f"  {f.device} {f.resolution}: {f.shape}: c = {f.c:.4g} s/sample²")
     for (dev, res), f in cal.residual_spread.items():
         lines.append(f"residuals {dev} {res}: measured/fit p10-p90 {f.p10_s:.3f}-{f.p90_s:.3f} over {f.n} "
                      f"iterations (outliers beyond the straggler threshold excluded)")

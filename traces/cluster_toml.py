@@ -53,6 +53,8 @@ def cluster_to_toml(cluster: Cluster, comment: str = "") -> str:
             out += ["", f"[devices.{_key(dev_name)}.resolutions.{res}]",
                     f"a = {_value(float(prof.a))}", f"b = {_value(float(prof.b))}",
                     f"max_batch = {prof.max_batch}"]
+            if prof.c:
+                out.append(f"c = {_value(float(prof.c))}")
     for g in cluster.workers:
         out += ["", "[[workers]]", f"name = {_value(g.name)}", f"device = {_value(g.device)}",
                 f"count = {g.count}", f"bandwidth_gbps = {_value(float(g.bandwidth_gbps))}",

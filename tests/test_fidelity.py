@@ -356,3 +356,57 @@ def test_bundled_examples_keep_their_linear_coefficients():
     for name in list_examples("cluster"):
         for dev in load_cluster(name).devices.values():
             assert all(p.c == 0.0 for p in dev.resolutions.values()), name
+
+
+# --------------------------------------------------------------------------- wall-time logs
+
+
+def _base_toml(tmp_path):
+    path = tmp_path / "base.toml"
+    path.write_text(cluster_to_toml(make_cluster([{"name": "w0"}, {"name": "w1"}])))
+    return path
+
+
+def test_calibrate_from_a_csv_walltime_log(tmp_path, capsys):
+    # t = s x (0.002 n + 0.05): a worker-epoch of `samples` at batch B takes s x (0.002 samples + 0.05 k)
+    from hybridps.cli import main
+
+    rows = ["worker,resolution,batch,samples,wall_s"]
+    for worker, s in (("w0", 1.0), ("w1", 1.5)):
+        for batch, samples in ((64, 1000), (100, 1000), (250, 1000)):
+            k = -(-samples // batch)
+            rows.append(f"{worker},32,{batch},{samples},{s * (0.002 * samples + 0.05 * k)!r}")
+    log = tmp_path / "epochs.csv"
+    log.write_text("\n".join(rows) + "\n")
+    out = tmp_path / "fitted.toml"
+    assert main(["calibrate", str(log), "--base", str(_base_toml(tmp_path)), "-o", str(out)]) == 0
+    fitted = load_cluster(out)
+    prof = fitted.devices["dev"].resolutions[32]
+    assert prof.a == pytest.approx(0.002, rel=1e-6) and prof.b == pytest.approx(0.05, rel=1e-6)
+    assert fitted.worker_by_name["w1"].slowdown == pytest.approx(1.5, rel=1e-6)
+    assert "wrote" in capsys.readouterr().out
+
+
+def test_calibrate_from_a_json_walltime_log_and_its_errors(tmp_path, capsys):
+    import json
+
+    from hybridps.cli import main
+    from traces.walltime import read_walltime_log
+
+    rows = [{"worker": "w0", "resolution": 32, "batch": b, "samples": 500, "wall_s": 0.002 * 500 + 0.05 * -(-500 // b)}
+            for b in (50, 125, 500)]
+    log = tmp_path / "log.json"
+    log.write_text(json.dumps({"format": "hybridps.walltime/1", "rows": rows}))
+    assert [r.iterations for r in read_walltime_log(log).rows] == [10, 4, 1]
+    out = tmp_path / "fitted.toml"
+    assert main(["calibrate", str(log), "--base", str(_base_toml(tmp_path)), "-o", str(out)]) == 0
+    assert load_cluster(out).devices["dev"].resolutions[32].b == pytest.approx(0.05, rel=1e-6)
+    bad = tmp_path / "bad.csv"
+    bad.write_text("worker,resolution,batch,samples,wall_s\nw0,32,64,1000,nan\n")
+    assert main(["calibrate", str(bad), "--base", str(_base_toml(tmp_path)), "-o", str(out)]) == 2
+    assert "bad.csv:2: wall_s must be a finite number" in capsys.readouterr().err
+    bad.write_text("worker,resolution,batch,samples,wall_s\nw9,32,64,1000,1.0\n")
+    assert main(["calibrate", str(bad), "--base", str(_base_toml(tmp_path)), "-o", str(out)]) == 2
+    assert "bad.csv:2: worker 'w9' is not in the cluster" in capsys.readouterr().err
+    assert main(["calibrate", str(log), "-o", str(out)]) == 2
+    assert "give --base" in capsys.readouterr().err

@@ -40,6 +40,7 @@ from hybridps.spec import (
     gbps_to_bytes_per_s,
 )
 from traces.jsonl import Trace
+from traces.walltime import WallTimeLog
 
 BYTES_PER_S_PER_GBPS = gbps_to_bytes_per_s(1.0)
 
@@ -462,6 +463,28 @@ def _fit_ps_apply(traces: list[Trace]) -> float | None:
     return float(np.median(gaps))
 
 
+# --------------------------------------------------------------------------- wall-time logs
+
+
+def _log_obs(logs, start: Cluster | None, first_index: int) -> list[_Obs]:
+    """One observation per log row: its mean iteration (samples/iterations samples in
+    wall_s/iterations seconds), exact under the linear model (traces/walltime.py)."""
+    obs: list[_Obs] = []
+    for j, log in enumerate(logs):
+        if start is None:
+            raise UserError(f"calibrate: {log.path} is a wall-time log; give --base (or a run trace) with its workers")
+        for k, r in enumerate(log.rows):
+            w = start.worker_by_name.get(r.worker)
+            if w is None:
+                raise UserError(f"{r.where}: worker {r.worker!r} is not in the cluster "
+                                f"(has {', '.join(x.name for x in start.worker_list)})")
+            if r.device is not None and r.device != w.device:
+                raise UserError(f"{r.where}: worker {r.worker!r} is a {w.device!r} in the cluster, the log says {r.device!r}")
+            obs.append(_Obs(w.device, r.resolution, r.samples / r.iterations, r.wall_s / r.iterations, r.worker,
+                            float(k), f"{r.where}: {r.worker} {r.samples} samples at batch {r.batch}", first_index + j))
+    return obs
+
+
 # --------------------------------------------------------------------------- nonlinear compute
 
 BEND_MIN_SIZES = 4  # distinct profiled batch sizes before a quadratic is considered
@@ -545,7 +568,7 @@ def _residual_spread(obs: list[_Obs], fits: dict[tuple[str, int], ComputeFit], s
     return {k: SpreadFit.of(v) for k, v in sorted(ratios.items())}
 
 
-def _fit_drift(traces: list[Trace], obs: list[_Obs], ab, slow, min_iterations: int = 30) -> list[DriftFit]:
+def _fit_drift(sources: list[str], obs: list[_Obs], ab, slow, min_iterations: int = 30) -> list[DriftFit]:
     """Per (trace, worker) with at least `min_iterations` run iterations, the drift of its
     measured/fitted ratio from the first third to the last (medians: transient stragglers
     do not move them)."""
@@ -562,7 +585,7 @@ def _fit_drift(traces: list[Trace], obs: list[_Obs], ab, slow, min_iterations: i
             continue
         r = np.array([v for _, v in sorted(pts)])
         third = len(r) // 3
-        out.append(DriftFit(str(traces[ti].path), worker, float(np.median(r[:third])), float(np.median(r[-third:])),
+        out.append(DriftFit(sources[ti], worker, float(np.median(r[:third])), float(np.median(r[-third:])),
                             len(r)))
     return out
 
@@ -652,15 +675,18 @@ def _start_cluster(traces: list[Trace], base: Cluster | None) -> Cluster | None:
 
 def calibrate(traces: list[Trace], base: Cluster | None = None, *, outlier_factor: float = 1.5,
               straggler_min_run: int = 1, absorb_gaps: bool = True, bad_r2: float = 0.9,
-              bad_relative: float = 0.25, drift_tolerance: float = 0.10) -> Calibration:
+              bad_relative: float = 0.25, drift_tolerance: float = 0.10,
+              logs: "list[WallTimeLog] | tuple" = ()) -> Calibration:
     """Fit a cluster to `traces` (profile and/or run traces), starting from `base` (or the
     first run trace's header cluster): measured parts replace the base's, the rest is kept.
     A worker whose iteration times drift by more than `drift_tolerance` during a trace is
-    flagged in the warnings (contention, not the cluster)."""
-    if not traces:
+    flagged in the warnings (contention, not the cluster). `logs`: wall-time logs
+    (traces.walltime), fitted like compute records."""
+    if not traces and not logs:
         raise UserError("calibrate: give at least one trace")
     obs = _collect(traces, base, absorb_gaps)
     start = _start_cluster(traces, base)
+    obs += _log_obs(logs, start, len(traces))
     if not obs and start is None:
         raise UserError("calibrate: the traces hold no profile or compute records and no cluster; "
                         "profile first (`hybridps profile`) or pass a run trace")
@@ -767,7 +793,7 @@ def calibrate(traces: list[Trace], base: Cluster | None = None, *, outlier_facto
         start = start.model_copy(update={"ps": start.ps.model_copy(update={"phase_overhead_s": phase_overhead_s})})
     cluster = _build_cluster(start, fits, worker_fits, links, strag, jitter_cv)
     spread = _residual_spread(obs, {(f.device, f.resolution): f for f in fits}, slow, inlier) if obs else {}
-    drift = _fit_drift(traces, obs, ab, slow) if obs else []
+    drift = _fit_drift([str(t.path) for t in traces] + [lg.path for lg in logs], obs, ab, slow) if obs else []
     warnings += [f"{d.trace}: worker {d.worker}'s iterations drift {d.change:+.0%} from the first third to the "
                  f"last ({d.iterations} iterations): contention that changed during the run, not a cluster "
                  f"property; the fit averages it (rerun on a quiet machine or calibrate on part of the run)"

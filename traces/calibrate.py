@@ -487,7 +487,7 @@ def _log_obs(logs, start: Cluster | None, first_index: int) -> list[_Obs]:
 
 # --------------------------------------------------------------------------- nonlinear compute
 
-BEND_MIN_SIZES = 4  # distinct profiled batch sizes before a quadratic is considered
+BEND_MIN_SIZES = 6  # distinct profiled batch sizes before a quadratic is considered
 BEND_MIN_BIC_GAIN = 10.0  # "very strong" evidence (Kass & Raftery 1995)
 
 
@@ -497,14 +497,15 @@ def _bic(y: np.ndarray, pred: np.ndarray, k: int) -> float:
     return len(y) * np.log(max(rss, 1e-300) / len(y)) + k * np.log(len(y))
 
 
-def _bend(fits: list[ComputeFit], obs: list[_Obs]) -> list[ComputeFit]:
+def _bend(fits: list[ComputeFit], obs: list[_Obs], slow: dict[str, float]) -> list[ComputeFit]:
     """t(B) = a·B + b + c·B² instead of the line, per (device, resolution), when its profile
-    points cover at least BEND_MIN_SIZES batch sizes and the quadratic's BIC is lower by more
-    than BEND_MIN_BIC_GAIN (both fitted on relative residuals) and it is a valid profile
-    (a, b >= 0, positive on 1..max_batch). A run's scale of the line (see `_fit_compute`)
-    carries over to the quadratic."""
+    points cover at least BEND_MIN_SIZES batch sizes, the quadratic's BIC is lower by more
+    than BEND_MIN_BIC_GAIN (both fitted on relative residuals), it is a valid profile
+    (a, b >= 0, positive on 1..max_batch) and, where run iterations set the scale (see
+    `_fit_compute`), it is scaled to them the same way and fits them no worse than the line."""
     out = []
     for f in fits:
+        run = [(o.n, o.t_s / slow[o.worker]) for o in obs if o.worker and (o.device, o.resolution) == (f.device, f.resolution)]
         pts = [(o.n, o.t_s) for o in obs if not o.worker and (o.device, o.resolution) == (f.device, f.resolution)]
         x = np.array([p[0] for p in pts], dtype=float)
         y = np.array([p[1] for p in pts], dtype=float)
@@ -514,12 +515,20 @@ def _bend(fits: list[ComputeFit], obs: list[_Obs]) -> list[ComputeFit]:
         lin = np.polyfit(x, y, 1, w=1 / y)
         quad = np.polyfit(x, y, 2, w=1 / y)
         gain = _bic(y, np.polyval(lin, x), 2) - _bic(y, np.polyval(quad, x), 3)
-        a0, b0 = _linear_fit(x, y)  # the shape `_fit_compute` scaled to the run
-        scale = f.a / a0 if a0 > 0 else (f.b / b0 if b0 > 0 else 1.0)
-        cq, aq, bq = (float(v) * scale for v in quad)
         if gain <= BEND_MIN_BIC_GAIN:
             out.append(f)
             continue
+        scale = 1.0
+        if run:
+            rn = np.array([p[0] for p in run], dtype=float)
+            rt = np.array([p[1] for p in run], dtype=float)
+            scale = float(np.mean(rt / np.polyval(quad, rn)))
+            rel_line = np.sum(((rt - (f.a * rn + f.b)) / rt) ** 2)
+            rel_quad = np.sum(((rt - scale * np.polyval(quad, rn)) / rt) ** 2)
+            if rel_quad > rel_line:  # the run does not bear the bend out
+                out.append(f)
+                continue
+        cq, aq, bq = (float(v) * scale for v in quad)
         try:
             ResolutionProfile(a=aq, b=bq, c=cq, max_batch=f.max_batch)
         except ValueError:
@@ -734,7 +743,7 @@ def calibrate(traces: list[Trace], base: Cluster | None = None, *, outlier_facto
             warnings.append(f"device {key[0]} at resolution {key[1]}: a point is {fit.worst_relative:.0%} off the "
                             f"fit ({fit.worst_residual_s * 1e3:.2f} ms): {fit.worst_where}")
 
-    fits = _bend(fits, obs)
+    fits = _bend(fits, obs, slow)
     for f in fits:  # a bent fit replaces the line's verdicts with its own
         if f.c:
             warnings = [w for w in warnings if not w.startswith(f"device {f.device} at resolution {f.resolution}:")]

@@ -296,10 +296,14 @@ class ClassShareLink(_Link):
     def send(self, worker: int, nbytes: float, latency_s: float) -> None:
         # the generic send (advance, insert, set rates, arm) with fewer calls: the hot path
         now = self.env.now
-        self._advance(now)
+        dt = now - self._t_last
+        self._t_last = now
+        served, rate, heaps = self._served, self._rate, self._heaps
+        for k in range(len(served)):
+            served[k] += rate[k] * dt
         k = self.class_of[worker]
         self._seq += 1
-        heapq.heappush(self._heaps[k], (self._served[k] + nbytes, self._seq, worker, latency_s, now))
+        heapq.heappush(heaps[k], (served[k] + nbytes, self._seq, worker, latency_s, now))
         self._n_flows += 1
         self.bytes_sent += nbytes
         self._set_rates()

@@ -410,3 +410,17 @@ def test_calibrate_from_a_json_walltime_log_and_its_errors(tmp_path, capsys):
     assert "bad.csv:2: worker 'w9' is not in the cluster" in capsys.readouterr().err
     assert main(["calibrate", str(log), "-o", str(out)]) == 2
     assert "give --base" in capsys.readouterr().err
+
+
+def test_fast_and_reference_paths_charge_the_new_costs_alike():
+    # mixed NICs and both costs: the fast network path and the per-flow reference agree
+    cluster = make_cluster([{"name": "a", "count": 2, "exchange_overhead_s": 0.05},
+                            {"name": "b", "count": 2, "bandwidth_gbps": 0.5}], ps={"eval_s": 0.2})
+    job = make_job(80, 4)
+    workers = [{"name": n, "batch": 10, "samples": 20} for n in ("a0", "a1", "b0", "b1")]
+    for sync in ("bsp", "asp"):
+        plan = make_plan(cluster, job, sync, "model", workers)
+        fast, ref = simulate(cluster, job, plan), simulate(cluster, job, plan, fast=False)
+        assert fast.makespan_s == pytest.approx(ref.makespan_s, rel=1e-9)
+        assert fast.updates == ref.updates
+        assert fast.makespan_s > simulate(cluster, job, plan, eval_every=0).makespan_s + 3 * 0.2 - 1e-9

@@ -135,7 +135,8 @@ def dbsl_estimate_s(cache: "EstimateCache", stages: list[Stage], allocs: dict) -
     total = 0.0
     for st in stages:
         total += phase_estimate_s(cache, st.epochs, st.resolution, "asp", Compression(), *arrays[st.resolution])
-    return total + (len(stages) - 1) * cluster.ps.phase_overhead_s + eval_overhead_s(cluster, [s.epochs for s in stages])
+    return (total + (len(stages) - 1) * cluster.ps.phase_overhead_s
+            + eval_overhead_s(cluster, [s.epochs for s in stages]))
 
 
 class BalancedCache:

@@ -182,7 +182,8 @@ def test_calibrate_recovers_exchange_overhead_from_a_trace(tmp_path):
     from traces.calibrate import calibrate, format_report
     from sim.engine import trace_header
 
-    cluster = make_cluster([{"name": "w0", "exchange_overhead_s": 0.25, "latency_ms": 0.5}, {"name": "w1", "latency_ms": 0.5}])
+    cluster = make_cluster([{"name": "w0", "exchange_overhead_s": 0.25, "latency_ms": 0.5},
+                            {"name": "w1", "latency_ms": 0.5}])
     job = make_job(200, 3)
     plan = make_plan(cluster, job, "asp", "model", [{"name": "w0", "batch": 10, "samples": 100},
                                                      {"name": "w1", "batch": 20, "samples": 100}])

@@ -425,3 +425,29 @@ def test_fast_and_reference_paths_charge_the_new_costs_alike():
         assert fast.makespan_s == pytest.approx(ref.makespan_s, rel=1e-9)
         assert fast.updates == ref.updates
         assert fast.makespan_s > simulate(cluster, job, plan, eval_every=0).makespan_s + 3 * 0.2 - 1e-9
+
+
+@pytest.mark.parametrize("run_c, shape", [(0.0, "linear"), (1e-6, "quadratic")])
+def test_the_run_decides_whether_a_bent_profile_holds(tmp_path, run_c, shape):
+    # the profile bends (c = 1e-6); the run's iterations at 64 and 512 samples either follow
+    # the straight 0.0005 n + 0.015 (the curve fits them worse than the line: keep the line)
+    # or the same bend (keep the curve)
+    from traces import TraceWriter, read_trace
+    from traces.calibrate import calibrate
+    from traces.records import header
+
+    cluster = {"format": "hybridps.cluster/1",
+               "devices": {"gpu": {"resolutions": {"32": {"a": 0.001, "b": 0.01, "max_batch": 512}}}},
+               "workers": [{"name": "w0", "device": "gpu"}]}
+    run = tmp_path / "run.jsonl"
+    with TraceWriter(run, header("runtime", cluster=cluster)) as w:
+        t = 0.0
+        for k in range(40):
+            n = 64 if k % 2 else 512
+            dt = 0.0005 * n + 0.015 + run_c * n * n
+            w.write({"kind": "compute", "worker": "w0", "phase": 0, "epoch": 0, "step": k, "batch": 512,
+                     "resolution": 32, "start_s": t, "end_s": t + dt, "samples": n})
+            t += dt
+    cal = calibrate([read_trace(_profile(tmp_path / "bent.jsonl", 1e-6)), read_trace(run)])
+    assert cal.compute[0].shape.startswith(shape)
+    assert (cal.cluster.devices["gpu"].resolutions[32].c == 0.0) == (shape == "linear")

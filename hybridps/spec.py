@@ -55,6 +55,9 @@ class PSSpec(_Spec):
     # time between two phases when no worker computes: the PS's phase-end evaluation and
     # checkpoint, and the next phase's start (hybridps calibrate fits it from a run)
     phase_overhead_s: float = Field(0.0, ge=0)
+    # seconds the PS spends on one in-phase evaluation (every epoch end inside a phase, as
+    # the runtime's --eval-every 1 does), blocking applies and pulls; docs/semantics.md
+    eval_s: float = Field(0.0, ge=0, allow_inf_nan=False)
 
     @property
     def latency_s(self) -> float:
@@ -72,20 +75,32 @@ class PSSpec(_Spec):
 
 
 class ResolutionProfile(_Spec):
-    """Iteration time t(B) = a*B + b seconds for batch B; max_batch fits in memory."""
+    """Iteration time t(B) = a*B + b (+ c*B^2 where the profile bends) seconds for batch B;
+    max_batch fits in memory."""
 
     a: float = Field(ge=0)
     b: float = Field(ge=0)
     max_batch: int = Field(ge=1)
+    # seconds per sample^2: calibrate sets it only when a profile is clearly not linear
+    # (docs/fidelity.md); 0 keeps the linear model
+    c: float = Field(0.0, allow_inf_nan=False)
 
     @model_validator(mode="after")
     def _some_time(self) -> "ResolutionProfile":
-        if self.a == 0 and self.b == 0:
+        if self.a == 0 and self.b == 0 and self.c <= 0:
             raise ValueError("a and b are both 0: an iteration must take some time")
+        if self.c != 0:
+            sizes = [1.0, float(self.max_batch)]
+            vertex = -self.a / (2 * self.c)
+            if 1 < vertex < self.max_batch:
+                sizes.append(vertex)
+            if min(self.iteration_s(s) for s in sizes) <= 0:
+                raise _FieldError("c", f"t(B) = a*B + b + c*B^2 must stay positive for B in 1..max_batch; "
+                                       f"c = {self.c} makes it reach 0")
         return self
 
-    def iteration_s(self, batch: int) -> float:
-        return self.a * batch + self.b
+    def iteration_s(self, batch: float) -> float:
+        return self.a * batch + self.b + self.c * batch * batch
 
 
 class DeviceSpec(_Spec):
@@ -117,6 +132,9 @@ class WorkerGroup(_Spec):
     bandwidth_gbps: float = Field(10.0, gt=0)
     latency_ms: float = Field(0.05, ge=0)
     slowdown: float = Field(1.0, gt=0)
+    # worker-local seconds per exchange, spent after the interval's compute and before its
+    # push (DBSL: the mini-epoch's validation pass and model serialisation); not shared
+    exchange_overhead_s: float = Field(0.0, ge=0, allow_inf_nan=False)
 
 
 MAX_STRAGGLER_RATE_PER_HOUR = 1e5  # ~28 episodes/s per worker: beyond this a worker is simply slow
@@ -143,6 +161,7 @@ class Worker:
     bandwidth_gbps: float
     latency_ms: float
     slowdown: float
+    exchange_overhead_s: float = 0.0
 
     @property
     def latency_s(self) -> float:
@@ -186,7 +205,8 @@ class Cluster(_Spec):
         for g in self.workers:
             names = [g.name] if g.count == 1 else [f"{g.name}{k}" for k in range(g.count)]
             for name in names:
-                out.append(Worker(len(out), name, g.device, g.bandwidth_gbps, g.latency_ms, g.slowdown))
+                out.append(Worker(len(out), name, g.device, g.bandwidth_gbps, g.latency_ms, g.slowdown,
+                                  g.exchange_overhead_s))
         return tuple(out)
 
     @cached_property

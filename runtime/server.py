@@ -220,10 +220,12 @@ class Shard:
             if latest:
                 self.buffers = merge_sync(latest)
 
-    def evaluate(self, epoch: float, phase: int, resolution: int) -> None:
+    def evaluate(self, epoch: float, phase: int, resolution: int, emulate_s: float = 0.0) -> None:
         """Loss and accuracy on the held-out split (all of it unless --eval-samples asks for
         fewer), in eval() mode: batch norm uses the PS's merged running statistics, so the
-        result does not depend on the evaluation batch."""
+        result does not depend on the evaluation batch. Emulating, it lasts at least
+        `emulate_s` (the cluster's `ps.eval_s`)."""
+        start_s, wall0 = self.ctx.now(), time.perf_counter()
         self._load_model(self.full_params())
         n = self.eval_size()
         loss_sum, correct = 0.0, 0
@@ -234,8 +236,11 @@ class Shard:
                 out = self.model(x)
                 loss_sum += float(F.cross_entropy(out, y, reduction="sum"))
                 correct += int((out.argmax(1) == y).sum())
+        left = emulate_s - (time.perf_counter() - wall0)
+        if self.ctx.opts.emulate and left > 0:
+            time.sleep(left)
         rec = {"kind": "eval", "t_s": self.ctx.now(), "epoch": float(epoch), "loss": loss_sum / n,
-               "accuracy": correct / n, "phase": phase, "split": "test", "samples": n}
+               "accuracy": correct / n, "phase": phase, "split": "test", "samples": n, "start_s": start_s}
         self.final_eval = rec
         self.record(rec)
 
@@ -327,7 +332,7 @@ class Shard:
         if ctx.opts.eval_every and not ctx.opts.resume and ctx.plan.phases:
             self._send_gather()
             if self.lead:
-                self.evaluate(0.0, 0, ctx.plan.phases[0].resolution)
+                self.evaluate(0.0, 0, ctx.plan.phases[0].resolution, ctx.cluster.ps.eval_s)
         for p in range(self.start_phase, len(ctx.plan.phases)):
             self.run_phase(p, self.start_applied if p == self.start_phase else 0)
         if self.start_phase >= len(ctx.plan.phases) and self.lead:
@@ -470,7 +475,7 @@ class Shard:
                     e = len(self.epoch_end_s)
                     every = ctx.opts.eval_every
                     if every and ctx.shards == 1 and e % every == 0 and e < epochs_before + ph.epochs:
-                        self.evaluate(float(e), p, ph.resolution)
+                        self.evaluate(float(e), p, ph.resolution, ctx.cluster.ps.eval_s)
 
         while len(done) < len(alive - self.lost):
             watch = alive - self.lost - done

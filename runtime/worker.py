@@ -284,6 +284,7 @@ class WorkerProcess:
                     worker_epoch += 1
                     break
             # ---------------------------------------------------------- push
+            t_ready = time.perf_counter()  # the interval's compute is done: the exchange overhead starts
             if gradient:  # the mean gradient over the interval's samples
                 vec = self.flat_grad if every == 1 else self.flat_grad.div_(interval_samples)
             elif lossy:
@@ -303,6 +304,7 @@ class WorkerProcess:
             for s in range(ctx.shards):
                 reply_works.append(dist.irecv(hdr_bufs[s], s, tag=P.TAG_HEADER))
                 pull_works.append(dist.irecv(P.as_bytes(self.pull_bufs[s]), s, tag=P.TAG_PAYLOAD))
+            self._sleep_until(t_ready, self.spec.exchange_overhead_s)  # emulated; encoding counts toward it
             t_push = ctx.now()
             wall0 = time.perf_counter()
             pushed = self._send_all(P.MSG_PUSH, p, payloads, samples=interval_samples,

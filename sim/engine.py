@@ -28,7 +28,7 @@ class Simulation:
     """One run of a plan. `run()` returns the SimResult; use `simulate()` normally."""
 
     def __init__(self, cluster: Cluster, job: Job, plan: Plan, seed: int | None = None, record: bool = False,
-                 trace: Any | None = None, log_updates: bool = False, fast: bool = True):
+                 trace: Any | None = None, log_updates: bool = False, fast: bool = True, eval_every: int = 1):
         check_plan(plan, cluster, job)  # a SpecError naming the field beats a KeyError deep inside
         self.cluster, self.job, self.plan = cluster, job, plan
         self.seed = cluster.stragglers.seed if seed is None else seed
@@ -62,6 +62,13 @@ class Simulation:
         self.ssp_waiting: list[tuple[int, simpy.Event]] = []
         self.progress: Callable[[int], None] | None = None
         self.makespan_s = 0.0
+        # PS evaluation every `eval_every` epochs (0: none), as the runtime's --eval-every: the
+        # initial model, and epoch ends inside a phase with one PS shard (the runtime's rule;
+        # the phase-end evaluation is phase_overhead_s)
+        self.eval_every = eval_every
+        self.eval_s = cluster.ps.eval_s if eval_every > 0 else 0.0
+        self.eval_in_phase_s = self.eval_s if cluster.ps.count == 1 else 0.0
+        self.phase_end_epoch = 0
 
     # phases -----------------------------------------------------------------------
     def _start_phase(self, p: int) -> None:
@@ -69,6 +76,7 @@ class Simulation:
         self.phase_start_s = float(self.env.now)
         self.applied_in_phase = 0
         self.target = self.costs[p].target_samples
+        self.phase_end_epoch = self.epochs_before[p] + self.plan.phases[p].epochs
         self.active = set(self.phase_workers[p])
         self.stopped = 0
         self.ssp_count = [0] * len(self.names)  # exchanges completed in this phase
@@ -79,14 +87,22 @@ class Simulation:
         """Has the current phase's applied sample count reached its target?"""
         return self.applied_in_phase >= self.target
 
-    def samples_applied(self, n: int) -> None:
+    def samples_applied(self, n: int) -> float:
+        """Count applied samples; returns the seconds of PS evaluation this update triggers
+        (epoch ends inside the phase, `ps.eval_s` each; the pull waits for them)."""
         self.applied_in_phase += n
         self.applied_total += n
         ends = self.counters.epoch_end_s
+        eval_s = 0.0
         while len(ends) < self.total_epochs and self.applied_total >= (len(ends) + 1) * self.dataset_samples:
             ends.append(self.env.now)
+            if self.eval_in_phase_s > 0 and len(ends) % self.eval_every == 0 and len(ends) < self.phase_end_epoch:
+                eval_s += self.eval_in_phase_s
             if self.progress is not None:
                 self.progress(len(ends))
+        if eval_s > 0:  # the evaluation blocks the PS: later applies queue behind it
+            self.ps.busy_until_s = max(self.ps.busy_until_s, self.env.now) + eval_s
+        return eval_s
 
     def worker_stopped(self, w: int) -> None:
         self.active.discard(w)
@@ -148,7 +164,10 @@ class Simulation:
         self.progress = progress
         for w in range(len(self.names)):
             self.env.process(worker_process(self, w))
-        self._start_phase(0)
+        if self.eval_s > 0:  # the runtime evaluates the initial model before phase 0
+            self.env.timeout(self.eval_s).callbacks.append(lambda _ev: self._start_phase(0))
+        else:
+            self._start_phase(0)
         self.env.run()
         if self.recorder is not None:
             self.recorder.flush()
@@ -164,7 +183,7 @@ class Simulation:
 
 
 def simulate(cluster: Cluster, job: Job, plan: Plan, seed: int | None = None, record: bool = False,
-             trace: Any | None = None, log_updates: bool = False, fast: bool = True) -> SimResult:
+             trace: Any | None = None, log_updates: bool = False, fast: bool = True, eval_every: int = 1) -> SimResult:
     """Simulate `plan` on `cluster` for `job`.
 
     seed: transient-straggler seed (default: cluster.stragglers.seed). record: keep the
@@ -173,7 +192,8 @@ def simulate(cluster: Cluster, job: Job, plan: Plan, seed: int | None = None, re
     keep every applied update in `result.counters.update_log` (sim.metrics.UpdateLog),
     what the convergence model reads. fast=False: the reference event-by-event model with
     the per-flow water-fill (the fast paths are checked against it by
-    tests/test_sim_equivalence.py).
+    tests/test_sim_equivalence.py). eval_every: the PS evaluates every this many epochs,
+    `ps.eval_s` each (default 1, the runtime's --eval-every default; 0: never).
     """
     return Simulation(cluster, job, plan, seed=seed, record=record, trace=trace, log_updates=log_updates,
-                      fast=fast).run()
+                      fast=fast, eval_every=eval_every).run()

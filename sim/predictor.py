@@ -21,8 +21,9 @@ class WorkerPhase:
     iters_per_epoch: int  # k_w = ceil(d_w / B_w)
     last_batch: int  # samples in the last iteration of a worker-epoch
     exchange_every: int  # E_w
-    a_s: float  # seconds per sample, times the persistent slowdown
+    a_s: float  # seconds per sample, times the persistent slowdown (with c: the chord through B and L)
     b_s: float  # seconds per iteration, times the persistent slowdown
+    exchange_overhead_s: float = 0.0  # worker-local, between an interval's compute and its push
 
     def iteration_s(self, samples: int) -> float:
         """Compute time of one iteration before transient stragglers."""
@@ -51,10 +52,15 @@ def phase_costs(cluster: Cluster, job: Job, phase: Phase) -> PhaseCosts:
         w = cluster.worker_by_name[wa.name]
         prof = cluster.profile(w, phase.resolution)
         k = math.ceil(wa.samples / wa.batch)
+        last = wa.samples - (k - 1) * wa.batch
+        # a phase only ever sees two sizes, B and the last partial batch L: the line through
+        # t(B) and t(L) is exact for both, so a bent profile (c != 0) costs the loop nothing
+        a_s = (prof.a + prof.c * (wa.batch + last)) * w.slowdown
+        b_s = (prof.b - prof.c * wa.batch * last) * w.slowdown
         workers.append(WorkerPhase(
             index=w.index, name=w.name, batch=wa.batch, share=wa.samples, iters_per_epoch=k,
-            last_batch=wa.samples - (k - 1) * wa.batch, exchange_every=phase.exchange_every(wa),
-            a_s=prof.a * w.slowdown, b_s=prof.b * w.slowdown))
+            last_batch=last, exchange_every=phase.exchange_every(wa),
+            a_s=a_s, b_s=b_s, exchange_overhead_s=w.exchange_overhead_s))
     largest_shard = shard_sizes(n_params, shards)[0]
     return PhaseCosts(
         workers=tuple(workers),

@@ -121,9 +121,13 @@ class ParameterServer:
         if sim.recorder is not None:
             sim.recorder.add({"kind": "update", "worker": sim.names[worker], "phase": self.phase,
                               "t_s": self.env.now, "version": self.version, "staleness": staleness})
-        sim.samples_applied(self.push_samples[worker])
+        eval_s = sim.samples_applied(self.push_samples[worker])
         self.read_version[worker] = self.version
-        self.pull_link.send(worker, self.costs.pull_wire_bytes, self.latency_s[worker])
+        if eval_s > 0:  # an evaluation at this epoch end: the pull waits for it
+            self.env.timeout(eval_s).callbacks.append(
+                lambda _ev: self.pull_link.send(worker, self.costs.pull_wire_bytes, self.latency_s[worker]))
+        else:
+            self.pull_link.send(worker, self.costs.pull_wire_bytes, self.latency_s[worker])
 
     def _apply_round(self, workers: list[int]) -> None:
         sim = self.sim
@@ -135,10 +139,14 @@ class ParameterServer:
             for w in workers:
                 sim.recorder.add({"kind": "update", "worker": sim.names[w], "phase": self.phase,
                                   "t_s": self.env.now, "version": self.version, "staleness": 0})
-        sim.samples_applied(sum(self.push_samples[w] for w in workers))
+        eval_s = sim.samples_applied(sum(self.push_samples[w] for w in workers))
         for w in workers:
             self.read_version[w] = self.version
-        self.pull_link.send_many(workers, self.costs.pull_wire_bytes, self.latency_s)
+        if eval_s > 0:  # an evaluation at this epoch end: the pulls wait for it
+            self.env.timeout(eval_s).callbacks.append(
+                lambda _ev: self.pull_link.send_many(workers, self.costs.pull_wire_bytes, self.latency_s))
+        else:
+            self.pull_link.send_many(workers, self.costs.pull_wire_bytes, self.latency_s)
 
     def _on_pull_delivered(self, worker: int, start_s: float, end_s: float) -> None:
         """The pull's last byte has left the server; the worker has it at `end_s`."""

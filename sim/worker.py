@@ -30,7 +30,7 @@ def worker_process(sim: "Simulation", w: int) -> Generator:
         epoch0 = sim.epochs_before[p]
         resolution = phase.resolution
         batch, share, k, last, every = wp.batch, wp.share, wp.iters_per_epoch, wp.last_batch, wp.exchange_every
-        a_s, b_s = wp.a_s, wp.b_s
+        a_s, b_s, overhead_s = wp.a_s, wp.b_s, wp.exchange_overhead_s
         full_s = a_s * batch + b_s
         last_s = a_s * last + b_s
         ssp_bound = phase.staleness if phase.sync == "ssp" else None
@@ -73,7 +73,7 @@ def worker_process(sim: "Simulation", w: int) -> Generator:
             c.iterations[w] += iterations
             c.samples[w] += interval_samples
             c.compute_s[w] += t - t0
-            yield env.timeout(t - t0)
+            yield env.timeout(t - t0 + overhead_s)  # the exchange overhead ends the interval, before the push
             yield sim.ps.exchange(w, interval_samples)
             if ssp_bound is not None:
                 sim.ssp_exchanged(w)

@@ -23,7 +23,7 @@ from hybridps.spec import Cluster, Compression, Job, Phase, Plan, WorkerAssignme
 from solver.balanced import BalancedSolution, solve_balanced
 from solver.dbsl import dbsl_allocation, small_workers, speed_order
 from solver.schedule import Stage, layout, split_at
-from solver.timemodel import coeffs, exchange_cost, ps_capacity_bytes_per_s
+from solver.timemodel import coeffs, eval_overhead_s, exchange_cost, ps_capacity_bytes_per_s
 
 STRATEGIES = ("uniform", "dbsl", "balanced", "sync-switch", "ssp")
 COMPRESSIONS = {
@@ -135,7 +135,8 @@ def dbsl_estimate_s(cache: "EstimateCache", stages: list[Stage], allocs: dict) -
     total = 0.0
     for st in stages:
         total += phase_estimate_s(cache, st.epochs, st.resolution, "asp", Compression(), *arrays[st.resolution])
-    return total + (len(stages) - 1) * cluster.ps.phase_overhead_s
+    return (total + (len(stages) - 1) * cluster.ps.phase_overhead_s
+            + eval_overhead_s(cluster, [s.epochs for s in stages]))
 
 
 class BalancedCache:
@@ -222,7 +223,7 @@ def estimate_makespan_s(cluster: Cluster, job: Job, plan: Plan, cache: EstimateC
         d = np.array([w.samples for w in ph.workers], dtype=float)
         E = np.array([ph.exchange_every(w) for w in ph.workers], dtype=float)
         total += phase_estimate_s(cache, ph.epochs, ph.resolution, ph.sync, ph.compression, idx, B, d, E)
-    return total + phase_overheads_s(cluster, plan)
+    return total + phase_overheads_s(cluster, plan) + eval_overhead_s(cluster, [ph.epochs for ph in plan.phases])
 
 
 def phase_estimate_s(cache: EstimateCache, epochs: int, resolution: int, sync: str, compression: Compression,

@@ -47,7 +47,7 @@ def coeffs(cluster: Cluster, resolution: int, config_file: str = "<cluster>") ->
                 f"resolution {resolution} (have {have}); add [devices.{w.device}.resolutions.{resolution}] "
                 f"or drop {resolution} from the job's train.resolutions"
             )
-        a.append(prof.a * w.slowdown)
+        a.append(max(0.0, prof.a + prof.c * prof.max_batch) * w.slowdown)  # a bent profile: exact at max_batch
         b.append(prof.b * w.slowdown)
         mb.append(prof.max_batch)
     return Coeffs(np.array(a), np.array(b), np.array(mb, dtype=np.int64), tuple(w.name for w in cluster.worker_list))
@@ -76,7 +76,9 @@ def exchange_cost(cluster: Cluster, job: Job, compression: Compression) -> Excha
     the whole message; with all n workers exchanging at once each shard's NIC carries n
     slices. The transfer takes the longer of the two bottlenecks, plus one latency (worker's
     + PS's) per message; the PS apply cost is paid once per update per shard (a BSP round
-    applies once; we charge it once per round).
+    applies once; we charge it once per round). A worker's `exchange_overhead_s` is its own
+    time before each push (worker-local, not shared): added to its exchange; a BSP round
+    waits for the largest.
     """
     workers = cluster.worker_list
     n = len(workers)
@@ -91,13 +93,27 @@ def exchange_cost(cluster: Cluster, job: Job, compression: Compression) -> Excha
     w_bps = np.array([w.bandwidth_bytes_per_s for w in workers])
     lat = np.array([w.latency_s for w in workers]) + cluster.ps.latency_s
     apply_s = cluster.ps.apply_s_per_mparam * (params / S) / 1e6
+    overhead_s = np.array([w.exchange_overhead_s for w in workers])
     alone = (np.maximum(push_total / w_bps, push_shard / ps_bps) + np.maximum(pull_total / w_bps, pull_shard / ps_bps)
-             + 2 * lat + apply_s)
+             + 2 * lat + apply_s + overhead_s)
     # all at once: each shard NIC carries n slices; each worker NIC its own message
     push_all = np.maximum(push_total / w_bps, n * push_shard / ps_bps)
     pull_all = np.maximum(pull_total / w_bps, n * pull_shard / ps_bps)
-    concurrent = np.full(n, push_all.max() + pull_all.max() + 2 * lat.max() + apply_s)
+    concurrent = np.full(n, push_all.max() + pull_all.max() + 2 * lat.max() + apply_s + overhead_s.max())
     return ExchangeCost(concurrent, alone, np.full(n, push_total), pull_total)
+
+
+def eval_overhead_s(cluster: Cluster, phase_epochs: list[int], eval_every: int = 1) -> float:
+    """PS evaluation time of a plan whose phases have these epoch counts: `ps.eval_s` for the
+    initial model and each epoch end inside a phase (docs/semantics.md; the phase-end
+    evaluation is in `phase_overhead_s`). The runtime evaluates in-phase only with one shard."""
+    if cluster.ps.eval_s == 0 or eval_every <= 0:
+        return 0.0
+    done, count = 0, 1
+    for epochs in (phase_epochs if cluster.ps.count == 1 else []):
+        count += sum(1 for e in range(done + 1, done + epochs) if e % eval_every == 0)
+        done += epochs
+    return count * cluster.ps.eval_s
 
 
 def ps_capacity_bytes_per_s(cluster: Cluster) -> float:

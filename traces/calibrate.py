@@ -23,7 +23,7 @@ sees them as compute time or latency. Never imports torch.
 from __future__ import annotations
 
 from collections import defaultdict
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -40,6 +40,7 @@ from hybridps.spec import (
     gbps_to_bytes_per_s,
 )
 from traces.jsonl import Trace
+from traces.walltime import WallTimeLog
 
 BYTES_PER_S_PER_GBPS = gbps_to_bytes_per_s(1.0)
 
@@ -57,6 +58,8 @@ class ComputeFit:
     worst_residual_s: float
     worst_relative: float
     worst_where: str
+    c: float = 0.0  # seconds per sample^2 when the profile is clearly bent (`_bend`), else 0
+    shape: str = "linear"  # or "quadratic (BIC -N vs linear)"
 
 
 @dataclass(frozen=True)
@@ -87,6 +90,22 @@ class StragglerFit:
     observed_s: float  # worker-seconds observed
 
 
+@dataclass(frozen=True)
+class SpreadFit:
+    """A fitted duration: the median of `n` measured ones and their 10th-90th percentile
+    spread, so a report can say how well one number stands for them."""
+
+    median_s: float
+    p10_s: float
+    p90_s: float
+    n: int
+
+    @staticmethod
+    def of(values: list[float]) -> "SpreadFit":
+        v = np.asarray(values, dtype=float)
+        return SpreadFit(float(np.median(v)), float(np.percentile(v, 10)), float(np.percentile(v, 90)), len(v))
+
+
 @dataclass
 class Calibration:
     cluster: Cluster
@@ -98,6 +117,11 @@ class Calibration:
     jitter_cv: float | None = None  # fitted per-iteration noise, None without run records
     phase_overhead_s: float | None = None  # fitted time between phases, None without a multi-phase run
     warnings: list[str] = field(default_factory=list)
+    exchange_overhead: dict[str, SpreadFit] = field(default_factory=dict)  # per worker, from run traces
+    # per (device, resolution): measured/fitted iteration time of the inlier iterations
+    residual_spread: dict[tuple[str, int], SpreadFit] = field(default_factory=dict)
+    drift: list["DriftFit"] = field(default_factory=list)  # per (trace, worker) with run iterations
+    eval_fit: SpreadFit | None = None  # PS evaluation durations, from eval records with start_s
 
 
 @dataclass
@@ -363,6 +387,63 @@ def _ps_gaps(trace: Trace) -> list[float]:
     return gaps
 
 
+def _exchange_gaps(trace: Trace) -> dict[str, list[float]]:
+    """Per worker, the time from an interval's last compute to its push: the worker-local
+    exchange overhead (`[[workers]] exchange_overhead_s`; the runtime encodes the push there,
+    and emulates the cluster's overhead there)."""
+    per_worker: dict[str, list[dict]] = defaultdict(list)
+    for r in trace.records:
+        if r["kind"] in ("compute", "push"):
+            per_worker[r["worker"]].append(r)
+    gaps: dict[str, list[float]] = defaultdict(list)
+    for worker, recs in per_worker.items():
+        recs.sort(key=lambda r: (r["start_s"], r["end_s"]))
+        for cur, nxt in zip(recs, recs[1:]):
+            if cur["kind"] == "compute" and nxt["kind"] == "push" and cur["phase"] == nxt["phase"]:
+                gaps[worker].append(max(0.0, nxt["start_s"] - cur["end_s"]))
+    return gaps
+
+
+def _fit_exchange_overhead(traces: list[Trace]) -> dict[str, SpreadFit]:
+    """Per worker, the median compute-to-push gap over all its exchanges."""
+    gaps: dict[str, list[float]] = defaultdict(list)
+    for t in traces:
+        for worker, g in _exchange_gaps(t).items():
+            gaps[worker] += g
+    return {w: SpreadFit.of(g) for w, g in sorted(gaps.items()) if g}
+
+
+def _fit_eval(traces: list[Trace]) -> SpreadFit | None:
+    """The PS's evaluation time, `[ps] eval_s`: the median duration of the eval records
+    that carry their start (the runtime's do), leaving out those at phase ends (they are
+    part of `phase_overhead_s`). None when there are none."""
+    durations = []
+    for t in traces:
+        phase_end_epochs, done = set(), 0
+        for ph in (t.header.get("plan") or {}).get("phases", []):
+            done += ph["epochs"]
+            phase_end_epochs.add(float(done))
+        durations += [max(0.0, r["t_s"] - r["start_s"]) for r in t.of_kind("eval")
+                      if "start_s" in r and r["epoch"] not in phase_end_epochs]
+    return SpreadFit.of(durations) if durations else None
+
+
+def _with_overheads(cluster: Cluster, overhead: dict[str, SpreadFit], eval_fit: SpreadFit | None) -> Cluster:
+    """The fitted cluster with the measured exchange overheads and evaluation time."""
+    data = cluster.model_dump(mode="json")
+    if eval_fit is not None:
+        data["ps"]["eval_s"] = eval_fit.median_s
+    if overhead:
+        expanded = []  # one group per worker (named as worker_list names them), each its own overhead
+        for g, w in zip([g for g in data["workers"] for _ in range(g["count"])], cluster.worker_list):
+            one = dict(g, name=w.name, count=1)
+            if w.name in overhead:
+                one["exchange_overhead_s"] = overhead[w.name].median_s
+            expanded.append(one)
+        data["workers"] = expanded
+    return cluster_from_dict(data)
+
+
 def _fit_phase_overhead(traces: list[Trace]) -> float | None:
     """The mean time from one phase record's end to the next one's start (the mean: every
     phase boundary pays it once). None when no trace has two phases."""
@@ -380,6 +461,142 @@ def _fit_ps_apply(traces: list[Trace]) -> float | None:
     if not gaps:
         return None
     return float(np.median(gaps))
+
+
+# --------------------------------------------------------------------------- wall-time logs
+
+
+def _log_obs(logs, start: Cluster | None, first_index: int) -> list[_Obs]:
+    """One observation per log row: its mean iteration (samples/iterations samples in
+    wall_s/iterations seconds), exact under the linear model (traces/walltime.py)."""
+    obs: list[_Obs] = []
+    for j, log in enumerate(logs):
+        if start is None:
+            raise UserError(f"calibrate: {log.path} is a wall-time log; give --base (or a run trace) with its workers")
+        for k, r in enumerate(log.rows):
+            w = start.worker_by_name.get(r.worker)
+            if w is None:
+                raise UserError(f"{r.where}: worker {r.worker!r} is not in the cluster "
+                                f"(has {', '.join(x.name for x in start.worker_list)})")
+            if r.device is not None and r.device != w.device:
+                raise UserError(f"{r.where}: worker {r.worker!r} is a {w.device!r} in the cluster, the log says {r.device!r}")
+            obs.append(_Obs(w.device, r.resolution, r.samples / r.iterations, r.wall_s / r.iterations, r.worker,
+                            float(k), f"{r.where}: {r.worker} {r.samples} samples at batch {r.batch}", first_index + j))
+    return obs
+
+
+# --------------------------------------------------------------------------- nonlinear compute
+
+BEND_MIN_SIZES = 6  # distinct profiled batch sizes before a quadratic is considered
+BEND_MIN_BIC_GAIN = 10.0  # "very strong" evidence (Kass & Raftery 1995)
+
+
+def _bic(y: np.ndarray, pred: np.ndarray, k: int) -> float:
+    """Gaussian BIC of relative residuals (small batches weigh as much as large ones)."""
+    rss = float(np.sum(((y - pred) / y) ** 2))
+    return len(y) * np.log(max(rss, 1e-300) / len(y)) + k * np.log(len(y))
+
+
+def _bend(fits: list[ComputeFit], obs: list[_Obs], slow: dict[str, float]) -> list[ComputeFit]:
+    """t(B) = a·B + b + c·B² instead of the line, per (device, resolution), when its profile
+    points cover at least BEND_MIN_SIZES batch sizes, the quadratic's BIC is lower by more
+    than BEND_MIN_BIC_GAIN (both fitted on relative residuals), it is a valid profile
+    (a, b >= 0, positive on 1..max_batch) and, where run iterations set the scale (see
+    `_fit_compute`), it is scaled to them the same way and fits them no worse than the line."""
+    out = []
+    for f in fits:
+        run = [(o.n, o.t_s / slow[o.worker]) for o in obs if o.worker and (o.device, o.resolution) == (f.device, f.resolution)]
+        pts = [(o.n, o.t_s) for o in obs if not o.worker and (o.device, o.resolution) == (f.device, f.resolution)]
+        x = np.array([p[0] for p in pts], dtype=float)
+        y = np.array([p[1] for p in pts], dtype=float)
+        if len(set(x.tolist())) < BEND_MIN_SIZES or np.any(y <= 0):
+            out.append(f)
+            continue
+        lin = np.polyfit(x, y, 1, w=1 / y)
+        quad = np.polyfit(x, y, 2, w=1 / y)
+        gain = _bic(y, np.polyval(lin, x), 2) - _bic(y, np.polyval(quad, x), 3)
+        if gain <= BEND_MIN_BIC_GAIN:
+            out.append(f)
+            continue
+        scale = 1.0
+        if run:
+            rn = np.array([p[0] for p in run], dtype=float)
+            rt = np.array([p[1] for p in run], dtype=float)
+            scale = float(np.mean(rt / np.polyval(quad, rn)))
+            rel_line = np.sum(((rt - (f.a * rn + f.b)) / rt) ** 2)
+            rel_quad = np.sum(((rt - scale * np.polyval(quad, rn)) / rt) ** 2)
+            if rel_quad > rel_line:  # the run does not bear the bend out
+                out.append(f)
+                continue
+        cq, aq, bq = (float(v) * scale for v in quad)
+        try:
+            ResolutionProfile(a=aq, b=bq, c=cq, max_batch=f.max_batch)
+        except ValueError:
+            out.append(f)
+            continue
+        if f.points == len(pts):  # the fit was judged on these points: judge the curve on them too
+            pred = aq * x + bq + cq * x * x
+            rel = np.abs(y - pred) / pred
+            worst = int(np.argmax(rel))
+            f = replace(f, r2=_r2(y, pred), worst_residual_s=float(abs(y - pred)[worst]),
+                        worst_relative=float(rel[worst]))
+        out.append(replace(f, a=aq, b=bq, c=cq, shape=f"quadratic (BIC -{gain:.0f} vs linear)"))
+    return out
+
+
+# --------------------------------------------------------------------------- contention
+
+
+@dataclass(frozen=True)
+class DriftFit:
+    """How a worker's iteration times moved during one trace: the median measured/fitted
+    ratio of its first and last third of iterations. Contention that comes and goes
+    (other jobs on the machine) shows as drift; a cluster property does not drift."""
+
+    trace: str
+    worker: str
+    first: float
+    last: float
+    iterations: int
+
+    @property
+    def change(self) -> float:
+        return self.last / self.first - 1.0
+
+
+def _residual_spread(obs: list[_Obs], fits: dict[tuple[str, int], ComputeFit], slow,
+                     inlier: np.ndarray) -> dict[tuple[str, int], SpreadFit]:
+    """Per (device, resolution), the spread of measured/fitted over the inlier iterations
+    (profile points and run iterations): how well one line (or curve) stands for them."""
+    ratios: dict[tuple[str, int], list[float]] = defaultdict(list)
+    for o, ok in zip(obs, inlier):
+        f = fits[(o.device, o.resolution)]
+        pred = (slow[o.worker] if o.worker else 1.0) * (f.a * o.n + f.b + f.c * o.n * o.n)
+        if ok and pred > 0:
+            ratios[(o.device, o.resolution)].append(o.t_s / pred)
+    return {k: SpreadFit.of(v) for k, v in sorted(ratios.items())}
+
+
+def _fit_drift(sources: list[str], obs: list[_Obs], ab, slow, min_iterations: int = 30) -> list[DriftFit]:
+    """Per (trace, worker) with at least `min_iterations` run iterations, the drift of its
+    measured/fitted ratio from the first third to the last (medians: transient stragglers
+    do not move them)."""
+    series: dict[tuple[int, str], list[tuple[float, float]]] = defaultdict(list)
+    for o in obs:
+        if o.worker:
+            a, b = ab[(o.device, o.resolution)]
+            pred = slow[o.worker] * (a * o.n + b)
+            if pred > 0:
+                series[(o.trace, o.worker)].append((o.start_s, o.t_s / pred))
+    out = []
+    for (ti, worker), pts in sorted(series.items()):
+        if len(pts) < min_iterations:
+            continue
+        r = np.array([v for _, v in sorted(pts)])
+        third = len(r) // 3
+        out.append(DriftFit(sources[ti], worker, float(np.median(r[:third])), float(np.median(r[-third:])),
+                            len(r)))
+    return out
 
 
 # --------------------------------------------------------------------------- stragglers
@@ -467,13 +684,18 @@ def _start_cluster(traces: list[Trace], base: Cluster | None) -> Cluster | None:
 
 def calibrate(traces: list[Trace], base: Cluster | None = None, *, outlier_factor: float = 1.5,
               straggler_min_run: int = 1, absorb_gaps: bool = True, bad_r2: float = 0.9,
-              bad_relative: float = 0.25) -> Calibration:
+              bad_relative: float = 0.25, drift_tolerance: float = 0.10,
+              logs: "list[WallTimeLog] | tuple" = ()) -> Calibration:
     """Fit a cluster to `traces` (profile and/or run traces), starting from `base` (or the
-    first run trace's header cluster): measured parts replace the base's, the rest is kept."""
-    if not traces:
+    first run trace's header cluster): measured parts replace the base's, the rest is kept.
+    A worker whose iteration times drift by more than `drift_tolerance` during a trace is
+    flagged in the warnings (contention, not the cluster). `logs`: wall-time logs
+    (traces.walltime), fitted like compute records."""
+    if not traces and not logs:
         raise UserError("calibrate: give at least one trace")
     obs = _collect(traces, base, absorb_gaps)
     start = _start_cluster(traces, base)
+    obs += _log_obs(logs, start, len(traces))
     if not obs and start is None:
         raise UserError("calibrate: the traces hold no profile or compute records and no cluster; "
                         "profile first (`hybridps profile`) or pass a run trace")
@@ -521,6 +743,13 @@ def calibrate(traces: list[Trace], base: Cluster | None = None, *, outlier_facto
             warnings.append(f"device {key[0]} at resolution {key[1]}: a point is {fit.worst_relative:.0%} off the "
                             f"fit ({fit.worst_residual_s * 1e3:.2f} ms): {fit.worst_where}")
 
+    fits = _bend(fits, obs, slow)
+    for f in fits:  # a bent fit replaces the line's verdicts with its own
+        if f.c:
+            warnings = [w for w in warnings if not w.startswith(f"device {f.device} at resolution {f.resolution}:")]
+            if f.worst_relative > bad_relative:
+                warnings.append(f"device {f.device} at resolution {f.resolution}: a point is {f.worst_relative:.0%} "
+                                f"off the {f.shape} fit ({f.worst_residual_s * 1e3:.2f} ms): {f.worst_where}")
     worker_fits = [WorkerFit(w, next(o.device for o in obs if o.worker == w), s,
                              sum(1 for o in obs if o.worker == w)) for w, s in sorted(slow.items())]
 
@@ -529,6 +758,7 @@ def calibrate(traces: list[Trace], base: Cluster | None = None, *, outlier_facto
     msgs: dict[str, list[tuple[float, float, float]]] = defaultdict(list)
     ps = start.ps if start is not None else PSSpec()
     ps_bytes_per_s = ps.total_bandwidth_bytes_per_s
+    overhead = _fit_exchange_overhead(traces) if start is not None else {}
     for trace in traces:
         if not (trace.of_kind("push") or trace.of_kind("pull")):
             continue
@@ -541,6 +771,8 @@ def calibrate(traces: list[Trace], base: Cluster | None = None, *, outlier_facto
                                      np.array([r["end_s"] for r in recs], dtype=float))
             for r, k in zip(recs, conc):
                 t = r["eff_s"] if absorb_gaps else r["end_s"] - r["start_s"]
+                if kind == "push" and absorb_gaps and r["worker"] in overhead:  # the overhead is not the link's
+                    t = max(r["end_s"] - r["start_s"], t - overhead[r["worker"]].median_s)
                 msgs[r["worker"]].append((r["bytes"], t, k / ps_bytes_per_s))
     for worker, triples in sorted(msgs.items()):
         bw0, lat0 = 10.0, 0.05
@@ -569,7 +801,16 @@ def calibrate(traces: list[Trace], base: Cluster | None = None, *, outlier_facto
     if start is not None and phase_overhead_s is not None:
         start = start.model_copy(update={"ps": start.ps.model_copy(update={"phase_overhead_s": phase_overhead_s})})
     cluster = _build_cluster(start, fits, worker_fits, links, strag, jitter_cv)
-    return Calibration(cluster, fits, worker_fits, links, strag, ps_apply_s, jitter_cv, phase_overhead_s, warnings)
+    spread = _residual_spread(obs, {(f.device, f.resolution): f for f in fits}, slow, inlier) if obs else {}
+    drift = _fit_drift([str(t.path) for t in traces] + [lg.path for lg in logs], obs, ab, slow) if obs else []
+    warnings += [f"{d.trace}: worker {d.worker}'s iterations drift {d.change:+.0%} from the first third to the "
+                 f"last ({d.iterations} iterations): contention that changed during the run, not a cluster "
+                 f"property; the fit averages it (rerun on a quiet machine or calibrate on part of the run)"
+                 for d in drift if abs(d.change) > drift_tolerance]
+    eval_fit = _fit_eval(traces)
+    cluster = _with_overheads(cluster, overhead, eval_fit) if (overhead or eval_fit) else cluster
+    return Calibration(cluster, fits, worker_fits, links, strag, ps_apply_s, jitter_cv, phase_overhead_s, warnings,
+                       exchange_overhead=overhead, eval_fit=eval_fit, residual_spread=spread, drift=drift)
 
 
 def _build_cluster(start: Cluster | None, fits: list[ComputeFit], workers: list[WorkerFit],
@@ -578,7 +819,7 @@ def _build_cluster(start: Cluster | None, fits: list[ComputeFit], workers: list[
     if start is not None:
         devices = {name: dict(d.resolutions) for name, d in start.devices.items()}
     for f in fits:
-        devices.setdefault(f.device, {})[f.resolution] = ResolutionProfile(a=f.a, b=f.b, max_batch=f.max_batch)
+        devices.setdefault(f.device, {})[f.resolution] = ResolutionProfile(a=f.a, b=f.b, max_batch=f.max_batch, c=f.c)
     device_specs = {name: DeviceSpec(resolutions=res) for name, res in devices.items()}
     if start is None:  # profile traces only: one worker per profiled device
         groups = [WorkerGroup(name=name, device=name) for name in sorted(device_specs)]
@@ -641,6 +882,19 @@ def format_report(cal: Calibration) -> str:
     if cal.phase_overhead_s is not None:
         lines.append(f"between phases: {cal.phase_overhead_s * 1e3:.1f} ms (evaluation, checkpoint) "
                      f"-> phase_overhead_s {cal.cluster.ps.phase_overhead_s:.4g}")
+    for f in cal.compute:
+        if f.c:
+            lines.append(f"  {f.device} {f.resolution}: {f.shape}: c = {f.c:.4g} s/sample²")
+    for (dev, res), f in cal.residual_spread.items():
+        lines.append(f"residuals {dev} {res}: measured/fit p10-p90 {f.p10_s:.3f}-{f.p90_s:.3f} over {f.n} "
+                     f"iterations (outliers beyond the straggler threshold excluded)")
+    for name, f in cal.exchange_overhead.items():
+        lines.append(f"exchange overhead {name}: median {f.median_s * 1e3:.1f} ms over {f.n} exchanges "
+                     f"(p10-p90 {f.p10_s * 1e3:.1f}-{f.p90_s * 1e3:.1f} ms) -> exchange_overhead_s")
+    if cal.eval_fit is not None:
+        f = cal.eval_fit
+        lines.append(f"evaluation: median {f.median_s * 1e3:.1f} ms over {f.n} evaluations "
+                     f"(p10-p90 {f.p10_s * 1e3:.1f}-{f.p90_s * 1e3:.1f} ms) -> eval_s {cal.cluster.ps.eval_s:.4g}")
     if cal.ps_apply_s is not None:
         lines.append(f"parameter server: {cal.ps_apply_s * 1e3:.3f} ms per update (push end to pull start) "
                      f"-> apply_s_per_mparam {cal.cluster.ps.apply_s_per_mparam:.4g}")

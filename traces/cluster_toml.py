@@ -46,15 +46,21 @@ def cluster_to_toml(cluster: Cluster, comment: str = "") -> str:
             f"apply_s_per_mparam = {_value(float(ps.apply_s_per_mparam))}"]
     if ps.phase_overhead_s:
         out.append(f"phase_overhead_s = {_value(float(ps.phase_overhead_s))}")
+    if ps.eval_s:
+        out.append(f"eval_s = {_value(float(ps.eval_s))}")
     for dev_name in sorted(cluster.devices):
         for res, prof in sorted(cluster.devices[dev_name].resolutions.items()):
             out += ["", f"[devices.{_key(dev_name)}.resolutions.{res}]",
                     f"a = {_value(float(prof.a))}", f"b = {_value(float(prof.b))}",
                     f"max_batch = {prof.max_batch}"]
+            if prof.c:
+                out.append(f"c = {_value(float(prof.c))}")
     for g in cluster.workers:
         out += ["", "[[workers]]", f"name = {_value(g.name)}", f"device = {_value(g.device)}",
                 f"count = {g.count}", f"bandwidth_gbps = {_value(float(g.bandwidth_gbps))}",
                 f"latency_ms = {_value(float(g.latency_ms))}", f"slowdown = {_value(float(g.slowdown))}"]
+        if g.exchange_overhead_s:
+            out.append(f"exchange_overhead_s = {_value(float(g.exchange_overhead_s))}")
     st = cluster.stragglers
     out += ["", "[stragglers]", f"rate_per_hour = {_value(float(st.rate_per_hour))}",
             f"slowdown = {_value(float(st.slowdown))}", f"mean_duration_s = {_value(float(st.mean_duration_s))}",

@@ -43,7 +43,8 @@ RECORD_KINDS: dict[str, tuple[dict[str, tuple[type, ...]], dict[str, tuple[type,
     "phase": ({"index": _INT, "start_s": _NUM, "end_s": _NUM}, {}),
     "eval": (
         {"t_s": _NUM, "epoch": _NUM, "loss": _NUM, "accuracy": _NUM},
-        {"phase": _INT, "split": _STR, "samples": _INT},
+        # samples: how many held-out samples; start_s: when the evaluation began (t_s: ended)
+        {"phase": _INT, "split": _STR, "samples": _INT, "start_s": _NUM},
     ),
     # training loss per exchange interval, per worker (mean over the interval's samples);
     # with lossy compression also the norm of the vector handed to the codec (error
@@ -87,7 +88,7 @@ def validate_record(rec: Any) -> str | None:
             return f"{kind} record has unknown field {name!r}"
         if isinstance(v, bool) or not isinstance(v, optional[name]):
             return f"{kind} record field {name!r} has type {type(v).__name__}"
-    if "start_s" in rec and rec["end_s"] < rec["start_s"]:
+    if "start_s" in rec and "end_s" in rec and rec["end_s"] < rec["start_s"]:
         return f"{kind} record ends ({rec['end_s']}) before it starts ({rec['start_s']})"
     return None
 

@@ -12,7 +12,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                     "compute records, each worker's bandwidth and latency from its push/pull records, and "
                     "transient stragglers from outlier iterations. Prints the fit report and writes a "
                     "cluster file that `hybridps plan/simulate` accept.")
-    p.add_argument("traces", nargs="+", metavar="TRACE", help="trace.jsonl files (profile and/or run traces)")
+    p.add_argument("traces", nargs="+", metavar="TRACE",
+                   help="trace.jsonl files (profile and/or run traces), or wall-time logs (.csv, or .json with "
+                        "format hybridps.walltime/1: one row per worker per epoch; docs/fidelity.md)")
     p.add_argument("-o", "--out", required=True, help="cluster.toml to write (atomically)")
     p.add_argument("--base", help="cluster (path or bundled name) giving the workers, PS and anything the traces "
                                   "do not measure; default: the first run trace's header cluster")
@@ -34,8 +36,11 @@ def run(args: argparse.Namespace) -> int:
     if args.outlier_factor <= 1:
         raise UserError("calibrate: --outlier-factor must be > 1")
     base = load_cluster(args.base) if args.base else None
-    traces = [read_trace(p) for p in args.traces]
-    cal = calibrate(traces, base, outlier_factor=args.outlier_factor, absorb_gaps=not args.no_absorb_gaps)
+    from traces.walltime import is_walltime_log, read_walltime_log
+
+    logs = [read_walltime_log(p) for p in args.traces if is_walltime_log(p)]
+    traces = [read_trace(p) for p in args.traces if not is_walltime_log(p)]
+    cal = calibrate(traces, base, outlier_factor=args.outlier_factor, absorb_gaps=not args.no_absorb_gaps, logs=logs)
     comment = "calibrated by `hybridps calibrate` from: " + ", ".join(args.traces)
     atomic_write_text(args.out, cluster_to_toml(cal.cluster, comment))  # first: `| head` must not lose it
     print(format_report(cal))

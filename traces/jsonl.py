@@ -42,6 +42,23 @@ def _drop_torn_tail(path: Path) -> None:
             f.truncate(keep)
 
 
+def cut_trace(path: str | os.PathLike, keep_bytes: int) -> tuple[int, int]:
+    """Cut `path` back to its first `keep_bytes` bytes (what a checkpoint holds); returns
+    (records cut, bytes cut). A resumed run calls it, so the records of work the
+    checkpoint does not hold leave the trace."""
+    path = Path(path)
+    size = path.stat().st_size
+    if size <= keep_bytes:
+        return 0, 0
+    with open(path, "r+b") as f:
+        f.seek(keep_bytes)
+        tail = f.read()
+        f.truncate(keep_bytes)
+        f.flush()
+        os.fsync(f.fileno())
+    return tail.count(b"\n") + (0 if tail.endswith(b"\n") else 1), len(tail)
+
+
 class TraceWriter:
     """Append records to a JSONL trace, one flushed line each.
 
@@ -55,9 +72,11 @@ class TraceWriter:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._fsync_every = fsync_every
         self._count = 0
+        self.size_bytes = 0  # bytes in the file: where a checkpoint marks the trace
         if append:
             _drop_torn_tail(self.path)
             self._f = open(self.path, "a", encoding="utf-8")
+            self.size_bytes = self.path.stat().st_size
         else:
             if header is None or header.get("kind") != "header":
                 raise ValueError("a new trace starts with a header record")
@@ -65,16 +84,20 @@ class TraceWriter:
             self.write(header)
 
     def write(self, rec: dict[str, Any]) -> None:
-        self._f.write(_dumps(rec) + "\n")
+        line = _dumps(rec) + "\n"
+        self._f.write(line)
         self._f.flush()
+        self.size_bytes += len(line.encode("utf-8"))
         self._count += 1
         if self._fsync_every and self._count % self._fsync_every == 0:
             os.fsync(self._f.fileno())
 
     def write_many(self, recs: Iterable[dict[str, Any]]) -> None:
         """Write many records with one flush (for the simulator's bulk output)."""
-        self._f.write("".join(_dumps(r) + "\n" for r in recs))
+        text = "".join(_dumps(r) + "\n" for r in recs)
+        self._f.write(text)
         self._f.flush()
+        self.size_bytes += len(text.encode("utf-8"))
 
     def close(self) -> None:
         if not self._f.closed:

@@ -59,6 +59,12 @@ RECORD_KINDS: dict[str, tuple[dict[str, tuple[type, ...]], dict[str, tuple[type,
          "trace_cov": _NUM, "stderr": _NUM, "rounds": _INT},
         {"batch_small": _NUM, "batch_big": _NUM},
     ),
+    # a resumed run: where it continued (the checkpoint's clock, phase and model version)
+    # and how much of the interrupted run's trace it cut (work the checkpoint did not hold)
+    "resume": (
+        {"t_s": _NUM, "phase": _INT, "version": _INT, "discarded_records": _INT},
+        {"discarded_bytes": _INT, "applied_in_phase": _INT},
+    ),
     "profile": (
         {"device": _STR, "resolution": _INT, "batch": _INT, "iteration_s": _NUM},
         {"samples": _INT, "repeats": _INT, "model": _STR},

@@ -72,6 +72,7 @@ class Heartbeat:
             self._beat += 1
             try:
                 self.store.set(self.key, f"{self._beat} {self.progress}")
+                self.store.get(self.key)  # `set` does not wait for the store's answer; `get` does
                 self.last_ok = time.monotonic()
             except Exception:
                 pass  # the store (the PS) is gone or unreachable: the watchdog decides

@@ -25,8 +25,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from hybridps.errors import UserError
-    from hybridps.fileio import atomic_write_text
-    from hybridps.spec import load_cluster
+    from hybridps.fileio import atomic_write_text, check_output_file
+    from hybridps.spec import load_cluster, resolve_path
     from traces import read_trace
     from traces.calibrate import calibrate, format_report
     from traces.cluster_toml import cluster_to_toml
@@ -34,6 +34,7 @@ def run(args: argparse.Namespace) -> int:
     if args.outlier_factor <= 1:
         raise UserError("calibrate: --outlier-factor must be > 1")
     base = load_cluster(args.base) if args.base else None
+    check_output_file(args.out, "-o", [*args.traces, resolve_path("cluster", args.base) if args.base else None])
     traces = [read_trace(p) for p in args.traces]
     cal = calibrate(traces, base, outlier_factor=args.outlier_factor, absorb_gaps=not args.no_absorb_gaps)
     comment = "calibrated by `hybridps calibrate` from: " + ", ".join(args.traces)

@@ -103,7 +103,7 @@ def _constraints(args: argparse.Namespace):
 
 def run(args: argparse.Namespace) -> int:
     from hybridps.errors import UserError
-    from hybridps.fileio import atomic_write_text
+    from hybridps.fileio import atomic_write_text, check_output_file
     from hybridps.spec import load_cluster, load_job, resolve_path
     from solver.search import search, summary_json, table
     from solver.timemodel import check_resolutions
@@ -112,6 +112,7 @@ def run(args: argparse.Namespace) -> int:
     cluster = load_cluster(args.cluster)
     job = load_job(args.job)
     check_resolutions(cluster, job, str(resolve_path("cluster", args.cluster)))
+    check_output_file(args.output, "-o", [resolve_path("cluster", args.cluster), resolve_path("job", args.job)])
     jobs = args.jobs if args.jobs is not None else (os.cpu_count() or 1)
     result = search(cluster, job, cons, seed=args.seed, jobs=jobs, proxy_epochs=args.proxy_epochs,
                     proxy_count=args.proxy_count, full_count=args.full_count, objective=args.objective,

@@ -13,7 +13,7 @@ import os
 import sys
 from pathlib import Path
 
-from hybridps.cli import nonnegative_int_arg, positive_float_arg, positive_int_arg, seed_arg
+from hybridps.cli import nonnegative_int_arg, path_arg, positive_float_arg, positive_int_arg, seed_arg
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -22,9 +22,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--cluster", help="cluster.toml (path or bundled name)")
     p.add_argument("--job", help="job.toml (path or bundled name)")
     p.add_argument("--plan", help="plan.json (path or bundled name)")
-    p.add_argument("--out", type=Path, help="output directory (trace.jsonl, summary.json, checkpoint.pt)")
+    p.add_argument("--out", type=path_arg, help="output directory (trace.jsonl, summary.json, checkpoint.pt)")
     p.add_argument("--local", action="store_true", help="spawn every process on this machine")
-    p.add_argument("--resume", type=Path, metavar="DIR", help="continue the run in DIR from its checkpoint")
+    p.add_argument("--resume", type=path_arg, metavar="DIR", help="continue the run in DIR from its checkpoint")
     p.add_argument("--overwrite", action="store_true",
                    help="start afresh in an --out that holds an unfinished run (its trace and checkpoints are deleted)")
     p.add_argument("--on-worker-loss", choices=["stop", "continue"], default="stop",

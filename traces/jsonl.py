@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any, Iterable, Iterator
 
 from hybridps.errors import SpecError
+from hybridps.spec import parse_json_strict
 from traces.records import TRACE_FORMAT, validate_record
 
 
@@ -132,8 +133,14 @@ class Trace:
 
 
 def iter_lines(path: Path) -> Iterator[tuple[int, str, bool]]:
-    with open(path, "r", encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
+    """(line number, text, complete) per line; SpecError for a line that is not UTF-8."""
+    with open(path, "rb") as f:
+        for lineno, raw in enumerate(f, 1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise SpecError(str(path), f"line {lineno}", f"not UTF-8 text (byte {e.start} of the line); "
+                                f"a trace is UTF-8 JSON lines") from None
             yield lineno, line.rstrip("\n"), line.endswith("\n")
 
 
@@ -150,12 +157,16 @@ def read_trace(path: str | os.PathLike) -> Trace:
         if not text.strip():
             continue
         try:
-            rec = json.loads(text)
+            rec = parse_json_strict(text)
         except json.JSONDecodeError as e:
             if not complete and lineno == len(lines):
                 torn = True  # a crash mid-write: keep everything before it
                 break
             raise SpecError(str(path), f"line {lineno}", f"invalid JSON: {e.msg}") from None
+        except RecursionError:
+            raise SpecError(str(path), f"line {lineno}", "nested too deeply to be a trace record") from None
+        except ValueError as e:  # a duplicate key, NaN or Infinity
+            raise SpecError(str(path), f"line {lineno}", f"invalid record: {e}") from None
         problem = validate_record(rec)
         if problem:
             raise SpecError(str(path), f"line {lineno}", problem)

@@ -6,10 +6,12 @@ when a trace is read back. Optional fields are additions the format allows.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 TRACE_FORMAT = "hybridps.trace/1"
 
+TIME_FIELDS = ("start_s", "end_s", "t_s", "iteration_s")  # never negative
 _NUM = (int, float)
 _INT = (int,)
 _STR = (str,)
@@ -93,6 +95,11 @@ def validate_record(rec: Any) -> str | None:
             return f"{kind} record has unknown field {name!r}"
         if isinstance(v, bool) or not isinstance(v, optional[name]):
             return f"{kind} record field {name!r} has type {type(v).__name__}"
+    for name, v in rec.items():
+        if isinstance(v, float) and not math.isfinite(v):
+            return f"{kind} record field {name!r} is {v}, not a finite number"
+        if name in TIME_FIELDS and isinstance(v, (int, float)) and v < 0:
+            return f"{kind} record field {name!r} is negative ({v}); times are seconds from the run's start"
     if "start_s" in rec and rec["end_s"] < rec["start_s"]:
         return f"{kind} record ends ({rec['end_s']}) before it starts ({rec['start_s']})"
     return None

@@ -75,7 +75,8 @@ def run_local(child_args: list[str], world_size: int, grace_s: float | None = 60
     port = free_port()
     procs: list[subprocess.Popen] = []
     base_env = dict(os.environ, MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE=str(world_size),
-                    HYBRIDPS_PARENT_PID=str(os.getpid()), OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1"))
+                    HYBRIDPS_PARENT_PID=str(os.getpid()), OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1"),
+                    GLOO_SOCKET_IFNAME="lo")  # loopback only, like the store (`local_store`)
     resume = f"continue with: hybridps run --resume {out_dir} --local" if out_dir is not None else ""
     checkpoint = os.path.join(out_dir, "checkpoint.pt") if out_dir is not None else None
 
@@ -153,6 +154,23 @@ def run_local(child_args: list[str], world_size: int, grace_s: float | None = 60
                 pass
 
 
+def local_store(rank: int, world: int, timeout: datetime.timedelta):
+    """The rendezvous store of a --local run. TCPStore's own server listens on every
+    interface, and it is unauthenticated: rank 0 hands it a socket bound to 127.0.0.1."""
+    import torch.distributed as dist
+
+    port = int(os.environ["MASTER_PORT"])
+    if rank != 0:
+        return dist.TCPStore("127.0.0.1", port, world, False, timeout)
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", port))
+    sock.listen(max(128, world))
+    store = dist.TCPStore("127.0.0.1", port, world, True, timeout, wait_for_workers=False,
+                          master_listen_fd=sock.detach())
+    return store
+
+
 def run_process(cluster, job, plan, opts) -> int:
     """One rank of the run (the env says which)."""
     import torch
@@ -173,8 +191,12 @@ def run_process(cluster, job, plan, opts) -> int:
     torch.set_num_threads(max(1, opts.threads))
     if ctx.is_ps and rank == 0:
         opts.out_dir.mkdir(parents=True, exist_ok=True)
-    dist.init_process_group("gloo", init_method="env://", rank=rank, world_size=world,
-                            timeout=datetime.timedelta(days=7))
+    timeout = datetime.timedelta(days=7)
+    if "HYBRIDPS_PARENT_PID" in os.environ:  # --local: the store listens on 127.0.0.1 only
+        dist.init_process_group("gloo", store=local_store(rank, world, timeout), rank=rank, world_size=world,
+                                timeout=timeout)
+    else:
+        dist.init_process_group("gloo", init_method="env://", rank=rank, world_size=world, timeout=timeout)
     try:
         if ctx.is_ps:
             from runtime.server import run_server

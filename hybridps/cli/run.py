@@ -92,10 +92,6 @@ def run(args: argparse.Namespace) -> int:
     if args.resume is not None and on_ps_host and not (args.resume / "checkpoint.pt").is_file():
         raise UserError(f"{args.resume}: no checkpoint.pt to resume from")
     cluster, job, plan = _specs(args)
-    if on_ps_host and not launched:
-        if check_out_dir(Path(out), args, cluster, job, plan) == "finished":
-            print(f"hybridps run: {out} holds a finished run (summary.json); nothing to resume")
-            return 0
     opts = RunOptions(out_dir=Path(out), model=args.model, data=args.data, data_dir=args.data_dir, seed=args.seed,
                       eval_every=args.eval_every, eval_samples=args.eval_samples,
                       checkpoint_every_s=args.checkpoint_every, worker_timeout_s=args.worker_timeout,
@@ -109,6 +105,10 @@ def run(args: argparse.Namespace) -> int:
     note = check_model(job, job_file, args.model, data, args.data_dir, 0 if args.seed is None else args.seed)
     if note and "HYBRIDPS_PARENT_PID" not in os.environ and os.environ.get("RANK", "0") == "0":
         print(f"hybridps run: warning: {note}", file=sys.stderr)  # once, not once per rank
+    if on_ps_host and not launched:
+        if check_out_dir(Path(out), args, cluster, job, plan) == "finished":
+            print(f"hybridps run: {out} holds a finished run (summary.json); nothing to resume")
+            return 0
     if args.local and "RANK" not in os.environ:
         # the children re-read the same arguments, without --local, plus what --resume recovered
         argv = _rebuild_argv(args)

@@ -244,3 +244,30 @@ def test_full_disk_keeps_the_last_checkpoint_and_resumes(tmp_path, small_disk, r
     _check_stopped_state(out)
     subprocess.run(["mount", "-o", "remount,size=16m", str(small_disk)], check=True)  # free space
     _resume_equals(out, reference)
+
+
+def test_stopped_asp_worker_is_caught_while_the_others_keep_the_ps_busy(tmp_path):
+    """Liveness is checked between messages too, not only when the PS inbox is idle."""
+    write_specs(tmp_path, [("w0", 16, 256), ("w1", 16, 256), ("w2", 16, 256)], sync="asp", exchange="gradient",
+                epochs=200, lr=0.05, slowdown={"w0": 3.0, "w1": 3.0, "w2": 3.0})
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "hybridps", "run", *map(str, spec_args(tmp_path)), "--out", str(out), "--local",
+           "--eval-every", "0", "--worker-timeout", "3"]
+    launcher = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                env=dict(os.environ, OMP_NUM_THREADS="1"))
+    try:
+        deadline = time.monotonic() + 120
+        while not ((out / "trace.jsonl").exists() and (out / "trace.jsonl").read_text().count('"update"') >= 30):
+            assert time.monotonic() < deadline and launcher.poll() is None, launcher.communicate()
+            time.sleep(0.1)
+        os.kill(_rank_pids(launcher.pid)[3], signal.SIGSTOP)  # w2
+        _, err = launcher.communicate(timeout=120)
+    finally:
+        if launcher.poll() is None:
+            launcher.kill()
+    assert launcher.returncode == 3, err
+    line = _error_line(err)
+    assert "worker w2 (rank 3) lost: no heartbeat for" in line, err
+    silent_s = float(line.split("no heartbeat for ", 1)[1].split(" s", 1)[0])
+    assert silent_s < 3 * 3  # noticed about when the timeout passed, not when the others paused
+    load_checkpoint(out / "checkpoint.pt")

@@ -88,6 +88,12 @@ def _constraints(args: argparse.Namespace):
             raise UserError(f"--schedule: unknown schedule {k!r}; use one of: {', '.join(LAYOUTS)}")
     if not 0.0 <= args.min_bsp_fraction <= 1.0:
         raise UserError(f"--min-bsp-fraction {args.min_bsp_fraction}: must be between 0 and 1")
+    for flag, values in (("--sync", syncs), ("--schedule", schedules)):
+        if not values:
+            raise UserError(f"{flag}: name at least one (got {getattr(args, flag[2:])!r})")
+    if args.min_bsp_fraction > 0 and "bsp" not in syncs:
+        raise UserError(f"--min-bsp-fraction {args.min_bsp_fraction} needs bsp phases, but --sync {args.sync} "
+                        f"excludes bsp; add bsp to --sync or drop --min-bsp-fraction")
     if args.time_ratio <= 0:
         raise UserError(f"--time-ratio {args.time_ratio}: must be positive (and >= 1 with small workers)")
     if args.top < 1 or args.proxy_epochs < 1 or args.proxy_count < 0 or args.full_count < 0:

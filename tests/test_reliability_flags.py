@@ -17,6 +17,7 @@ PLAN = ["plan", "--cluster", "gtx1080x4", "--job", "cifar100-resnet18", "-o", "n
     RUN + ["--threads", "-3"], RUN + ["--threads", "0"], RUN + ["--eval-samples", "0"], RUN[:-3] + ["--out", ""],
     PLAN + ["--sync", ","], PLAN + ["--schedule", ","], PLAN + ["--sync", "asp", "--min-bsp-fraction", "1"],
     PLAN + ["--min-bsp-fraction", "nan"],
+    PLAN + ["--jobs", "1", "--strategy", "uniform", "--sync", "asp"],  # the uniform baseline is bsp
 ], ids=lambda a: " ".join(a[-2:]))
 def test_bad_flag_values_exit_2(argv, capsys, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)

@@ -123,7 +123,8 @@ def run(args: argparse.Namespace) -> int:
     result = search(cluster, job, cons, seed=args.seed, jobs=jobs, proxy_epochs=args.proxy_epochs,
                     proxy_count=args.proxy_count, full_count=args.full_count, objective=args.objective,
                     baseline=args.baseline)
-    if result.best.candidate.strategy not in cons.strategies:
+    if result.best.candidate.strategy not in cons.strategies or \
+            not {ph.sync for ph in result.plan.phases} <= set(cons.sync_modes):
         raise UserError("no candidate plan satisfies the constraints (--strategy, --sync, --min-bsp-fraction); "
                         "relax one of them")
     atomic_write_text(args.output, result.plan.to_json())

@@ -136,7 +136,8 @@ def check_out_dir(out: Path, args: argparse.Namespace, cluster, job, plan) -> st
     if args.resume is not None:
         digests = spec_digests(cluster, job, plan, canonical_model_name(args.model or job.model.name),
                                args.data or job.data.name, args.seed)
-        ck = check_resume(out, cluster.ps.count, digests)
+        # under torchrun, shard s > 0 keeps its checkpoint on its own node (that rank checks it as it loads)
+        ck = check_resume(out, cluster.ps.count if args.local else 1, digests)
         return "finished" if ck["complete"] else "go"
     present = [name for name in RUN_FILES if (out / name).exists()]
     if not present:

@@ -27,3 +27,12 @@ class SpecError(UserError):
         self.message = message
         where = f"{self.file}: {field}" if field else self.file
         super().__init__(f"{where}: {message}")
+
+
+# Exit codes of every command (docs/runtime.md, "Guarantees"). 1 is a bug (a traceback).
+EXIT_OK = 0
+EXIT_USER_ERROR = 2  # bad input, flag, output path or checkpoint: one line naming it
+EXIT_WORKER_LOST = 3  # hybridps run: a worker died, hung or lost its connection
+EXIT_PS_LOST = 4  # hybridps run: a PS shard died, was stopped or stopped answering
+EXIT_IO_ERROR = 5  # hybridps run: the PS could not write --out (disk full, ...); the last checkpoint stands
+EXIT_INTERRUPTED = 130  # SIGINT or SIGTERM: every process stopped, a checkpoint kept

@@ -40,24 +40,42 @@ def gbps_to_bytes_per_s(gbps: float) -> float:
     return gbps * BITS_PER_GBPS / 8.0
 
 
+# Upper bounds. Numbers must be finite (inf and nan are refused in every field); beyond
+# these a value is a typo, and would hang the simulator or exhaust memory.
+MAX_WORKERS = 10_000  # workers in a cluster, all groups together
+MAX_PS_SHARDS = 1_024
+MAX_GBPS = 1e6  # 1 Pbit/s
+MAX_LATENCY_MS = 1e6  # 1000 s
+MAX_SECONDS = 1e6  # any duration in a spec (~11.6 days)
+MAX_SLOWDOWN = 1e6
+MAX_BATCH = 10**8
+MAX_RESOLUTION = 65_536
+MAX_PARAMETERS = 10**13
+MAX_SAMPLES = 10**11
+MAX_EPOCHS = 100_000
+MAX_RATE = 1e6  # learning rates, decays, weight decay
+MAX_STEPS = 10**9  # staleness, local steps
+MAX_SEED = 2**63 - 1
+
+
 class _Spec(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True, allow_inf_nan=False)
 
 
 # --------------------------------------------------------------------------- cluster
 
 
 class PSSpec(_Spec):
-    count: int = Field(1, ge=1)
-    bandwidth_gbps: float = Field(10.0, gt=0)
-    latency_ms: float = Field(0.05, ge=0)
-    apply_s_per_mparam: float = Field(0.0, ge=0)
+    count: int = Field(1, ge=1, le=MAX_PS_SHARDS)
+    bandwidth_gbps: float = Field(10.0, gt=0, le=MAX_GBPS)
+    latency_ms: float = Field(0.05, ge=0, le=MAX_LATENCY_MS)
+    apply_s_per_mparam: float = Field(0.0, ge=0, le=MAX_SECONDS)
     # time between two phases when no worker computes: the PS's phase-end evaluation and
     # checkpoint, and the next phase's start (hybridps calibrate fits it from a run)
-    phase_overhead_s: float = Field(0.0, ge=0)
+    phase_overhead_s: float = Field(0.0, ge=0, le=MAX_SECONDS)
     # seconds the PS spends on one in-phase evaluation (every epoch end inside a phase, as
     # the runtime's --eval-every 1 does), blocking applies and pulls; docs/semantics.md
-    eval_s: float = Field(0.0, ge=0, allow_inf_nan=False)
+    eval_s: float = Field(0.0, ge=0, le=MAX_SECONDS)
 
     @property
     def latency_s(self) -> float:
@@ -78,12 +96,12 @@ class ResolutionProfile(_Spec):
     """Iteration time t(B) = a*B + b (+ c*B^2 where the profile bends) seconds for batch B;
     max_batch fits in memory."""
 
-    a: float = Field(ge=0)
-    b: float = Field(ge=0)
-    max_batch: int = Field(ge=1)
+    a: float = Field(ge=0, le=MAX_SECONDS)
+    b: float = Field(ge=0, le=MAX_SECONDS)
+    max_batch: int = Field(ge=1, le=MAX_BATCH)
     # seconds per sample^2: calibrate sets it only when a profile is clearly not linear
     # (docs/fidelity.md); 0 keeps the linear model
-    c: float = Field(0.0, allow_inf_nan=False)
+    c: float = Field(0.0, ge=-MAX_SECONDS, le=MAX_SECONDS)
 
     @model_validator(mode="after")
     def _some_time(self) -> "ResolutionProfile":
@@ -117,8 +135,10 @@ class DeviceSpec(_Spec):
                 res = int(key)
             except (TypeError, ValueError):
                 raise ValueError(f"resolution key {key!r} is not an integer (pixels)") from None
-            if res <= 0:
-                raise ValueError(f"resolution {res} must be a positive number of pixels")
+            if not 0 < res <= MAX_RESOLUTION:
+                raise ValueError(f"resolution {res} must be a number of pixels in 1..{MAX_RESOLUTION}")
+            if res in out:
+                raise ValueError(f"resolution {res} is given twice (keys {key!r} and another); keep one table")
             out[res] = prof
         if not out:
             raise ValueError("a device needs at least one [devices.NAME.resolutions.R] table")
@@ -128,13 +148,13 @@ class DeviceSpec(_Spec):
 class WorkerGroup(_Spec):
     name: str = Field(min_length=1)
     device: str
-    count: int = Field(1, ge=1)
-    bandwidth_gbps: float = Field(10.0, gt=0)
-    latency_ms: float = Field(0.05, ge=0)
-    slowdown: float = Field(1.0, gt=0)
+    count: int = Field(1, ge=1, le=MAX_WORKERS)
+    bandwidth_gbps: float = Field(10.0, gt=0, le=MAX_GBPS)
+    latency_ms: float = Field(0.05, ge=0, le=MAX_LATENCY_MS)
+    slowdown: float = Field(1.0, gt=0, le=MAX_SLOWDOWN)
     # worker-local seconds per exchange, spent after the interval's compute and before its
     # push (DBSL: the mini-epoch's validation pass and model serialisation); not shared
-    exchange_overhead_s: float = Field(0.0, ge=0, allow_inf_nan=False)
+    exchange_overhead_s: float = Field(0.0, ge=0, le=MAX_SECONDS)
 
 
 MAX_STRAGGLER_RATE_PER_HOUR = 1e5  # ~28 episodes/s per worker: beyond this a worker is simply slow
@@ -142,10 +162,10 @@ MAX_STRAGGLER_RATE_PER_HOUR = 1e5  # ~28 episodes/s per worker: beyond this a wo
 
 class StragglerSpec(_Spec):
     rate_per_hour: float = Field(0.0, ge=0, le=MAX_STRAGGLER_RATE_PER_HOUR)
-    slowdown: float = Field(2.0, gt=0)
-    mean_duration_s: float = Field(30.0, gt=0)
+    slowdown: float = Field(2.0, gt=0, le=MAX_SLOWDOWN)
+    mean_duration_s: float = Field(30.0, gt=0, le=MAX_SECONDS)
     workers: list[str] = []
-    seed: int = Field(0, ge=0)
+    seed: int = Field(0, ge=0, le=MAX_SEED)
     # per-iteration compute noise on every worker: each iteration's time is multiplied by
     # an independent draw of mean 1 and this coefficient of variation (gamma). 0 = none.
     jitter_cv: float = Field(0.0, ge=0, le=2.0)
@@ -181,6 +201,9 @@ class Cluster(_Spec):
 
     @model_validator(mode="after")
     def _cross_check(self) -> "Cluster":
+        total = sum(g.count for g in self.workers)
+        if total > MAX_WORKERS:  # before expanding the groups into workers
+            raise _FieldError("workers", f"{total:,} workers in all; at most {MAX_WORKERS:,} are supported")
         for i, group in enumerate(self.workers):
             if group.device not in self.devices:
                 known = ", ".join(sorted(self.devices)) or "none"
@@ -234,33 +257,33 @@ class Cluster(_Spec):
 
 class ModelSpec(_Spec):
     name: str
-    parameters: int = Field(ge=1)
-    bytes_per_parameter: int = Field(4, ge=1)
+    parameters: int = Field(ge=1, le=MAX_PARAMETERS)
+    bytes_per_parameter: int = Field(4, ge=1, le=16)
 
 
 class DataSpec(_Spec):
     name: str
-    samples: int = Field(ge=1)
+    samples: int = Field(ge=1, le=MAX_SAMPLES)
     subset: bool = False  # true: train on the first `samples` of a larger training set (runtime)
 
 
 class TrainSpec(_Spec):
-    epochs: int = Field(ge=1)
+    epochs: int = Field(ge=1, le=MAX_EPOCHS)
     resolutions: list[int] = Field(min_length=1)
-    base_batch: int = Field(ge=1)
-    base_lr: float = Field(gt=0)
+    base_batch: int = Field(ge=1, le=MAX_BATCH)
+    base_lr: float = Field(gt=0, le=MAX_RATE)
     momentum: float = Field(0.9, ge=0, lt=1)
-    weight_decay: float = Field(0.0, ge=0)
+    weight_decay: float = Field(0.0, ge=0, le=MAX_RATE)
     # Added fields (DESIGN.md allows additions): step LR schedule.
     lr_milestones: list[int] = []  # epochs at which the LR is multiplied by lr_decay
-    lr_decay: float = Field(0.1, gt=0)
+    lr_decay: float = Field(0.1, gt=0, le=MAX_RATE)
 
     @field_validator("resolutions")
     @classmethod
     def _positive_res(cls, v: list[int]) -> list[int]:
         for r in v:
-            if r <= 0:
-                raise ValueError(f"resolution {r} must be a positive number of pixels")
+            if not 0 < r <= MAX_RESOLUTION:
+                raise ValueError(f"resolution {r} must be a number of pixels in 1..{MAX_RESOLUTION}")
         return v
 
     @model_validator(mode="after")
@@ -303,7 +326,7 @@ class Compression(_Spec):
     kind: CompressionKind = "none"
     ratio: float | None = Field(None, gt=0, le=1)
     scaling: bool | None = None
-    levels: int | None = Field(None, ge=1)
+    levels: int | None = Field(None, ge=1, le=2**16)
     normalize: Literal["max", "l2"] | None = None
     error_feedback: bool | None = None
 
@@ -376,8 +399,8 @@ def pull_bytes_per_shard(n_elements: int, shards: int, bytes_per_element: int = 
 
 class WorkerAssignment(_Spec):
     name: str
-    batch: int = Field(ge=1)
-    samples: int = Field(ge=1)  # this worker's share of one epoch
+    batch: int = Field(ge=1, le=MAX_BATCH)
+    samples: int = Field(ge=1, le=MAX_SAMPLES)  # this worker's share of one epoch
 
     @property
     def iterations_per_epoch(self) -> int:
@@ -385,13 +408,13 @@ class WorkerAssignment(_Spec):
 
 
 class Phase(_Spec):
-    epochs: int = Field(ge=1)
-    resolution: int = Field(ge=1)
+    epochs: int = Field(ge=1, le=MAX_EPOCHS)
+    resolution: int = Field(ge=1, le=MAX_RESOLUTION)
     sync: Literal["bsp", "asp", "ssp"]
-    staleness: int | None = Field(None, ge=0)
+    staleness: int | None = Field(None, ge=0, le=MAX_STEPS)
     exchange: Literal["gradient", "model"]
-    local_steps: int | None = Field(None, ge=1)
-    lr: float = Field(gt=0)
+    local_steps: int | None = Field(None, ge=1, le=MAX_STEPS)
+    lr: float = Field(gt=0, le=MAX_RATE)
     compression: Compression = Compression()
     workers: list[WorkerAssignment] = Field(min_length=1)
 
@@ -552,24 +575,57 @@ def resolve_path(kind: str, name_or_path: str | Path) -> Path:
 # --------------------------------------------------------------------------- loaders
 
 
-def _read_toml(path: Path) -> dict[str, Any]:
+def _read_text(path: Path) -> str:
+    """A spec file's text: UTF-8, else one clear SpecError (binary, Latin-1, unreadable)."""
     try:
-        with open(path, "rb") as f:
-            return tomllib.load(f)
-    except tomllib.TOMLDecodeError as e:
-        raise SpecError(str(path), "", f"invalid TOML: {e}") from None
+        data = path.read_bytes()
     except OSError as e:
         raise SpecError(str(path), "", f"cannot read: {e.strerror}") from None
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise SpecError(str(path), "", f"not UTF-8 text (byte {e.start}: {data[e.start:e.start + 1]!r}); "
+                        f"save the file as UTF-8") from None
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    text = _read_text(path)
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise SpecError(str(path), "", f"invalid TOML: {e}") from None
+    except RecursionError:
+        raise SpecError(str(path), "", "nested too deeply to be a spec file") from None
+
+
+def json_object_no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """`json.loads(object_pairs_hook=...)`: a key given twice is an error, not "the last wins"."""
+    out: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in out:
+            raise ValueError(f"key {key!r} is given twice in one object")
+        out[key] = value
+    return out
+
+
+def parse_json_strict(text: str) -> Any:
+    """json.loads that refuses duplicate keys and NaN/Infinity (ValueError, RecursionError)."""
+    def no_constant(name: str) -> Any:
+        raise ValueError(f"{name} is not a JSON number; use a finite number")
+
+    return json.loads(text, object_pairs_hook=json_object_no_duplicates, parse_constant=no_constant)
 
 
 def _read_json(path: Path) -> Any:
+    text = _read_text(path)
     try:
-        with open(path, "rb") as f:
-            return json.load(f)
+        return parse_json_strict(text)
     except json.JSONDecodeError as e:
         raise SpecError(str(path), "", f"invalid JSON at line {e.lineno} column {e.colno}: {e.msg}") from None
-    except OSError as e:
-        raise SpecError(str(path), "", f"cannot read: {e.strerror}") from None
+    except RecursionError:
+        raise SpecError(str(path), "", "nested too deeply to be a spec file") from None
+    except ValueError as e:
+        raise SpecError(str(path), "", f"invalid JSON: {e}") from None
 
 
 def _check_format(data: Any, expected: str, file: str) -> None:

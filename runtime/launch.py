@@ -19,7 +19,7 @@ import subprocess
 import sys
 import time
 
-from hybridps.errors import UserError
+from hybridps.errors import EXIT_INTERRUPTED, EXIT_PS_LOST, UserError
 
 PR_SET_PDEATHSIG = 1
 
@@ -42,19 +42,58 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def run_local(child_args: list[str], world_size: int, grace_s: float | None = 60.0) -> int:
-    """Spawn `world_size` ranks of `python -m hybridps run CHILD_ARGS`; return rank 0's
-    exit code. When a child fails and rank 0 has not stopped `grace_s` later (it should
-    have noticed: a fallback for a stuck PS), every process is killed; None: never."""
+def _proc_state(pid: int) -> str:
+    """The kernel's one-letter state of a process (R, S, T = stopped, Z, ...), '?' if unknown."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return "?"
+
+
+def _describe_exit(code: int) -> str:
+    if code < 0:
+        try:
+            return f"killed by {signal.Signals(-code).name}"
+        except ValueError:
+            return f"killed by signal {-code}"
+    return f"exited with code {code}"
+
+
+def run_local(child_args: list[str], world_size: int, grace_s: float | None = 60.0, shards: int = 1,
+              out_dir: str | os.PathLike | None = None) -> int:
+    """Spawn `world_size` ranks of `python -m hybridps run CHILD_ARGS` (ranks below `shards`
+    are the PS shards); return the run's exit code (hybridps.errors.EXIT_*).
+
+    - rank 0 ends: its code (it printed why), after the workers had time to leave;
+    - a PS shard dies (a signal, or an error it could not report): EXIT_PS_LOST, naming it;
+    - every worker has left while the PS still runs (a stopped or wedged PS: the workers'
+      watchdogs gave up on it): EXIT_PS_LOST, naming it; so does a child that failed when
+      rank 0 has not stopped `grace_s` later (None: only the former);
+    - SIGINT or SIGTERM to the launcher: SIGINT to every rank, the PS checkpoints, its code.
+    """
     port = free_port()
     procs: list[subprocess.Popen] = []
     base_env = dict(os.environ, MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE=str(world_size),
-                    HYBRIDPS_PARENT_PID=str(os.getpid()), OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1"))
+                    HYBRIDPS_PARENT_PID=str(os.getpid()), OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1"),
+                    GLOO_SOCKET_IFNAME="lo")  # loopback only, like the store (`local_store`)
+    resume = f"continue with: hybridps run --resume {out_dir} --local" if out_dir is not None else ""
+    checkpoint = os.path.join(out_dir, "checkpoint.pt") if out_dir is not None else None
+
+    def ps_lost(rank: int, what: str) -> int:
+        kept = f"checkpoint {checkpoint}" if checkpoint and os.path.isfile(checkpoint) else "no checkpoint"
+        name = "PS" if shards == 1 else f"PS shard {rank}"
+        print(f"hybridps: error: {name} (rank {rank}) lost: {what}; stopped every process; {kept}; {resume}",
+              file=sys.stderr, flush=True)
+        return EXIT_PS_LOST
+
+    old_term = signal.signal(signal.SIGTERM, signal.default_int_handler)  # SIGTERM = Ctrl-C
     try:
         for rank in range(world_size):
             env = dict(base_env, RANK=str(rank), LOCAL_RANK=str(rank), LOCAL_WORLD_SIZE=str(world_size))
             procs.append(subprocess.Popen([sys.executable, "-m", "hybridps", "run", *child_args], env=env))
         failed_at = None
+        workers_gone_at = None
         while True:
             code0 = procs[0].poll()
             if code0 is not None:
@@ -65,30 +104,46 @@ def run_local(child_args: list[str], world_size: int, grace_s: float | None = 60
                         p.wait(timeout=max(0.0, left))
                     except subprocess.TimeoutExpired:
                         pass
+                if code0 < 0:
+                    return ps_lost(0, _describe_exit(code0))
                 return code0
-            if failed_at is None and any(p.poll() not in (None, 0) for p in procs[1:]):
+            for rank in range(1, shards):
+                code = procs[rank].poll()
+                if code is not None and code != 0:
+                    return ps_lost(rank, _describe_exit(code))
+            workers = procs[shards:]
+            if failed_at is None and any(p.poll() not in (None, 0) for p in workers):
                 failed_at = time.monotonic()
+            if workers_gone_at is None and workers and all(p.poll() is not None for p in workers):
+                workers_gone_at = time.monotonic()
+            if workers_gone_at is not None and time.monotonic() - workers_gone_at > 10.0:
+                state = {"T": "stopped (SIGSTOP?)", "t": "stopped by a debugger"}.get(_proc_state(procs[0].pid))
+                why = f"process {state}" if state else "it did not answer nor stop"
+                return ps_lost(0, f"{why}; every worker has left")
             if failed_at is not None and grace_s is not None and time.monotonic() - failed_at > grace_s:
                 bad = [i for i, p in enumerate(procs) if p.poll() not in (None, 0)]
-                print(f"hybridps: error: rank(s) {bad} exited with an error and the PS did not stop; "
-                      f"killed every process", file=sys.stderr)
-                return 3
+                return ps_lost(0, f"rank(s) {bad} failed and the PS did not stop within {grace_s:.0f} s")
             time.sleep(0.05)
     except KeyboardInterrupt:
-        # The terminal sent SIGINT to every child too; make sure, then give the PS time
-        # to write its checkpoint.
+        # SIGINT or SIGTERM: make sure every rank has SIGINT (a terminal sends it to all, a
+        # scheduler's SIGTERM only reaches us), then give the PS time to write its checkpoint.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
         for p in procs:
             if p.poll() is None:
                 try:
                     p.send_signal(signal.SIGINT)
                 except ProcessLookupError:
                     pass
+        if not procs:
+            return EXIT_INTERRUPTED
         try:
-            procs[0].wait(timeout=60)
-        except (subprocess.TimeoutExpired, IndexError):
-            pass
-        raise
+            code0 = procs[0].wait(timeout=120)
+        except subprocess.TimeoutExpired:
+            return ps_lost(0, "it did not stop within 120 s of the interrupt")
+        return code0 if code0 >= 0 else ps_lost(0, _describe_exit(code0))
     finally:
+        signal.signal(signal.SIGTERM, old_term)
         for p in procs:
             if p.poll() is None:
                 p.kill()
@@ -97,6 +152,23 @@ def run_local(child_args: list[str], world_size: int, grace_s: float | None = 60
                 p.wait(timeout=10)
             except subprocess.TimeoutExpired:
                 pass
+
+
+def local_store(rank: int, world: int, timeout: datetime.timedelta):
+    """The rendezvous store of a --local run. TCPStore's own server listens on every
+    interface, and it is unauthenticated: rank 0 hands it a socket bound to 127.0.0.1."""
+    import torch.distributed as dist
+
+    port = int(os.environ["MASTER_PORT"])
+    if rank != 0:
+        return dist.TCPStore("127.0.0.1", port, world, False, timeout)
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", port))
+    sock.listen(max(128, world))
+    store = dist.TCPStore("127.0.0.1", port, world, True, timeout, wait_for_workers=False,
+                          master_listen_fd=sock.detach())
+    return store
 
 
 def run_process(cluster, job, plan, opts) -> int:
@@ -108,6 +180,7 @@ def run_process(cluster, job, plan, opts) -> int:
 
     t_start = time.perf_counter()
     die_with_parent()
+    signal.signal(signal.SIGTERM, signal.default_int_handler)  # SIGTERM = SIGINT until the rank installs its own
     faulthandler.register(signal.SIGUSR1)  # `kill -USR1 PID` prints every thread's stack
     try:
         rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
@@ -118,8 +191,12 @@ def run_process(cluster, job, plan, opts) -> int:
     torch.set_num_threads(max(1, opts.threads))
     if ctx.is_ps and rank == 0:
         opts.out_dir.mkdir(parents=True, exist_ok=True)
-    dist.init_process_group("gloo", init_method="env://", rank=rank, world_size=world,
-                            timeout=datetime.timedelta(days=7))
+    timeout = datetime.timedelta(days=7)
+    if "HYBRIDPS_PARENT_PID" in os.environ:  # --local: the store listens on 127.0.0.1 only
+        dist.init_process_group("gloo", store=local_store(rank, world, timeout), rank=rank, world_size=world,
+                                timeout=timeout)
+    else:
+        dist.init_process_group("gloo", init_method="env://", rank=rank, world_size=world, timeout=timeout)
     try:
         if ctx.is_ps:
             from runtime.server import run_server
@@ -143,12 +220,14 @@ def run_process(cluster, job, plan, opts) -> int:
             code = run_worker(ctx, device)
         except KeyboardInterrupt:
             signal.signal(signal.SIGINT, signal.SIG_IGN)
-            code = 130
-        except RuntimeError as e:  # the PS went away (it reports why)
+            code = EXIT_INTERRUPTED
+        except RuntimeError as e:  # the connection to a PS shard failed (the PS is gone)
             from runtime.server import short_error
 
-            print(f"hybridps run: worker {ctx.workers[rank - ctx.shards]} stopped: {short_error(e)}", file=sys.stderr)
-            code = 3
+            if "HYBRIDPS_PARENT_PID" not in os.environ:  # under --local the launcher names the PS once
+                print(f"hybridps: error: PS lost: worker {ctx.workers[rank - ctx.shards]} (rank {rank}) lost its "
+                      f"connection to the PS: {short_error(e)}", file=sys.stderr)
+            code = EXIT_PS_LOST
         # leave without tearing down gloo under its own threads (the PS may be gone)
         sys.stdout.flush()
         sys.stderr.flush()

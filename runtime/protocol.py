@@ -19,6 +19,9 @@ Header slots:
   EPOCH     the worker's epoch (PUSH), for the PS's records
   OFFSET_US run time already elapsed before a resume, in microseconds (PHASE), so the
             resumed trace continues the old clock
+  WEPOCH, WITER, WSTEP  (PHASE) where this worker starts the phase: its absolute epoch,
+            the iterations already applied in that worker-epoch and its next step number
+            (0s at a phase's start; after a resume, the point its applied work reached)
 
 Message types:
   PHASE  PS -> worker: start phase PHASE; payload = the shard's fp32 parameters
@@ -36,7 +39,7 @@ import torch
 import torch.distributed as dist
 
 HEADER_LEN = 16
-TYPE, PHASE, SAMPLES, PAYLOAD, RECORDS, VERSION, STOP, GO, LOST, EPOCH, OFFSET_US = range(11)
+TYPE, PHASE, SAMPLES, PAYLOAD, RECORDS, VERSION, STOP, GO, LOST, EPOCH, OFFSET_US, WEPOCH, WITER, WSTEP = range(14)
 MSG_PHASE, MSG_END, MSG_PUSH, MSG_REPLY, MSG_GO, MSG_DONE, MSG_ABORT = range(1, 8)
 TAG_HEADER, TAG_PAYLOAD, TAG_GATHER, TAG_RECORDS = 0, 1, 2, 3
 NAMES = {MSG_PHASE: "PHASE", MSG_END: "END", MSG_PUSH: "PUSH", MSG_REPLY: "REPLY", MSG_GO: "GO",

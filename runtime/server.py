@@ -23,6 +23,7 @@ import base64
 import io
 import json
 import math
+import os
 import queue
 import signal
 import sys
@@ -35,19 +36,20 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
+from hybridps.errors import EXIT_INTERRUPTED, EXIT_IO_ERROR, EXIT_WORKER_LOST
 from hybridps.fileio import atomic_write_bytes, atomic_write_json
 from hybridps.progress import progress_bar
 from runtime import protocol as P
+from runtime.checkpoint import CHECKPOINT_FORMAT, checkpoint_path, load_checkpoint, spec_digests  # noqa: F401
 from runtime.codecs import Codec
 from runtime.context import RunContext, num_classes, phase_lr, shard_bounds
 from runtime.data import check_samples, load_dataset
 from runtime.merge import FlatSGD, merge_async, merge_sync, weighted_gradient
 from runtime.models import build_model, buffers_vector, load_buffers
 from runtime.noise import NoiseMeter, measures_noise
-from traces.jsonl import TraceWriter
+from traces.jsonl import TraceWriter, cut_trace
 from traces.records import header as trace_header
 
-CHECKPOINT_FORMAT = "hybridps.checkpoint/1"
 
 
 def short_error(e: BaseException) -> str:
@@ -63,12 +65,11 @@ class WorkerLost(Exception):
         super().__init__(f"worker {name} (rank {rank}) lost: {reason}")
 
 
-def checkpoint_path(out_dir: Path, shard: int) -> Path:
-    return out_dir / ("checkpoint.pt" if shard == 0 else f"checkpoint-shard{shard}.pt")
+WORKER_RECORDS = {"compute", "push", "pull", "train"}  # record kinds the workers ship with their messages
 
 
-def load_checkpoint(path: Path) -> dict:
-    return torch.load(path, map_location="cpu", weights_only=True)
+class Interrupted(Exception):
+    """SIGINT or SIGTERM reached the PS; raised at the next safe point (between messages)."""
 
 
 class Shard:
@@ -111,6 +112,14 @@ class Shard:
         self.writer: TraceWriter | None = None
         self.bar = None
         self.final_eval: dict | None = None
+        self.stop_signal = 0  # set by the SIGINT/SIGTERM handler, acted on between messages
+        # per worker, the point its applied work reached in the current phase:
+        # [absolute epoch, iterations done in that worker-epoch, next step], from its compute records
+        self.resume_points: dict[str, list[int]] = {}
+        self.trace_bytes = 0  # length of trace.jsonl that matches the state (a checkpoint keeps it)
+        self._points_seen: dict[str, list[int]] = {}  # resume points including records not yet applied
+        self.digests = spec_digests(ctx.cluster, ctx.job, ctx.plan, ctx.model_name, ctx.data_name, opts.seed)
+        self._last_liveness = 0.0
         if opts.resume:
             self._restore()
 
@@ -130,6 +139,10 @@ class Shard:
         self.ctx.time_offset_s = float(ck["elapsed_s"])
         torch.set_rng_state(ck["torch_rng"])
         self.buffers = ck.get("buffers", self.buffers)
+        self.final_eval = ck.get("final_eval")
+        self.resume_points = {k: [int(x) for x in v] for k, v in (ck.get("resume_points") or {}).items()}
+        self._points_seen = {k: list(v) for k, v in self.resume_points.items()}
+        self.trace_bytes = int(ck.get("trace_bytes", -1))
         # lost workers are not restored: a resumed run starts with every worker again
 
     def save_checkpoint(self, phase: int, applied_in_phase: int) -> Path:
@@ -138,7 +151,9 @@ class Shard:
               "applied_in_phase": applied_in_phase, "applied_total": self.applied_total, "version": self.version,
               "elapsed_s": self.ctx.now(), "epoch_end_s": list(self.epoch_end_s),
               "phase_times": [list(t) for t in self.phase_times], "torch_rng": torch.get_rng_state(),
-              "complete": phase >= len(self.ctx.plan.phases), "buffers": self.buffers}
+              "complete": phase >= len(self.ctx.plan.phases), "buffers": self.buffers, "digests": self.digests,
+              "final_eval": self.final_eval, "resume_points": {k: list(v) for k, v in self.resume_points.items()},
+              "trace_bytes": self.trace_bytes if self.writer is not None else -1}
         if self.lead and (state := self.model_state_dict()) is not None:
             ck["model_state_dict"] = state
         buf = io.BytesIO()
@@ -154,7 +169,12 @@ class Shard:
         ctx = self.ctx
         path = ctx.opts.out_dir / "trace.jsonl"
         if ctx.opts.resume and path.is_file():
+            # cut what the checkpoint does not hold (work done after it), then say so in one record
+            cut, cut_bytes = cut_trace(path, self.trace_bytes) if self.trace_bytes >= 0 else (0, 0)
             self.writer = TraceWriter(path, append=True)
+            self.record({"kind": "resume", "t_s": ctx.time_offset_s, "phase": self.start_phase,
+                         "version": self.version, "discarded_records": cut, "discarded_bytes": cut_bytes,
+                         "applied_in_phase": self.start_applied})
         else:
             meta = {"model": ctx.model_name, "data": ctx.data_name, "parameters": self.n_params,
                     "world_size": ctx.world_size, "workers": ctx.workers}
@@ -162,10 +182,28 @@ class Shard:
                                job=ctx.job.model_dump(mode="json"), plan=ctx.plan.model_dump(mode="json"),
                                seed=ctx.opts.seed, meta=meta)
             self.writer = TraceWriter(path, hdr)
+            self.trace_bytes = self.writer.size_bytes
 
     def record(self, rec: dict) -> None:
-        if self.writer is not None:
-            self.writer.write(rec)
+        """Write a record, and keep the mark a checkpoint stores: the trace's length and each
+        worker's resume point as of the last record the PS wrote itself (update, eval,
+        phase, ...). Workers' records (shipped with their pushes) before that mark belong to
+        applied work; those after it (a bsp round still waiting for a push) do not yet."""
+        if self.writer is None:
+            return
+        self.writer.write(rec)
+        kind = rec["kind"]
+        if kind == "compute":  # where this worker resumes: its compute records travel with its pushes
+            pt = self._points_seen.setdefault(rec["worker"], [rec["epoch"], 0, 0])
+            if pt[0] != rec["epoch"]:
+                pt[0], pt[1] = rec["epoch"], 0
+            pt[1] += 1
+            pt[2] = rec["step"] + 1
+        if kind == "phase":
+            self._points_seen.clear()
+        if kind not in WORKER_RECORDS:
+            self.trace_bytes = self.writer.size_bytes
+            self.resume_points = {name: list(pt) for name, pt in self._points_seen.items()}
 
     def full_params(self) -> torch.Tensor:
         """The whole parameter vector (gathers the other shards' slices when S > 1)."""
@@ -307,15 +345,24 @@ class Shard:
             self.inbox.put((pos, None, e))
 
     def _next_message(self, watch: set[int], expecting: set[int]) -> tuple[int, torch.Tensor, torch.Tensor]:
+        """The next message; the safe point: every message before it is fully applied and
+        recorded, so an interruption here leaves a checkpoint that matches the trace."""
         while True:
+            if self.stop_signal:
+                raise Interrupted(signal.Signals(self.stop_signal).name)
+            now = time.perf_counter()
+            if now - self._last_liveness >= 0.25:  # also while messages keep arriving
+                self._last_liveness = now
+                self._check_liveness(watch, expecting)
             try:
                 pos, hdr, body = self.inbox.get(timeout=0.25)
             except queue.Empty:
-                self._check_liveness(watch, expecting)
                 continue
             if pos in self.lost:
                 continue
             if hdr is None:
+                if self.stop_signal:  # the workers stopped because of the same signal
+                    raise Interrupted(signal.Signals(self.stop_signal).name)
                 raise WorkerLost(pos, self.ctx.workers[pos], self.ctx.worker_rank(pos), f"connection failed: {short_error(body)}")
             return pos, hdr, body
 
@@ -333,6 +380,8 @@ class Shard:
             self._send_gather()
             if self.lead:
                 self.evaluate(0.0, 0, ctx.plan.phases[0].resolution, ctx.cluster.ps.eval_s)
+        if not ctx.opts.resume:  # a run always has a checkpoint to resume from
+            self.save_checkpoint(0, 0)
         for p in range(self.start_phase, len(ctx.plan.phases)):
             self.run_phase(p, self.start_applied if p == self.start_phase else 0)
         if self.start_phase >= len(ctx.plan.phases) and self.lead:
@@ -369,8 +418,9 @@ class Shard:
         for pos in range(len(ctx.workers)):
             if pos in self.lost:
                 continue
+            wepoch, witer, wstep = self.resume_points.get(ctx.workers[pos], (epochs_before, 0, 0))
             hdr = P.header(P.MSG_PHASE, phase=p, samples=applied, payload=params_bytes.numel(), lost=lost_mask,
-                           offset_us=int(round(ctx.time_offset_s * 1e6)))
+                           offset_us=int(round(ctx.time_offset_s * 1e6)), wepoch=wepoch, witer=witer, wstep=wstep)
             works += [(w, pos) for w in P.isend(ctx.worker_rank(pos), hdr, params_bytes)]
             if keep_pulled:
                 pulled[pos] = self.w.detach().clone()
@@ -556,14 +606,17 @@ class Shard:
     def _lost_mask(self) -> int:
         return sum(1 << pos for pos in self.lost)
 
-    def abort(self, reason: str) -> Path | None:
-        """Keep a checkpoint, tell every worker to stop; returns the checkpoint path."""
+    def abort(self, reason: str, save: bool = True) -> Path | None:
+        """Keep a checkpoint (`save`: of the current state; else the last one written),
+        tell every worker to stop; returns the path of the checkpoint to resume from."""
         p, applied = getattr(self, "_abort_state", (self.start_phase, self.start_applied))
-        path = None
-        try:
-            path = self.save_checkpoint(p, applied)
-        except Exception as e:  # never lose the abort message over a checkpoint problem
-            print(f"hybridps run: could not write a checkpoint: {e}", file=sys.stderr)
+        path = checkpoint_path(self.ctx.opts.out_dir, self.s)
+        path = path if path.is_file() else None
+        if save:
+            try:
+                path = self.save_checkpoint(p, applied)
+            except Exception as e:  # never lose the abort message over a checkpoint problem
+                print(f"hybridps run: could not write a checkpoint: {short_error(e)}", file=sys.stderr)
         works = []
         for pos in range(len(self.ctx.workers)):
             try:
@@ -583,7 +636,10 @@ class Shard:
         if self.bar is not None:
             self.bar.close()
         if self.writer is not None:
-            self.writer.close()
+            try:
+                self.writer.close()
+            except OSError:
+                pass  # a full disk: the checkpoint's mark says how much of the trace counts
         return path
 
 
@@ -598,32 +654,59 @@ def write_summary(ctx: RunContext, shard: Shard, **kw) -> dict:
     return out
 
 
+def resume_hint(ctx: RunContext) -> str:
+    local = " --local" if "HYBRIDPS_PARENT_PID" in os.environ else ""
+    return f"continue with: hybridps run --resume {ctx.opts.out_dir}{local}"
+
+
 def run_server(ctx: RunContext) -> int:
+    """One PS shard's whole run; returns the process's exit code (hybridps.errors.EXIT_*)."""
     shard = Shard(ctx)
     startup_s = time.perf_counter() - ctx.t0
     dist.barrier()  # every process ready: time zero
     ctx.t0 = time.perf_counter()
     wall0 = time.time()
+
+    def on_signal(signum, frame) -> None:  # SIGINT and SIGTERM alike: stop at the next safe point
+        shard.stop_signal = shard.stop_signal or signum
+
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
+
+    def stop(status: str, code: int, message: str, save: bool = True) -> int:
+        path = shard.abort(message, save=save)
+        if shard.lead or code == EXIT_IO_ERROR:
+            where = f"checkpoint {path}" if path else "no checkpoint"
+            print(f"{message}; stopped every process; {where}; {resume_hint(ctx)}", file=sys.stderr, flush=True)
+        if shard.lead:
+            try:
+                write_summary(ctx, shard, status=status, startup_s=startup_s, wall_s=time.time() - wall0)
+            except OSError:
+                pass  # the disk is full: trace and checkpoint say what there is
+        return code
+
+    rank = f"PS shard {shard.s} (rank {ctx.rank})"
     try:
         shard.run()
+    except Interrupted as e:
+        return stop("interrupted", EXIT_INTERRUPTED, f"hybridps: interrupted by {e} at {rank}")
     except WorkerLost as e:
-        path = shard.abort(str(e))
-        if shard.lead:
-            print(f"hybridps: error: {e}; stopped every process; checkpoint {path}; "
-                  f"continue with: hybridps run --resume {ctx.opts.out_dir} --local", file=sys.stderr, flush=True)
-            write_summary(ctx, shard, status="worker-lost", startup_s=startup_s, wall_s=time.time() - wall0)
-        return 3
-    except KeyboardInterrupt:
-        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not cost the checkpoint
-        path = shard.abort("interrupted")
-        if shard.lead:
-            print(f"hybridps: interrupted; checkpoint {path}; continue with: hybridps run --resume "
-                  f"{ctx.opts.out_dir} --local", file=sys.stderr, flush=True)
-            write_summary(ctx, shard, status="interrupted", startup_s=startup_s, wall_s=time.time() - wall0)
-        return 130
+        if shard.stop_signal:
+            name = signal.Signals(shard.stop_signal).name
+            return stop("interrupted", EXIT_INTERRUPTED, f"hybridps: interrupted by {name} at {rank}")
+        return stop("worker-lost", EXIT_WORKER_LOST, f"hybridps: error: {e}")
+    except OSError as e:  # a full disk, a read-only or vanished --out: keep the last consistent checkpoint
+        what = e.filename or ctx.opts.out_dir
+        return stop("io-error", EXIT_IO_ERROR, f"hybridps: error: {rank} cannot write {what}: "
+                    f"{e.strerror or e}", save=False)
     if shard.lead:
-        shard.writer.close()
-        summary = write_summary(ctx, shard, status="complete", startup_s=startup_s, wall_s=time.time() - wall0)
+        try:
+            shard.writer.close()
+            summary = write_summary(ctx, shard, status="complete", startup_s=startup_s, wall_s=time.time() - wall0)
+        except OSError as e:
+            print(f"hybridps: error: {rank} cannot write {e.filename or ctx.opts.out_dir}: {e.strerror or e}; "
+                  f"the run finished (checkpoint.pt is complete)", file=sys.stderr, flush=True)
+            return EXIT_IO_ERROR
         ev = shard.final_eval
         acc = f", test accuracy {ev['accuracy']:.3f} (loss {ev['loss']:.3f})" if ev else ""
         print(f"hybridps run: {len(ctx.plan.phases)} phase(s), {summary['updates']} updates in "

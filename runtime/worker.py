@@ -22,6 +22,8 @@ import base64
 import json
 import math
 import os
+import signal
+import sys
 import threading
 import time
 
@@ -29,7 +31,7 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
-from hybridps.errors import UserError
+from hybridps.errors import EXIT_INTERRUPTED, EXIT_PS_LOST, UserError
 from hybridps.spec import gbps_to_bytes_per_s
 from hybridps.stragglers import StragglerSchedule
 from runtime import protocol as P
@@ -46,25 +48,56 @@ class Aborted(Exception):
 class Heartbeat:
     """Publishes `beat progress` to the rendezvous store every 0.25 s from a thread: the
     PS declares the worker dead when the beat stops and hung when progress stops while
-    the PS waits for it."""
+    the PS waits for it.
 
-    def __init__(self, rank: int):
+    It is also the worker's PS watchdog: the store is served by rank 0 (the PS), so when
+    no `set` has succeeded for `ps_timeout_s` the PS is dead, stopped or cut off. A second
+    thread (the first may be blocked inside `set`) then names it and ends the process
+    with EXIT_PS_LOST. After SIGINT/SIGTERM the worker waits for the PS's ABORT, and
+    leaves by itself (EXIT_INTERRUPTED) if none comes within `ps_timeout_s`."""
+
+    def __init__(self, rank: int, ps_timeout_s: float | None = None, who: str = "worker"):
         self.key = f"hybridps/hb/{rank}"
+        self.who = who
         self.store = dist.distributed_c10d._get_default_store()
         self.progress = 0
+        self.ps_timeout_s = ps_timeout_s
+        self.signalled_at: float | None = None
         self._beat = 0
         self._stop = threading.Event()
         self.store.set(self.key, "0 0")
+        self.last_ok = time.monotonic()
         self._thread = threading.Thread(target=self._run, daemon=True, name="heartbeat")
         self._thread.start()
+        if ps_timeout_s is not None:
+            threading.Thread(target=self._watch, daemon=True, name="ps-watchdog").start()
 
     def _run(self) -> None:
         while not self._stop.wait(0.25):
             self._beat += 1
             try:
                 self.store.set(self.key, f"{self._beat} {self.progress}")
+                self.store.get(self.key)  # `set` does not wait for the store's answer; `get` does
+                self.last_ok = time.monotonic()
             except Exception:
-                return  # the store (PS) is gone; the main thread will notice
+                pass  # the store (the PS) is gone or unreachable: the watchdog decides
+
+    def _watch(self) -> None:
+        while not self._stop.wait(0.25):
+            now = time.monotonic()
+            quiet = now - self.last_ok
+            if quiet > self.ps_timeout_s:
+                self._leave(EXIT_PS_LOST, f"hybridps: error: PS (rank 0) lost: {self.who} has had no answer from "
+                                          f"rank 0 for {quiet:.1f} s (process stopped or dead); {self.who} stops")
+            if self.signalled_at is not None and now - self.signalled_at > self.ps_timeout_s:
+                self._leave(EXIT_INTERRUPTED, f"hybridps: {self.who} interrupted; the PS sent no stop; leaving")
+
+    def _leave(self, code: int, message: str) -> None:
+        if self._stop.is_set():
+            return  # the run ended normally meanwhile
+        if "HYBRIDPS_PARENT_PID" not in os.environ:  # under --local the launcher names the PS once
+            print(message, file=sys.stderr, flush=True)
+        os._exit(code)
 
     def stop(self) -> None:
         self._stop.set()
@@ -109,7 +142,7 @@ class WorkerProcess:
             self.pull_bufs = [self.flat[lo:hi] for lo, hi in self.bounds]
         self.stragglers = StragglerSchedule(ctx.cluster, seed=ctx.opts.seed)
         self.records: list[dict] = []
-        self.hb = Heartbeat(ctx.rank)
+        self.hb = Heartbeat(ctx.rank, ctx.opts.worker_timeout_s, f"worker {self.name} (rank {ctx.rank})")
         self.lost: set[int] = set()
 
     # ------------------------------------------------------------------ helpers
@@ -208,11 +241,13 @@ class WorkerProcess:
                 if self.name not in names:
                     self._send_all(P.MSG_DONE, p, None)
                     continue
-                self._run_phase(p, int(h0[P.SAMPLES]))
+                self._run_phase(p, (int(h0[P.WEPOCH]), int(h0[P.WITER]), int(h0[P.WSTEP])))
         finally:
             self.hb.stop()
 
-    def _run_phase(self, p: int, resumed_samples: int) -> None:
+    def _run_phase(self, p: int, start: tuple[int, int, int]) -> None:
+        """Run phase p from `start` = (absolute epoch, iterations done in it, next step): the
+        phase's beginning, or after a resume exactly where this worker's applied work ended."""
         ctx, ph = self.ctx, self.ctx.plan.phases[p]
         wa = next(w for w in ph.workers if w.name == self.name)
         positions = [ctx.workers.index(w.name) for w in ph.workers]
@@ -231,22 +266,22 @@ class WorkerProcess:
         if not gradient:
             opt = torch.optim.SGD(self.params, lr=phase_lr(ph), momentum=tr.momentum, weight_decay=tr.weight_decay)
         pulled = self.flat.clone() if (not gradient and lossy) else None
-        # resume: start at the worker-epoch that this worker's part of the applied count reaches
-        computed = round(resumed_samples * wa.samples / sum(plan_shares)) if resumed_samples else 0
-        worker_epoch = computed // wa.samples
-        step = 0
-        indices, k, it = None, 0, 0  # it: iteration within the worker-epoch
+        worker_epoch, it, step = max(0, start[0] - epochs_before), start[1], start[2]
+        indices, k = None, 0  # it: iteration within the worker-epoch
         while True:
             # ---------------------------------------------------------- one interval
             interval_samples, iters, loss_sum = 0, 0, 0.0
             if gradient:
                 self.flat_grad.zero_()
             while iters < every:
-                if it == 0:
+                while it == 0 or indices is None:
                     shares = effective_shares(plan_shares, self.lost, positions)
                     perm = epoch_permutation(n_data, epochs_before + worker_epoch, ctx.data_seed)
                     indices = share_indices(perm, shares, my_index)
                     k = math.ceil(len(indices) / B)
+                    if it < k:
+                        break
+                    worker_epoch, it = worker_epoch + 1, 0  # resumed at the end of a worker-epoch
                 lo = it * B
                 n = min(B, len(indices) - lo)
                 t_start = ctx.now()
@@ -355,6 +390,13 @@ def run_worker(ctx: RunContext, device: torch.device) -> int:
         if os.environ.get("HYBRIDPS_PARENT_PID"):  # --local: rank 0 reports the same error, once
             return 2
         raise
+
+    def on_signal(signum, frame) -> None:  # SIGINT = SIGTERM: the PS checkpoints and sends ABORT
+        if w.hb.signalled_at is None:
+            w.hb.signalled_at = time.monotonic()
+
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
     dist.barrier()  # every process ready: time zero
     ctx.t0 = time.perf_counter()
     try:

@@ -119,6 +119,8 @@ def solve_with_status(prob, solver: str, time_limit_s: float, gap_rel: float) ->
     """
     import pulp
 
+    from hybridps.fileio import native_stdout_silenced
+
     if solver == "highs":
         s = pulp.HiGHS(msg=False, timeLimit=time_limit_s, gapRel=gap_rel)
     elif solver == "cbc":
@@ -129,7 +131,8 @@ def solve_with_status(prob, solver: str, time_limit_s: float, gap_rel: float) ->
             s = pulp.PULP_CBC_CMD(msg=False, timeLimit=time_limit_s, gapRel=gap_rel)
     else:
         raise UserError(f"unknown MILP solver {solver!r}; use one of: {', '.join(SOLVERS)}")
-    prob.solve(s)
+    with native_stdout_silenced():  # HiGHS prints its banner on fd 1 despite msg=False: not into --json
+        prob.solve(s)
     sol = prob.sol_status
     own = pulp.LpSolution[sol]
     if solver == "highs":

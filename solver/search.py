@@ -227,7 +227,8 @@ def search(cluster: Cluster, job: Job, cons: Constraints, scorer: Scorer = simul
         return (level, r.best_s, r.index)
 
     ordered = sorted(ranked, key=key)
-    eligible = [r for r in ordered if r.candidate.strategy in cons.strategies]
+    eligible = [r for r in ordered if r.candidate.strategy in cons.strategies
+                and {ph.sync for ph in r.candidate.plan.phases} <= set(cons.sync_modes)]  # the bsp baseline too
     best = eligible[0] if eligible else base
     how = (f"full simulation (seed {seed})" if best.full_s is not None
            else f"shortened-horizon simulation: phases cut to {proxy_epochs} epoch(s), durations scaled back")

@@ -693,6 +693,10 @@ def calibrate(traces: list[Trace], base: Cluster | None = None, *, outlier_facto
     (traces.walltime), fitted like compute records."""
     if not traces and not logs:
         raise UserError("calibrate: give at least one trace")
+    empty = [t.path for t in traces if not t.records]
+    if empty:
+        raise UserError(f"calibrate: {', '.join(empty)}: no records (a header only), nothing to fit; "
+                        f"give a trace of a run or a profile")
     obs = _collect(traces, base, absorb_gaps)
     start = _start_cluster(traces, base)
     obs += _log_obs(logs, start, len(traces))
@@ -826,6 +830,11 @@ def _build_cluster(start: Cluster | None, fits: list[ComputeFit], workers: list[
         return Cluster(format="hybridps.cluster/1", ps=PSSpec(), devices=device_specs, workers=groups)
     slow = {w.worker: w.slowdown for w in workers}
     link = {lf.worker: lf for lf in links}
+    unknown = sorted((set(slow) | set(link)) - set(start.worker_by_name))
+    if unknown:  # never drop fitted values silently
+        raise UserError(f"calibrate: the traces measured worker(s) {', '.join(unknown)}, which the base cluster "
+                        f"does not have (it has {', '.join(w.name for w in start.worker_list)}); omit --base to "
+                        f"use the trace's own cluster, or give a base with those workers")
     if not slow and not link:
         groups = list(start.workers)
     else:  # fitted per worker: one group per worker, keeping the expanded names

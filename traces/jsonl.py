@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any, Iterable, Iterator
 
 from hybridps.errors import SpecError
+from hybridps.spec import parse_json_strict
 from traces.records import TRACE_FORMAT, validate_record
 
 
@@ -42,6 +43,23 @@ def _drop_torn_tail(path: Path) -> None:
             f.truncate(keep)
 
 
+def cut_trace(path: str | os.PathLike, keep_bytes: int) -> tuple[int, int]:
+    """Cut `path` back to its first `keep_bytes` bytes (what a checkpoint holds); returns
+    (records cut, bytes cut). A resumed run calls it, so the records of work the
+    checkpoint does not hold leave the trace."""
+    path = Path(path)
+    size = path.stat().st_size
+    if size <= keep_bytes:
+        return 0, 0
+    with open(path, "r+b") as f:
+        f.seek(keep_bytes)
+        tail = f.read()
+        f.truncate(keep_bytes)
+        f.flush()
+        os.fsync(f.fileno())
+    return tail.count(b"\n") + (0 if tail.endswith(b"\n") else 1), len(tail)
+
+
 class TraceWriter:
     """Append records to a JSONL trace, one flushed line each.
 
@@ -55,9 +73,11 @@ class TraceWriter:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._fsync_every = fsync_every
         self._count = 0
+        self.size_bytes = 0  # bytes in the file: where a checkpoint marks the trace
         if append:
             _drop_torn_tail(self.path)
             self._f = open(self.path, "a", encoding="utf-8")
+            self.size_bytes = self.path.stat().st_size
         else:
             if header is None or header.get("kind") != "header":
                 raise ValueError("a new trace starts with a header record")
@@ -65,16 +85,20 @@ class TraceWriter:
             self.write(header)
 
     def write(self, rec: dict[str, Any]) -> None:
-        self._f.write(_dumps(rec) + "\n")
+        line = _dumps(rec) + "\n"
+        self._f.write(line)
         self._f.flush()
+        self.size_bytes += len(line.encode("utf-8"))
         self._count += 1
         if self._fsync_every and self._count % self._fsync_every == 0:
             os.fsync(self._f.fileno())
 
     def write_many(self, recs: Iterable[dict[str, Any]]) -> None:
         """Write many records with one flush (for the simulator's bulk output)."""
-        self._f.write("".join(_dumps(r) + "\n" for r in recs))
+        text = "".join(_dumps(r) + "\n" for r in recs)
+        self._f.write(text)
         self._f.flush()
+        self.size_bytes += len(text.encode("utf-8"))
 
     def close(self) -> None:
         if not self._f.closed:
@@ -109,8 +133,14 @@ class Trace:
 
 
 def iter_lines(path: Path) -> Iterator[tuple[int, str, bool]]:
-    with open(path, "r", encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
+    """(line number, text, complete) per line; SpecError for a line that is not UTF-8."""
+    with open(path, "rb") as f:
+        for lineno, raw in enumerate(f, 1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise SpecError(str(path), f"line {lineno}", f"not UTF-8 text (byte {e.start} of the line); "
+                                f"a trace is UTF-8 JSON lines") from None
             yield lineno, line.rstrip("\n"), line.endswith("\n")
 
 
@@ -127,12 +157,16 @@ def read_trace(path: str | os.PathLike) -> Trace:
         if not text.strip():
             continue
         try:
-            rec = json.loads(text)
+            rec = parse_json_strict(text)
         except json.JSONDecodeError as e:
             if not complete and lineno == len(lines):
                 torn = True  # a crash mid-write: keep everything before it
                 break
             raise SpecError(str(path), f"line {lineno}", f"invalid JSON: {e.msg}") from None
+        except RecursionError:
+            raise SpecError(str(path), f"line {lineno}", "nested too deeply to be a trace record") from None
+        except ValueError as e:  # a duplicate key, NaN or Infinity
+            raise SpecError(str(path), f"line {lineno}", f"invalid record: {e}") from None
         problem = validate_record(rec)
         if problem:
             raise SpecError(str(path), f"line {lineno}", problem)

@@ -6,10 +6,12 @@ when a trace is read back. Optional fields are additions the format allows.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 TRACE_FORMAT = "hybridps.trace/1"
 
+TIME_FIELDS = ("start_s", "end_s", "t_s", "iteration_s")  # never negative
 _NUM = (int, float)
 _INT = (int,)
 _STR = (str,)
@@ -60,6 +62,12 @@ RECORD_KINDS: dict[str, tuple[dict[str, tuple[type, ...]], dict[str, tuple[type,
          "trace_cov": _NUM, "stderr": _NUM, "rounds": _INT},
         {"batch_small": _NUM, "batch_big": _NUM},
     ),
+    # a resumed run: where it continued (the checkpoint's clock, phase and model version)
+    # and how much of the interrupted run's trace it cut (work the checkpoint did not hold)
+    "resume": (
+        {"t_s": _NUM, "phase": _INT, "version": _INT, "discarded_records": _INT},
+        {"discarded_bytes": _INT, "applied_in_phase": _INT},
+    ),
     "profile": (
         {"device": _STR, "resolution": _INT, "batch": _INT, "iteration_s": _NUM},
         {"samples": _INT, "repeats": _INT, "model": _STR},
@@ -88,6 +96,11 @@ def validate_record(rec: Any) -> str | None:
             return f"{kind} record has unknown field {name!r}"
         if isinstance(v, bool) or not isinstance(v, optional[name]):
             return f"{kind} record field {name!r} has type {type(v).__name__}"
+    for name, v in rec.items():
+        if isinstance(v, float) and not math.isfinite(v):
+            return f"{kind} record field {name!r} is {v}, not a finite number"
+        if name in TIME_FIELDS and isinstance(v, (int, float)) and v < 0:
+            return f"{kind} record field {name!r} is negative ({v}); times are seconds from the run's start"
     if "start_s" in rec and "end_s" in rec and rec["end_s"] < rec["start_s"]:
         return f"{kind} record ends ({rec['end_s']}) before it starts ({rec['start_s']})"
     return None

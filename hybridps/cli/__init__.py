@@ -35,6 +35,16 @@ def _bounded_arg(cast: type, lowest: float, strict: bool, expected: str):
 
 seed_arg = _bounded_arg(int, 0, False, "a non-negative integer")  # numpy seeds must be
 positive_int_arg = _bounded_arg(int, 1, False, "an integer >= 1")
+nonnegative_int_arg = _bounded_arg(int, 0, False, "an integer >= 0")
+
+
+def path_arg(text: str):
+    """An argparse type: a non-empty path (Path('') would silently mean the current directory)."""
+    from pathlib import Path
+
+    if not text.strip():
+        raise argparse.ArgumentTypeError("expected a path, got an empty string")
+    return Path(text)
 positive_float_arg = _bounded_arg(float, 0.0, True, "a finite number > 0")  # nan and inf refused
 
 
@@ -70,6 +80,10 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     except BrokenPipeError:
         return 0
+    except OSError as e:  # reading or writing a file the user named: one line, not a traceback
+        where = f"{e.filename}: " if e.filename else ""
+        print(f"hybridps: error: {where}{e.strerror or e}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

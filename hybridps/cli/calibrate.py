@@ -27,8 +27,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from hybridps.errors import UserError
-    from hybridps.fileio import atomic_write_text
-    from hybridps.spec import load_cluster
+    from hybridps.fileio import atomic_write_text, check_output_file
+    from hybridps.spec import load_cluster, resolve_path
     from traces import read_trace
     from traces.calibrate import calibrate, format_report
     from traces.cluster_toml import cluster_to_toml
@@ -38,6 +38,7 @@ def run(args: argparse.Namespace) -> int:
     base = load_cluster(args.base) if args.base else None
     from traces.walltime import is_walltime_log, read_walltime_log
 
+    check_output_file(args.out, "-o", [*args.traces, resolve_path("cluster", args.base) if args.base else None])
     logs = [read_walltime_log(p) for p in args.traces if is_walltime_log(p)]
     traces = [read_trace(p) for p in args.traces if not is_walltime_log(p)]
     cal = calibrate(traces, base, outlier_factor=args.outlier_factor, absorb_gaps=not args.no_absorb_gaps, logs=logs)

@@ -88,6 +88,12 @@ def _constraints(args: argparse.Namespace):
             raise UserError(f"--schedule: unknown schedule {k!r}; use one of: {', '.join(LAYOUTS)}")
     if not 0.0 <= args.min_bsp_fraction <= 1.0:
         raise UserError(f"--min-bsp-fraction {args.min_bsp_fraction}: must be between 0 and 1")
+    for flag, values in (("--sync", syncs), ("--schedule", schedules)):
+        if not values:
+            raise UserError(f"{flag}: name at least one (got {getattr(args, flag[2:])!r})")
+    if args.min_bsp_fraction > 0 and "bsp" not in syncs:
+        raise UserError(f"--min-bsp-fraction {args.min_bsp_fraction} needs bsp phases, but --sync {args.sync} "
+                        f"excludes bsp; add bsp to --sync or drop --min-bsp-fraction")
     if args.time_ratio <= 0:
         raise UserError(f"--time-ratio {args.time_ratio}: must be positive (and >= 1 with small workers)")
     if args.top < 1 or args.proxy_epochs < 1 or args.proxy_count < 0 or args.full_count < 0:
@@ -103,7 +109,7 @@ def _constraints(args: argparse.Namespace):
 
 def run(args: argparse.Namespace) -> int:
     from hybridps.errors import UserError
-    from hybridps.fileio import atomic_write_text
+    from hybridps.fileio import atomic_write_text, check_output_file
     from hybridps.spec import load_cluster, load_job, resolve_path
     from solver.search import search, summary_json, table
     from solver.timemodel import check_resolutions
@@ -112,11 +118,13 @@ def run(args: argparse.Namespace) -> int:
     cluster = load_cluster(args.cluster)
     job = load_job(args.job)
     check_resolutions(cluster, job, str(resolve_path("cluster", args.cluster)))
+    check_output_file(args.output, "-o", [resolve_path("cluster", args.cluster), resolve_path("job", args.job)])
     jobs = args.jobs if args.jobs is not None else (os.cpu_count() or 1)
     result = search(cluster, job, cons, seed=args.seed, jobs=jobs, proxy_epochs=args.proxy_epochs,
                     proxy_count=args.proxy_count, full_count=args.full_count, objective=args.objective,
                     baseline=args.baseline)
-    if result.best.candidate.strategy not in cons.strategies:
+    if result.best.candidate.strategy not in cons.strategies or \
+            not {ph.sync for ph in result.plan.phases} <= set(cons.sync_modes):
         raise UserError("no candidate plan satisfies the constraints (--strategy, --sync, --min-bsp-fraction); "
                         "relax one of them")
     atomic_write_text(args.output, result.plan.to_json())

@@ -30,6 +30,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from hybridps.errors import UserError
+    from hybridps.fileio import check_output_file
 
     try:
         from runtime.profile import profile
@@ -40,6 +41,9 @@ def run(args: argparse.Namespace) -> int:
             raise UserError(f"profile: --{flag.replace('_', '-')} must be at least 1")
     if args.warmup < 0:
         raise UserError("profile: --warmup must be 0 or more")
+    if args.threads < 0:
+        raise UserError("profile: --threads must be 0 (torch's choice) or more")
+    args.out = str(check_output_file(args.out, "--out"))
     records = profile(args.model, args.resolutions, args.batches, args.out, device=args.device,
                       classes=args.classes, device_name=args.name, max_batch=args.max_batch,
                       warmup=args.warmup, repeats=args.repeats, threads=args.threads, log=print)

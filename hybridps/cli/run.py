@@ -13,7 +13,7 @@ import os
 import sys
 from pathlib import Path
 
-from hybridps.cli import seed_arg
+from hybridps.cli import nonnegative_int_arg, path_arg, positive_float_arg, positive_int_arg, seed_arg
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -22,25 +22,27 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--cluster", help="cluster.toml (path or bundled name)")
     p.add_argument("--job", help="job.toml (path or bundled name)")
     p.add_argument("--plan", help="plan.json (path or bundled name)")
-    p.add_argument("--out", type=Path, help="output directory (trace.jsonl, summary.json, checkpoint.pt)")
+    p.add_argument("--out", type=path_arg, help="output directory (trace.jsonl, summary.json, checkpoint.pt)")
     p.add_argument("--local", action="store_true", help="spawn every process on this machine")
-    p.add_argument("--resume", type=Path, metavar="DIR", help="continue the run in DIR from its checkpoint")
+    p.add_argument("--resume", type=path_arg, metavar="DIR", help="continue the run in DIR from its checkpoint")
+    p.add_argument("--overwrite", action="store_true",
+                   help="start afresh in an --out that holds an unfinished run (its trace and checkpoints are deleted)")
     p.add_argument("--on-worker-loss", choices=["stop", "continue"], default="stop",
                    help="stop (default: checkpoint, stop all, exit 3) or continue without the worker (asp/ssp)")
-    p.add_argument("--worker-timeout", type=float, default=60.0, metavar="S",
+    p.add_argument("--worker-timeout", type=positive_float_arg, default=60.0, metavar="S",
                    help="seconds without heartbeat/progress before a worker counts as lost (default 60)")
     p.add_argument("--model", help="override the job's model.name (resnet18, cnn, mlp, torchvision:NAME)")
     p.add_argument("--data", help="override the job's data.name (synthetic[:C], cifar10, cifar100, imagefolder:DIR)")
     p.add_argument("--data-dir", help="directory holding the CIFAR python batches")
     p.add_argument("--seed", type=seed_arg, help="seed for data order, model init and stragglers "
                    "(default: 0, stragglers: the cluster's [stragglers].seed)")
-    p.add_argument("--eval-every", type=int, default=1, metavar="EPOCHS",
+    p.add_argument("--eval-every", type=nonnegative_int_arg, default=1, metavar="EPOCHS",
                    help="evaluate every N epochs (0: only at phase ends; default 1)")
-    p.add_argument("--eval-samples", type=int, default=1000, help="held-out samples per evaluation (default 1000)")
-    p.add_argument("--checkpoint-every", type=float, default=300.0, metavar="S",
+    p.add_argument("--eval-samples", type=positive_int_arg, default=1000, help="held-out samples per evaluation (default 1000)")
+    p.add_argument("--checkpoint-every", type=positive_float_arg, default=300.0, metavar="S",
                    help="seconds between periodic checkpoints (default 300; always at phase ends)")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
-    p.add_argument("--threads", type=int, default=1, help="torch threads per process (default 1)")
+    p.add_argument("--threads", type=positive_int_arg, default=1, help="torch threads per process (default 1)")
     p.add_argument("--no-emulate", action="store_true",
                    help="do not enforce the cluster's slowdown, bandwidth and stragglers")
     p.set_defaults(func=run)
@@ -86,6 +88,7 @@ def run(args: argparse.Namespace) -> int:
     if out is None:
         raise UserError("hybridps run needs --out DIR (or --resume DIR)")
     on_ps_host = os.environ.get("RANK", "0") == "0"  # other torchrun ranks may not see DIR
+    launched = "HYBRIDPS_PARENT_PID" in os.environ  # a rank of --local: the launcher checked DIR
     if args.resume is not None and on_ps_host and not (args.resume / "checkpoint.pt").is_file():
         raise UserError(f"{args.resume}: no checkpoint.pt to resume from")
     cluster, job, plan = _specs(args)
@@ -102,12 +105,56 @@ def run(args: argparse.Namespace) -> int:
     note = check_model(job, job_file, args.model, data, args.data_dir, 0 if args.seed is None else args.seed)
     if note and "HYBRIDPS_PARENT_PID" not in os.environ and os.environ.get("RANK", "0") == "0":
         print(f"hybridps run: warning: {note}", file=sys.stderr)  # once, not once per rank
+    if on_ps_host and not launched:
+        if check_out_dir(Path(out), args, cluster, job, plan) == "finished":
+            print(f"hybridps run: {out} holds a finished run (summary.json); nothing to resume")
+            return 0
     if args.local and "RANK" not in os.environ:
         # the children re-read the same arguments, without --local, plus what --resume recovered
         argv = _rebuild_argv(args)
         grace = None if args.on_worker_loss == "continue" else args.worker_timeout + 30.0
-        return run_local(argv, expected_world_size(cluster, plan), grace_s=grace)
+        return run_local(argv, expected_world_size(cluster, plan), grace_s=grace, shards=cluster.ps.count,
+                         out_dir=str(out))
     return run_process(cluster, job, plan, opts)
+
+
+RUN_FILES = ("trace.jsonl", "summary.json", "checkpoint.pt")
+
+
+def check_out_dir(out: Path, args: argparse.Namespace, cluster, job, plan) -> str:
+    """Before any process starts: `out` must be a writable directory; --resume must find
+    checkpoints of this very run (digests of cluster, job, plan, model, data, seed); a new
+    run refuses an `out` holding an unfinished one unless --overwrite. Returns "finished"
+    when --resume finds the run complete (nothing is touched), else "go"."""
+    from hybridps.errors import UserError
+    from hybridps.fileio import check_output_dir
+    from runtime.checkpoint import check_resume, checkpoint_path, load_checkpoint, spec_digests
+    from runtime.context import canonical_model_name
+
+    flag = "--resume" if args.resume is not None else "--out"
+    check_output_dir(out, flag)
+    if args.resume is not None:
+        digests = spec_digests(cluster, job, plan, canonical_model_name(args.model or job.model.name),
+                               args.data or job.data.name, args.seed)
+        # under torchrun, shard s > 0 keeps its checkpoint on its own node (that rank checks it as it loads)
+        ck = check_resume(out, cluster.ps.count if args.local else 1, digests)
+        return "finished" if ck["complete"] else "go"
+    present = [name for name in RUN_FILES if (out / name).exists()]
+    if not present:
+        return "go"
+    ck = out / "checkpoint.pt"
+    finished = False
+    if ck.is_file():
+        try:
+            finished = bool(load_checkpoint(ck)["complete"])
+        except UserError:
+            finished = False
+    if not finished and not args.overwrite:
+        raise UserError(f"--out {out}: holds an unfinished run ({', '.join(present)}); continue it with "
+                        f"hybridps run --resume {out} --local, or pass --overwrite to start afresh (deletes them)")
+    for path in [out / n for n in RUN_FILES] + sorted(out.glob("checkpoint-shard*.pt")):
+        path.unlink(missing_ok=True)  # a new run: no stale shard checkpoint may mix in
+    return "go"
 
 
 def check_model(job, job_file: str, model: str | None, data: str, data_dir: str | None, seed: int) -> str | None:

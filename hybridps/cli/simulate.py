@@ -63,7 +63,8 @@ def run(args: argparse.Namespace) -> int:
 
     from hybridps.errors import UserError
     from hybridps.progress import progress_bar
-    from hybridps.spec import load_cluster, load_job, load_plan
+    from hybridps.fileio import check_output_file
+    from hybridps.spec import load_cluster, load_job, load_plan, resolve_path
     from sim import Simulation, trace_header
     from traces.gantt import GanttData
     from traces import TraceWriter
@@ -72,6 +73,11 @@ def run(args: argparse.Namespace) -> int:
     cluster = load_cluster(args.cluster)
     job = load_job(args.job)
     plan = load_plan(args.plan, cluster, job)
+    inputs = [resolve_path("cluster", args.cluster), resolve_path("job", args.job), resolve_path("plan", args.plan)]
+    for flag in ("trace", "chrome", "gantt"):
+        if getattr(args, flag) is not None:
+            setattr(args, flag, check_output_file(getattr(args, flag), f"--{flag}", inputs))
+            inputs.append(getattr(args, flag))  # two outputs must not be one file either
     seed = cluster.stragglers.seed if args.seed is None else args.seed
     header = trace_header(cluster, job, plan, seed)
     writer = chrome = None

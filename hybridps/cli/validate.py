@@ -4,6 +4,7 @@ and report predicted against measured."""
 from __future__ import annotations
 
 import argparse
+import sys
 
 from hybridps.cli import seed_arg
 
@@ -52,6 +53,11 @@ def load_run(trace_path: str, cluster_arg: str | None):
                         f"does not have (it has: {have}); pass the cluster the run used, or one calibrated from "
                         f"this trace (`hybridps calibrate {trace_path} -o cluster.toml`)")
     check_plan(plan, cluster, job, f"{trace_path} (header plan, against {label})")
+    done = len(trace.of_kind("phase"))
+    if trace.torn or done < len(plan.phases):  # an interrupted run: say so, compare what there is
+        cut = "its last line is cut; " if trace.torn else ""
+        print(f"hybridps validate: warning: {trace_path}: {cut}the run is incomplete ({done} of {len(plan.phases)} "
+              f"phases); finish it with `hybridps run --resume DIR` for a full comparison", file=sys.stderr)
     return trace, cluster, job, plan
 
 

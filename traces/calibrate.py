@@ -715,7 +715,7 @@ def calibrate(traces: list[Trace], base: Cluster | None = None, *, outlier_facto
         # judge the line on what set it: the run's iterations where there are some (the
         # profile then only gave the shape), else the profile points
         run_sel = [i for i in idx if inlier[i] and obs[i].worker]
-        sel = run_sel or [i for i in idx if inlier[i]]
+        sel = run_sel or [i for i in idx if inlier[i]] or idx  # all outliers: judge on every point
         y = np.array([obs[i].t_s / (slow[obs[i].worker] if obs[i].worker else 1.0) for i in sel])
         x = np.array([obs[i].n for i in sel], dtype=float)
         pred = a * x + b

@@ -15,10 +15,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("traces", nargs="+", metavar="TRACE",
                    help="trace.jsonl files (profile and/or run traces), or wall-time logs (.csv, or .json with "
                         "format hybridps.walltime/1: one row per worker per epoch; docs/fidelity.md)")
-    p.add_argument("-o", "--out", required=True, help="cluster.toml to write (atomically)")
+    p.add_argument("-o", "--out", required=True, metavar="cluster.toml", help="cluster.toml to write (atomically)")
     p.add_argument("--base", help="cluster (path or bundled name) giving the workers, PS and anything the traces "
                                   "do not measure; default: the first run trace's header cluster")
-    p.add_argument("--outlier-factor", type=float, default=1.5,
+    p.add_argument("--outlier-factor", type=float, default=1.5, metavar="FACTOR",
                    help="an iteration slower than this x the fit is a straggler outlier (default 1.5)")
     p.add_argument("--no-absorb-gaps", action="store_true",
                    help="fit raw record durations instead of stretching them over the gaps between records")

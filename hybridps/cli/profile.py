@@ -18,13 +18,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--name", help="device name written to the records and the cluster file "
                                   "(default: 'cpu' or the GPU's name)")
     p.add_argument("--classes", type=int, default=10, help="output classes of the model (default 10)")
-    p.add_argument("--max-batch", type=int, default=256,
+    p.add_argument("--max-batch", type=int, default=256, metavar="B",
                    help="CPU: the largest batch (timed and recorded); CUDA: upper bound of the search (default 256)")
     p.add_argument("--warmup", type=int, default=2, help="untimed iterations first (default 2)")
     p.add_argument("--repeats", type=int, default=5, help="timed iterations; the median is recorded (default 5)")
     p.add_argument("--threads", type=int, default=1,
                    help="torch CPU threads (default 1, as each process of `hybridps run`; 0: torch's choice)")
-    p.add_argument("--out", required=True, help="trace.jsonl to write")
+    p.add_argument("-o", "--out", required=True, metavar="T.jsonl", help="trace.jsonl to write")
     p.set_defaults(func=run)
 
 

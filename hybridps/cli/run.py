@@ -22,7 +22,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--cluster", help="cluster.toml (path or bundled name)")
     p.add_argument("--job", help="job.toml (path or bundled name)")
     p.add_argument("--plan", help="plan.json (path or bundled name)")
-    p.add_argument("--out", type=path_arg, help="output directory (trace.jsonl, summary.json, checkpoint.pt)")
+    p.add_argument("-o", "--out", type=path_arg, metavar="DIR", help="output directory (trace.jsonl, summary.json, checkpoint.pt)")
     p.add_argument("--local", action="store_true", help="spawn every process on this machine")
     p.add_argument("--resume", type=path_arg, metavar="DIR", help="continue the run in DIR from its checkpoint")
     p.add_argument("--overwrite", action="store_true",
@@ -33,15 +33,17 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="seconds without heartbeat/progress before a worker counts as lost (default 60)")
     p.add_argument("--model", help="override the job's model.name (resnet18, cnn, mlp, torchvision:NAME)")
     p.add_argument("--data", help="override the job's data.name (synthetic[:C], cifar10, cifar100, imagefolder:DIR)")
-    p.add_argument("--data-dir", help="directory holding the CIFAR python batches")
+    p.add_argument("--data-dir", metavar="DIR", help="directory holding the CIFAR python batches")
     p.add_argument("--seed", type=seed_arg, help="seed for data order, model init and stragglers "
                    "(default: 0, stragglers: the cluster's [stragglers].seed)")
     p.add_argument("--eval-every", type=nonnegative_int_arg, default=1, metavar="EPOCHS",
                    help="evaluate every N epochs (0: only at phase ends; default 1)")
-    p.add_argument("--eval-samples", type=positive_int_arg, default=1000, help="held-out samples per evaluation (default 1000)")
+    p.add_argument("--eval-samples", type=positive_int_arg, default=None, metavar="N",
+                   help="held-out samples per evaluation (default: the whole held-out split)")
     p.add_argument("--checkpoint-every", type=positive_float_arg, default=300.0, metavar="S",
                    help="seconds between periodic checkpoints (default 300; always at phase ends)")
-    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto",
+                   help="where workers compute: auto (cuda when available), cpu or cuda (default auto)")
     p.add_argument("--threads", type=positive_int_arg, default=1, help="torch threads per process (default 1)")
     p.add_argument("--no-emulate", action="store_true",
                    help="do not enforce the cluster's slowdown, bandwidth and stragglers")

@@ -272,6 +272,23 @@ def _target_key(r: Ranked) -> tuple:
     return (group, level, ttt, r.index)
 
 
+def _confirm_reaching(scorer: Scorer, cluster: Cluster, job: Job, seed: int | None, jobs: int, ranked: list[Ranked],
+                      cons: Constraints, limit: int) -> None:
+    """The proxy can be too hopeful about quality: while a proxy-only candidate is predicted
+    to reach the target sooner than every fully simulated one (or when no full one reaches),
+    simulate it in full too (at most `limit` more), so the answer rests on an exact stream."""
+    for _ in range(limit):
+        order = sorted((r for r in ranked if r.candidate.strategy in cons.strategies), key=_target_key)
+        best_full = next((r for r in order if r.full_s is not None and r.reaches), None)
+        todo = [r for r in order if r.full_s is None and r.proxy_s is not None and r.reaches
+                and (best_full is None or r.quality["time_to_target_s"] < best_full.quality["time_to_target_s"])]
+        if not todo:
+            return
+        r = todo[0]
+        s = score_all(scorer, cluster, job, [r.candidate.plan], seed, 1, "full")[0]
+        r.full_s, r.full_q = float(s["makespan_s"]), _quality_of(s)
+
+
 def search(cluster: Cluster, job: Job, cons: Constraints, scorer: Scorer = simulate_summary,
            seed: int | None = None, jobs: int = 2, proxy_epochs: int = 2, proxy_count: int = 12,
            full_count: int = 2, objective: str = "time", baseline: str = "full",
@@ -335,6 +352,8 @@ def search(cluster: Cluster, job: Job, cons: Constraints, scorer: Scorer = simul
             s = score_all(scorer, cluster, job, [base.candidate.plan], seed, 1, "full")[0]
             base.full_s, base.full_q = float(s["makespan_s"]), _quality_of(s)
             fulls.append(base)
+    if targeted and full_count > 0:
+        _confirm_reaching(scorer, cluster, job, seed, jobs, ranked, cons, limit=2 * full_count)
     t_full = time.perf_counter()
 
     def key(r: Ranked) -> tuple:

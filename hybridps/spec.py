@@ -221,6 +221,7 @@ class ModelSpec(_Spec):
 class DataSpec(_Spec):
     name: str
     samples: int = Field(ge=1)
+    subset: bool = False  # true: train on the first `samples` of a larger training set (runtime)
 
 
 class TrainSpec(_Spec):

@@ -124,12 +124,15 @@ class ErrorFeedback:
         self.codec = Codec(compression, n, seed)
         self.enabled = compression.uses_error_feedback
         self.residual = torch.zeros(n, dtype=torch.float32) if self.enabled else None
+        self.input_sq = 0.0  # |what the last encode compressed|^2 (the worker's train record)
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         x = x.detach().to(torch.float32).reshape(-1).cpu()
         if not self.enabled:
+            self.input_sq = float(torch.dot(x, x))
             return self.codec.encode(x)
         corrected = x + self.residual
+        self.input_sq = float(torch.dot(corrected, corrected))
         payload = self.codec.encode(corrected)
         self.residual = corrected - self.codec.decode(payload)
         return payload

@@ -19,7 +19,7 @@ class RunOptions:
     data_dir: str | None = None
     seed: int | None = None  # None: cluster.stragglers.seed for stragglers, 0 for data/model
     eval_every: int = 1  # epochs between evaluations (0: only at phase ends)
-    eval_samples: int = 1000
+    eval_samples: int | None = None  # None or 0: the whole held-out split
     checkpoint_every_s: float = 300.0
     worker_timeout_s: float = 60.0
     on_worker_loss: str = "stop"  # or "continue"

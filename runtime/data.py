@@ -10,6 +10,8 @@ worker that owns a slice of an epoch's permutation can build its batches directl
                     validation images, grey levels copied into 3 channels
   imagefolder:DIR   torchvision.datasets.ImageFolder (needs torchvision)
 
+A job's `data.samples` must equal the training set's size (`check_samples`) unless it
+sets `[data] subset = true` (then an epoch is the first `samples` training images).
 `batch(indices, resolution)` returns float32 NCHW images resized on the fly
 (F.interpolate) and int64 labels. `epoch_permutation` and `share_indices` split each
 epoch's seeded global permutation into the workers' shares.
@@ -201,6 +203,16 @@ def load_cifar(kind: str, root: str | Path) -> _ArrayData:
     return _ArrayData(tx, ty, vx, vy, classes)
 
 
+def _imagefolder_val(root: str | Path) -> Path:
+    """DIR/val, the held-out split; evaluating on training images instead would report
+    training accuracy as test accuracy, so its absence is an error."""
+    val = Path(root) / "val"
+    if not val.is_dir():
+        raise UserError(f"data 'imagefolder:{root}': no validation split {val}/ (one folder per class, like "
+                        f"train/); add it, the runtime evaluates on it")
+    return val
+
+
 class _ImageFolderData:
     def __init__(self, root: str, base_resolution: int = 64):
         try:
@@ -211,8 +223,7 @@ class _ImageFolderData:
         tf = t.Compose([t.Resize((base_resolution, base_resolution)), t.ToTensor()])
         train = Path(root) / "train"
         self._ds = {"train": torchvision.datasets.ImageFolder(str(train if train.is_dir() else root), tf)}
-        val = Path(root) / "val"
-        self._ds["test"] = torchvision.datasets.ImageFolder(str(val), tf) if val.is_dir() else self._ds["train"]
+        self._ds["test"] = torchvision.datasets.ImageFolder(str(_imagefolder_val(root)), tf)
         self.num_classes = len(self._ds["train"].classes)
         self.train_size = len(self._ds["train"])
         self.test_size = len(self._ds["test"])
@@ -242,6 +253,21 @@ def load_dataset(name: str, samples: int, seed: int = 0, data_dir: str | None = 
         return DigitsData()
     raise UserError(f"unknown data {name!r}; use synthetic[:CLASSES], digits, cifar10, cifar100 or imagefolder:DIR "
                     f"(set job data.name or pass --data)")
+
+
+def check_samples(data, name: str, samples: int, subset: bool = False) -> None:
+    """A job's `data.samples` (one epoch) must be the training set's size: a smaller value
+    would silently train on a prefix, a larger one repeat samples. `subset = true` allows
+    the first `samples` of a larger set. Synthetic data is generated with `samples`."""
+    if isinstance(data, SyntheticData):
+        return
+    n = data.train_size
+    if subset and samples > n:
+        raise UserError(f"job data.samples = {samples} but data {name!r} has only {n} training samples "
+                        f"(data.subset = true takes a part of them); set data.samples <= {n}")
+    if not subset and samples != n:
+        raise UserError(f"job data.samples = {samples} but data {name!r} has {n} training samples; set "
+                        f"data.samples = {n}, or add subset = true under [data] to train on the first {samples}")
 
 
 def synthetic_batch(batch: int, resolution: int, num_classes: int = 10, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -280,6 +306,7 @@ def check_data(name: str, data_dir: str | None = None) -> None:
     if name.startswith("imagefolder:"):
         if not Path(name.split(":", 1)[1]).is_dir():
             raise UserError(f"data {name!r}: no such directory")
+        _imagefolder_val(name.split(":", 1)[1])
         return
     if name == "digits":
         _need_sklearn(name)

@@ -4,6 +4,7 @@ change the input resolution between phases (progressive resizing).
 `build_model(name, num_classes)` maps a job's `model.name` to a module:
   resnet18        CIFAR-style ResNet-18 (3x3 stem, no max-pool), plain torch
   cnn             a small 2-conv network (tests, smoke runs)
+  cnn-bn          the same with batch norm after each conv (tests of the PS's buffers)
   mlp[:H]         adaptive-pool to 8x8, then a 2-layer perceptron with H hidden units
                   (default 64; no batch norm: exact tests; a wide one makes a big model
                   that computes fast, for communication benchmarks)
@@ -68,6 +69,24 @@ class SmallCNN(nn.Module):
         return self.fc(torch.flatten(F.adaptive_avg_pool2d(x, 1), 1))
 
 
+class SmallCNNBN(nn.Module):
+    """SmallCNN with batch norm after each convolution: the smallest model with buffers
+    (running statistics) the PS must hold, merge and checkpoint."""
+
+    def __init__(self, num_classes: int = 10, in_channels: int = 3, width: int = 16):
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_channels, width, 3, 1, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(width)
+        self.conv2 = nn.Conv2d(width, 2 * width, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(2 * width)
+        self.fc = nn.Linear(2 * width, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.max_pool2d(F.relu(self.bn1(self.conv1(x))), 2)
+        x = F.relu(self.bn2(self.conv2(x)))
+        return self.fc(torch.flatten(F.adaptive_avg_pool2d(x, 1), 1))
+
+
 class MLP(nn.Module):
     def __init__(self, num_classes: int = 10, in_channels: int = 3, hidden: int = 64, pooled: int = 8):
         super().__init__()
@@ -80,7 +99,7 @@ class MLP(nn.Module):
         return self.fc2(F.relu(self.fc1(x)))
 
 
-MODELS = {"resnet18": ResNet18, "cnn": SmallCNN, "mlp": MLP}
+MODELS = {"resnet18": ResNet18, "cnn": SmallCNN, "cnn-bn": SmallCNNBN, "mlp": MLP}
 
 
 def build_model(name: str, num_classes: int, in_channels: int = 3, seed: int | None = 0) -> nn.Module:
@@ -114,3 +133,19 @@ def build_model(name: str, num_classes: int, in_channels: int = 3, seed: int | N
 
 def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
+
+
+def buffers_vector(model: nn.Module) -> torch.Tensor:
+    """The model's buffers (batch-norm running statistics and counters) as one float64
+    vector, in `named_buffers()` order (float64 holds the integer counters exactly)."""
+    bufs = [b.detach().reshape(-1).to(torch.float64).cpu() for _, b in model.named_buffers()]
+    return torch.cat(bufs) if bufs else torch.empty(0, dtype=torch.float64)
+
+
+def load_buffers(model: nn.Module, vec: torch.Tensor) -> None:
+    """Inverse of `buffers_vector` (integer buffers rounded back)."""
+    off = 0
+    for _, b in model.named_buffers():
+        part = vec[off: off + b.numel()].reshape(b.shape)
+        b.copy_(part.round() if not b.dtype.is_floating_point else part)
+        off += b.numel()

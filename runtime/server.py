@@ -7,7 +7,9 @@ and serves whichever message arrives first from a queue, so no worker waits behi
 another's transfer. Shard 0 is the
 coordinator: it decides when a worker stops (the phase's sample target), gates ssp
 workers, writes the trace (the workers ship their records with their pushes),
-evaluates, and writes checkpoints and summary.json. Other shards only apply and serve.
+evaluates, and writes checkpoints and summary.json; it also holds the model's buffers
+(batch-norm statistics, docs/semantics.md) and writes each gradient phase's noise record
+(runtime/noise.py). Other shards only apply and serve.
 
 Liveness: each worker publishes a heartbeat in the rendezvous store (see
 `runtime.worker.Heartbeat`). A worker is lost when its heartbeat stops (dead) or its
@@ -17,8 +19,10 @@ when its connection fails.
 
 from __future__ import annotations
 
+import base64
 import io
 import json
+import math
 import queue
 import signal
 import sys
@@ -36,9 +40,10 @@ from hybridps.progress import progress_bar
 from runtime import protocol as P
 from runtime.codecs import Codec
 from runtime.context import RunContext, num_classes, phase_lr, shard_bounds
-from runtime.data import load_dataset
+from runtime.data import check_samples, load_dataset
 from runtime.merge import FlatSGD, merge_async, merge_sync, weighted_gradient
-from runtime.models import build_model
+from runtime.models import build_model, buffers_vector, load_buffers
+from runtime.noise import NoiseMeter, measures_noise
 from traces.jsonl import TraceWriter
 from traces.records import header as trace_header
 
@@ -75,6 +80,7 @@ class Shard:
         self.data = load_dataset(ctx.data_name, ctx.job.data.samples, ctx.data_seed, opts.data_dir) \
             if self.lead else None
         if self.lead:
+            check_samples(self.data, ctx.data_name, ctx.job.data.samples, ctx.job.data.subset)
             n_classes = self.data.num_classes
         else:
             n_classes = num_classes(ctx.data_name, ctx.job.data.samples, ctx.data_seed, opts.data_dir)
@@ -84,6 +90,11 @@ class Shard:
         self.bounds = shard_bounds(self.n_params, ctx.shards)
         lo, hi = self.bounds[self.s]
         self.w = full[lo:hi].clone()
+        # the model's buffers (batch-norm running statistics), held by shard 0 only: the
+        # workers ship theirs with every push; merged in `_merge_buffers`
+        self.buffers = buffers_vector(self.model)
+        self.worker_buffers: dict[int, torch.Tensor] = {}
+        self._gathered: tuple[int, torch.Tensor] | None = None  # (version, full params), S > 1
         tr = ctx.job.train
         self.opt = FlatSGD(self.w, tr.momentum, tr.weight_decay)
         self.version = 0
@@ -118,6 +129,7 @@ class Shard:
         self.phase_times = [(float(a), float(b)) for a, b in ck["phase_times"]]
         self.ctx.time_offset_s = float(ck["elapsed_s"])
         torch.set_rng_state(ck["torch_rng"])
+        self.buffers = ck.get("buffers", self.buffers)
         # lost workers are not restored: a resumed run starts with every worker again
 
     def save_checkpoint(self, phase: int, applied_in_phase: int) -> Path:
@@ -126,7 +138,9 @@ class Shard:
               "applied_in_phase": applied_in_phase, "applied_total": self.applied_total, "version": self.version,
               "elapsed_s": self.ctx.now(), "epoch_end_s": list(self.epoch_end_s),
               "phase_times": [list(t) for t in self.phase_times], "torch_rng": torch.get_rng_state(),
-              "complete": phase >= len(self.ctx.plan.phases)}
+              "complete": phase >= len(self.ctx.plan.phases), "buffers": self.buffers}
+        if self.lead and (state := self.model_state_dict()) is not None:
+            ck["model_state_dict"] = state
         buf = io.BytesIO()
         torch.save(ck, buf)
         path = checkpoint_path(self.ctx.opts.out_dir, self.s)
@@ -163,16 +177,57 @@ class Shard:
             buf = torch.empty(hi - lo, dtype=torch.float32)
             dist.recv(buf, s, tag=P.TAG_GATHER)
             parts.append(buf)
-        return torch.cat(parts)
+        full = torch.cat(parts)
+        self._gathered = (self.version, full)
+        return full
+
+    def _load_model(self, params: torch.Tensor) -> torch.nn.Module:
+        torch.nn.utils.vector_to_parameters(params, self.model.parameters())
+        with torch.no_grad():
+            load_buffers(self.model, self.buffers)
+        return self.model
+
+    def model_state_dict(self) -> dict | None:
+        """Parameters and buffers named as the model names them (`load_state_dict` into
+        `runtime.models.build_model(...)`); None with S > 1 shards unless the full vector
+        was gathered at the current version (phase ends: the final checkpoint has it)."""
+        if self.ctx.shards == 1:
+            params = self.w.detach()
+        elif self._gathered is not None and self._gathered[0] == self.version:
+            params = self._gathered[1]
+        else:
+            return None
+        return {k: v.detach().clone() for k, v in self._load_model(params).state_dict().items()}
+
+    def _merge_buffers(self, ph, items: list, share: dict[int, int], max_share: int) -> None:
+        """Shard 0's copy of the buffers after an apply. Model exchange: the parameters'
+        rule (bsp: samples-weighted average of the round's; asp/ssp: the DBSL merge).
+        Gradient exchange: the share-weighted average of every worker's latest. A no-op
+        for models without buffers."""
+        if not self.worker_buffers:
+            return
+        if ph.exchange == "model":
+            got = [(pos, n) for pos, n, _ in items if pos in self.worker_buffers]
+            if not got:
+                return
+            if ph.sync == "bsp":
+                self.buffers = merge_sync([(n, self.worker_buffers[pos]) for pos, n in got])
+            else:
+                pos = got[0][0]
+                self.buffers = merge_async(self.buffers, self.worker_buffers[pos], share[pos], max_share)
+        else:
+            latest = [(share[pos], b) for pos, b in self.worker_buffers.items() if pos in share]
+            if latest:
+                self.buffers = merge_sync(latest)
 
     def evaluate(self, epoch: float, phase: int, resolution: int) -> None:
-        """Loss and accuracy on the held-out split; batch norm uses batch statistics (the
-        PS holds parameters only, not the workers' running statistics)."""
-        params = self.full_params()
-        torch.nn.utils.vector_to_parameters(params, self.model.parameters())
-        n = min(self.ctx.opts.eval_samples, self.data.test_size)
+        """Loss and accuracy on the held-out split (all of it unless --eval-samples asks for
+        fewer), in eval() mode: batch norm uses the PS's merged running statistics, so the
+        result does not depend on the evaluation batch."""
+        self._load_model(self.full_params())
+        n = self.eval_size()
         loss_sum, correct = 0.0, 0
-        self.model.train()
+        self.model.eval()
         with torch.no_grad():
             for lo in range(0, n, 500):
                 x, y = self.data.batch(np.arange(lo, min(n, lo + 500)), resolution, split="test")
@@ -180,9 +235,13 @@ class Shard:
                 loss_sum += float(F.cross_entropy(out, y, reduction="sum"))
                 correct += int((out.argmax(1) == y).sum())
         rec = {"kind": "eval", "t_s": self.ctx.now(), "epoch": float(epoch), "loss": loss_sum / n,
-               "accuracy": correct / n, "phase": phase, "split": "test"}
+               "accuracy": correct / n, "phase": phase, "split": "test", "samples": n}
         self.final_eval = rec
         self.record(rec)
+
+    def eval_size(self) -> int:
+        asked = self.ctx.opts.eval_samples
+        return self.data.test_size if not asked else min(asked, self.data.test_size)
 
     def _send_gather(self) -> None:
         if self.ctx.shards > 1 and not self.lead:
@@ -294,6 +353,7 @@ class Shard:
         keep_pulled = not gradient and ph.compression.lossy
         apply_s = ctx.cluster.ps.apply_s_per_mparam * (hi - lo) / 1e6
         pulled: dict[int, torch.Tensor] = {}
+        noise = NoiseMeter(ph.sync) if measures_noise(ph, ctx.shards) else None
         t_phase = ctx.now()
         self._abort_state = (p, applied)
         self._reset_liveness()
@@ -372,7 +432,13 @@ class Shard:
             before = self.version
             total = sum(n for _, n, _ in items)
             if gradient:
-                self.opt.step(weighted_gradient([(n, v) for _, n, v in items]), phase_lr(ph))
+                g = weighted_gradient([(n, v) for _, n, v in items])
+                if noise is not None:  # one dot product per pushed vector, before the step
+                    if ph.sync == "bsp":
+                        noise.add_round([(n, v) for _, n, v in items], g)
+                    else:
+                        noise.add_push(items[0][1], g)
+                self.opt.step(g, phase_lr(ph))
             else:
                 models = [(pos, n, (pulled[pos] + v) if keep_pulled else v) for pos, n, v in items]
                 with torch.no_grad():
@@ -381,6 +447,8 @@ class Shard:
                     else:
                         pos, _, m = models[0]
                         self.w.copy_(merge_async(self.w, m, share[pos], max_share))
+            if self.lead:
+                self._merge_buffers(ph, items, share, max_share)
             if ctx.opts.emulate:  # the cluster's PS apply cost, when the real one was faster
                 left = apply_s - (time.perf_counter() - wall0)
                 if left > 0:
@@ -413,7 +481,12 @@ class Shard:
                 nbytes = int(hdr[P.PAYLOAD])
                 if records.numel() and self.lead:
                     for line in bytes(records.numpy()).decode().splitlines():
-                        self.record(json.loads(line))
+                        rec = json.loads(line)
+                        if rec["kind"] == "_buffers":  # the worker's batch-norm statistics
+                            raw = bytearray(base64.b64decode(rec["data"]))
+                            self.worker_buffers[pos] = torch.frombuffer(raw, dtype=torch.float64)
+                        else:
+                            self.record(rec)
                 if kind == P.MSG_DONE:
                     done.add(pos)
                     release_waiting()
@@ -444,6 +517,8 @@ class Shard:
         if self.lead:
             self.record({"kind": "phase", "index": p, "start_s": t_phase, "end_s": t_end})
         self.save_checkpoint(p + 1, 0)
+        if noise is not None:
+            self._record_noise(noise, p)
         self._send_gather()
         if self.lead:
             self.evaluate(float(epochs_before + ph.epochs), p, ph.resolution)
@@ -451,6 +526,17 @@ class Shard:
             left = ctx.cluster.ps.phase_overhead_s - (ctx.now() - t_end)
             if left > 0:
                 time.sleep(left)
+
+    def _record_noise(self, noise: NoiseMeter, p: int) -> None:
+        """The phase's gradient noise scale (runtime/noise.py): shard 0 sums the shards'
+        partial norms and writes one `noise` record; none when |G|^2 is not resolved."""
+        if not self.lead:
+            noise.send_partials()
+            return
+        noise.gather_partials(self.ctx.shards)
+        est = noise.estimate(self.ctx.job.data.samples)  # an epoch samples without replacement
+        if est is not None and math.isfinite(est.noise_scale) and math.isfinite(est.stderr):
+            self.record(est.record(p, self.ctx.now()))
 
     def _apply_round(self, apply, bsp_round: dict, reply, watch: set[int]) -> None:
         items = [(pos, n, v) for pos, (n, v) in sorted(bsp_round.items())]

@@ -47,6 +47,9 @@ def write_summary(ctx, shard, status: str, startup_s: float, wall_s: float) -> d
     out["epoch_end_s"] = list(shard.epoch_end_s)
     out.update({"status": status, "startup_s": startup_s, "wall_s": wall_s, "source": "runtime",
                 "final_eval": shard.final_eval, "version": shard.version, "samples_applied": shard.applied_total})
+    if shard.data is not None:  # what evaluation measured on: split, samples used, split size
+        out["eval"] = {"split": "test", "samples": shard.eval_size(), "split_samples": shard.data.test_size,
+                       "mode": "eval"}
     if shard.writer is not None and not shard.writer._f.closed:
         shard.writer._f.flush()
     atomic_write_json(ctx.opts.out_dir / "summary.json", out)

@@ -49,9 +49,10 @@ def write_specs(d: Path, workers: list[tuple[str, int, int]], *, sync: str = "bs
 
 def reference_bsp_sgd(workers: list[tuple[str, int, int]], epochs: int, lr: float, momentum: float,
                       weight_decay: float, seed: int = 0, model: str = "mlp", data: str = "synthetic",
-                      resolution: int = 8) -> torch.Tensor:
+                      resolution: int = 8, losses: list[float] | None = None) -> torch.Tensor:
     """Single-process SGD where each step uses the union of the workers' batches of that
-    step (what a bsp gradient-exchange run must reproduce). Returns the flat parameters."""
+    step (what a bsp gradient-exchange run must reproduce). Returns the flat parameters;
+    appends each step's mean loss on the union to `losses` when given."""
     samples = sum(s for _, _, s in workers)
     ds = load_dataset(data, samples, seed)
     net = build_model(model, ds.num_classes, seed=seed)
@@ -65,8 +66,11 @@ def reference_bsp_sgd(workers: list[tuple[str, int, int]], epochs: int, lr: floa
             idx = torch.cat([torch.from_numpy(own[i][k * b: (k + 1) * b]) for i, (_, b, _) in enumerate(workers)])
             x, y = ds.batch(idx.numpy(), resolution)
             opt.zero_grad()
-            F.cross_entropy(net(x), y).backward()
+            loss = F.cross_entropy(net(x), y)
+            loss.backward()
             opt.step()
+            if losses is not None:
+                losses.append(float(loss.detach()))
     return torch.nn.utils.parameters_to_vector(net.parameters()).detach()
 
 
@@ -83,3 +87,30 @@ def run_cli(args: list[str], timeout_s: float = 120.0, **kw):
 
 def spec_args(d: Path) -> list[str]:
     return ["--cluster", d / "cluster.toml", "--job", d / "job.toml", "--plan", d / "plan.json"]
+
+
+def per_sample_noise_scale(params: torch.Tensor, model: str = "cnn", data: str = "digits", resolution: int = 8,
+                           samples: int = 1437, seed: int = 0) -> dict:
+    """The exact gradient noise scale of the whole training set at the flat parameters
+    `params`, from every per-sample gradient (torch.func): |G|^2 of the full-data mean
+    gradient, tr(Sigma) of the per-sample gradients' sample covariance (divisor N - 1), and
+    their ratio -- the reference for the PS's estimate (traces.noise_scale)."""
+    from torch.func import functional_call, grad, vmap
+
+    import numpy as np
+
+    ds = load_dataset(data, samples, seed)
+    net = build_model(model, ds.num_classes, seed=seed)
+    torch.nn.utils.vector_to_parameters(params, net.parameters())
+    named = {k: v.detach() for k, v in net.named_parameters()}
+
+    def loss(p, x, y):
+        return F.cross_entropy(functional_call(net, p, (x[None],)), y[None])
+
+    x, y = ds.batch(np.arange(ds.train_size), resolution)
+    g = vmap(grad(loss), in_dims=(None, 0, 0))(named, x, y)
+    flat = torch.cat([v.reshape(v.shape[0], -1) for v in g.values()], 1).double()
+    mean = flat.mean(0)
+    grad_sq = float(mean @ mean)
+    trace_cov = float(((flat - mean) ** 2).sum()) / (flat.shape[0] - 1)
+    return {"noise_scale": trace_cov / grad_sq, "grad_sq": grad_sq, "trace_cov": trace_cov}

@@ -10,12 +10,18 @@ the PS re-weights by samples, so a bsp round equals one SGD step on the union of
 batches and local_steps > 1 acts as a larger batch. Model exchange: the worker trains
 with a local SGD (momentum, weight decay, the phase's LR as the plan gives it) and pushes its weights; with a
 lossy codec it pushes (w_local - w_pulled) and the PS rebuilds w_local.
+
+With each push the worker ships, to shard 0, a `train` record (the interval's mean loss,
+docs/runtime.md) and, for models with buffers, its batch-norm statistics (an internal
+`_buffers` record that the PS merges and never writes to the trace).
 """
 
 from __future__ import annotations
 
+import base64
 import json
 import math
+import os
 import threading
 import time
 
@@ -23,13 +29,14 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
+from hybridps.errors import UserError
 from hybridps.spec import gbps_to_bytes_per_s
 from hybridps.stragglers import StragglerSchedule
 from runtime import protocol as P
 from runtime.codecs import ErrorFeedback
 from runtime.context import RunContext, phase_lr, shard_bounds
-from runtime.data import epoch_permutation, load_dataset, share_indices
-from runtime.models import build_model
+from runtime.data import check_samples, epoch_permutation, load_dataset, share_indices
+from runtime.models import build_model, buffers_vector
 
 
 class Aborted(Exception):
@@ -79,8 +86,10 @@ class WorkerProcess:
         self.spec = ctx.cluster.worker_by_name[self.name]
         self.device = device
         self.data = load_dataset(ctx.data_name, ctx.job.data.samples, ctx.data_seed, ctx.opts.data_dir)
+        check_samples(self.data, ctx.data_name, ctx.job.data.samples, ctx.job.data.subset)
         self.model = build_model(ctx.model_name, self.data.num_classes, seed=ctx.data_seed).to(device)
         self.params = list(self.model.parameters())
+        self.has_buffers = any(True for _ in self.model.buffers())
         n = sum(p.numel() for p in self.params)
         self.n_params = n
         self.flat = torch.zeros(n, dtype=torch.float32, device=device)
@@ -169,6 +178,19 @@ class WorkerProcess:
             self.flat[lo:hi].copy_(buf, non_blocking=True)
         self._sync()
 
+    def _train_record(self, p: int, samples: int, loss_sum: float, codecs: list[ErrorFeedback] | None) -> dict:
+        """The interval's mean training loss (the loss the iterations computed anyway, at the
+        weights each iteration saw), stamped at the push it travels with; with a lossy codec
+        also the L2 norms of what went into the codec (error feedback included) and of the
+        residual kept, summed over the shards' slices."""
+        rec = {"kind": "train", "worker": self.name, "phase": p, "t_s": self.ctx.now(), "samples": samples,
+               "loss": loss_sum / samples}
+        if codecs is not None:
+            rec["update_norm"] = math.sqrt(sum(c.input_sq for c in codecs))
+            if all(c.residual is not None for c in codecs):
+                rec["residual_norm"] = math.sqrt(sum(float(torch.dot(c.residual, c.residual)) for c in codecs))
+        return rec
+
     def _update_lost(self, mask: int) -> None:
         self.lost = {i for i in range(len(self.ctx.workers)) if mask >> i & 1}
 
@@ -216,7 +238,7 @@ class WorkerProcess:
         indices, k, it = None, 0, 0  # it: iteration within the worker-epoch
         while True:
             # ---------------------------------------------------------- one interval
-            interval_samples, iters = 0, 0
+            interval_samples, iters, loss_sum = 0, 0, 0.0
             if gradient:
                 self.flat_grad.zero_()
             while iters < every:
@@ -233,11 +255,15 @@ class WorkerProcess:
                 x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
                 out = self.model(x)
                 if gradient:  # accumulates in place into flat_grad
-                    F.cross_entropy(out, y, reduction="mean" if every == 1 else "sum").backward()
+                    loss = F.cross_entropy(out, y, reduction="mean" if every == 1 else "sum")
+                    loss.backward()
+                    loss_sum += float(loss.detach()) * (n if every == 1 else 1)
                 else:
                     opt.zero_grad(set_to_none=False)
-                    F.cross_entropy(out, y).backward()
+                    loss = F.cross_entropy(out, y)
+                    loss.backward()
                     opt.step()
+                    loss_sum += float(loss.detach()) * n
                 self._sync()
                 measured = time.perf_counter() - wall0
                 factor = (self.spec.slowdown * self.stragglers.factor_at(self.name, t_start)
@@ -266,6 +292,10 @@ class WorkerProcess:
                 vec = self.flat
             vec = vec.detach() if self.push_buf is None else self.push_buf.copy_(vec.detach())
             payloads = [c.encode(vec[lo:hi]) for c, (lo, hi) in zip(codecs, self.bounds)]
+            self.records.append(self._train_record(p, interval_samples, loss_sum, codecs if lossy else None))
+            if self.has_buffers:  # batch-norm statistics travel to shard 0 with every push
+                raw = buffers_vector(self.model).numpy().tobytes()
+                self.records.append({"kind": "_buffers", "data": base64.b64encode(raw).decode()})
             # post the replies' receives before pushing: a REPLY is a header and the shard's
             # parameters (known size), so the pull starts streaming as soon as the PS sends
             reply_works, pull_works = [], []
@@ -317,7 +347,12 @@ class WorkerProcess:
 
 
 def run_worker(ctx: RunContext, device: torch.device) -> int:
-    w = WorkerProcess(ctx, device)
+    try:
+        w = WorkerProcess(ctx, device)
+    except UserError:
+        if os.environ.get("HYBRIDPS_PARENT_PID"):  # --local: rank 0 reports the same error, once
+            return 2
+        raise
     dist.barrier()  # every process ready: time zero
     ctx.t0 = time.perf_counter()
     try:

@@ -43,7 +43,7 @@ RECORD_KINDS: dict[str, tuple[dict[str, tuple[type, ...]], dict[str, tuple[type,
     "phase": ({"index": _INT, "start_s": _NUM, "end_s": _NUM}, {}),
     "eval": (
         {"t_s": _NUM, "epoch": _NUM, "loss": _NUM, "accuracy": _NUM},
-        {"phase": _INT, "split": _STR},
+        {"phase": _INT, "split": _STR, "samples": _INT},
     ),
     # training loss per exchange interval, per worker (mean over the interval's samples);
     # with lossy compression also the norm of the vector handed to the codec (error

@@ -9,9 +9,11 @@ stated default and is listed in `defaults` (and in the notes calibrate prints):
 - a compression kind's efficiency: needs a trace that used that kind;
 - noise_scale: from the traces' `noise` records (their inverse-variance mean), else fitted
   when bsp gradient rounds of clearly different batch sizes are present, else default;
-- lr_max: fitted when bsp phases ran at two or more learning rates; else tied to the
-  noise scale so that the job's base_lr is the best LR at base_batch:
-  lr_max = base_lr · (1 + φ / base_batch).
+- lr_max: fitted when bsp phases ran at two or more learning rates, or when φ is measured
+  and an asp/ssp gradient trace is present (its per-push batch differs from the bsp
+  rounds'; staleness_penalty then keeps its default: at one LR the two are not
+  separable); else tied to the noise scale so that the job's base_lr is the best LR at
+  base_batch: lr_max = base_lr · (1 + φ / base_batch).
 Lives in sim/ because it runs the model; traces/update_stream.py reads the traces.
 """
 
@@ -50,9 +52,11 @@ class FitResult:
 
 def load_runs(traces: list[tuple[str, Trace]]) -> list[_Run]:
     runs = []
+    if not any(tr.header.get("plan") for _, tr in traces):
+        raise UserError(f"{traces[0][0]}: the header has no plan; fitting the convergence model needs run traces")
     for label, tr in traces:
         if not tr.header.get("plan"):
-            raise UserError(f"{label}: the header has no plan; fitting the convergence model needs run traces")
+            continue  # a profile trace: only the cluster fit (-o) uses it
         plan = plan_from_dict(tr.header["plan"], f"{label} (header plan)")
         ms = update_stream(tr, label)
         ev = eval_points(tr)
@@ -106,6 +110,16 @@ def fit(traces: list[tuple[str, Trace]], job: Job) -> FitResult:
         w = np.array([1.0 / max(se, 1e-9 * v) ** 2 for _, v, se in noise])
         base["noise_scale"] = float(np.sum(w * np.array([v for _, v, _ in noise])) / np.sum(w))
         ident["noise_scale"] = False  # measured, not fitted
+        notes.append(f"noise_scale: measured, {base['noise_scale']:.4g} samples (inverse-variance mean of "
+                     f"{len(noise)} noise record(s))")
+        if ident["staleness_penalty"] and not ident["lr_max"]:
+            # with phi measured, asp pushes (B = one worker's batch) against bsp rounds (B = all of
+            # them) at one LR identify one more parameter: lr_max (x enters with the batch), or
+            # kappa_s. lr_max is fitted: it also sets how small-batch (DBSL) steps count, which the
+            # digits runs showed matters more (docs/convergence.md, "Measured").
+            ident["lr_max"], ident["staleness_penalty"] = True, False
+            notes.append(f"staleness_penalty: one LR, so not separable from lr_max (fitted from the asp/bsp batch "
+                         f"difference); stated default {DEFAULT_STALENESS_PENALTY:g}")
     elif not ident["noise_scale"]:
         defaults.append("noise_scale")
         notes.append(f"noise_scale: no noise records and one batch size per bsp round; stated default "
@@ -116,6 +130,7 @@ def fit(traces: list[tuple[str, Trace]], job: Job) -> FitResult:
                      "base_batch")
     if not ident["staleness_penalty"]:
         defaults.append("staleness_penalty")
+    if not ident["staleness_penalty"] and not any(n.startswith("staleness_penalty") for n in notes):
         notes.append(f"staleness_penalty: no stale gradient updates in the traces (bsp only); stated default "
                      f"{DEFAULT_STALENESS_PENALTY:g}")
     if not ident["drift_steps"]:
@@ -216,5 +231,5 @@ def format_fit(res: FitResult) -> str:
     lines.append(f"  lr_max {s.lr_max:.4g}, noise_scale {s.noise_scale:.4g} samples, staleness_penalty "
                  f"{s.staleness_penalty:.4g}, drift_steps {s.drift_steps:.4g}"
                  + "".join(f", {k} {v:.3g}" for k, v in s.compression.items()))
-    lines += [f"not identifiable: {n}" for n in res.notes]
+    lines += [n if n.startswith("noise_scale: measured") else f"not identifiable: {n}" for n in res.notes]
     return "\n".join(lines)

@@ -30,7 +30,7 @@ EPOCHS, LR = 30, 0.02
 UNIFORM = [("w0", 32, 479), ("w1", 32, 479), ("w2", 32, 479)]
 DBSL = [("w0", 16, 821), ("w1", 64, 411), ("w2", 64, 205)]  # one small-batch worker, shares ~ speed
 SEEDS = (0, 1, 2)
-TARGET_ORDER = 0.85  # accuracy for the time-to-target order check (every plan reaches it)
+TARGET_ORDER = 0.8  # accuracy for the time-to-target order check (every plan reaches it in every seed)
 TARGET_PLAN = 0.95  # accuracy for `plan --target-accuracy`
 
 
@@ -48,8 +48,10 @@ PLANS = {
     "topk": [_phase(EPOCHS, compression={"kind": "topk", "ratio": 0.1})],
 }
 PREDICTED = ("switch", "dbsl", "topk")
-# |predicted - measured mean| of the final accuracy, as measured (goal: 0.03; see docs/convergence.md)
-FINAL_ACCURACY_BOUND = {"switch": 0.12, "dbsl": 0.07, "topk": 0.05}
+# |predicted - measured mean| of the final accuracy: the 3-point goal, except sync-switch, whose
+# measured errors were +0.051 and +0.095 in two sessions (the bsp->asp transition drops accuracy,
+# which the model does not predict; docs/convergence.md)
+FINAL_ACCURACY_BOUND = {"switch": 0.10, "dbsl": 0.03, "topk": 0.03}
 
 
 def _run(d: Path, seed: int) -> Path:
@@ -74,8 +76,13 @@ def e2e(tmp_path_factory):
         write_specs(dirs[name], UNIFORM, model="cnn", data="digits", resolution=8, lr=LR, slowdown=SLOW,
                     phases=phases)
     cal = [_run(dirs["bsp"], 0), _run(dirs["asp"], 0)]
+    # the runs use one batch size: a profile trace separates the per-sample and per-iteration costs
+    prof = root / "profile.jsonl"
+    out = run_cli(["profile", "--model", "cnn", "--resolutions", 8, "--batches", 8, 16, 32, 64, "--classes", 10,
+                   "--out", prof, "--max-batch", 4096], timeout_s=240)
+    assert out.returncode == 0, out.stderr[-2000:]
     cal_job, cal_cluster = root / "job-cal.toml", root / "cluster-cal.toml"
-    out = run_cli(["calibrate", *cal, "-o", cal_cluster, "--job", dirs["bsp"] / "job.toml", "--job-out", cal_job])
+    out = run_cli(["calibrate", prof, *cal, "-o", cal_cluster, "--job", dirs["bsp"] / "job.toml", "--job-out", cal_job])
     assert out.returncode == 0, out.stderr[-2000:]
     # for planning, the stated choice the bundled digits-cpu3 makes: max_batch = the base batch
     plan_cluster = root / "cluster-plan.toml"
@@ -98,7 +105,7 @@ def e2e(tmp_path_factory):
 
 
 def test_calibrated_model_predicts_final_accuracy_of_other_plans(e2e):
-    assert "convergence fit:" in e2e["calibrate_stdout"] and "not identifiable: noise_scale" in e2e["calibrate_stdout"]
+    assert "convergence fit:" in e2e["calibrate_stdout"] and "noise_scale: measured" in e2e["calibrate_stdout"]
     for name in PREDICTED:
         p = e2e["plans"][name]
         err = p["predicted_final_accuracy"] - float(np.mean(p["measured_final_accuracy"]))

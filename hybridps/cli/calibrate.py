@@ -37,10 +37,10 @@ def run(args: argparse.Namespace) -> int:
 
     if args.outlier_factor <= 1:
         raise UserError("calibrate: --outlier-factor must be > 1")
-    if args.out is None and args.job_out is None:
-        raise UserError("calibrate: say what to write: -o cluster.toml and/or --job J --job-out OUT.toml")
     if (args.job is None) != (args.job_out is None):
         raise UserError("calibrate: --job and --job-out go together (the job to extend, the file to write)")
+    if args.out is None and args.job_out is None:
+        raise UserError("calibrate: say what to write: -o cluster.toml and/or --job J --job-out OUT.toml")
     traces = [read_trace(p) for p in args.traces]
     if args.job_out is not None:
         _fit_convergence(args, traces)

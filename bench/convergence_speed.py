@@ -21,6 +21,8 @@ from sim import simulate  # noqa: E402
 from sim.convergence import predict_sim, quality  # noqa: E402
 from sim_speed import imagenet64  # noqa: E402
 
+REPEATS = 3
+
 
 def main() -> int:
     spec = load_job("digits-cnn").convergence  # any fitted table: the cost does not depend on its values
@@ -28,14 +30,16 @@ def main() -> int:
     for sync in ("bsp", "asp"):
         cluster, job, plan = imagenet64(sync, stragglers=sync == "asp")
         job = job.model_copy(update={"convergence": spec})
-        t0 = time.perf_counter()
-        base = simulate(cluster, job, plan)
-        t1 = time.perf_counter()
-        res = simulate(cluster, job, plan, log_updates=True)
-        t2 = time.perf_counter()
-        q = quality(predict_sim(res, plan, spec), spec, 0.7)
-        t3 = time.perf_counter()
-        plain, logged, model = t1 - t0, t2 - t1, t3 - t2
+        plain = logged = model = float("inf")
+        for _ in range(REPEATS):  # alternate, keep the fastest of each: the machine is shared
+            t0 = time.perf_counter()
+            base = simulate(cluster, job, plan)
+            t1 = time.perf_counter()
+            res = simulate(cluster, job, plan, log_updates=True)
+            t2 = time.perf_counter()
+            q = quality(predict_sim(res, plan, spec), spec, 0.7)
+            t3 = time.perf_counter()
+            plain, logged, model = min(plain, t1 - t0), min(logged, t2 - t1), min(model, t3 - t2)
         ratio = (logged + model) / plain
         worst = max(worst, ratio)
         print(f"imagenet64 {sync}: {len(res.counters.update_log):,} updates; simulate {plain:.2f} s, with update log "

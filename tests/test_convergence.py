@@ -304,3 +304,22 @@ def test_validate_compares_quality_at_every_eval(tmp_path):
     text = cli("validate", "--trace", path, "--cluster", "digits-cpu3", "--job", "digits-cnn", "--target-accuracy",
                "0.9").stdout
     assert "final accuracy: predicted" in text and "time to accuracy 0.9: predicted" in text
+
+
+def test_proxy_quality_scales_progress_per_phase_like_the_time():
+    from solver.search import proxy_quality, shorten
+
+    c, j = load_cluster("digits-cpu3"), load_job("digits-cnn")
+    ph = {"epochs": 10, "resolution": 8, "sync": "bsp", "exchange": "gradient", "lr": 0.02,
+          "workers": [{"name": f"w{i}", "batch": 32, "samples": 479} for i in range(3)]}
+    from hybridps.spec import plan_from_dict
+
+    plan = plan_from_dict({"format": "hybridps.plan/1", "phases": [ph, {**ph, "epochs": 20}]}, "<t>", c, j)
+    short = shorten(plan, 2)  # one proxy phase of 2 epochs: both full phases share its configuration
+    summary = {"makespan_s": 2.0, "phases": [{"start_s": 0.0, "end_s": 2.0}], "epoch_end_s": [1.0, 2.0],
+               "quality": {"phase_progress": [10.0]}}
+    q = proxy_quality(c, j, plan, short, summary, target_accuracy=0.9)
+    # 5 ideal steps per epoch x 30 epochs; 1 s per epoch; the target's progress is crossed linearly
+    p_end = 150.0
+    assert q["final_accuracy"] == pytest.approx(float(accuracy_at(p_end, SPEC)))
+    assert q["time_to_target_s"] == pytest.approx(progress_for_accuracy(0.9, SPEC) / 5.0)

@@ -306,11 +306,71 @@ class TrainSpec(_Spec):
         return lr
 
 
+CONVERGENCE_FORMAT = "hybridps.convergence/1"
+COMPRESSION_EFFICIENCY_KEYS = ("topk", "randomk", "onebit", "onebit_unscaled", "dithering", "no_error_feedback")
+
+
+def _finite(**kw: Any) -> Any:
+    """A float field that refuses nan and inf (TOML can spell both)."""
+    return Field(allow_inf_nan=False, **kw)
+
+
+class ConvergenceFit(_Spec):
+    """How well the fitted model reproduces the traces it was fitted on."""
+    rmse_accuracy: float = _finite(ge=0)  # accuracy points as a fraction (0.02 = 2 points)
+    rmse_loss: float = _finite(ge=0)  # nats (cross-entropy)
+    eval_points: int = Field(ge=0)  # eval records used
+    traces: list[str] = []  # the traces fitted, as given to calibrate
+
+
+class ConvergenceSpec(_Spec):
+    """The fitted convergence model (docs/convergence.md): progress per update in ideal
+    steps from lr, batch, noise scale, staleness, exchange and compression; accuracy and
+    loss as saturating functions of cumulative progress. Written by `hybridps calibrate
+    --job J --job-out OUT`."""
+    format: Literal["hybridps.convergence/1"]
+    lr_max: float = _finite(gt=0)  # LR of the largest step an infinite batch could take (momentum absorbed)
+    noise_scale: float = _finite(ge=0)  # gradient noise scale B_simple, samples
+    staleness_penalty: float = _finite(ge=0)  # kappa_s: curvature term x (1 + kappa_s * staleness)
+    drift_steps: float = _finite(gt=0)  # model exchange: H local steps keep 1 / (1 + (H-1)/drift_steps)
+    accuracy_initial: float = _finite(ge=0, le=1)
+    accuracy_final: float = _finite(ge=0, le=1)  # A_inf, the plateau
+    accuracy_progress: float = _finite(gt=0)  # tau_A, ideal steps to 1 - 1/e of the way
+    accuracy_shape: float = _finite(gt=0, le=10)  # beta_A
+    loss_initial: float = _finite(gt=0)  # nats
+    loss_final: float = _finite(ge=0)
+    loss_progress: float = _finite(gt=0)  # ideal steps
+    loss_shape: float = _finite(gt=0, le=10)
+    compression: dict[str, float] = {}  # kind -> progress efficiency (<= 1; negative = diverges)
+    defaults: list[str] = []  # parameters that are stated defaults, not fitted
+    fit: ConvergenceFit | None = None
+
+    @field_validator("compression")
+    @classmethod
+    def _efficiencies(cls, v: dict[str, float]) -> dict[str, float]:
+        for k, e in v.items():
+            if k not in COMPRESSION_EFFICIENCY_KEYS:
+                raise _FieldError(k, f"unknown compression efficiency; allowed: {', '.join(COMPRESSION_EFFICIENCY_KEYS)}")
+            if not math.isfinite(e) or not -10.0 <= e <= 1.0:
+                raise _FieldError(k, f"efficiency must be a finite number in [-10, 1], got {e!r}")
+        return v
+
+    @model_validator(mode="after")
+    def _ordered(self) -> "ConvergenceSpec":
+        if self.accuracy_final < self.accuracy_initial:
+            raise _FieldError("accuracy_final", f"must be >= accuracy_initial ({self.accuracy_initial}), "
+                                                f"got {self.accuracy_final}")
+        if self.loss_final > self.loss_initial:
+            raise _FieldError("loss_final", f"must be <= loss_initial ({self.loss_initial}), got {self.loss_final}")
+        return self
+
+
 class Job(_Spec):
     format: Literal["hybridps.job/1"]
     model: ModelSpec
     data: DataSpec
     train: TrainSpec
+    convergence: ConvergenceSpec | None = None  # optional: the fitted convergence model
 
     @property
     def model_bytes(self) -> int:

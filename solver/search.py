@@ -41,11 +41,27 @@ BASELINE_MARGIN = 0.8  # skip the baseline's full run when the best proxy is thi
 Scorer = Callable[[Cluster, Job, Plan, int | None], dict]
 
 
-def simulate_summary(cluster: Cluster, job: Job, plan: Plan, seed: int | None) -> dict:
-    """The default scorer: the discrete-event simulator."""
-    from sim import simulate
+def simulate_summary(cluster: Cluster, job: Job, plan: Plan, seed: int | None, target_accuracy: float | None = None,
+                     target_loss: float | None = None) -> dict:
+    """The default scorer: the discrete-event simulator; with the job's [convergence]
+    model also "quality": final accuracy/loss, time to the target, and the progress each
+    phase made (what the proxy stage scales up)."""
+    import numpy as np
 
-    return simulate(cluster, job, plan, seed=seed).summary()
+    from sim import simulate
+    from sim.convergence import predict_sim, quality, update_progress, Stream
+
+    spec = job.convergence
+    res = simulate(cluster, job, plan, seed=seed, log_updates=spec is not None)
+    out = res.summary()
+    if spec is not None:
+        pred = predict_sim(res, plan, spec)
+        q = quality(pred, spec, target_accuracy, target_loss)
+        stream = Stream.from_update_log(res.counters.update_log, res.worker_names)
+        delta = update_progress(stream, plan, spec)
+        q["phase_progress"] = [float(v) for v in np.bincount(stream.phase, weights=delta, minlength=len(plan.phases))]
+        out["quality"] = q
+    return out
 
 
 def _phase_key(p) -> str:
@@ -73,6 +89,33 @@ def shorten(plan: Plan, proxy_epochs: int) -> Plan:
     return plan.model_copy(update={"phases": phases})
 
 
+def _phase_time_model(short: Plan, summary: dict) -> dict[str, tuple[float, float, float, int]] | None:
+    """Per proxy phase configuration: (alpha, beta, duration, epochs) of `scale_up`."""
+    phases = summary.get("phases")
+    if not phases or len(phases) != len(short.phases):
+        return None
+    crossings = sorted(summary.get("epoch_end_s") or [])
+    model: dict[str, tuple[float, float, float, int]] = {}  # key -> (alpha, beta, duration, epochs)
+    for ph, cut in zip(phases, short.phases):
+        start, end = float(ph["start_s"]), float(ph["end_s"])
+        duration = end - start
+        inside = [c for c in crossings if start < c <= end]
+        if len(inside) >= 2:
+            beta = (inside[-1] - inside[0]) / (len(inside) - 1)
+            model[_phase_key(cut)] = (duration - cut.epochs * beta, beta, duration, cut.epochs)
+        else:
+            model[_phase_key(cut)] = (0.0, duration / cut.epochs, duration, cut.epochs)
+    return model
+
+
+def _full_phase_s(model: dict, full) -> float:
+    alpha, beta, duration, epochs = model[_phase_key(full)]
+    est = alpha + full.epochs * beta
+    if full.epochs >= epochs:
+        est = max(est, duration)  # never shorter than what the proxy measured
+    return max(est, 0.0)
+
+
 def scale_up(plan: Plan, short: Plan, summary: dict) -> float:
     """The proxy's simulated time scaled back to the full plan, phase by phase.
 
@@ -85,29 +128,64 @@ def scale_up(plan: Plan, short: Plan, summary: dict) -> float:
     Without two crossings (or without `epoch_end_s`) the duration is scaled linearly.
     Phase durations exclude the time between phases: the caller adds it for the full plan.
     """
-    phases = summary.get("phases")
-    if not phases or len(phases) != len(short.phases):
+    model = _phase_time_model(short, summary)
+    if model is None:
         ratio = sum(p.epochs for p in plan.phases) / sum(p.epochs for p in short.phases)
         return float(summary["makespan_s"]) * ratio
-    crossings = sorted(summary.get("epoch_end_s") or [])
-    model: dict[str, tuple[float, float, float, int]] = {}  # key -> (alpha, beta, duration, epochs)
-    for ph, cut in zip(phases, short.phases):
-        start, end = float(ph["start_s"]), float(ph["end_s"])
-        duration = end - start
-        inside = [c for c in crossings if start < c <= end]
-        if len(inside) >= 2:
-            beta = (inside[-1] - inside[0]) / (len(inside) - 1)
-            model[_phase_key(cut)] = (duration - cut.epochs * beta, beta, duration, cut.epochs)
-        else:
-            model[_phase_key(cut)] = (0.0, duration / cut.epochs, duration, cut.epochs)
-    total = 0.0
-    for full in plan.phases:
-        alpha, beta, duration, epochs = model[_phase_key(full)]
-        est = alpha + full.epochs * beta
-        if full.epochs >= epochs:
-            est = max(est, duration)  # never shorter than what the proxy measured
-        total += max(est, 0.0)
-    return float(total)
+    return float(sum(_full_phase_s(model, full) for full in plan.phases))
+
+
+def _lr_ratio(full, cut, spec) -> float:
+    """Progress per step of a full phase relative to its proxy phase when only the LR
+    differs: δ(x_full, B̄)/δ(x_cut, B̄), B̄ the phase's samples per update."""
+    from sim.convergence import step_progress
+
+    if full.lr == cut.lr:
+        return 1.0
+    bbar = sum(w.batch for w in full.workers) / len(full.workers)
+    if full.sync == "bsp" and full.exchange == "gradient":
+        bbar *= len(full.workers)
+    d_cut = float(step_progress(cut.lr / spec.lr_max, bbar, spec.noise_scale))
+    d_full = float(step_progress(full.lr / spec.lr_max, bbar, spec.noise_scale))
+    return d_full / d_cut if d_cut > 0 else 1.0
+
+
+def proxy_quality(cluster: Cluster, job: Job, plan: Plan, short: Plan, summary: dict,
+                  target_accuracy: float | None = None, target_loss: float | None = None) -> dict | None:
+    """Quality of the full plan from its proxy, scaled like the time: every full phase
+    makes its proxy phase's progress per epoch (scaled by `_lr_ratio` when its LR differs)
+    times its epochs, over the duration `scale_up` gives it; progress is linear inside a
+    phase, so the time to the target is interpolated there (docs/solver.md)."""
+    from sim.convergence import accuracy_at, loss_at, progress_for_accuracy, progress_for_loss
+
+    spec = job.convergence
+    q = summary.get("quality")
+    model = _phase_time_model(short, summary)
+    if spec is None or q is None or model is None or "phase_progress" not in q:
+        return None
+    rate = {}
+    cuts = {}
+    for cut, prog in zip(short.phases, q["phase_progress"]):
+        rate[_phase_key(cut)] = prog / cut.epochs
+        cuts[_phase_key(cut)] = cut
+    want = (progress_for_accuracy(target_accuracy, spec) if target_accuracy is not None
+            else progress_for_loss(target_loss, spec) if target_loss is not None else None)
+    t, P, hit = 0.0, 0.0, None
+    for k, full in enumerate(plan.phases):
+        if k:
+            t += cluster.ps.phase_overhead_s
+        key = _phase_key(full)
+        dur = _full_phase_s(model, full)
+        gain = rate[key] * full.epochs * _lr_ratio(full, cuts[key], spec)
+        new = max(P + gain, 0.0)
+        if want is not None and hit is None and new >= want:
+            hit = t + (dur * (want - P) / (new - P) if new > P else 0.0)
+        t += dur
+        P = new
+    if want is not None and want <= 0:
+        hit = 0.0
+    return {"final_accuracy": float(accuracy_at(P, spec)), "final_loss": float(loss_at(P, spec)),
+            "time_to_target_s": hit}
 
 
 def _task(scorer: Scorer, cluster_d: dict, job_d: dict, plan_d: dict, seed: int | None) -> dict:
@@ -153,6 +231,24 @@ class Ranked:
     index: int
     proxy_s: float | None = None
     full_s: float | None = None
+    proxy_q: dict | None = None  # predicted quality from the proxy (sim.convergence), when modelled
+    full_q: dict | None = None  # ... from the full simulation's exact update stream
+    risks: list[str] = field(default_factory=list)  # known quality risks (sim.convergence.risks)
+
+    @property
+    def how(self) -> str:
+        """How best_s was obtained: full sim, proxy (shortened, scaled back) or estimate (closed form)."""
+        return "full" if self.full_s is not None else "proxy" if self.proxy_s is not None else "estimate"
+
+    @property
+    def quality(self) -> dict | None:
+        return self.full_q if self.full_s is not None else self.proxy_q
+
+    @property
+    def reaches(self) -> bool | None:
+        """Predicted to reach the target (None: quality not predicted)."""
+        q = self.quality
+        return None if q is None else q.get("time_to_target_s") is not None
 
     @property
     def best_s(self) -> float:
@@ -174,14 +270,56 @@ class SearchResult:
     stage_s: dict[str, float] = field(default_factory=dict)  # wall time of generate / proxy / full
 
 
+def _target_key(r: Ranked) -> tuple:
+    """Time-to-target ranking: predicted to reach first (fastest first), then predicted to
+    miss, then not predicted; full before proxy before estimate inside each group."""
+    level = 0 if r.full_s is not None else 1 if r.proxy_s is not None else 2
+    reach = r.reaches
+    group = 0 if reach else 1 if reach is not None else 2
+    ttt = r.quality["time_to_target_s"] if reach else r.best_s
+    return (group, level, ttt, r.index)
+
+
+def _confirm_reaching(scorer: Scorer, cluster: Cluster, job: Job, seed: int | None, jobs: int, ranked: list[Ranked],
+                      cons: Constraints, limit: int) -> None:
+    """The proxy can be too hopeful about quality: while a proxy-only candidate is predicted
+    to reach the target sooner than every fully simulated one (or when no full one reaches),
+    simulate it in full too (at most `limit` more), so the answer rests on an exact stream."""
+    for _ in range(limit):
+        order = sorted((r for r in ranked if r.candidate.strategy in cons.strategies), key=_target_key)
+        best_full = next((r for r in order if r.full_s is not None and r.reaches), None)
+        todo = [r for r in order if r.full_s is None and r.proxy_s is not None and r.reaches
+                and (best_full is None or r.quality["time_to_target_s"] < best_full.quality["time_to_target_s"])]
+        if not todo:
+            return
+        r = todo[0]
+        s = score_all(scorer, cluster, job, [r.candidate.plan], seed, 1, "full")[0]
+        r.full_s, r.full_q = float(s["makespan_s"]), _quality_of(s)
+
+
 def search(cluster: Cluster, job: Job, cons: Constraints, scorer: Scorer = simulate_summary,
            seed: int | None = None, jobs: int = 2, proxy_epochs: int = 2, proxy_count: int = 12,
-           full_count: int = 2, objective: str = "time", baseline: str = "full") -> SearchResult:
+           full_count: int = 2, objective: str = "time", baseline: str = "full",
+           target_accuracy: float | None = None, target_loss: float | None = None) -> SearchResult:
+    """Rank the candidates; with a target (needs job.convergence) the objective is the
+    predicted time to it, and a plan predicted to miss never beats one predicted to reach."""
+    from functools import partial
+
+    from sim.convergence import risks
+
+    targeted = target_accuracy is not None or target_loss is not None
+    if targeted and job.convergence is None:
+        raise UserError("a target accuracy/loss needs the job's [convergence] model (hybridps calibrate --job)")
+    if targeted:
+        objective = "time_to_accuracy" if target_accuracy is not None else "time_to_loss"
+    if scorer is simulate_summary and targeted:
+        scorer = partial(simulate_summary, target_accuracy=target_accuracy, target_loss=target_loss)
     t0 = time.perf_counter()
     # DBSL variants outside the best proxy_count estimates are never simulated: not generated
-    cands = generate(cluster, job, cons, dbsl_keep=proxy_count)
+    # pruning DBSL variants is exact only while proxies are picked by time estimate
+    cands = generate(cluster, job, cons, dbsl_keep=None if targeted else proxy_count)
     t_gen = time.perf_counter()
-    ranked = [Ranked(c, i) for i, c in enumerate(cands)]
+    ranked = [Ranked(c, i, risks=risks(c.plan, job.convergence)) for i, c in enumerate(cands)]
     base = ranked[0]  # generate() puts uniform first
     allowed = [r for r in ranked if r.candidate.strategy in cons.strategies]
     if not allowed:
@@ -189,7 +327,8 @@ def search(cluster: Cluster, job: Job, cons: Constraints, scorer: Scorer = simul
                         "relax one of them")
 
     by_est = sorted(allowed, key=lambda r: (r.candidate.estimate_s, r.index))
-    pick = {r.index for r in by_est[:proxy_count]} | {base.index}
+    # quality has no closed-form estimate: with a target every candidate gets a proxy run
+    pick = {r.index for r in (by_est if targeted else by_est[:proxy_count])} | {base.index}
     seen: set[str] = set()
     for r in by_est:  # the best-estimated candidate of every strategy gets simulated too
         if r.candidate.strategy not in seen:
@@ -200,10 +339,11 @@ def search(cluster: Cluster, job: Job, cons: Constraints, scorer: Scorer = simul
     summaries = score_all(scorer, cluster, job, shorts, seed, jobs, "proxy")
     for r, short, s in zip(proxied, shorts, summaries):
         r.proxy_s = scale_up(r.candidate.plan, short, s) + phase_overheads_s(cluster, r.candidate.plan)
+        r.proxy_q = proxy_quality(cluster, job, r.candidate.plan, short, s, target_accuracy, target_loss)
 
     t_proxy = time.perf_counter()
     pool = [r for r in proxied if r.candidate.strategy in cons.strategies]
-    by_proxy = sorted(pool, key=lambda r: (r.proxy_s, r.index))
+    by_proxy = sorted(pool, key=_target_key if targeted else (lambda r: (r.proxy_s, r.index)))
     full_pick = {r.index for r in by_proxy[:full_count]}
     best_proxy = by_proxy[0].proxy_s if by_proxy else base.proxy_s
     # The baseline is the costliest plan to simulate (small batches, many rounds). When the
@@ -216,17 +356,21 @@ def search(cluster: Cluster, job: Job, cons: Constraints, scorer: Scorer = simul
         summaries = score_all(scorer, cluster, job, [r.candidate.plan for r in fulls], seed, jobs, "full")
         for r, s in zip(fulls, summaries):
             r.full_s = float(s["makespan_s"])
+            r.full_q = _quality_of(s)
         best_full = min(r.full_s for r in fulls)
         if skip_base and best_full > BASELINE_MARGIN * base.proxy_s:  # the proxy was too hopeful
-            base.full_s = float(score_all(scorer, cluster, job, [base.candidate.plan], seed, 1, "full")[0]["makespan_s"])
+            s = score_all(scorer, cluster, job, [base.candidate.plan], seed, 1, "full")[0]
+            base.full_s, base.full_q = float(s["makespan_s"]), _quality_of(s)
             fulls.append(base)
+    if targeted and full_count > 0:
+        _confirm_reaching(scorer, cluster, job, seed, jobs, ranked, cons, limit=2 * full_count)
     t_full = time.perf_counter()
 
     def key(r: Ranked) -> tuple:
         level = 0 if r.full_s is not None else 1 if r.proxy_s is not None else 2
         return (level, r.best_s, r.index)
 
-    ordered = sorted(ranked, key=key)
+    ordered = sorted(ranked, key=_target_key if targeted else key)
     eligible = [r for r in ordered if r.candidate.strategy in cons.strategies
                 and {ph.sync for ph in r.candidate.plan.phases} <= set(cons.sync_modes)]  # the bsp baseline too
     best = eligible[0] if eligible else base
@@ -250,6 +394,16 @@ def search(cluster: Cluster, job: Job, cons: Constraints, scorer: Scorer = simul
         "seed": seed,
         "candidates": len(cands),
     })
+    q = best.quality
+    if q is not None:
+        meta["predicted_final_accuracy"] = q["final_accuracy"]
+        meta["predicted_final_loss"] = q["final_loss"]
+    if targeted:
+        meta["target_accuracy" if target_accuracy is not None else "target_loss"] = (
+            target_accuracy if target_accuracy is not None else target_loss)
+        meta["predicted_time_to_target_s"] = None if q is None else q["time_to_target_s"]
+    if best.risks:
+        meta["risks"] = best.risks
     plan = best.candidate.plan.model_copy(update={"meta": meta})
     counts = {"candidates": len(cands), "proxy": len(proxied),
               "full": sum(r.full_s is not None for r in ranked)}
@@ -257,33 +411,55 @@ def search(cluster: Cluster, job: Job, cons: Constraints, scorer: Scorer = simul
     return SearchResult(best, base, ordered, plan, time.perf_counter() - t0, counts, stages)
 
 
+def _quality_of(summary: dict) -> dict | None:
+    q = summary.get("quality")
+    if q is None:
+        return None
+    return {k: q.get(k) for k in ("final_accuracy", "final_loss", "time_to_target_s")}
+
+
 def table(result: SearchResult, top: int) -> str:
-    """The ranked top-K as text."""
+    """The ranked top-K as text: predicted time and how it was obtained (full simulation,
+    proxy = shortened-horizon simulation scaled back, estimate = closed form), predicted
+    final accuracy and time to the target when quality is modelled, the full label, the
+    baseline marked, and each known quality risk on a line of its own."""
     base = result.baseline.best_s
-    rows = [f"{'rank':>4}  {'candidate':<58} {'estimate_s':>11} {'proxy_s':>11} {'full_s':>11} {'vs uniform':>10}"]
 
-    def f(v: float | None) -> str:
-        return "-" if v is None else f"{v:.1f}"
+    def f(v: float | None, spec: str) -> str:
+        return "-" if v is None else format(v, spec)
 
+    rows = [f"{'rank':>4}  {'time_s':>10} {'how':<8} {'final_acc':>9} {'to_target_s':>11} {'vs uniform':>10}  candidate"]
     shown = [r for r in result.ranked if r.proxy_s is not None][:top]
     if result.baseline not in shown:
         shown.append(result.baseline)
-    for k, r in enumerate(shown, 1):
+    for r in shown:
         rank = str(result.ranked.index(r) + 1)
-        rows.append(f"{rank:>4}  {r.candidate.label:<58.58} {r.candidate.estimate_s:>11.1f} {f(r.proxy_s):>11} "
-                    f"{f(r.full_s):>11} {r.best_s / base:>9.3f}x")
+        q = r.quality or {}
+        ttt = q.get("time_to_target_s")
+        ttt_s = f(ttt, ".1f") if q else "-"
+        if q and ttt is None and result.plan.meta.get("objective", "time") != "time":
+            ttt_s = "misses"
+        mark = "  [baseline]" if r is result.baseline else ""
+        rows.append(f"{rank:>4}  {r.best_s:>10.1f} {r.how:<8} {f(q.get('final_accuracy'), '.3f'):>9} {ttt_s:>11} "
+                    f"{r.best_s / base:>9.3f}x  {r.candidate.label}{mark}")
+        for risk in r.risks:
+            rows.append(f"{'':>4}  {'':>10} {'':<8} {'':>9} {'':>11} {'':>10}  risk: {risk}")
     return "\n".join(rows)
 
 
-def summary_json(result: SearchResult, top: int) -> dict[str, Any]:
+def summary_json(result: SearchResult, top: int | None) -> dict[str, Any]:
+    """The ranking as JSON (`plan --json`, and `plan --keep DIR`'s ranking.json)."""
+    picked = result.ranked if top is None else result.ranked[:top]
     return {
         "best": {"strategy": result.best.candidate.strategy, "parameters": result.best.candidate.params,
-                 "predicted_makespan_s": result.best.best_s},
+                 "predicted_makespan_s": result.best.best_s, "quality": result.best.quality},
+        "objective": result.plan.meta.get("objective", "time"),
         "uniform_makespan_s": result.baseline.best_s,
         "ratio_to_uniform": result.best.best_s / result.baseline.best_s,
         "ranked": [{"label": r.candidate.label, "strategy": r.candidate.strategy, "parameters": r.candidate.params,
-                    "estimate_s": r.candidate.estimate_s, "proxy_s": r.proxy_s, "full_s": r.full_s}
-                   for r in result.ranked[:top]],
+                    "estimate_s": r.candidate.estimate_s, "proxy_s": r.proxy_s, "full_s": r.full_s, "how": r.how,
+                    "quality": r.quality, "risks": r.risks, "baseline": r is result.baseline}
+                   for r in picked],
         "counts": result.counts,
         "stage_s": result.stage_s,
         "wall_s": result.wall_s,

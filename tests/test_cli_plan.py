@@ -106,9 +106,12 @@ def test_plan_table_output(capsys, tmp_path):
     out = tmp_path / "plan.json"
     assert main(["plan", "--cluster", "gtx1080x4", "--job", "cifar100-resnet18", "--top", "3", "-o", str(out)]) == 0
     text = capsys.readouterr().out.splitlines()
-    assert text[0].split() == ["rank", "candidate", "estimate_s", "proxy_s", "full_s", "vs", "uniform"]
-    assert text[1].split()[0] == "1"
-    assert any("uniform(" in line and line.rstrip().endswith("1.000x") for line in text)
+    assert text[0].split() == ["rank", "time_s", "how", "final_acc", "to_target_s", "vs", "uniform", "candidate"]
+    assert text[1].split()[0] == "1" and text[1].split()[2] in ("full", "proxy")
+    # the baseline is marked, its label is whole (no column cut), quality columns say '-' (not modelled)
+    base = [line for line in text if line.rstrip().endswith("[baseline]")]
+    assert len(base) == 1 and "uniform(" in base[0] and " 1.000x " in base[0] and base[0].split()[3:5] == ["-", "-"]
+    assert any(line.strip().startswith("risk: ") for line in text)
     assert text[-1].startswith(f"wrote {out}: ")
 
 

@@ -174,7 +174,7 @@ def test_invalid_toml_and_json_and_missing_file(tmp_path):
     badj.write_text("{\"format\": ")
     with pytest.raises(SpecError, match=r"invalid JSON at line 1"):
         load_plan(badj)
-    with pytest.raises(SpecError, match="bundled: emulated-cpu3, gtx1080x4, mixed16, rtx3090x4"):
+    with pytest.raises(SpecError, match="bundled: digits-cpu3, emulated-cpu3, gtx1080x4, mixed16, rtx3090x4"):
         load_cluster("no-such-cluster")
 
 

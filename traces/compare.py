@@ -202,3 +202,47 @@ def format_comparison(cmp: dict[str, Any]) -> str:
     for k, v in cmp["mismatched_counts"].items():
         lines.append(f"warning: {k}: predicted {v['predicted']}, measured {v['measured']}")
     return "\n".join(lines)
+
+
+def compare_quality(epoch: list[float], t_s: list[float], measured_accuracy: list[float], measured_loss: list[float],
+                    predicted_accuracy: list[float], predicted_loss: list[float],
+                    predicted_time_to_target_s: float | None = None, measured_time_to_target_s: float | None = None,
+                    target_accuracy: float | None = None) -> dict[str, Any]:
+    """Predicted against measured validation accuracy/loss at every eval record (t_s on the
+    simulator's clock) and at the end: the `validate --json` "quality" dict."""
+    rows = [{"epoch": e, "t_s": t, "predicted_accuracy": pa, "measured_accuracy": ma,
+             "predicted_loss": pl, "measured_loss": ml}
+            for e, t, ma, ml, pa, pl in zip(epoch, t_s, measured_accuracy, measured_loss, predicted_accuracy,
+                                            predicted_loss)]
+    err = [r["predicted_accuracy"] - r["measured_accuracy"] for r in rows]
+    out: dict[str, Any] = {
+        "predicted_final_accuracy": predicted_accuracy[-1] if rows else None,
+        "measured_final_accuracy": measured_accuracy[-1] if rows else None,
+        "predicted_final_loss": predicted_loss[-1] if rows else None,
+        "measured_final_loss": measured_loss[-1] if rows else None,
+        "rmse_accuracy": math.sqrt(sum(e * e for e in err) / len(err)) if err else None,
+        "evals": rows,
+    }
+    if target_accuracy is not None:
+        out["target_accuracy"] = target_accuracy
+        out["predicted_time_to_target_s"] = predicted_time_to_target_s
+        out["measured_time_to_target_s"] = measured_time_to_target_s
+    return out
+
+
+def format_quality(q: dict[str, Any]) -> str:
+    """The quality comparison as text: one line per eval record, then the end."""
+    lines = [f"{'epoch':>6} {'t_s':>9} {'acc pred':>9} {'acc meas':>9} {'loss pred':>10} {'loss meas':>10}"]
+    for r in q["evals"]:
+        lines.append(f"{r['epoch']:>6g} {r['t_s']:>9.2f} {r['predicted_accuracy']:>9.3f} {r['measured_accuracy']:>9.3f} "
+                     f"{r['predicted_loss']:>10.3f} {r['measured_loss']:>10.3f}")
+    lines.append(f"final accuracy: predicted {q['predicted_final_accuracy']:.3f}, measured "
+                 f"{q['measured_final_accuracy']:.3f} ({q['predicted_final_accuracy'] - q['measured_final_accuracy']:+.3f}); "
+                 f"rmse over evals {q['rmse_accuracy']:.3f}")
+    if "target_accuracy" in q:
+        def f(v: float | None) -> str:
+            return "never" if v is None else f"{v:.2f} s"
+
+        lines.append(f"time to accuracy {q['target_accuracy']:g}: predicted {f(q['predicted_time_to_target_s'])}, "
+                     f"measured {f(q['measured_time_to_target_s'])}")
+    return "\n".join(lines)

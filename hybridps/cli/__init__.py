@@ -48,6 +48,17 @@ def path_arg(text: str):
 positive_float_arg = _bounded_arg(float, 0.0, True, "a finite number > 0")  # nan and inf refused
 
 
+def unit_fraction_arg(text: str) -> float:
+    """An argparse type: a finite number strictly between 0 and 1 (an accuracy)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number between 0 and 1, got {text!r}") from None
+    if not math.isfinite(value) or not 0.0 < value < 1.0:
+        raise argparse.ArgumentTypeError(f"expected a number between 0 and 1 (exclusive), got {text}")
+    return value
+
+
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> None:  # argparse's own usage errors also exit 2
         self.print_usage(sys.stderr)

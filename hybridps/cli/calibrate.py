@@ -1,4 +1,5 @@
-"""`hybridps calibrate TRACE... -o cluster.toml`: fit the cluster model to measured traces."""
+"""`hybridps calibrate TRACE... -o cluster.toml [--job J --job-out OUT.toml]`: fit the
+cluster model and/or the convergence model (docs/convergence.md) to measured traces."""
 
 from __future__ import annotations
 
@@ -15,7 +16,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("traces", nargs="+", metavar="TRACE",
                    help="trace.jsonl files (profile and/or run traces), or wall-time logs (.csv, or .json with "
                         "format hybridps.walltime/1: one row per worker per epoch; docs/fidelity.md)")
-    p.add_argument("-o", "--out", required=True, metavar="cluster.toml", help="cluster.toml to write (atomically)")
+    p.add_argument("-o", "--out", metavar="cluster.toml", help="cluster.toml to write (atomically)")
+    p.add_argument("--job", help="job.toml (path or bundled name) to add the fitted [convergence] table to")
+    p.add_argument("--job-out", metavar="OUT.toml",
+                   help="write JOB plus the convergence model fitted to the traces' eval records (needs --job)")
     p.add_argument("--base", help="cluster (path or bundled name) giving the workers, PS and anything the traces "
                                   "do not measure; default: the first run trace's header cluster")
     p.add_argument("--outlier-factor", type=float, default=1.5, metavar="FACTOR",
@@ -35,15 +39,49 @@ def run(args: argparse.Namespace) -> int:
 
     if args.outlier_factor <= 1:
         raise UserError("calibrate: --outlier-factor must be > 1")
-    base = load_cluster(args.base) if args.base else None
     from traces.walltime import is_walltime_log, read_walltime_log
 
-    check_output_file(args.out, "-o", [*args.traces, resolve_path("cluster", args.base) if args.base else None])
+    if (args.job is None) != (args.job_out is None):
+        raise UserError("calibrate: --job and --job-out go together (the job to extend, the file to write)")
+    if args.out is None and args.job_out is None:
+        raise UserError("calibrate: say what to write: -o cluster.toml and/or --job J --job-out OUT.toml")
+    inputs = [*args.traces, resolve_path("cluster", args.base) if args.base else None,
+              resolve_path("job", args.job) if args.job else None]
+    if args.out is not None:
+        check_output_file(args.out, "-o", inputs)
+    if args.job_out is not None:
+        check_output_file(args.job_out, "--job-out", inputs)
     logs = [read_walltime_log(p) for p in args.traces if is_walltime_log(p)]
     traces = [read_trace(p) for p in args.traces if not is_walltime_log(p)]
+    if args.job_out is not None:
+        _fit_convergence(args, traces)
+    if args.out is None:
+        return 0
+    base = load_cluster(args.base) if args.base else None
     cal = calibrate(traces, base, outlier_factor=args.outlier_factor, absorb_gaps=not args.no_absorb_gaps, logs=logs)
     comment = "calibrated by `hybridps calibrate` from: " + ", ".join(args.traces)
     atomic_write_text(args.out, cluster_to_toml(cal.cluster, comment))  # first: `| head` must not lose it
     print(format_report(cal))
     print(f"wrote {args.out}")
     return 0
+
+
+def _fit_convergence(args: argparse.Namespace, traces: list) -> None:
+    from hybridps.fileio import atomic_write_text
+    from hybridps.spec import load_job
+    from sim.convergence_fit import fit, format_fit
+    from traces.job_toml import job_to_toml
+
+    job = load_job(args.job)
+    res = fit(list(zip(args.traces, traces)), job.model_copy(update={"convergence": None}))
+    out = job.model_copy(update={"convergence": res.spec})
+    comment = ("[convergence] fitted by `hybridps calibrate --job` from: " + ", ".join(args.traces)
+               + "\nparameters listed in convergence.defaults are stated defaults the traces could not identify")
+    try:
+        atomic_write_text(args.job_out, job_to_toml(out, comment))
+    except OSError as e:
+        from hybridps.errors import UserError
+
+        raise UserError(f"--job-out {args.job_out}: cannot write: {e.strerror}") from None
+    print(format_fit(res))
+    print(f"wrote {args.job_out}")

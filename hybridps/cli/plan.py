@@ -1,15 +1,19 @@
-"""`hybridps plan`: search candidate plans with the simulator and write the fastest.
+"""`hybridps plan`: search candidate plans with the simulator and write the best.
 
-The objective is time: the simulator predicts makespan, not accuracy, so training
-quality is held by the constraints the user sets (--time-ratio, --min-bsp-fraction,
---sync, --compression, --schedule, --strategy). See docs/solver.md.
+With --target-accuracy (or --target-loss) and a job whose [convergence] table was fitted
+by `hybridps calibrate --job`, the objective is the predicted time to that target: plans
+predicted to miss it rank after every plan predicted to reach it. Without a target the
+objective is predicted makespan; without a convergence model quality is not modelled,
+and is held only by the constraints the user sets (--time-ratio, --min-bsp-fraction,
+--sync, --compression, --schedule, --strategy); candidates with known quality risks are
+marked. See docs/solver.md and docs/convergence.md.
 """
 
 from __future__ import annotations
 
 import argparse
 
-from hybridps.cli import positive_float_arg, positive_int_arg, seed_arg
+from hybridps.cli import positive_float_arg, positive_int_arg, seed_arg, unit_fraction_arg
 import json
 import os
 import sys
@@ -42,8 +46,17 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--substages", type=int, default=None,
                    help="cyclic schedule: sub-stages per LR stage, resolution rising low to high "
                         "(default: one per resolution)")
-    p.add_argument("--objective", default="time", choices=["time"],
-                   help="what is minimised: predicted makespan (the only objective; see docs/solver.md)")
+    p.add_argument("--objective", default="time", choices=["time", "time_to_accuracy"],
+                   help="what is minimised: predicted makespan (time), or the predicted time to --target-accuracy "
+                        "(time_to_accuracy, implied by a target; see docs/solver.md)")
+    p.add_argument("--target-accuracy", type=unit_fraction_arg, metavar="A",
+                   help="minimise the predicted time to this validation accuracy (0..1); needs the job's "
+                        "[convergence] table (hybridps calibrate --job J --job-out OUT)")
+    p.add_argument("--target-loss", type=positive_float_arg, metavar="L",
+                   help="minimise the predicted time to this validation loss (nats); needs [convergence]")
+    p.add_argument("--keep", metavar="DIR",
+                   help="write every fully simulated plan as DIR/NN-STRATEGY/plan.json and the ranking as "
+                        "DIR/ranking.json")
     p.add_argument("--top", type=int, default=10, help="rows in the ranked table (default 10)")
     p.add_argument("-o", "--output", default="plan.json", help="where to write the best plan (default plan.json)")
     p.add_argument("--json", action="store_true", help="print the ranking as JSON instead of a table")
@@ -115,19 +128,31 @@ def run(args: argparse.Namespace) -> int:
     from solver.timemodel import check_resolutions
 
     cons = _constraints(args)
+    if args.target_accuracy is not None and args.target_loss is not None:
+        raise UserError("--target-accuracy and --target-loss: give one target, not both")
+    if args.objective == "time_to_accuracy" and args.target_accuracy is None:
+        raise UserError("--objective time_to_accuracy needs --target-accuracy A")
     cluster = load_cluster(args.cluster)
     job = load_job(args.job)
+    targeted = args.target_accuracy is not None or args.target_loss is not None
+    if job.convergence is None:
+        if targeted:
+            flag = "--target-accuracy" if args.target_accuracy is not None else "--target-loss"
+            raise UserError(f"{flag}: job {args.job} has no [convergence] table, so quality is not modelled; fit one "
+                            f"with `hybridps calibrate TRACE... --job {args.job} --job-out JOB.toml`")
     check_resolutions(cluster, job, str(resolve_path("cluster", args.cluster)))
     check_output_file(args.output, "-o", [resolve_path("cluster", args.cluster), resolve_path("job", args.job)])
     jobs = args.jobs if args.jobs is not None else (os.cpu_count() or 1)
     result = search(cluster, job, cons, seed=args.seed, jobs=jobs, proxy_epochs=args.proxy_epochs,
                     proxy_count=args.proxy_count, full_count=args.full_count, objective=args.objective,
-                    baseline=args.baseline)
+                    baseline=args.baseline, target_accuracy=args.target_accuracy, target_loss=args.target_loss)
     if result.best.candidate.strategy not in cons.strategies or \
             not {ph.sync for ph in result.plan.phases} <= set(cons.sync_modes):
         raise UserError("no candidate plan satisfies the constraints (--strategy, --sync, --min-bsp-fraction); "
                         "relax one of them")
     atomic_write_text(args.output, result.plan.to_json())
+    if args.keep:
+        _keep(args.keep, result)
     m = result.plan.meta
     if args.json:
         out = summary_json(result, args.top)
@@ -142,6 +167,39 @@ def run(args: argparse.Namespace) -> int:
         print(f"wrote {args.output}: {result.best.candidate.label}, predicted makespan "
               f"{m['predicted_makespan_s']:.1f} s = {m['ratio_to_uniform']:.3f}x the uniform baseline "
               f"({m['uniform_makespan_s']:.1f} s)")
+        if "predicted_final_accuracy" in m:
+            line = f"predicted final accuracy {m['predicted_final_accuracy']:.3f}"
+            if targeted:
+                target = m.get("target_accuracy", m.get("target_loss"))
+                ttt = m["predicted_time_to_target_s"]
+                line += (f", target {target:g} reached at {ttt:.1f} s" if ttt is not None
+                         else f", target {target:g} predicted to be missed by every candidate")
+            print(line)
+    if job.convergence is None:
+        print("note: quality is not modelled (the job has no [convergence] table): ranked by predicted makespan "
+              "only; candidates with known quality risks are marked", file=sys.stderr)
     for line in dict.fromkeys(cons.extra.get("skipped", [])):
         print(f"note: skipped {line}", file=sys.stderr)
     return 0
+
+
+def _keep(folder: str, result) -> None:
+    """Every fully simulated plan as DIR/NN-STRATEGY/plan.json (NN its rank) and DIR/ranking.json."""
+    from pathlib import Path
+
+    from hybridps.errors import UserError
+    from hybridps.fileio import atomic_write_text
+    from solver.search import summary_json
+
+    root = Path(folder)
+    try:
+        for rank, r in enumerate(result.ranked, 1):
+            if r.full_s is None:
+                continue
+            plan = r.candidate.plan.model_copy(update={"meta": {
+                **r.candidate.plan.meta, "strategy": r.candidate.strategy, "parameters": r.candidate.params,
+                "rank": rank, "predicted_makespan_s": r.full_s, "quality": r.quality, "risks": r.risks}})
+            atomic_write_text(root / f"{rank:02d}-{r.candidate.strategy}" / "plan.json", plan.to_json())
+        atomic_write_text(root / "ranking.json", json.dumps(summary_json(result, None), indent=2) + "\n")
+    except OSError as e:
+        raise UserError(f"--keep {folder}: cannot write: {e.strerror}") from None

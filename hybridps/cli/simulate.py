@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from hybridps.cli import seed_arg
+from hybridps.cli import seed_arg, unit_fraction_arg
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -19,10 +19,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--trace", metavar="T.jsonl", help="write the trace records (streamed as it simulates)")
     p.add_argument("--chrome", metavar="T.json", help="write a Chrome trace-event file (Perfetto, chrome://tracing)")
     p.add_argument("--gantt", metavar="G.png", help="write a timeline PNG")
+    p.add_argument("--target-accuracy", type=unit_fraction_arg, metavar="A",
+                   help="report the predicted time to this validation accuracy (0..1; needs the job's "
+                        "[convergence] table, written by `hybridps calibrate --job J --job-out OUT`)")
     p.set_defaults(func=run)
 
 
-def _human(summary: dict, cluster, job, plan, seed: int) -> str:
+def _human(summary: dict, cluster, job, plan, seed: int, target: float | None = None) -> str:
     s = summary
     mk = s["makespan_s"]
     lines = [
@@ -41,6 +44,12 @@ def _human(summary: dict, cluster, job, plan, seed: int) -> str:
         lines.append(f"{name:<{width}} {w['iterations']:>9,} {w['samples']:>11,} {w['compute_s'] / mk:>8.1%} "
                      f"{w['comm_s'] / mk:>8.1%} {w['wait_s'] / mk:>8.1%} {w['bytes_pushed'] / 1e9:>10.2f} "
                      f"{w['bytes_pulled'] / 1e9:>10.2f}")
+    if "quality" in s:
+        q = s["quality"]
+        ttt = q["time_to_target_s"]
+        reach = "" if target is None else (f", {target:.3f} reached at {ttt:,.1f} s" if ttt is not None
+                                          else f", {target:.3f} never reached")
+        lines.append(f"predicted quality: final accuracy {q['final_accuracy']:.3f}, loss {q['final_loss']:.3f}{reach}")
     lines.append(f"simulated {s['events']:,} events in {s['wall_s']:.2f} s")
     return "\n".join(lines)
 
@@ -78,6 +87,9 @@ def run(args: argparse.Namespace) -> int:
         if getattr(args, flag) is not None:
             setattr(args, flag, check_output_file(getattr(args, flag), f"--{flag}", inputs))
             inputs.append(getattr(args, flag))  # two outputs must not be one file either
+    if args.target_accuracy is not None and job.convergence is None:
+        raise UserError(f"--target-accuracy: job {args.job} has no [convergence] table, so quality is not modelled; "
+                        f"fit one with `hybridps calibrate TRACE... --job {args.job} --job-out JOB.toml`")
     seed = cluster.stragglers.seed if args.seed is None else args.seed
     header = trace_header(cluster, job, plan, seed)
     writer = chrome = None
@@ -97,8 +109,8 @@ def run(args: argparse.Namespace) -> int:
             def advance(epochs_done: int) -> None:
                 bar.update(epochs_done - bar.n)
 
-            result = Simulation(cluster, job, plan, seed=seed, trace=_Outputs(sinks) if sinks else None).run(
-                progress=advance)
+            result = Simulation(cluster, job, plan, seed=seed, trace=_Outputs(sinks) if sinks else None,
+                                log_updates=job.convergence is not None).run(progress=advance)
     except BaseException:
         if chrome is not None:
             chrome.abort()  # no half-written Chrome file; the JSONL trace keeps what it has
@@ -107,6 +119,10 @@ def run(args: argparse.Namespace) -> int:
         if writer is not None:
             writer.close()
     summary = result.summary()
+    if job.convergence is not None:
+        from sim.convergence import predict_sim, quality
+
+        summary["quality"] = quality(predict_sim(result, plan, job.convergence), job.convergence, args.target_accuracy)
     if chrome is not None:
         try:
             chrome.close()
@@ -121,5 +137,5 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(summary, indent=2))
     else:
-        print(_human(summary, cluster, job, plan, seed))
+        print(_human(summary, cluster, job, plan, seed, args.target_accuracy))
     return 0

@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from hybridps.cli import seed_arg
+from hybridps.cli import seed_arg, unit_fraction_arg
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -22,6 +22,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--repeats", type=int, default=10,
                    help="when the cluster's [stragglers] are not the ones the run emulated (e.g. fitted by "
                         "calibrate from noise), average the prediction over this many seeds (default 10)")
+    p.add_argument("--job", help="job (path or bundled name) whose [convergence] model predicts validation accuracy "
+                                 "and loss, compared with the run's eval records (default: the trace header's job)")
+    p.add_argument("--target-accuracy", type=unit_fraction_arg, metavar="A",
+                   help="also compare the predicted and measured time to this validation accuracy")
     p.add_argument("--json", action="store_true", help="print the comparison as JSON")
     p.set_defaults(func=run)
 
@@ -73,6 +77,18 @@ def run(args: argparse.Namespace) -> int:
     if args.repeats < 1:
         raise UserError("validate: --repeats must be at least 1")
     trace, cluster, job, plan = load_run(args.trace, args.cluster)
+    if args.job:
+        from hybridps.spec import load_job
+
+        given = load_job(args.job)
+        if (given.data.samples, given.model.parameters) != (job.data.samples, job.model.parameters):
+            raise UserError(f"--job {args.job}: data.samples/model.parameters ({given.data.samples}, "
+                            f"{given.model.parameters}) differ from the run's ({job.data.samples}, "
+                            f"{job.model.parameters}); pass the job the run used")
+        job = given
+    if args.target_accuracy is not None and job.convergence is None:
+        raise UserError("--target-accuracy: the job has no [convergence] table, so quality is not modelled; pass "
+                        "--job with one (hybridps calibrate TRACE... --job J --job-out OUT.toml)")
     seed = args.seed if args.seed is not None else trace.header.get("seed")
     emulated = (trace.header.get("cluster") or {}).get("stragglers")
     noiseless = cluster.stragglers.rate_per_hour == 0 and cluster.stragglers.jitter_cv == 0
@@ -80,12 +96,17 @@ def run(args: argparse.Namespace) -> int:
     # the run's own episodes are reproduced exactly by its seed; fitted ones are a
     # statistical model, so their prediction is the mean over several seeds
     seeds = [seed] if same_episodes else [(seed or 0) + k for k in range(args.repeats)]
-    predicted = mean_summary([simulate(cluster, job, plan, seed=s).summary() for s in seeds])
+    runs = [simulate(cluster, job, plan, seed=s, log_updates=job.convergence is not None) for s in seeds]
+    predicted = mean_summary([r.summary() for r in runs])
     measured = measured_summary(trace)
     result = compare(predicted, measured)
+    qual = _quality(trace, args.trace, runs[0], plan, job, args.target_accuracy) if job.convergence else None
     if args.json:
-        print(json.dumps({"trace": args.trace, "cluster": args.cluster or "header", "seeds": seeds,
-                          "comparison": result, "predicted": predicted, "measured": measured}, indent=2))
+        out = {"trace": args.trace, "cluster": args.cluster or "header", "seeds": seeds,
+               "comparison": result, "predicted": predicted, "measured": measured}
+        if qual is not None:
+            out["quality"] = qual
+        print(json.dumps(out, indent=2))
     else:
         print(f"validate {args.trace} on {args.cluster or 'the header cluster'}: predicted (simulator) vs measured (run)")
         print(format_comparison(result))
@@ -93,4 +114,30 @@ def run(args: argparse.Namespace) -> int:
             lo, hi = predicted["makespan_s_spread"]
             print(f"predicted: mean of {len(seeds)} straggler seeds (fitted [stragglers]); makespan ranged "
                   f"{lo:.3f}..{hi:.3f} s")
+        if qual is not None:
+            from traces.compare import format_quality
+
+            print(f"\nvalidation quality: convergence model on the simulated update stream (seed {seeds[0]}) vs the "
+                  f"run's eval records")
+            print(format_quality(qual))
     return 0
+
+
+def _quality(trace, path: str, sim_result, plan, job, target: float | None) -> dict | None:
+    """Predicted (convergence model over the simulated stream) against measured (eval
+    records, on the simulator's clock) accuracy and loss."""
+    from sim.convergence import accuracy_at, loss_at, predict_sim, time_to_target_s
+    from traces.compare import compare_quality
+    from traces.update_stream import eval_points, measured_time_to_accuracy_s, update_stream
+
+    spec = job.convergence
+    pts = eval_points(trace)
+    if pts.t_s.size == 0:
+        return None
+    origin = update_stream(trace, path).origin_s
+    pred = predict_sim(sim_result, plan, spec)
+    at = pred.progress_at(pts.t_s - origin)
+    return compare_quality(pts.epoch.tolist(), (pts.t_s - origin).tolist(), pts.accuracy.tolist(), pts.loss.tolist(),
+                           accuracy_at(at, spec).tolist(), loss_at(at, spec).tolist(),
+                           time_to_target_s(pred, spec, target) if target is not None else None,
+                           measured_time_to_accuracy_s(pts, target, origin) if target is not None else None, target)

@@ -32,11 +32,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--job", required=True, help="job.toml path or bundled example name")
     p.add_argument("--strategy", default="all",
                    help=f"one or more of {', '.join(STRATEGY_NAMES)} (comma-separated), or all (default)")
-    p.add_argument("--time-ratio", type=positive_float_arg, default=1.05,
+    p.add_argument("--time-ratio", type=positive_float_arg, default=1.05, metavar="RATIO",
                    help="DBSL extra-time ratio t >= 1 that small-batch workers may cost (default 1.05)")
-    p.add_argument("--small-workers", type=int, default=None,
+    p.add_argument("--small-workers", type=int, default=None, metavar="N",
                    help="DBSL small-batch worker count (default: try 0..n-1)")
-    p.add_argument("--min-bsp-fraction", type=float, default=0.0,
+    p.add_argument("--min-bsp-fraction", type=float, default=0.0, metavar="FRACTION",
                    help="keep only plans that train at least this fraction of epochs under bsp (default 0)")
     p.add_argument("--sync", default="bsp,asp,ssp", help="allowed sync modes (default bsp,asp,ssp)")
     p.add_argument("--compression", default="none,topk,onebit",
@@ -58,21 +58,21 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="write every fully simulated plan as DIR/NN-STRATEGY/plan.json and the ranking as "
                         "DIR/ranking.json")
     p.add_argument("--top", type=int, default=10, help="rows in the ranked table (default 10)")
-    p.add_argument("-o", "--output", default="plan.json", help="where to write the best plan (default plan.json)")
+    p.add_argument("-o", "--out", "--output", dest="output", default="plan.json", metavar="plan.json", help="where to write the best plan (default plan.json)")
     p.add_argument("--json", action="store_true", help="print the ranking as JSON instead of a table")
     p.add_argument("--seed", type=seed_arg, default=0, help="simulation seed (stragglers), default 0")
     p.add_argument("--jobs", type=positive_int_arg, default=None, help="simulation processes (default: CPU count)")
-    p.add_argument("--proxy-epochs", type=int, default=2,
+    p.add_argument("--proxy-epochs", type=int, default=2, metavar="EPOCHS",
                    help="shortened horizon for ranking: epochs per phase (default 2)")
-    p.add_argument("--proxy-count", type=int, default=12,
+    p.add_argument("--proxy-count", type=int, default=12, metavar="N",
                    help="candidates simulated on the shortened horizon, best by estimate (default 12)")
-    p.add_argument("--full-count", type=int, default=2,
+    p.add_argument("--full-count", type=int, default=2, metavar="N",
                    help="candidates simulated in full, best by proxy, besides the uniform baseline (default 2)")
     p.add_argument("--baseline", default="full", choices=["auto", "full"],
                    help="simulate the uniform baseline in full (full, default), or only when the shortened "
                         "horizon does not show it clearly beaten (auto: faster, the ratio is then against a proxy)")
     p.add_argument("--milp-solver", default="highs", choices=["highs", "cbc"], help="MILP solver (default highs)")
-    p.add_argument("--milp-time-limit", type=positive_float_arg, default=10.0, help="seconds per MILP (default 10)")
+    p.add_argument("--milp-time-limit", type=positive_float_arg, default=10.0, metavar="SECONDS", help="seconds per MILP (default 10)")
     p.set_defaults(func=run)
 
 

@@ -39,6 +39,31 @@ UNITS_BY_SUFFIX = [
 
 # One-line meanings, by dotted path (generic parts: NAME, R, [] for list items).
 MEANINGS = {
+    # additions: fidelity costs, data subset, the convergence model (docs/convergence.md)
+    "ps.eval_s": "seconds per in-phase evaluation at the PS (every epoch end inside a phase), blocking applies and pulls",
+    "devices.NAME.resolutions.R.c": "seconds per sample squared: t = a*B + b + c*B^2; set by calibrate only for a clearly bent profile (docs/fidelity.md)",
+    "data.subset": "true: train on the first `samples` of a larger training set; else samples must equal the training size",
+    "convergence": "the fitted convergence model (written by `hybridps calibrate --job J --job-out OUT`); absent: quality not modelled",
+    "convergence.format": "the model's format tag; exactly this string",
+    "convergence.lr_max": "LR of the largest useful step with an infinite batch (momentum absorbed); x = lr / lr_max",
+    "convergence.noise_scale": "gradient noise scale B_simple = tr(Sigma)/|G|^2, in samples (measured at the PS)",
+    "convergence.staleness_penalty": "kappa_s: a step s versions stale has its curvature term scaled by (1 + kappa_s*s)",
+    "convergence.drift_steps": "model exchange: H local steps keep 1/(1 + (H-1)/drift_steps) of their progress",
+    "convergence.accuracy_initial": "validation accuracy before training (A0)",
+    "convergence.accuracy_final": "validation accuracy plateau (A_inf)",
+    "convergence.accuracy_progress": "tau_A: ideal steps to go 1 - 1/e of the way from A0 to A_inf",
+    "convergence.accuracy_shape": "beta_A: the shape of the saturating accuracy curve",
+    "convergence.loss_initial": "validation loss before training, nats",
+    "convergence.loss_final": "validation loss plateau, nats",
+    "convergence.loss_progress": "tau_L: ideal steps to go 1 - 1/e of the way from L0 to L_inf",
+    "convergence.loss_shape": "beta_L: the shape of the saturating loss curve",
+    "convergence.compression": "lossy compression kind -> progress efficiency (<= 1; negative: diverges)",
+    "convergence.defaults": "parameters that are stated defaults because the traces could not identify them",
+    "convergence.fit": "how well the fit matched the calibration traces' eval records",
+    "convergence.fit.rmse_accuracy": "root-mean-square accuracy error over the eval points",
+    "convergence.fit.rmse_loss": "root-mean-square loss error over the eval points, nats",
+    "convergence.fit.eval_points": "eval records the fit used",
+    "convergence.fit.traces": "the traces it was fitted from",
     # cluster.toml
     "format": "the format tag; exactly this string",
     "ps": "the parameter server(s)",
@@ -112,6 +137,10 @@ MEANINGS = {
 }
 
 TRACE_MEANINGS = {
+    "resume.version": "the model version the resumed run continues from",
+    "resume.discarded_records": "records of discarded work cut from the trace",
+    "resume.discarded_bytes": "bytes cut from the trace",
+    "resume.applied_in_phase": "samples already applied in the phase at the checkpoint",
     "header": "first line of every trace",
     "header.format": "`hybridps.trace/1`",
     "header.source": "`sim`, `runtime` or `profile`",

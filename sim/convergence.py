@@ -234,22 +234,26 @@ def quality(pred: Prediction, spec: ConvergenceSpec, target_accuracy: float | No
 
 
 def risks(plan: Plan, spec: ConvergenceSpec | None) -> list[str]:
-    """Known quality risks of a plan, named (what `plan` marks when quality is not
-    modelled, and what a compression efficiency falling back to a default means)."""
-    out: list[str] = []
+    """Known quality risks of a plan, named once with the phases they concern (what `plan`
+    marks when quality is not modelled, and what a compression efficiency falling back to
+    a default means)."""
+    phases_of: dict[str, list[int]] = {}
     for p, ph in enumerate(plan.phases):
+        found = []
         if ph.sync in ("asp", "ssp") and ph.exchange == "gradient":
-            out.append(f"phase {p}: {ph.sync} (stale gradients)")
+            found.append(f"{ph.sync} (stale gradients)")
         if ph.exchange == "model" and ph.sync != "bsp" and len(ph.workers) > 1:
             if len({wa.batch for wa in ph.workers}) == 1:
-                out.append(f"phase {p}: model exchange with no small-batch worker")
+                found.append("model exchange with no small-batch worker")
         if ph.compression.lossy:
             eff = compression_efficiency(ph.compression, spec)
             fitted = spec is not None and ph.compression.kind in spec.compression
             if eff <= RISKY_EFFICIENCY or not fitted:
-                out.append(f"phase {p}: {ph.compression.kind} compression (efficiency {eff:g}"
-                           f"{'' if fitted else ', default'})")
-    return out
+                found.append(f"{ph.compression.kind} compression (efficiency {eff:g}{'' if fitted else ', default'})")
+        for what in found:
+            phases_of.setdefault(what, []).append(p)
+    return [f"{'phase' if len(ps) == 1 else 'phases'} {', '.join(map(str, ps))}: {what}"
+            for what, ps in phases_of.items()]
 
 
 def default_spec(job: Job) -> dict:

@@ -62,7 +62,7 @@ def test_every_documented_field_is_in_the_code_and_every_field_is_documented():
 def test_field_rows_carry_unit_default_and_range():
     rows = {r["path"]: r for r in model_rows(spec.Cluster)}
     bw = rows["ps.bandwidth_gbps"]
-    assert (bw["unit"], bw["default"], bw["range"]) == ("Gbps (1e9 bit/s)", "10", "> 0")
+    assert (bw["unit"], bw["default"], bw["range"]) == ("Gbps (1e9 bit/s)", "10", "> 0, ≤ 1e+06")
     assert rows["ps.latency_ms"]["unit"] == "ms"
     assert rows["stragglers.jitter_cv"]["range"] == "≥ 0, ≤ 2"
     assert rows["workers"]["range"] == "at least 1 item"

@@ -28,6 +28,8 @@ import signal
 import sys
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
 from pathlib import Path
 
 import numpy as np
@@ -40,7 +42,7 @@ from hybridps.progress import progress_bar
 from runtime import protocol as P
 from runtime.codecs import Codec
 from runtime.context import RunContext, num_classes, phase_lr, shard_bounds
-from runtime.data import check_samples, load_dataset
+from runtime.data import check_samples, effective_shares, load_dataset
 from runtime.merge import FlatSGD, merge_async, merge_sync, weighted_gradient
 from runtime.models import build_model, buffers_vector, load_buffers
 from runtime.noise import NoiseMeter, measures_noise
@@ -107,6 +109,7 @@ class Shard:
         n_workers = len(ctx.workers)
         self.rx = [torch.empty(0, dtype=torch.uint8) for _ in range(n_workers)]
         self.hb_seen: dict[int, tuple[str, str, float]] = {}
+        self._waiters: dict[int, ThreadPoolExecutor] = {}  # per worker: waits for sends (_wait)
         self.last_ckpt = time.perf_counter()
         self.writer: TraceWriter | None = None
         self.bar = None
@@ -272,10 +275,20 @@ class Shard:
         self.hb_seen.clear()
 
     def _wait(self, work, pos: int, watch: set[int]) -> None:
+        """Wait for a send to a worker, at most --worker-timeout (a stopped worker never
+        drains its socket). The wait runs in the worker's own waiter thread: gloo's
+        `wait(timeout)` would close every connection of the process on a timeout, so a
+        timed-out send is left blocked in that thread (the worker is lost)."""
+        timeout_s = self.ctx.opts.worker_timeout_s
+        rank = self.ctx.worker_rank(pos)
+        if pos not in self._waiters:
+            self._waiters[pos] = ThreadPoolExecutor(1, thread_name_prefix=f"send-{self.ctx.workers[pos]}")
         try:
-            work.wait()
+            self._waiters[pos].submit(work.wait).result(timeout=timeout_s)
+        except FutureTimeout:
+            raise WorkerLost(pos, self.ctx.workers[pos], rank, f"send timed out after {timeout_s:g} s (hung?)") from None
         except Exception as e:  # the connection to the worker failed
-            raise WorkerLost(pos, self.ctx.workers[pos], self.ctx.worker_rank(pos), f"connection failed: {short_error(e)}") from None
+            raise WorkerLost(pos, self.ctx.workers[pos], rank, f"connection failed: {short_error(e)}") from None
 
     def start_receivers(self) -> None:
         """One thread per worker: blocking receives of header + payload into the inbox."""
@@ -505,12 +518,14 @@ class Shard:
                 if time.perf_counter() - self.last_ckpt > ctx.opts.checkpoint_every_s:
                     self.save_checkpoint(p, state["applied"])
             except WorkerLost as e:
-                if ctx.opts.on_worker_loss != "continue" or ph.sync == "bsp":
+                if ctx.opts.on_worker_loss != "continue":
                     raise
                 print(f"hybridps run: {e}; continuing without it", file=sys.stderr, flush=True)
-                self.lost.add(e.pos)
+                self._drop_worker(e, p)
                 bsp_round.pop(e.pos, None)
                 waiting.discard(e.pos)
+                if ph.sync == "bsp" and bsp_round and set(bsp_round) >= active():  # the round it held up
+                    self._apply_round(apply, bsp_round, reply, alive - self.lost - done)
                 release_waiting()
         t_end = ctx.now()
         self.phase_times.append((t_phase, t_end))
@@ -539,14 +554,37 @@ class Shard:
             self.record(est.record(p, self.ctx.now()))
 
     def _apply_round(self, apply, bsp_round: dict, reply, watch: set[int]) -> None:
+        """Apply a complete bsp round and reply to all its workers at once (as in the
+        simulator). The round is cleared before the replies, so a worker lost while they
+        are sent cannot get the round applied twice; every send is waited for before
+        the first loss is raised."""
         items = [(pos, n, v) for pos, (n, v) in sorted(bsp_round.items())]
         apply(items)
-        works = []
-        for pos, _, _ in items:  # every worker pulls at once, as in the simulator
-            works += reply(pos, watch, wait=False)
-        for w, pos in works:
-            self._wait(w, pos, watch)
         bsp_round.clear()
+        works = []
+        for pos, _, _ in items:
+            works += reply(pos, watch, wait=False)
+        lost = None
+        for w, pos in works:
+            try:
+                self._wait(w, pos, watch)
+            except WorkerLost as e:
+                lost = lost or e
+        if lost is not None:
+            raise lost
+
+    def _drop_worker(self, e: WorkerLost, p: int) -> None:
+        """--on-worker-loss continue: forget the worker and record, in a `worker_lost`
+        record, the shares the others train on from their next worker-epoch on (bsp:
+        equal steps per epoch, runtime.data.effective_shares)."""
+        self.lost.add(e.pos)
+        self.worker_buffers.pop(e.pos, None)
+        ph = self.ctx.plan.phases[p]
+        positions = [self.ctx.workers.index(wa.name) for wa in ph.workers]
+        batches = [wa.batch for wa in ph.workers] if ph.sync == "bsp" else None
+        shares = effective_shares([wa.samples for wa in ph.workers], self.lost, positions, batches)
+        self.record({"kind": "worker_lost", "worker": e.name, "phase": p, "t_s": self.ctx.now(), "reason": e.reason,
+                     "shares": {wa.name: s for wa, s in zip(ph.workers, shares) if s}})
 
     def _lost_mask(self) -> int:
         return sum(1 << pos for pos in self.lost)

@@ -99,6 +99,7 @@ class Shard:
         self._gathered: tuple[int, torch.Tensor] | None = None  # (version, full params), S > 1
         tr = ctx.job.train
         self.opt = FlatSGD(self.w, tr.momentum, tr.weight_decay)
+        self.g_buf = torch.empty_like(self.w)  # a bsp round's weighted gradient, formed in place
         self.version = 0
         self.applied_total = 0  # samples applied over the whole run
         self.start_phase = 0
@@ -109,7 +110,7 @@ class Shard:
         n_workers = len(ctx.workers)
         self.rx = [torch.empty(0, dtype=torch.uint8) for _ in range(n_workers)]
         self.hb_seen: dict[int, tuple[str, str, float]] = {}
-        self._waiters: dict[int, ThreadPoolExecutor] = {}  # per worker: waits for sends (_wait)
+        self._waiters: dict[int, ThreadPoolExecutor] = {}  # per worker: waits for sends (_wait_sends)
         self.last_ckpt = time.perf_counter()
         self.writer: TraceWriter | None = None
         self.bar = None
@@ -274,21 +275,33 @@ class Shard:
     def _reset_liveness(self) -> None:
         self.hb_seen.clear()
 
-    def _wait(self, work, pos: int, watch: set[int]) -> None:
-        """Wait for a send to a worker, at most --worker-timeout (a stopped worker never
-        drains its socket). The wait runs in the worker's own waiter thread: gloo's
-        `wait(timeout)` would close every connection of the process on a timeout, so a
-        timed-out send is left blocked in that thread (the worker is lost)."""
+    def _wait_sends(self, works: list) -> None:
+        """Wait for sends to workers ((work, position) pairs), at most --worker-timeout (a
+        stopped worker never drains its socket). Each worker's sends are waited in that
+        worker's own thread, all workers at once: gloo's `wait(timeout)` would close every
+        connection of the process when it expires, so a timed-out send is left blocked
+        there (the worker is lost). Raises the first loss once every wait has ended."""
         timeout_s = self.ctx.opts.worker_timeout_s
-        rank = self.ctx.worker_rank(pos)
-        if pos not in self._waiters:
-            self._waiters[pos] = ThreadPoolExecutor(1, thread_name_prefix=f"send-{self.ctx.workers[pos]}")
-        try:
-            self._waiters[pos].submit(work.wait).result(timeout=timeout_s)
-        except FutureTimeout:
-            raise WorkerLost(pos, self.ctx.workers[pos], rank, f"send timed out after {timeout_s:g} s (hung?)") from None
-        except Exception as e:  # the connection to the worker failed
-            raise WorkerLost(pos, self.ctx.workers[pos], rank, f"connection failed: {short_error(e)}") from None
+        by_pos: dict[int, list] = {}
+        for w, pos in works:
+            by_pos.setdefault(pos, []).append(w)
+        futures = {}
+        for pos, ws in by_pos.items():
+            if pos not in self._waiters:
+                self._waiters[pos] = ThreadPoolExecutor(1, thread_name_prefix=f"send-{self.ctx.workers[pos]}")
+            futures[pos] = self._waiters[pos].submit(lambda ws=ws: [w.wait() for w in ws])
+        deadline = time.monotonic() + timeout_s
+        lost = None
+        for pos, fut in futures.items():
+            name, rank = self.ctx.workers[pos], self.ctx.worker_rank(pos)
+            try:
+                fut.result(timeout=max(0.0, deadline - time.monotonic()))
+            except FutureTimeout:
+                lost = lost or WorkerLost(pos, name, rank, f"send timed out after {timeout_s:g} s (hung?)")
+            except Exception as e:  # the connection to the worker failed
+                lost = lost or WorkerLost(pos, name, rank, f"connection failed: {short_error(e)}")
+        if lost is not None:
+            raise lost
 
     def start_receivers(self) -> None:
         """One thread per worker: blocking receives of header + payload into the inbox."""
@@ -383,8 +396,7 @@ class Shard:
             if keep_pulled:
                 pulled[pos] = self.w.detach().clone()
         alive = {pos for pos in range(len(ctx.workers)) if pos not in self.lost}
-        for w, pos in works:
-            self._wait(w, pos, alive)
+        self._wait_sends(works)
         done: set[int] = set()
         stopped: set[int] = set()
         waiting: set[int] = set()
@@ -416,8 +428,7 @@ class Shard:
                 pulled[pos] = self.w.detach().clone()
             if not wait:
                 return works
-            for w, q in works:
-                self._wait(w, q, watch)
+            self._wait_sends(works)
             return []
 
         def release_waiting() -> None:
@@ -445,7 +456,7 @@ class Shard:
             before = self.version
             total = sum(n for _, n, _ in items)
             if gradient:
-                g = weighted_gradient([(n, v) for _, n, v in items])
+                g = weighted_gradient([(n, v) for _, n, v in items], out=self.g_buf)
                 if noise is not None:  # one dot product per pushed vector, before the step
                     if ph.sync == "bsp":
                         noise.add_round([(n, v) for _, n, v in items], g)
@@ -556,22 +567,14 @@ class Shard:
     def _apply_round(self, apply, bsp_round: dict, reply, watch: set[int]) -> None:
         """Apply a complete bsp round and reply to all its workers at once (as in the
         simulator). The round is cleared before the replies, so a worker lost while they
-        are sent cannot get the round applied twice; every send is waited for before
-        the first loss is raised."""
+        are sent cannot get the round applied twice."""
         items = [(pos, n, v) for pos, (n, v) in sorted(bsp_round.items())]
         apply(items)
         bsp_round.clear()
         works = []
         for pos, _, _ in items:
             works += reply(pos, watch, wait=False)
-        lost = None
-        for w, pos in works:
-            try:
-                self._wait(w, pos, watch)
-            except WorkerLost as e:
-                lost = lost or e
-        if lost is not None:
-            raise lost
+        self._wait_sends(works)
 
     def _drop_worker(self, e: WorkerLost, p: int) -> None:
         """--on-worker-loss continue: forget the worker and record, in a `worker_lost`

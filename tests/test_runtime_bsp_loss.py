@@ -108,10 +108,13 @@ def test_send_to_a_stopped_worker_times_out_and_the_run_finishes(tmp_path):
     workers = [("w0", 8, 16), ("w1", 8, 16)]
     launcher = _start(tmp_path, workers, {"w0": 1.0, "w1": 10.0}, model="mlp:100000", epochs=3, timeout_s=15.0)
     trace = tmp_path / "out" / "trace.jsonl"
-    _wait_for_updates(launcher, trace, 2 * 2)
-    w1_iteration_s = max(c["end_s"] - c["start_s"] for c in read_trace(trace).of_kind("compute") if c["worker"] == "w1")
-    _wait_for_updates(launcher, trace, 2 * 3)  # a round was just applied: both are computing again
-    time.sleep(0.6 * w1_iteration_s)  # w0 (10x faster) has pushed and waits for the reply
+    _wait_for_updates(launcher, trace, 2 * 3)
+    # a worker's train record travels with its push: once the PS has written w0's 4th,
+    # it holds w0's 4th push, and w0 waits for the reply that w1 (10x slower) holds up
+    deadline = time.monotonic() + 90
+    while sum(1 for r in read_trace(trace).of_kind("train") if r["worker"] == "w0") < 4:
+        assert time.monotonic() < deadline and launcher.poll() is None, launcher.communicate()
+        time.sleep(0.02)
     ranks = _children(launcher.pid)
     os.kill(next(pid for pid, rank in ranks.items() if rank == 1), signal.SIGSTOP)  # w0
     err = _finish(launcher, ranks)

@@ -224,6 +224,7 @@ class WorkerProcess:
         if not gradient:
             opt = torch.optim.SGD(self.params, lr=phase_lr(ph), momentum=tr.momentum, weight_decay=tr.weight_decay)
         pulled = self.flat.clone() if (not gradient and lossy) else None
+        self.data.batch([0], ph.resolution)  # prepares the resolution once, outside the compute records
         # resume: start at the worker-epoch that this worker's part of the applied count reaches
         computed = round(resumed_samples * wa.samples / sum(plan_shares)) if resumed_samples else 0
         worker_epoch = computed // wa.samples

@@ -142,6 +142,37 @@ def ddp_samples_per_s(model: str, batch: int, steps: int) -> float:
         return json.loads(Path(out).read_text())["samples_per_s"]
 
 
+def transfer_part(args, work: Path) -> None:
+    """Part 1: the PS's push+pull GB/s against raw gloo send/recv of the same bytes."""
+    n = count_parameters(build_model(f"mlp:{args.hidden}", 10))
+    ps = ps_transfer = raw = 0.0
+    for _ in range(args.repeats):  # alternate, keep the best of each
+        whole, transfer, nbytes = ps_gbps(args.hidden, args.exchanges, work)
+        ps, ps_transfer = max(ps, whole), max(ps_transfer, transfer)
+        raw = max(raw, raw_gloo_gbps(n, args.exchanges - 2))
+    print(f"push+pull, {n:,} parameters ({nbytes / 1e6:.1f} MB each way), median of {args.exchanges - 2} "
+          f"exchanges, best of {args.repeats} runs:")
+    print(f"  raw gloo send/recv ping-pong               {raw:6.2f} GB/s")
+    print(f"  PS push+pull transfers (push + pull time)  {ps_transfer:6.2f} GB/s  "
+          f"ratio {ps_transfer / raw:.2f}x (target >= 0.8x)")
+    print(f"  PS exchange incl. SGD apply on the PS      {ps:6.2f} GB/s  ratio {ps / raw:.2f}x")
+
+
+def ddp_part(args, model: str, work: Path) -> None:
+    """Part 2: bsp samples/s against DDP, runs interleaved; best and median of each."""
+    bsp, ddp = [], []
+    for _ in range(args.repeats):  # alternate: other load on the machine hits both alike
+        bsp.append(bsp_samples_per_s(model, args.batch, args.steps, work))
+        ddp.append(ddp_samples_per_s(model, args.batch, args.steps))
+    p = count_parameters(build_model(model, 10))
+    med = lambda xs: sorted(xs)[len(xs) // 2]  # noqa: E731
+    print(f"bsp vs DDP, model {model} ({p:,} parameters), 2 workers x batch {args.batch}, {args.steps} steps, "
+          f"{args.repeats} interleaved runs (best / median):")
+    print(f"  hybridps bsp (1 PS + 2 workers) {max(bsp):8.1f} / {med(bsp):8.1f} samples/s")
+    print(f"  torch DDP gloo (2 processes)    {max(ddp):8.1f} / {med(ddp):8.1f} samples/s")
+    print(f"  ratio bsp / DDP                 {max(bsp) / max(ddp):8.2f}x / {med(bsp) / med(ddp):5.2f}x")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--hidden", type=int, default=50_000, help="hidden units of the wide MLP (50000: ~10M parameters)")
@@ -149,34 +180,18 @@ def main() -> None:
     ap.add_argument("--models", default="cnn,mlp:50000", help="models for the bsp-vs-DDP comparison")
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--steps", type=int, default=30)
-    ap.add_argument("--repeats", type=int, default=3, help="bsp/DDP runs alternate; the best of each is kept")
+    ap.add_argument("--repeats", type=int, default=3, help="runs of each kind, interleaved")
+    ap.add_argument("--no-transfer", action="store_true", help="skip part 1 (PS push+pull against raw gloo)")
     args = ap.parse_args()
-    print(f"# cores: {os.cpu_count()}, torch {torch.__version__}, gloo on 127.0.0.1")
+    print(f"# cores: {os.cpu_count()}, torch {torch.__version__}, gloo on 127.0.0.1, "
+          f"load average {os.getloadavg()[0]:.1f}")
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
-        n = count_parameters(build_model(f"mlp:{args.hidden}", 10))
-        ps = ps_transfer = raw = 0.0
-        for _ in range(args.repeats):  # alternate, keep the best of each
-            whole, transfer, nbytes = ps_gbps(args.hidden, args.exchanges, work)
-            ps, ps_transfer = max(ps, whole), max(ps_transfer, transfer)
-            raw = max(raw, raw_gloo_gbps(n, args.exchanges - 2))
-        print(f"push+pull, {n:,} parameters ({nbytes / 1e6:.1f} MB each way), median of {args.exchanges - 2} "
-              f"exchanges, best of {args.repeats} runs:")
-        print(f"  raw gloo send/recv ping-pong               {raw:6.2f} GB/s")
-        print(f"  PS push+pull transfers (push + pull time)  {ps_transfer:6.2f} GB/s  "
-              f"ratio {ps_transfer / raw:.2f}x (target >= 0.8x)")
-        print(f"  PS exchange incl. SGD apply on the PS      {ps:6.2f} GB/s  ratio {ps / raw:.2f}x")
+        if not args.no_transfer:
+            transfer_part(args, work)
         for model in args.models.split(","):
-            bsp = ddp = 0.0
-            for _ in range(args.repeats):  # alternate, keep the best: other load only slows runs down
-                bsp = max(bsp, bsp_samples_per_s(model, args.batch, args.steps, work))
-                ddp = max(ddp, ddp_samples_per_s(model, args.batch, args.steps))
-            p = count_parameters(build_model(model, 10))
-            print(f"bsp vs DDP, model {model} ({p:,} parameters), 2 workers x batch {args.batch}, {args.steps} steps, "
-                  f"best of {args.repeats}:")
-            print(f"  hybridps bsp (1 PS + 2 workers) {bsp:8.1f} samples/s")
-            print(f"  torch DDP gloo (2 processes)    {ddp:8.1f} samples/s")
-            print(f"  ratio bsp / DDP                 {bsp / ddp:8.2f}x")
+            ddp_part(args, model, work)
+        print(f"# load average at the end {os.getloadavg()[0]:.1f}")
 
 
 if __name__ == "__main__":

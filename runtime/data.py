@@ -12,8 +12,10 @@ worker that owns a slice of an epoch's permutation can build its batches directl
 
 A job's `data.samples` must equal the training set's size (`check_samples`) unless it
 sets `[data] subset = true` (then an epoch is the first `samples` training images).
-`batch(indices, resolution)` returns float32 NCHW images resized on the fly
-(F.interpolate) and int64 labels. `epoch_permutation` and `share_indices` split each
+`batch(indices, resolution)` returns float32 NCHW images at `resolution` and int64
+labels; each phase's resolution is prepared once where it fits in CACHE_BYTES (digits and
+CIFAR: the whole split normalised and resized; synthetic: its prototypes and noise bank),
+else per batch (F.interpolate). `epoch_permutation` and `share_indices` split each
 epoch's seeded global permutation into the workers' shares.
 """
 
@@ -31,6 +33,13 @@ from hybridps.errors import UserError
 
 _CIFAR_MEAN = np.array([0.4914, 0.4822, 0.4465], dtype=np.float32).reshape(1, 3, 1, 1)
 _CIFAR_STD = np.array([0.2470, 0.2435, 0.2616], dtype=np.float32).reshape(1, 3, 1, 1)
+
+
+CACHE_BYTES = 512 * 2**20  # a resized copy of a data set is kept per resolution up to this size
+
+
+def cache_fits(n_images: int, resolution: int) -> bool:
+    return n_images * 3 * resolution * resolution * 4 <= CACHE_BYTES
 
 
 def resize(x: torch.Tensor, resolution: int) -> torch.Tensor:
@@ -58,15 +67,29 @@ class SyntheticData:
         self._labels = {"train": rng.integers(num_classes, size=train_size),
                         "test": rng.integers(num_classes, size=test_size)}
         self._offset = {"train": 0, "test": 1 + train_size}
+        self._resized: tuple[int, torch.Tensor, torch.Tensor] | None = None  # (resolution, protos, bank)
+
+    def _parts(self, resolution: int) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """The prototypes and the noise bank resized once per resolution (the latest
+        kept): bilinear resizing is linear, so resizing a sample equals combining the
+        resized parts. None when the bank would not fit in CACHE_BYTES."""
+        if resolution == self.base or not cache_fits(len(self._bank), resolution):
+            return None
+        if self._resized is None or self._resized[0] != resolution:
+            self._resized = (resolution, resize(torch.from_numpy(self._protos), resolution).numpy(),
+                             resize(torch.from_numpy(self._bank), resolution).numpy())
+        return self._resized[1], self._resized[2]
 
     def batch(self, indices: np.ndarray, resolution: int, split: str = "train") -> tuple[torch.Tensor, torch.Tensor]:
         idx = np.asarray(indices, dtype=np.int64) % len(self._labels[split])
         y = self._labels[split][idx]
         key = idx + self._offset[split]
         m = len(self._bank)
-        noise = 0.6 * self._bank[key % m] + 0.8 * self._bank[(key * 7919 + 13) % m]
-        x = self._protos[y] + self.noise * noise
-        return resize(torch.from_numpy(x), resolution), torch.from_numpy(y.astype(np.int64))
+        parts = self._parts(resolution)
+        protos, bank = parts if parts is not None else (self._protos, self._bank)
+        noise = 0.6 * bank[key % m] + 0.8 * bank[(key * 7919 + 13) % m]
+        x = torch.from_numpy(protos[y] + self.noise * noise)
+        return (x if parts is not None else resize(x, resolution)), torch.from_numpy(y.astype(np.int64))
 
 
 class _ArrayData:
@@ -79,11 +102,32 @@ class _ArrayData:
         self._y = {"train": train_y, "test": test_y}
         self.train_size = len(train_y)
         self.test_size = len(test_y)
+        self._ready: dict[str, tuple[int, torch.Tensor]] = {}  # split -> (resolution, normalised resized set)
+
+    def _normalise(self, x: np.ndarray, resolution: int) -> torch.Tensor:
+        return resize(torch.from_numpy((x.astype(np.float32) / 255.0 - _CIFAR_MEAN) / _CIFAR_STD), resolution)
+
+    def _prepared(self, split: str, resolution: int) -> torch.Tensor | None:
+        """The split normalised and resized once per resolution (the latest kept, in
+        chunks to bound the temporaries), when it fits in CACHE_BYTES; else None."""
+        x = self._x[split]
+        if not cache_fits(len(x), resolution):
+            return None
+        if split not in self._ready or self._ready[split][0] != resolution:
+            self._ready.pop(split, None)
+            out = torch.empty(len(x), 3, resolution, resolution)
+            for lo in range(0, len(x), 4096):
+                out[lo: lo + 4096] = self._normalise(x[lo: lo + 4096], resolution)
+            self._ready[split] = (resolution, out)
+        return self._ready[split][1]
 
     def batch(self, indices: np.ndarray, resolution: int, split: str = "train") -> tuple[torch.Tensor, torch.Tensor]:
         idx = np.asarray(indices, dtype=np.int64) % len(self._y[split])
-        x = (self._x[split][idx].astype(np.float32) / 255.0 - _CIFAR_MEAN) / _CIFAR_STD
-        return resize(torch.from_numpy(x), resolution), torch.from_numpy(self._y[split][idx].astype(np.int64))
+        y = torch.from_numpy(self._y[split][idx].astype(np.int64))
+        ready = self._prepared(split, resolution)
+        if ready is not None:
+            return ready[torch.from_numpy(idx)], y
+        return self._normalise(self._x[split][idx], resolution), y
 
 
 # ----------------------------------------------------------------------------- digits
@@ -286,6 +330,30 @@ def share_indices(perm: np.ndarray, shares: list[int], position: int) -> np.ndar
     indices wrap around when the shares sum to more than the permutation (rounding)."""
     start = sum(shares[:position])
     return perm[np.arange(start, start + shares[position]) % len(perm)]
+
+
+def effective_shares(shares: list[int], lost: set[int], positions: list[int],
+                     batches: list[int] | None = None) -> list[int]:
+    """The plan's shares re-split over the workers still alive (the lost ones get 0), so
+    an epoch still covers the whole permutation after a worker loss. With `batches`
+    (bsp) every live worker keeps the same number of steps per epoch, k = ceil(N / sum of
+    the live batches): share_i = k * batch_i, less what the last batches can give up (at
+    most batch_i - 1 each) to sum to N; if they cannot, a few samples repeat (wrap)."""
+    total = sum(shares)
+    alive = [i for i, pos in enumerate(positions) if pos not in lost]
+    if len(alive) == len(shares) or not alive:
+        return list(shares) if alive else [0] * len(shares)
+    if batches is None:
+        alive_total = sum(shares[i] for i in alive)
+        return [max(1, round(shares[i] * total / alive_total)) if i in alive else 0 for i in range(len(shares))]
+    steps = -(-total // sum(batches[i] for i in alive))
+    out = [steps * batches[i] if i in alive else 0 for i in range(len(shares))]
+    excess = sum(out) - total
+    for i in sorted(alive, key=lambda i: -batches[i]):  # trim the largest last batches first
+        cut = min(excess, batches[i] - 1)
+        out[i] -= cut
+        excess -= cut
+    return out
 
 
 def check_data(name: str, data_dir: str | None = None) -> None:

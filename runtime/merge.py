@@ -6,13 +6,20 @@ from __future__ import annotations
 import torch
 
 
-def weighted_gradient(items: list[tuple[int, torch.Tensor]]) -> torch.Tensor:
+def weighted_gradient(items: list[tuple[int, torch.Tensor]], out: torch.Tensor | None = None) -> torch.Tensor:
     """Batch-weighted average of per-sample-mean gradients: sum(n_i g_i) / sum(n_i),
-    i.e. the mean gradient over the union of the batches."""
+    i.e. the mean gradient over the union of the batches. With `out` (the PS's buffer)
+    it is formed there in one pass per vector, without temporaries."""
     if len(items) == 1:
         return items[0][1]
     total = sum(n for n, _ in items)
-    return sum(n * g for n, g in items) / total
+    if out is None:
+        return sum(n * g for n, g in items) / total
+    (n0, g0), rest = items[0], items[1:]
+    torch.mul(g0, n0 / total, out=out)
+    for n, g in rest:
+        out.add_(g, alpha=n / total)
+    return out
 
 
 def merge_sync(items: list[tuple[int, torch.Tensor]]) -> torch.Tensor:

@@ -29,6 +29,8 @@ import signal
 import sys
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
 from pathlib import Path
 
 import numpy as np
@@ -43,7 +45,7 @@ from runtime import protocol as P
 from runtime.checkpoint import CHECKPOINT_FORMAT, checkpoint_path, load_checkpoint, spec_digests  # noqa: F401
 from runtime.codecs import Codec
 from runtime.context import RunContext, num_classes, phase_lr, shard_bounds
-from runtime.data import check_samples, load_dataset
+from runtime.data import check_samples, effective_shares, load_dataset
 from runtime.merge import FlatSGD, merge_async, merge_sync, weighted_gradient
 from runtime.models import build_model, buffers_vector, load_buffers
 from runtime.noise import NoiseMeter, measures_noise
@@ -98,6 +100,7 @@ class Shard:
         self._gathered: tuple[int, torch.Tensor] | None = None  # (version, full params), S > 1
         tr = ctx.job.train
         self.opt = FlatSGD(self.w, tr.momentum, tr.weight_decay)
+        self.g_buf = torch.empty_like(self.w)  # a bsp round's weighted gradient, formed in place
         self.version = 0
         self.applied_total = 0  # samples applied over the whole run
         self.start_phase = 0
@@ -108,6 +111,7 @@ class Shard:
         n_workers = len(ctx.workers)
         self.rx = [torch.empty(0, dtype=torch.uint8) for _ in range(n_workers)]
         self.hb_seen: dict[int, tuple[str, str, float]] = {}
+        self._waiters: dict[int, ThreadPoolExecutor] = {}  # per worker: waits for sends (_wait_sends)
         self.last_ckpt = time.perf_counter()
         self.writer: TraceWriter | None = None
         self.bar = None
@@ -314,11 +318,33 @@ class Shard:
     def _reset_liveness(self) -> None:
         self.hb_seen.clear()
 
-    def _wait(self, work, pos: int, watch: set[int]) -> None:
-        try:
-            work.wait()
-        except Exception as e:  # the connection to the worker failed
-            raise WorkerLost(pos, self.ctx.workers[pos], self.ctx.worker_rank(pos), f"connection failed: {short_error(e)}") from None
+    def _wait_sends(self, works: list) -> None:
+        """Wait for sends to workers ((work, position) pairs), at most --worker-timeout (a
+        stopped worker never drains its socket). Each worker's sends are waited in that
+        worker's own thread, all workers at once: gloo's `wait(timeout)` would close every
+        connection of the process when it expires, so a timed-out send is left blocked
+        there (the worker is lost). Raises the first loss once every wait has ended."""
+        timeout_s = self.ctx.opts.worker_timeout_s
+        by_pos: dict[int, list] = {}
+        for w, pos in works:
+            by_pos.setdefault(pos, []).append(w)
+        futures = {}
+        for pos, ws in by_pos.items():
+            if pos not in self._waiters:
+                self._waiters[pos] = ThreadPoolExecutor(1, thread_name_prefix=f"send-{self.ctx.workers[pos]}")
+            futures[pos] = self._waiters[pos].submit(lambda ws=ws: [w.wait() for w in ws])
+        deadline = time.monotonic() + timeout_s
+        lost = None
+        for pos, fut in futures.items():
+            name, rank = self.ctx.workers[pos], self.ctx.worker_rank(pos)
+            try:
+                fut.result(timeout=max(0.0, deadline - time.monotonic()))
+            except FutureTimeout:
+                lost = lost or WorkerLost(pos, name, rank, f"send timed out after {timeout_s:g} s (hung?)")
+            except Exception as e:  # the connection to the worker failed
+                lost = lost or WorkerLost(pos, name, rank, f"connection failed: {short_error(e)}")
+        if lost is not None:
+            raise lost
 
     def start_receivers(self) -> None:
         """One thread per worker: blocking receives of header + payload into the inbox."""
@@ -425,8 +451,7 @@ class Shard:
             if keep_pulled:
                 pulled[pos] = self.w.detach().clone()
         alive = {pos for pos in range(len(ctx.workers)) if pos not in self.lost}
-        for w, pos in works:
-            self._wait(w, pos, alive)
+        self._wait_sends(works)
         done: set[int] = set()
         stopped: set[int] = set()
         waiting: set[int] = set()
@@ -458,8 +483,7 @@ class Shard:
                 pulled[pos] = self.w.detach().clone()
             if not wait:
                 return works
-            for w, q in works:
-                self._wait(w, q, watch)
+            self._wait_sends(works)
             return []
 
         def release_waiting() -> None:
@@ -487,7 +511,7 @@ class Shard:
             before = self.version
             total = sum(n for _, n, _ in items)
             if gradient:
-                g = weighted_gradient([(n, v) for _, n, v in items])
+                g = weighted_gradient([(n, v) for _, n, v in items], out=self.g_buf)
                 if noise is not None:  # one dot product per pushed vector, before the step
                     if ph.sync == "bsp":
                         noise.add_round([(n, v) for _, n, v in items], g)
@@ -560,12 +584,14 @@ class Shard:
                 if time.perf_counter() - self.last_ckpt > ctx.opts.checkpoint_every_s:
                     self.save_checkpoint(p, state["applied"])
             except WorkerLost as e:
-                if ctx.opts.on_worker_loss != "continue" or ph.sync == "bsp":
+                if ctx.opts.on_worker_loss != "continue":
                     raise
                 print(f"hybridps run: {e}; continuing without it", file=sys.stderr, flush=True)
-                self.lost.add(e.pos)
+                self._drop_worker(e, p)
                 bsp_round.pop(e.pos, None)
                 waiting.discard(e.pos)
+                if ph.sync == "bsp" and bsp_round and set(bsp_round) >= active():  # the round it held up
+                    self._apply_round(apply, bsp_round, reply, alive - self.lost - done)
                 release_waiting()
         t_end = ctx.now()
         self.phase_times.append((t_phase, t_end))
@@ -594,14 +620,29 @@ class Shard:
             self.record(est.record(p, self.ctx.now()))
 
     def _apply_round(self, apply, bsp_round: dict, reply, watch: set[int]) -> None:
+        """Apply a complete bsp round and reply to all its workers at once (as in the
+        simulator). The round is cleared before the replies, so a worker lost while they
+        are sent cannot get the round applied twice."""
         items = [(pos, n, v) for pos, (n, v) in sorted(bsp_round.items())]
         apply(items)
-        works = []
-        for pos, _, _ in items:  # every worker pulls at once, as in the simulator
-            works += reply(pos, watch, wait=False)
-        for w, pos in works:
-            self._wait(w, pos, watch)
         bsp_round.clear()
+        works = []
+        for pos, _, _ in items:
+            works += reply(pos, watch, wait=False)
+        self._wait_sends(works)
+
+    def _drop_worker(self, e: WorkerLost, p: int) -> None:
+        """--on-worker-loss continue: forget the worker and record, in a `worker_lost`
+        record, the shares the others train on from their next worker-epoch on (bsp:
+        equal steps per epoch, runtime.data.effective_shares)."""
+        self.lost.add(e.pos)
+        self.worker_buffers.pop(e.pos, None)
+        ph = self.ctx.plan.phases[p]
+        positions = [self.ctx.workers.index(wa.name) for wa in ph.workers]
+        batches = [wa.batch for wa in ph.workers] if ph.sync == "bsp" else None
+        shares = effective_shares([wa.samples for wa in ph.workers], self.lost, positions, batches)
+        self.record({"kind": "worker_lost", "worker": e.name, "phase": p, "t_s": self.ctx.now(), "reason": e.reason,
+                     "shares": {wa.name: s for wa, s in zip(ph.workers, shares) if s}})
 
     def _lost_mask(self) -> int:
         return sum(1 << pos for pos in self.lost)

@@ -37,7 +37,7 @@ from hybridps.stragglers import StragglerSchedule
 from runtime import protocol as P
 from runtime.codecs import ErrorFeedback
 from runtime.context import RunContext, phase_lr, shard_bounds
-from runtime.data import check_samples, epoch_permutation, load_dataset, share_indices
+from runtime.data import check_samples, effective_shares, epoch_permutation, load_dataset, share_indices
 from runtime.models import build_model, buffers_vector
 
 
@@ -101,14 +101,6 @@ class Heartbeat:
 
     def stop(self) -> None:
         self._stop.set()
-
-
-def effective_shares(shares: list[int], lost: set[int], positions: list[int]) -> list[int]:
-    """The plan's shares re-split over the workers still alive (the lost ones get 0), so
-    an epoch still covers the whole permutation after a worker loss."""
-    alive_total = sum(s for s, pos in zip(shares, positions) if pos not in lost)
-    total = sum(shares)
-    return [0 if pos in lost else max(1, round(s * total / alive_total)) for s, pos in zip(shares, positions)]
 
 
 class WorkerProcess:
@@ -254,6 +246,7 @@ class WorkerProcess:
         my_index = positions.index(self.pos)
         plan_shares = [w.samples for w in ph.workers]
         B, res = wa.batch, ph.resolution
+        batches = [w.batch for w in ph.workers] if ph.sync == "bsp" else None  # equal steps
         every = ph.exchange_every(wa)
         epochs_before = sum(x.epochs for x in ctx.plan.phases[:p])
         n_data = ctx.job.data.samples
@@ -266,6 +259,7 @@ class WorkerProcess:
         if not gradient:
             opt = torch.optim.SGD(self.params, lr=phase_lr(ph), momentum=tr.momentum, weight_decay=tr.weight_decay)
         pulled = self.flat.clone() if (not gradient and lossy) else None
+        self.data.batch([0], ph.resolution)  # prepares the resolution once, outside the compute records
         worker_epoch, it, step = max(0, start[0] - epochs_before), start[1], start[2]
         indices, k = None, 0  # it: iteration within the worker-epoch
         while True:
@@ -275,7 +269,7 @@ class WorkerProcess:
                 self.flat_grad.zero_()
             while iters < every:
                 while it == 0 or indices is None:
-                    shares = effective_shares(plan_shares, self.lost, positions)
+                    shares = effective_shares(plan_shares, self.lost, positions, batches)
                     perm = epoch_permutation(n_data, epochs_before + worker_epoch, ctx.data_seed)
                     indices = share_indices(perm, shares, my_index)
                     k = math.ceil(len(indices) / B)

@@ -68,6 +68,12 @@ RECORD_KINDS: dict[str, tuple[dict[str, tuple[type, ...]], dict[str, tuple[type,
         {"t_s": _NUM, "phase": _INT, "version": _INT, "discarded_records": _INT},
         {"discarded_bytes": _INT, "applied_in_phase": _INT},
     ),
+    # a worker lost under --on-worker-loss continue: why, and the samples per epoch each
+    # remaining worker of the phase trains on from its next worker-epoch on
+    "worker_lost": (
+        {"worker": _STR, "phase": _INT, "t_s": _NUM, "reason": _STR},
+        {"shares": _OPT_DICT},
+    ),
     "profile": (
         {"device": _STR, "resolution": _INT, "batch": _INT, "iteration_s": _NUM},
         {"samples": _INT, "repeats": _INT, "model": _STR},

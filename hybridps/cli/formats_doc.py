@@ -137,6 +137,8 @@ MEANINGS = {
 }
 
 TRACE_MEANINGS = {
+    "worker_lost.reason": "why the worker was lost (no heartbeat, no progress, connection failed, send timed out)",
+    "worker_lost.shares": "worker -> samples per epoch each remaining worker trains on from its next worker-epoch",
     "resume.version": "the model version the resumed run continues from",
     "resume.discarded_records": "records of discarded work cut from the trace",
     "resume.discarded_bytes": "bytes cut from the trace",

@@ -142,17 +142,17 @@ class _Obs:
 
 
 def _linear_fit(x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
-    """Least squares y = slope·x + intercept on *relative* residuals (timing noise grows
-    with the time), with both ≥ 0 (a negative one is clamped to 0 and the other refit)."""
+    """Least squares y = slope·x + intercept ≥ 0 on *relative* residuals (timing noise
+    grows with the time), both bounded below by 0 (scipy's bounded least squares). One
+    distinct x cannot separate the two: all of it goes to the slope."""
+    from scipy.optimize import lsq_linear
+
     w = 1.0 / np.maximum(y, 1e-12)
     if len(np.unique(x)) < 2:
         return float(np.sum(w * w * x * y) / np.sum(w * w * x * x)), 0.0
-    slope, intercept = np.polyfit(x, y, 1, w=w)
-    if intercept < 0:
-        return float(np.sum(w * w * x * y) / np.sum(w * w * x * x)), 0.0
-    if slope < 0:
-        return 0.0, float(np.sum(w * w * y) / np.sum(w * w))
-    return float(slope), float(intercept)
+    scale = max(float(np.max(np.abs(x))), 1e-300)  # conditioning: x in bytes or samples
+    sol = lsq_linear(np.column_stack([w * x / scale, w]), w * y, bounds=(0.0, np.inf), method="bvls")
+    return float(sol.x[0] / scale), float(sol.x[1])
 
 
 def _r2(y: np.ndarray, pred: np.ndarray) -> float:
@@ -309,6 +309,7 @@ def _fit_link(worker: str, sizes: np.ndarray, times: np.ndarray, ps_s_per_byte: 
     latency. Relative residuals; only gross outliers are dropped (a slow message is real
     time the simulator must account for)."""
     from scipy.optimize import least_squares
+    from scipy.stats import median_abs_deviation
 
     keep = np.ones(len(times), dtype=bool)
     distinct = tuple(int(x) for x in np.unique(sizes))
@@ -329,8 +330,8 @@ def _fit_link(worker: str, sizes: np.ndarray, times: np.ndarray, ps_s_per_byte: 
         else:
             lat = float(np.mean((times - model(0.0, inv_bw0))[keep]))  # mean: times add up
         resid = times - model(lat, inv_bw)
-        mad = float(np.median(np.abs(resid[keep] - np.median(resid[keep])))) or 1e-12
-        new_keep = np.abs(resid - np.median(resid[keep])) <= 20 * 1.4826 * mad  # only gross outliers
+        sigma = float(median_abs_deviation(resid[keep], scale="normal")) or 1e-12  # robust σ
+        new_keep = np.abs(resid - np.median(resid[keep])) <= 20 * sigma  # only gross outliers
         if (new_keep == keep).all() or new_keep.sum() < 2:
             break
         keep = new_keep

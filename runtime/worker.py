@@ -31,8 +31,8 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
+from hybridps import exchange_cost
 from hybridps.errors import EXIT_INTERRUPTED, EXIT_PS_LOST, UserError
-from hybridps.spec import gbps_to_bytes_per_s
 from hybridps.stragglers import StragglerSchedule
 from runtime import protocol as P
 from runtime.codecs import ErrorFeedback
@@ -149,14 +149,10 @@ class WorkerProcess:
             time.sleep(left)
 
     def _link_time_s(self, shard_bytes: list[int]) -> float:
-        """The modelled time of one push or pull (docs/semantics.md): the slices go to the
-        shards in parallel, through the worker's NIC (all bytes) and each shard's NIC (its
-        slice), plus the worker's and the PS's one-way latency. The sharing of the PS NIC
-        between concurrent flows is not emulated."""
-        ps = self.ctx.cluster.ps
-        t = max(sum(shard_bytes) / self.spec.bandwidth_bytes_per_s,
-                max(shard_bytes) / gbps_to_bytes_per_s(ps.bandwidth_gbps))
-        return t + self.spec.latency_s + ps.latency_s
+        """The modelled time of one push or pull (docs/semantics.md, `hybridps.exchange_cost`):
+        slices in parallel through the worker's NIC and each shard's, plus one latency. The
+        sharing of the PS NIC between concurrent flows is not emulated."""
+        return exchange_cost.message_s(shard_bytes, self.spec, self.ctx.cluster.ps)
 
     def _records_payload(self) -> bytes:
         if not self.records:

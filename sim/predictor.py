@@ -7,7 +7,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from hybridps.spec import Cluster, Job, Phase, pull_bytes_per_shard, push_bytes_per_shard, shard_sizes
+from hybridps import exchange_cost
+from hybridps.spec import Cluster, Job, Phase
 
 
 @dataclass(frozen=True)
@@ -38,15 +39,12 @@ class PhaseCosts:
     pull_bytes: int
     push_wire_bytes: float  # what the aggregated PS link carries (S x largest slice)
     pull_wire_bytes: float
-    apply_s: float  # one update on the (largest) shard
+    apply_s: float  # one update on every shard: the largest shard's (hybridps.exchange_cost)
 
 
 def phase_costs(cluster: Cluster, job: Job, phase: Phase) -> PhaseCosts:
-    n_params = job.model.parameters
-    bpp = job.model.bytes_per_parameter
-    shards = cluster.ps.count
-    push = push_bytes_per_shard(phase.compression, n_params, shards, bpp)
-    pull = pull_bytes_per_shard(n_params, shards, bpp)
+    push = exchange_cost.push_message(cluster, job, phase.compression)
+    pull = exchange_cost.pull_message(cluster, job)
     workers = []
     for wa in phase.workers:
         w = cluster.worker_by_name[wa.name]
@@ -61,21 +59,20 @@ def phase_costs(cluster: Cluster, job: Job, phase: Phase) -> PhaseCosts:
             index=w.index, name=w.name, batch=wa.batch, share=wa.samples, iters_per_epoch=k,
             last_batch=last, exchange_every=phase.exchange_every(wa),
             a_s=a_s, b_s=b_s, exchange_overhead_s=w.exchange_overhead_s))
-    largest_shard = shard_sizes(n_params, shards)[0]
     return PhaseCosts(
         workers=tuple(workers),
         target_samples=phase.epochs * job.data.samples,
-        push_bytes=sum(push), pull_bytes=sum(pull),
-        push_wire_bytes=float(shards * max(push)), pull_wire_bytes=float(shards * max(pull)),
-        apply_s=cluster.ps.apply_s_per_mparam * largest_shard / 1e6,
+        push_bytes=push.total_bytes, pull_bytes=pull.total_bytes,
+        push_wire_bytes=push.wire_bytes, pull_wire_bytes=pull.wire_bytes,
+        apply_s=exchange_cost.update_apply_s(cluster.ps, job.model.parameters),
     )
 
 
 def message_latency_s(cluster: Cluster) -> list[float]:
     """One-way latency of a message between each worker and the PS: both NICs' latencies."""
-    return [w.latency_s + cluster.ps.latency_s for w in cluster.worker_list]
+    return [exchange_cost.latency_s(w, cluster.ps) for w in cluster.worker_list]
 
 
 def nic_caps_bytes_per_s(cluster: Cluster) -> tuple[float, list[float]]:
     """(aggregate PS capacity over all shards, each worker's NIC capacity), per direction."""
-    return cluster.ps.total_bandwidth_bytes_per_s, [w.bandwidth_bytes_per_s for w in cluster.worker_list]
+    return exchange_cost.nic_caps_bytes_per_s(cluster)

@@ -14,8 +14,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from hybridps import exchange_cost as cost
 from hybridps.errors import UserError
-from hybridps.spec import Cluster, Compression, Job, pull_bytes_per_shard, push_bytes_per_shard
+from hybridps.spec import Cluster, Compression, Job
 
 
 @dataclass(frozen=True)
@@ -75,32 +76,26 @@ def exchange_cost(cluster: Cluster, job: Job, compression: Compression) -> Excha
     A worker sends 1/S of the bytes to each of S shards in parallel, so its own NIC carries
     the whole message; with all n workers exchanging at once each shard's NIC carries n
     slices. The transfer takes the longer of the two bottlenecks, plus one latency (worker's
-    + PS's) per message; the PS apply cost is paid once per update per shard (a BSP round
-    applies once; we charge it once per round). A worker's `exchange_overhead_s` is its own
-    time before each push (worker-local, not shared): added to its exchange; a BSP round
-    waits for the largest.
+    + PS's) per message; the PS apply cost (the largest shard's: all shards apply at once) is
+    paid once per update (a BSP round applies once; we charge it once per round). A worker's
+    `exchange_overhead_s` is its own time before each push (worker-local, not shared): added
+    to its exchange; a BSP round waits for the largest. Every term comes from
+    `hybridps.exchange_cost`, as in the simulator and the runtime.
     """
-    workers = cluster.worker_list
+    workers, ps = cluster.worker_list, cluster.ps
     n = len(workers)
-    S = cluster.ps.count
-    params = job.model.parameters
-    bpp = job.model.bytes_per_parameter
-    push_shard = max(push_bytes_per_shard(compression, params, S, bpp))
-    pull_shard = max(pull_bytes_per_shard(params, S, bpp))
-    push_total = sum(push_bytes_per_shard(compression, params, S, bpp))
-    pull_total = sum(pull_bytes_per_shard(params, S, bpp))
-    ps_bps = cluster.ps.bandwidth_bytes_per_s
-    w_bps = np.array([w.bandwidth_bytes_per_s for w in workers])
-    lat = np.array([w.latency_s for w in workers]) + cluster.ps.latency_s
-    apply_s = cluster.ps.apply_s_per_mparam * (params / S) / 1e6
+    push = cost.push_message(cluster, job, compression).shard_bytes
+    pull = cost.pull_message(cluster, job).shard_bytes
+    lat = np.array([cost.latency_s(w, ps) for w in workers])
+    apply_s = cost.update_apply_s(ps, job.model.parameters)
     overhead_s = np.array([w.exchange_overhead_s for w in workers])
-    alone = (np.maximum(push_total / w_bps, push_shard / ps_bps) + np.maximum(pull_total / w_bps, pull_shard / ps_bps)
+    alone = (np.array([cost.transfer_s(push, w, ps) + cost.transfer_s(pull, w, ps) for w in workers])
              + 2 * lat + apply_s + overhead_s)
     # all at once: each shard NIC carries n slices; each worker NIC its own message
-    push_all = np.maximum(push_total / w_bps, n * push_shard / ps_bps)
-    pull_all = np.maximum(pull_total / w_bps, n * pull_shard / ps_bps)
+    push_all = np.array([cost.transfer_s(push, w, ps, flows_per_shard=n) for w in workers])
+    pull_all = np.array([cost.transfer_s(pull, w, ps, flows_per_shard=n) for w in workers])
     concurrent = np.full(n, push_all.max() + pull_all.max() + 2 * lat.max() + apply_s + overhead_s.max())
-    return ExchangeCost(concurrent, alone, np.full(n, push_total), pull_total)
+    return ExchangeCost(concurrent, alone, np.full(n, sum(push)), sum(pull))
 
 
 def eval_overhead_s(cluster: Cluster, phase_epochs: list[int], eval_every: int = 1) -> float:

@@ -3,9 +3,10 @@ recorder (record dicts are only built when someone wants them), and the result."
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from typing import Any
+
+from traces.summary import staleness_stats, worker_row
 
 
 class UpdateLog:
@@ -51,18 +52,6 @@ class Counters:
         self.staleness_hist[staleness] = self.staleness_hist.get(staleness, 0) + count
 
 
-def _percentile(hist: dict[int, int], q: float) -> float:
-    """The q-quantile (0..1) of integer samples given as a histogram, nearest-rank."""
-    total = sum(hist.values())
-    rank = max(1, math.ceil(q * total))
-    seen = 0
-    for value in sorted(hist):
-        seen += hist[value]
-        if seen >= rank:
-            return float(value)
-    return 0.0
-
-
 class Recorder:
     """Builds trace records; keeps them in memory and/or streams them to a TraceWriter."""
 
@@ -102,26 +91,14 @@ class SimResult:
     records: list[dict[str, Any]] = field(default_factory=list)
 
     def summary(self) -> dict[str, Any]:
+        """The figures by traces/summary.py's definitions, from the running counters (which
+        sum exactly what the trace's records would)."""
         c = self.counters
-        workers = {}
-        total_bytes = 0
-        for i, name in enumerate(self.worker_names):
-            compute_s, comm_s = c.compute_s[i], c.comm_s[i]
-            workers[name] = {
-                "iterations": c.iterations[i], "samples": c.samples[i],
-                "compute_s": compute_s, "comm_s": comm_s,
-                "wait_s": max(0.0, self.makespan_s - compute_s - comm_s),
-                "bytes_pushed": c.bytes_pushed[i], "bytes_pulled": c.bytes_pulled[i],
-            }
-            total_bytes += c.bytes_pushed[i] + c.bytes_pulled[i]
-        hist = c.staleness_hist
-        n_upd = sum(hist.values())
-        staleness = {
-            "mean": (sum(v * k for v, k in hist.items()) / n_upd) if n_upd else 0.0,
-            "p50": _percentile(hist, 0.50) if n_upd else 0.0,
-            "p99": _percentile(hist, 0.99) if n_upd else 0.0,
-            "max": float(max(hist)) if n_upd else 0.0,
-        }
+        workers = {name: worker_row(self.makespan_s, c.iterations[i], c.samples[i], c.compute_s[i], c.comm_s[i],
+                                    c.bytes_pushed[i], c.bytes_pulled[i])
+                   for i, name in enumerate(self.worker_names)}
+        total_bytes = sum(w["bytes_pushed"] + w["bytes_pulled"] for w in workers.values())
+        staleness = staleness_stats(c.staleness_hist)
         return {
             "makespan_s": self.makespan_s,
             "phases": [{"start_s": s, "end_s": e} for s, e in c.phases],

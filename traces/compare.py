@@ -13,6 +13,7 @@ from typing import Any
 
 from traces.calibrate import _effective_records as effective_records  # the same gap rule as calibrate
 from traces.jsonl import Trace
+from traces.summary import summarize, wait_s
 
 WORKER_FIELDS = ("iterations", "samples", "bytes_pushed", "bytes_pulled", "compute_s", "comm_s")
 
@@ -50,55 +51,49 @@ def _applied_pushes(trace: Trace) -> list[tuple[float, int]]:
 
 
 def measured_summary(trace: Trace) -> dict[str, Any]:
-    """The run's measurements in the shape of the simulator's summary (the fields a run
-    trace can give: makespan, phases, epoch ends, per-worker counters and bytes).
+    """The run's measurements in the shape of the simulator's summary: traces/summary.py's
+    figures (makespan, phases, per-worker counters and bytes, updates, staleness) plus the
+    epoch ends and the time outside the phases.
 
-    Times count from the first phase's start, as in the simulator: what the runtime does
-    before it (the initial evaluation) is not training and is reported apart, as
-    `before_first_phase_s`; the time between phases (phase-end evaluation, checkpoint)
-    stays in the makespan and is reported as `between_phases_s`.
+    Times are on the trace's clock, as in the simulator and summary.json: the makespan
+    counts the initial evaluation before the first phase (reported as
+    `before_first_phase_s`; the simulator models it as `ps.eval_s`) and the time between
+    phases (`between_phases_s`).
 
     compute_s and comm_s are the records' times plus the gaps between them, given out as
     calibrate does (between two computes to the first, before a push to the push, after a
     pull to the pull: Python overhead the calibrated simulator counts as compute time or
-    message latency), so that both sides count the same time."""
-    phases = sorted(trace.of_kind("phase"), key=lambda r: r["index"])
-    origin = phases[0]["start_s"] if phases else 0.0
-    ends = [r["end_s"] for r in trace.records if "end_s" in r]
-    makespan = max((p["end_s"] for p in phases), default=max(ends, default=0.0)) - origin
-    workers: dict[str, dict[str, Any]] = defaultdict(lambda: {f: 0 for f in WORKER_FIELDS})
-    for r in trace.of_kind("compute"):
-        w = workers[r["worker"]]
-        w["iterations"] += 1
-        w["samples"] += r.get("samples", r["batch"])
-    for kind, field in (("push", "bytes_pushed"), ("pull", "bytes_pulled")):
-        for r in trace.of_kind(kind):
-            workers[r["worker"]][field] += r["bytes"]
+    message latency), so that both sides count the same time; wait_s is the rest, by
+    traces/summary.py's rule. On a trace without such gaps (a simulated one without ssp
+    waits or exchange overhead) they are the records' times, as in summary.json."""
+    out = summarize(trace)
+    span, workers = out["makespan_s"], out["workers"]
+    for w in workers.values():
+        w["compute_s"] = w["comm_s"] = 0.0
     for name, recs in effective_records(trace).items():
         for r in recs:
             workers[name]["compute_s" if r["kind"] == "compute" else "comm_s"] += r["eff_s"]
     for w in workers.values():
-        w["wait_s"] = max(0.0, makespan - w["compute_s"] - w["comm_s"])
-    epoch_end_s: list[float] = []
+        w["wait_s"] = wait_s(span, w["compute_s"], w["comm_s"])
+    phases = out["phases"]
+    return dict(out, workers=dict(sorted(workers.items())), epoch_end_s=_epoch_ends(trace),
+                before_first_phase_s=phases[0]["start_s"] if phases else 0.0,
+                between_phases_s=sum(max(0.0, b["start_s"] - a["end_s"]) for a, b in zip(phases, phases[1:])))
+
+
+def _epoch_ends(trace: Trace) -> list[float]:
+    """When the applied count first reached each multiple of the dataset (header's job)."""
     plan, job = trace.header.get("plan") or {}, trace.header.get("job") or {}
     samples_per_epoch = (job.get("data") or {}).get("samples")
     total_epochs = sum(p.get("epochs", 0) for p in plan.get("phases", []))
+    ends: list[float] = []
     if samples_per_epoch:
         applied = 0
         for t, n in _applied_pushes(trace):
             applied += n
-            while len(epoch_end_s) < total_epochs and applied >= (len(epoch_end_s) + 1) * samples_per_epoch:
-                epoch_end_s.append(t - origin)
-    return {
-        "makespan_s": makespan,
-        "phases": [{"start_s": p["start_s"] - origin, "end_s": p["end_s"] - origin} for p in phases],
-        "epoch_end_s": epoch_end_s,
-        "workers": dict(sorted(workers.items())),
-        "updates": len(trace.of_kind("update")),
-        "bytes_total": sum(w["bytes_pushed"] + w["bytes_pulled"] for w in workers.values()),
-        "before_first_phase_s": origin,
-        "between_phases_s": sum(max(0.0, b["start_s"] - a["end_s"]) for a, b in zip(phases, phases[1:])),
-    }
+            while len(ends) < total_epochs and applied >= (len(ends) + 1) * samples_per_epoch:
+                ends.append(t)
+    return ends
 
 
 def mean_summary(summaries: list[dict[str, Any]]) -> dict[str, Any]:
@@ -197,8 +192,8 @@ def format_comparison(cmp: dict[str, Any]) -> str:
         for row in rows:
             add(f"{name} {row['name']}", row, "s" if row["name"].endswith("_s") else "")
     if "between_phases_s" in cmp:
-        lines.append(f"measured outside the phases: {cmp['before_first_phase_s']:.3f} s before the first "
-                     f"(not counted), {cmp['between_phases_s']:.3f} s between phases (counted in the makespan)")
+        lines.append(f"measured outside the phases (counted in the makespan): {cmp['before_first_phase_s']:.3f} s "
+                     f"before the first, {cmp['between_phases_s']:.3f} s between phases")
     for k, v in cmp["mismatched_counts"].items():
         lines.append(f"warning: {k}: predicted {v['predicted']}, measured {v['measured']}")
     return "\n".join(lines)

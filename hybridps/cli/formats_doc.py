@@ -203,7 +203,7 @@ COMMON_TRACE_FIELDS = {  # meanings shared by several record kinds
 }
 
 SUMMARY_MEANINGS = {
-    "makespan_s": "end of the last phase",
+    "makespan_s": "end of the last phase from time zero (counts the initial evaluation and the time between phases)",
     "phases": "each phase's span",
     "phases[].start_s": "phase start", "phases[].end_s": "phase end",
     "epoch_end_s": "when each epoch's samples were all processed",
@@ -214,7 +214,8 @@ SUMMARY_MEANINGS = {
     "workers.NAME.bytes_pushed": "bytes sent to the PS", "workers.NAME.bytes_pulled": "bytes received",
     "updates": "updates the PS applied",
     "staleness": "staleness of the applied updates",
-    "staleness.mean": "mean", "staleness.p50": "median", "staleness.p99": "99th percentile",
+    "staleness.mean": "mean", "staleness.p50": "median (nearest rank: an observed value)",
+    "staleness.p99": "99th percentile (nearest rank: an observed value)",
     "staleness.max": "largest",
     "bytes_total": "bytes pushed and pulled by all workers",
     "events": "SimPy events processed", "wall_s": "wall-clock time the simulation took",

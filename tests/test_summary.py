@@ -60,3 +60,35 @@ def test_one_trace_gives_one_summary_on_every_path(tmp_path, plan_name):
     assert paths["validate"]["before_first_phase_s"] == 0.5
     if plan_name.endswith("dbsl"):  # asp: the staleness figures are not trivial
         assert sim["staleness"]["max"] > sim["staleness"]["p99"] > sim["staleness"]["p50"] > 0
+
+
+@pytest.mark.torch
+def test_a_real_run_summary_json_is_the_trace_summary(tmp_path):
+    """A real `run --local` (asp, 2 gloo workers, with the initial evaluation): summary.json,
+    traces/summary.py and validate's measured summary agree on the run's trace."""
+    pytest.importorskip("torch")
+    import json
+
+    from runtime.testing import run_cli, spec_args, write_specs
+
+    write_specs(tmp_path, [("w0", 16, 64), ("w1", 16, 192)], sync="asp", epochs=2)
+    out = tmp_path / "out"
+    r = run_cli(["run", *spec_args(tmp_path), "--out", out, "--local", "--worker-timeout", "30"])
+    assert r.returncode == 0, r.stderr
+    tr = read_trace(out / "trace.jsonl")
+    written = json.loads((out / "summary.json").read_text())
+    ours, measured = summarize(tr), measured_summary(tr)
+    assert tr.of_kind("eval") and min(e["t_s"] for e in tr.of_kind("eval")) < ours["phases"][0]["start_s"]
+    for s in (ours, measured):
+        assert written["makespan_s"] == s["makespan_s"] == max(p["end_s"] for p in tr.of_kind("phase"))
+        assert written["phases"] == s["phases"] and written["updates"] == s["updates"] == len(tr.of_kind("update"))
+        assert written["staleness"] == s["staleness"]
+    assert written["staleness"]["max"] >= 1  # asp: w1's pushes land between w0's
+    assert measured["before_first_phase_s"] == ours["phases"][0]["start_s"] > 0  # the initial evaluation
+    assert written["workers"] == ours["workers"]  # record times, wait = the rest of the makespan
+    for name, w in measured["workers"].items():
+        for field in ("iterations", "samples", "bytes_pushed", "bytes_pulled"):
+            assert w[field] == ours["workers"][name][field]
+        # validate gives the gaps between records to compute and messages, as calibrate does
+        assert w["compute_s"] + w["comm_s"] >= ours["workers"][name]["compute_s"] + ours["workers"][name]["comm_s"]
+        assert w["wait_s"] == pytest.approx(max(0.0, measured["makespan_s"] - w["compute_s"] - w["comm_s"]))

@@ -162,3 +162,32 @@ def test_a_worker_too_slow_for_any_dbsl_share(capsys, tmp_path):
     assert "note: skipped dbsl small_workers=0" in out.err
     plan = json.loads((tmp_path / "p.json").read_text())
     assert plan["meta"]["strategy"] != "dbsl" and plan["meta"]["ratio_to_uniform"] < 1
+
+
+# --------------------------------------------------------------------------- -o and --json
+
+PLAN_ARGS = ["plan", "--cluster", "gtx1080x4", "--job", "cifar100-resnet18", "--jobs", "1"]
+
+
+def test_json_without_o_writes_no_plan_file(capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert main([*PLAN_ARGS, "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["output"] is None and report["best"]["predicted_makespan_s"] > 0
+    assert list(tmp_path.iterdir()) == []
+    assert main(PLAN_ARGS) == 0  # without --json the default stays ./plan.json
+    assert capsys.readouterr().out.splitlines()[-1].startswith("wrote plan.json: ")
+    assert [p.name for p in tmp_path.iterdir()] == ["plan.json"]
+
+
+def test_replacing_an_existing_plan_is_said_on_stderr(capsys, tmp_path):
+    out = tmp_path / "p.json"
+    assert main([*PLAN_ARGS, "-o", str(out)]) == 0
+    assert "replaced" not in capsys.readouterr().err
+    out.write_text("an older plan\n")
+    assert main([*PLAN_ARGS, "-o", str(out), "--json"]) == 0
+    got = capsys.readouterr()
+    assert f"note: replaced the existing {out}\n" in got.err
+    assert json.loads(got.out)["output"] == str(out)
+    assert load_plan(out, load_cluster("gtx1080x4"), load_job("cifar100-resnet18")).meta["predicted_makespan_s"] == \
+        json.loads(got.out)["best"]["predicted_makespan_s"]

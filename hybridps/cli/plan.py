@@ -58,7 +58,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="write every fully simulated plan as DIR/NN-STRATEGY/plan.json and the ranking as "
                         "DIR/ranking.json")
     p.add_argument("--top", type=int, default=10, help="rows in the ranked table (default 10)")
-    p.add_argument("-o", "--out", "--output", dest="output", default="plan.json", metavar="plan.json", help="where to write the best plan (default plan.json)")
+    p.add_argument("-o", "--out", "--output", dest="output", metavar="plan.json",
+                   help="where to write the best plan (default plan.json; with --json, written only when -o is "
+                        "given); replacing an existing file is said on stderr")
     p.add_argument("--json", action="store_true", help="print the ranking as JSON instead of a table")
     p.add_argument("--seed", type=seed_arg, default=0, help="simulation seed (stragglers), default 0")
     p.add_argument("--jobs", type=positive_int_arg, default=None, help="simulation processes (default: CPU count)")
@@ -122,7 +124,7 @@ def _constraints(args: argparse.Namespace):
 
 def run(args: argparse.Namespace) -> int:
     from hybridps.errors import UserError
-    from hybridps.fileio import atomic_write_text, check_output_file
+    from hybridps.fileio import check_output_file
     from hybridps.spec import load_cluster, load_job, resolve_path
     from solver.search import search, summary_json, table
     from solver.timemodel import check_resolutions
@@ -141,7 +143,9 @@ def run(args: argparse.Namespace) -> int:
             raise UserError(f"{flag}: job {args.job} has no [convergence] table, so quality is not modelled; fit one "
                             f"with `hybridps calibrate TRACE... --job {args.job} --job-out JOB.toml`")
     check_resolutions(cluster, job, str(resolve_path("cluster", args.cluster)))
-    check_output_file(args.output, "-o", [resolve_path("cluster", args.cluster), resolve_path("job", args.job)])
+    output = args.output if args.output is not None else (None if args.json else "plan.json")
+    if output is not None:
+        check_output_file(output, "-o", [resolve_path("cluster", args.cluster), resolve_path("job", args.job)])
     jobs = args.jobs if args.jobs is not None else (os.cpu_count() or 1)
     result = search(cluster, job, cons, seed=args.seed, jobs=jobs, proxy_epochs=args.proxy_epochs,
                     proxy_count=args.proxy_count, full_count=args.full_count, objective=args.objective,
@@ -150,13 +154,14 @@ def run(args: argparse.Namespace) -> int:
             not {ph.sync for ph in result.plan.phases} <= set(cons.sync_modes):
         raise UserError("no candidate plan satisfies the constraints (--strategy, --sync, --min-bsp-fraction); "
                         "relax one of them")
-    atomic_write_text(args.output, result.plan.to_json())
+    if output is not None:
+        _write_plan(output, result.plan)
     if args.keep:
         _keep(args.keep, result)
     m = result.plan.meta
     if args.json:
         out = summary_json(result, args.top)
-        out["output"] = str(args.output)
+        out["output"] = None if output is None else str(output)
         print(json.dumps(out, indent=2))
     else:
         print(table(result, args.top))
@@ -164,7 +169,7 @@ def run(args: argparse.Namespace) -> int:
               f"{args.proxy_epochs}-epoch-per-phase horizon, {result.counts['full']} in full; "
               f"{result.wall_s:.1f} s (generate {result.stage_s['generate_s']:.1f} s, proxy "
               f"{result.stage_s['proxy_s']:.1f} s, full {result.stage_s['full_s']:.1f} s)")
-        print(f"wrote {args.output}: {result.best.candidate.label}, predicted makespan "
+        print(f"wrote {output}: {result.best.candidate.label}, predicted makespan "
               f"{m['predicted_makespan_s']:.1f} s = {m['ratio_to_uniform']:.3f}x the uniform baseline "
               f"({m['uniform_makespan_s']:.1f} s)")
         if "predicted_final_accuracy" in m:
@@ -181,6 +186,18 @@ def run(args: argparse.Namespace) -> int:
     for line in dict.fromkeys(cons.extra.get("skipped", [])):
         print(f"note: skipped {line}", file=sys.stderr)
     return 0
+
+
+def _write_plan(path: str, plan) -> None:
+    """Write the best plan; a file it replaces is named on stderr (a plan is work to redo)."""
+    from pathlib import Path
+
+    from hybridps.fileio import atomic_write_text
+
+    replaced = Path(path).exists()
+    atomic_write_text(path, plan.to_json())
+    if replaced:
+        print(f"note: replaced the existing {path}", file=sys.stderr)
 
 
 def _keep(folder: str, result) -> None:

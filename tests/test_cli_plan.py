@@ -191,3 +191,44 @@ def test_replacing_an_existing_plan_is_said_on_stderr(capsys, tmp_path):
     assert json.loads(got.out)["output"] == str(out)
     assert load_plan(out, load_cluster("gtx1080x4"), load_job("cifar100-resnet18")).meta["predicted_makespan_s"] == \
         json.loads(got.out)["best"]["predicted_makespan_s"]
+
+
+# --------------------------------------------------------------------------- progress
+
+
+class _Bar:
+    """Records what score_all shows (a terminal's tqdm bar, here without a terminal)."""
+
+    made: list["_Bar"] = []
+
+    def __init__(self, total, desc, unit="it"):
+        self.total, self.desc, self.unit, self.n, self.shown = total, desc, unit, 0, []
+        _Bar.made.append(self)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+    def update(self, k):
+        self.n += k
+        self.shown.append(self.n)
+
+
+@pytest.mark.parametrize("jobs", [1, 2])
+def test_search_progress_counts_simulated_epochs(monkeypatch, jobs):
+    import solver.search as search_mod
+    from solver.candidates import Constraints
+
+    monkeypatch.setattr(search_mod, "progress_bar", _Bar)
+    _Bar.made = []
+    cluster, job = load_cluster("gtx1080x4"), load_job("cifar100-resnet18")
+    search_mod.search(cluster, job, Constraints(strategies=("uniform", "dbsl")), seed=0, jobs=jobs, full_count=1)
+    assert {b.unit for b in _Bar.made} == {"epoch"} and {b.desc for b in _Bar.made} >= {"proxy", "full"}
+    for bar in _Bar.made:
+        assert bar.n == bar.total and bar.shown == sorted(bar.shown)
+    full = [b for b in _Bar.made if b.desc == "full"]
+    assert sum(b.total for b in full) == 2 * job.train.epochs  # the best dbsl plan and the uniform baseline
+    if jobs == 1:  # inline, the bar moves at every simulated epoch, not once per plan
+        assert all(len(set(b.shown)) == b.total for b in full)

@@ -206,6 +206,12 @@ def test_run_json_prints_summary_json_and_keeps_the_human_line_on_stderr(tmp_pat
     out = tmp_path / "out"
     r = run_cli(["run", *spec_args(tmp_path), "-o", out, "--local", "--eval-every", "0", "--json"])
     assert r.returncode == 0, r.stderr
-    assert json.loads(r.stdout) == json.loads((out / "summary.json").read_text())
-    assert json.loads(r.stdout)["status"] == "complete"
+    summary = json.loads(r.stdout)
+    assert summary == json.loads((out / "summary.json").read_text())
+    assert summary["status"] == "complete"
     assert "hybridps run: 1 phase(s)" in r.stderr
+    # every key of a real summary.json is in docs/formats.md, and every documented key is here
+    from hybridps.cli.formats_doc import documented_paths, summary_rows
+
+    real = {row["path"] for row in summary_rows(summary, list(summary["workers"]))}
+    assert real == documented_paths((ROOT / "docs" / "formats.md").read_text())["RUN/summary.json"]

@@ -39,6 +39,8 @@ class BarPanel:
 
 @dataclass(frozen=True)
 class Figure:
+    """What a PNG shows: its title, its panels top to bottom, its size in pixels."""
+
     title: str
     panels: tuple[BarPanel, ...]
     size_px: tuple[int, int]
@@ -59,7 +61,7 @@ def validate_panels(comparison: dict[str, Any]) -> tuple[BarPanel, ...]:
                         "measured": tuple(r["measured"] for r in phases)})]
     workers = comparison["workers"]
     for field, what in (("compute_s", "compute"), ("comm_s", "communication (push + pull)")):
-        rows = {name: next(r for r in rows if r["name"] == field) for name, rows in workers.items()}
+        rows = {name: next(r for r in worker_rows if r["name"] == field) for name, worker_rows in workers.items()}
         panels.append(BarPanel(f"per-worker {what} time", "time (s)",
                                tuple(f"{name}\n{_pct(r)}" for name, r in rows.items()),
                                {"predicted": tuple(r["predicted"] for r in rows.values()),
@@ -73,7 +75,7 @@ def write_validate_plot(path: str | os.PathLike, comparison: dict[str, Any], tit
     full_title = (f"{title}\nmakespan predicted {m['predicted']:.3f} s, measured {m['measured']:.3f} s "
                   f"({_pct(m)}); error = (predicted - measured) / measured")
     panels = validate_panels(comparison)
-    return _render(path, Figure(full_title, panels, (0, 0)), _draw_grouped, height_in=3.2 * len(panels) + 1.0)
+    return _render(path, full_title, panels, _draw_grouped, height_in=3.2 * len(panels) + 1.0)
 
 
 def _row_time_s(row: dict[str, Any]) -> float:
@@ -119,28 +121,28 @@ def write_plan_plot(path: str | os.PathLike, ranking: dict[str, Any], title: str
     rows = len(panels[0].labels)
     lines = sum(label.count("\n") + 1 for label in panels[0].labels)
     height = len(panels) * (1.0 + 0.14 * lines + 0.1 * rows) + 0.6
-    fig = Figure(title, panels, (0, 0))
-    return _render(path, fig, lambda ax, p: _draw_horizontal(ax, p, target_accuracy), height_in=height)
+    return _render(path, title, panels, lambda ax, p: _draw_horizontal(ax, p, target_accuracy), height_in=height)
 
 
-def _render(path, figure: Figure, draw_panel, height_in: float) -> Figure:
+def _render(path, title: str, panels: tuple[BarPanel, ...], draw_panel, height_in: float) -> Figure:
+    """One panel above the other, `draw_panel(ax, panel)` each; the PNG written atomically."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(len(figure.panels), 1, figsize=(WIDTH_IN, height_in), squeeze=False)
-    for ax, panel in zip(axes[:, 0], figure.panels):
+    fig, axes = plt.subplots(len(panels), 1, figsize=(WIDTH_IN, height_in), squeeze=False)
+    for ax, panel in zip(axes[:, 0], panels):
         draw_panel(ax, panel)
         ax.set_title(panel.title, loc="left", fontsize=10)
-    fig.suptitle(figure.title, x=0.01, ha="left", fontsize=11)
+    fig.suptitle(title, x=0.01, ha="left", fontsize=11)
     fig.tight_layout()
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=DPI)
     size = (int(round(fig.get_figwidth() * DPI)), int(round(fig.get_figheight() * DPI)))
     plt.close(fig)
     atomic_write_bytes(path, buf.getvalue())
-    return Figure(figure.title, figure.panels, size)
+    return Figure(title, panels, size)
 
 
 def _seconds(v: float) -> str:

@@ -6,7 +6,8 @@ in a writable directory, never a directory, FIFO, device or one of the command's
 A symbolic link is written through (the link stays, its target is replaced).
 `atomic_write_*` then writes: a reader never sees a half-written output, a crash never
 destroys the previous version. `native_stdout_silenced` keeps native libraries (HiGHS)
-from printing onto file descriptor 1, where `--json` output goes.
+from printing onto file descriptor 1, where `--json` output goes; `stdout_to_stderr`
+moves a whole command's human lines there.
 """
 
 from __future__ import annotations
@@ -76,9 +77,9 @@ def check_output_dir(path: str | os.PathLike, flag: str) -> Path:
 
 
 @contextlib.contextmanager
-def native_stdout_silenced() -> Iterator[None]:
-    """Send what native code writes to file descriptor 1 to /dev/null meanwhile (Python's
-    own sys.stdout is flushed first and unaffected afterwards)."""
+def _fd1_redirected(open_target) -> Iterator[None]:
+    """Point file descriptor 1 at the file `open_target()` opens, meanwhile (Python's own
+    sys.stdout is flushed first and unaffected afterwards)."""
     sys.stdout.flush()
     try:
         saved = os.dup(1)
@@ -86,12 +87,25 @@ def native_stdout_silenced() -> Iterator[None]:
         yield
         return
     try:
-        with open(os.devnull, "wb") as null:
-            os.dup2(null.fileno(), 1)
+        with open_target() as target:
+            os.dup2(target.fileno(), 1)
         yield
     finally:
+        sys.stdout.flush()
         os.dup2(saved, 1)
         os.close(saved)
+
+
+def native_stdout_silenced() -> contextlib.AbstractContextManager[None]:
+    """Send what native code writes to file descriptor 1 to /dev/null meanwhile."""
+    return _fd1_redirected(lambda: open(os.devnull, "wb"))
+
+
+def stdout_to_stderr() -> contextlib.AbstractContextManager[None]:
+    """Send everything written to file descriptor 1 (this process's prints and the child
+    processes it starts) to stderr meanwhile, so that with `--json` stdout holds only the
+    JSON and progress stays visible."""
+    return _fd1_redirected(lambda: os.fdopen(os.dup(2), "wb"))
 
 
 def _umask() -> int:

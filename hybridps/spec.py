@@ -1,5 +1,5 @@
-"""The shared vocabulary: Cluster, Job and Plan, loaded and validated exactly as
-DESIGN.md specifies (cluster.toml, job.toml, plan.json).
+"""The shared vocabulary: Cluster, Job and Plan, loaded and validated as
+docs/formats.md documents them (cluster.toml, job.toml, plan.json).
 
 Every loader raises `SpecError(file, field_path, message)` for bad input, so the CLI can
 print one clear line and exit 2. Models are frozen pydantic models in strict mode
@@ -274,7 +274,7 @@ class TrainSpec(_Spec):
     base_lr: float = Field(gt=0, le=MAX_RATE)
     momentum: float = Field(0.9, ge=0, lt=1)
     weight_decay: float = Field(0.0, ge=0, le=MAX_RATE)
-    # Added fields (DESIGN.md allows additions): step LR schedule.
+    # Added fields (the formats allow additions): step LR schedule.
     lr_milestones: list[int] = []  # epochs at which the LR is multiplied by lr_decay
     lr_decay: float = Field(0.1, gt=0, le=MAX_RATE)
 

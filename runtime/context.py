@@ -104,7 +104,7 @@ def expected_world_size(cluster: Cluster, plan: Plan) -> int:
 
 def phase_lr(phase) -> float:
     """The learning rate of a plan phase: the plan's `lr`, used as is. The solver already
-    folds the job's `lr_milestones` step decay into each phase's lr (DESIGN.md), so the
+    folds the job's `lr_milestones` step decay into each phase's lr (solver/schedule.py), so the
     runtime applies no decay of its own."""
     return phase.lr
 

@@ -1,4 +1,4 @@
-"""The PS's update rules (DESIGN.md, docs/semantics.md), as pure functions on flat
+"""The PS's update rules (docs/semantics.md), as pure functions on flat
 tensors so they can be checked exactly."""
 
 from __future__ import annotations

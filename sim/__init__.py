@@ -4,7 +4,7 @@ Public API (other packages code against this):
 
     from sim import simulate, SimResult
     result = simulate(cluster, job, plan, seed=None, record=False, trace=None)
-    result.makespan_s; result.summary()  # the `simulate --json` dict of DESIGN.md
+    result.makespan_s; result.summary()  # the `simulate --json` dict of docs/formats.md
 
 Layout: `predictor` (compute/transfer/apply times and wire bytes), `network` (fluid
 max-min fair share per direction), `ps` (parameter server), `worker` (the worker

@@ -27,7 +27,8 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from concurrent.futures import ProcessPoolExecutor, as_completed
+import multiprocessing
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -48,11 +49,11 @@ def simulate_summary(cluster: Cluster, job: Job, plan: Plan, seed: int | None, t
     phase made (what the proxy stage scales up)."""
     import numpy as np
 
-    from sim import simulate
     from sim.convergence import predict_sim, quality, update_progress, Stream
+    from sim.engine import Simulation
 
     spec = job.convergence
-    res = simulate(cluster, job, plan, seed=seed, log_updates=spec is not None)
+    res = Simulation(cluster, job, plan, seed=seed, log_updates=spec is not None).run(progress=_epoch_done)
     out = res.summary()
     if spec is not None:
         pred = predict_sim(res, plan, spec)
@@ -188,6 +189,33 @@ def proxy_quality(cluster: Cluster, job: Job, plan: Plan, short: Plan, summary: 
             "time_to_target_s": hit}
 
 
+_epoch_sink: Callable[[], None] | None = None  # set while score_all runs: counts simulated epochs
+
+
+def _epoch_done(_epochs_so_far: int) -> None:
+    """The simulator's per-epoch callback: tell score_all's progress bar."""
+    if _epoch_sink is not None:
+        _epoch_sink()
+
+
+def _count_into(counter, then: Callable[[], None] | None = None) -> None:
+    """Each simulated epoch adds 1 to the shared `counter` (a pool initializer: in every
+    worker process), then calls `then` (inline: redraw the bar)."""
+    global _epoch_sink
+
+    def add() -> None:
+        with counter.get_lock():
+            counter.value += 1
+        if then is not None:
+            then()
+
+    _epoch_sink = add
+
+
+def _plan_epochs(pd: dict) -> int:
+    return sum(ph["epochs"] for ph in pd["phases"])
+
+
 def _task(scorer: Scorer, cluster_d: dict, job_d: dict, plan_d: dict, seed: int | None) -> dict:
     cluster, job = cluster_from_dict(cluster_d), job_from_dict(job_d)
     plan = plan_from_dict(plan_d)
@@ -210,19 +238,44 @@ def score_all(scorer: Scorer, cluster: Cluster, job: Job, plans: list[Plan], see
     for pd, i in zip(all_pds, slot):
         unique.setdefault(i, pd)
     pds = [unique[i] for i in range(len(first))]
+    results = _score_unique(scorer, cd, jd, pds, seed, jobs, desc)
+    return [dict(results[i]) for i in slot]
+
+
+def _score_unique(scorer: Scorer, cd: dict, jd: dict, pds: list[dict], seed: int | None, jobs: int,
+                  desc: str) -> list[dict]:
+    """Score each plan dict; the progress bar counts simulated epochs, so a long full
+    simulation moves it as it goes."""
+    global _epoch_sink
     results: list[dict | None] = [None] * len(pds)
-    with progress_bar(len(pds), desc, unit="plan") as bar:
+    counter = multiprocessing.Value("q", 0)  # epochs simulated so far, by every process
+    finished = 0  # epochs of the plans scored so far (a scorer that reports no epochs moves the bar too)
+    with progress_bar(sum(map(_plan_epochs, pds)), desc, unit="epoch") as bar:
+
+        def show() -> None:
+            bar.update(max(counter.value, finished) - bar.n)
+
         if jobs <= 1 or len(pds) <= 1:
-            for i, pd in enumerate(pds):
-                results[i] = _task(scorer, cd, jd, pd, seed)
-                bar.update(1)
+            _count_into(counter, show)
+            try:
+                for i, pd in enumerate(pds):
+                    results[i] = _task(scorer, cd, jd, pd, seed)
+                    finished += _plan_epochs(pd)
+                    show()
+            finally:
+                _epoch_sink = None
         else:
-            with ProcessPoolExecutor(max_workers=min(jobs, len(pds))) as pool:
+            with ProcessPoolExecutor(max_workers=min(jobs, len(pds)), initializer=_count_into,
+                                     initargs=(counter,)) as pool:
                 futs = {pool.submit(_task, scorer, cd, jd, pd, seed): i for i, pd in enumerate(pds)}
-                for fut in as_completed(futs):
-                    results[futs[fut]] = fut.result()
-                    bar.update(1)
-    return [dict(results[i]) for i in slot]  # type: ignore[arg-type]
+                pending = set(futs)
+                while pending:
+                    done, pending = wait(pending, timeout=0.25, return_when=FIRST_COMPLETED)
+                    for fut in done:
+                        results[futs[fut]] = fut.result()
+                        finished += _plan_epochs(pds[futs[fut]])
+                    show()
+    return results  # type: ignore[return-value]
 
 
 @dataclass

@@ -1,7 +1,7 @@
 """Closed-form time models shared by every strategy.
 
 A worker's compute time for `d` samples at batch `B` and resolution `r` is
-`d·(a + b/B)·slowdown` (the `(a·B + b)` iteration time of DESIGN.md spread over B
+`d·(a + b/B)·slowdown` (the `(a·B + b)` iteration time of docs/formats.md spread over B
 samples). Communication is a closed-form estimate of what the simulator's network model
 implies (max-min fair sharing of the worker and PS NICs, one latency per message, the
 PS apply cost); the optimizer uses it to compare options, the simulator gives the real

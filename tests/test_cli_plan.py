@@ -162,3 +162,73 @@ def test_a_worker_too_slow_for_any_dbsl_share(capsys, tmp_path):
     assert "note: skipped dbsl small_workers=0" in out.err
     plan = json.loads((tmp_path / "p.json").read_text())
     assert plan["meta"]["strategy"] != "dbsl" and plan["meta"]["ratio_to_uniform"] < 1
+
+
+# --------------------------------------------------------------------------- -o and --json
+
+PLAN_ARGS = ["plan", "--cluster", "gtx1080x4", "--job", "cifar100-resnet18", "--jobs", "1"]
+
+
+def test_json_without_o_writes_no_plan_file(capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert main([*PLAN_ARGS, "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["output"] is None and report["best"]["predicted_makespan_s"] > 0
+    assert list(tmp_path.iterdir()) == []
+    assert main(PLAN_ARGS) == 0  # without --json the default stays ./plan.json
+    assert capsys.readouterr().out.splitlines()[-1].startswith("wrote plan.json: ")
+    assert [p.name for p in tmp_path.iterdir()] == ["plan.json"]
+
+
+def test_replacing_an_existing_plan_is_said_on_stderr(capsys, tmp_path):
+    out = tmp_path / "p.json"
+    assert main([*PLAN_ARGS, "-o", str(out)]) == 0
+    assert "replaced" not in capsys.readouterr().err
+    out.write_text("an older plan\n")
+    assert main([*PLAN_ARGS, "-o", str(out), "--json"]) == 0
+    got = capsys.readouterr()
+    assert f"note: replaced the existing {out}\n" in got.err
+    assert json.loads(got.out)["output"] == str(out)
+    assert load_plan(out, load_cluster("gtx1080x4"), load_job("cifar100-resnet18")).meta["predicted_makespan_s"] == \
+        json.loads(got.out)["best"]["predicted_makespan_s"]
+
+
+# --------------------------------------------------------------------------- progress
+
+
+class _Bar:
+    """Records what score_all shows (a terminal's tqdm bar, here without a terminal)."""
+
+    made: list["_Bar"] = []
+
+    def __init__(self, total, desc, unit="it"):
+        self.total, self.desc, self.unit, self.n, self.shown = total, desc, unit, 0, []
+        _Bar.made.append(self)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+    def update(self, k):
+        self.n += k
+        self.shown.append(self.n)
+
+
+@pytest.mark.parametrize("jobs", [1, 2])
+def test_search_progress_counts_simulated_epochs(monkeypatch, jobs):
+    import solver.search as search_mod
+    from solver.candidates import Constraints
+
+    monkeypatch.setattr(search_mod, "progress_bar", _Bar)
+    _Bar.made = []
+    cluster, job = load_cluster("gtx1080x4"), load_job("cifar100-resnet18")
+    search_mod.search(cluster, job, Constraints(strategies=("uniform", "dbsl")), seed=0, jobs=jobs, full_count=1)
+    assert {b.unit for b in _Bar.made} == {"epoch"} and {b.desc for b in _Bar.made} >= {"proxy", "full"}
+    for bar in _Bar.made:
+        assert bar.n == bar.total and bar.shown == sorted(bar.shown)
+    full = [b for b in _Bar.made if b.desc == "full"]
+    assert sum(b.total for b in full) == 2 * job.train.epochs  # the best dbsl plan and the uniform baseline
+    if jobs == 1:  # inline, the bar moves at every simulated epoch, not once per plan
+        assert all(len(set(b.shown)) == b.total for b in full)

@@ -39,6 +39,9 @@ def _code_paths() -> dict[str, set[str]]:
         "plan.json": {r["path"] for r in model_rows(spec.Plan)},
         "trace.jsonl": {f"{kind}.{name}" for kind, (req, opt) in RECORD_KINDS.items() for name in {**req, **opt}},
         "simulate --json": {r["path"] for r in formats_doc.summary_rows(summary, names)},
+        "RUN/summary.json": {r["path"] for r in formats_doc.run_summary_rows(summary, names)},
+        "plan --json": {r["path"] for r in formats_doc.summary_rows(formats_doc.ranking_example(), [], {},
+                                                                     ("best.parameters", "ranked[].parameters"))},
     }
 
 
@@ -57,6 +60,10 @@ def test_every_documented_field_is_in_the_code_and_every_field_is_documented():
     assert {"phases[].compression.ratio", "phases[].workers[].batch", "meta"} <= code["plan.json"]
     assert {"compute.start_s", "eval.accuracy", "header.plan"} <= code["trace.jsonl"]
     assert {"makespan_s", "workers.NAME.wait_s", "phases[].end_s", "staleness.p99"} <= code["simulate --json"]
+    assert code["simulate --json"] - {"events", "wall_s"} <= code["RUN/summary.json"]  # the run shares them
+    assert {"status", "final_eval.accuracy", "evals[].t_s", "parameters.model"} <= code["RUN/summary.json"]
+    assert {"best.quality.time_to_target_s", "ranked[].how", "ranked[].baseline", "output"} <= code["plan --json"]
+    assert not [p for p in code["plan --json"] if p.startswith(("best.parameters.", "ranked[].parameters."))]
 
 
 def test_field_rows_carry_unit_default_and_range():

@@ -242,3 +242,74 @@ def test_the_picture_and_schema_commands_never_import_torch(tmp_path):
             "assert 'torch' not in sys.modules\n")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
+
+
+# --------------------------------------------------------------------------- validate --plot, plan --plot
+
+
+def test_validate_plot_draws_predicted_against_measured_per_phase_and_worker(dbsl, tmp_path, capsys):
+    """The DBSL trace validated on a cluster 1.2x slower: every phase and every worker's
+    compute is predicted about 20% long, communication unchanged."""
+    from hybridps.spec import resolve_path
+    from traces.plots import validate_panels
+
+    hdr, records = dbsl
+    trace = tmp_path / "dbsl.jsonl"
+    with TraceWriter(trace, hdr) as w:
+        w.write_many(records)
+    slow = tmp_path / "slow.toml"
+    slow.write_text(resolve_path("cluster", "gtx1080x4").read_text().replace("slowdown = 1.0", "slowdown = 1.2"))
+    png = tmp_path / "v.png"
+    assert main(["validate", "--trace", str(trace), "--cluster", str(slow), "--plot", str(png), "--json"]) == 0
+    comparison = json.loads(capsys.readouterr().out)["comparison"]
+    phases, compute, comm = validate_panels(comparison)
+    assert phases.labels == tuple(f"phase {i}\nerror +{round(100 * r['rel_error'])}%"
+                                  for i, r in enumerate(comparison["phases"]))
+    assert len(phases.labels) == 6 and all(0.15 < r["rel_error"] < 0.25 for r in comparison["phases"])
+    assert phases.series["predicted"] == tuple(r["predicted"] for r in comparison["phases"])
+    assert phases.series["measured"] == tuple(r["measured"] for r in comparison["phases"])
+    assert [label.split("\n")[0] for label in compute.labels] == ["gtx0", "gtx1", "gtx2", "gtx3"]
+    assert all(p == pytest.approx(1.2 * m, rel=0.02) for p, m in zip(*compute.series.values()))
+    assert all(p == pytest.approx(m, rel=0.02) for p, m in zip(*comm.series.values()))
+    assert "communication" in comm.title and compute.axis_label == "time (s)"
+    assert _png_size(png) == (1100, 1060)
+
+
+def _plan_plot(capsys, tmp_path, *args):
+    png = tmp_path / "plan.png"
+    assert main(["plan", *args, "--jobs", "1", "--top", "5", "--json", "--plot", str(png)]) == 0
+    return png, json.loads(capsys.readouterr().out)
+
+
+def test_plan_plot_marks_how_each_time_was_obtained_and_the_baseline(tmp_path, capsys):
+    from traces.plots import plan_panels, write_plan_plot
+
+    png, report = _plan_plot(capsys, tmp_path, "--cluster", "gtx1080x4", "--job", "cifar100-resnet18")
+    [times] = plan_panels(report, 5, None)  # no convergence model: no accuracy panel
+    base = next(k for k, r in enumerate(report["ranked"], 1) if r["baseline"])
+    assert times.labels[0].startswith("#1 " + report["ranked"][0]["label"][:30])
+    assert [label.split()[0] for label in times.labels] == [f"#{k}" for k in range(1, 6)] + ([f"#{base}"] if base > 5 else [])
+    [hatched] = times.hatched
+    assert times.labels[hatched].startswith(f"#{base} uniform(") and times.labels[hatched].endswith("[baseline]")
+    assert set(times.series) == {"full", "proxy"} and "time to target" not in times.series
+    full = [v for v in times.series["full"] if v is not None]
+    assert full == [r["full_s"] for r in report["ranked"][:5] if r["how"] == "full"]
+    assert times.series["full"][hatched] == report["uniform_makespan_s"]
+    assert all((f is None) != (p is None) for f, p in zip(times.series["full"], times.series["proxy"]))
+    again = write_plan_plot(tmp_path / "again.png", report, "plan", 5, None)  # what the CLI drew, same size
+    assert again.panels == (times,) and _png_size(png) == again.size_px == (1100, again.size_px[1])
+
+
+def test_plan_plot_with_a_convergence_model_shows_time_to_target_and_accuracy(tmp_path, capsys):
+    from traces.plots import plan_panels
+
+    png, report = _plan_plot(capsys, tmp_path, "--cluster", "digits-cpu3", "--job", "digits-cnn",
+                             "--target-accuracy", "0.95")
+    times, accuracy = plan_panels(report, 5, 0.95)
+    rows = [r for r in report["ranked"] if r["proxy_s"] is not None][:5]
+    assert "ranked by predicted time to the target" in times.title
+    assert times.series["time to target"][:len(rows)] == tuple(r["quality"]["time_to_target_s"] for r in rows)
+    assert accuracy.series["final accuracy"][:len(rows)] == tuple(r["quality"]["final_accuracy"] for r in rows)
+    assert "target 0.95" in accuracy.title and accuracy.hatched == times.hatched
+    assert times.series["time to target"][0] <= report["ranked"][0]["full_s"]
+    assert _png_size(png)[0] == 1100

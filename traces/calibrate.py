@@ -23,7 +23,7 @@ sees them as compute time or latency. Never imports torch.
 from __future__ import annotations
 
 from collections import defaultdict
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 
 import numpy as np
 
@@ -908,6 +908,33 @@ def format_report(cal: Calibration) -> str:
     if cal.ps_apply_s is not None:
         lines.append(f"parameter server: {cal.ps_apply_s * 1e3:.3f} ms per update (push end to pull start) "
                      f"-> apply_s_per_mparam {cal.cluster.ps.apply_s_per_mparam:.4g}")
-    for w in cal.warnings:
-        lines.append(f"warning: {w}")
-    return "\n".join(lines)
+    return "\n".join(lines)  # cal.warnings are the caller's to print, on stderr
+
+
+def calibration_json(cal: Calibration) -> dict:
+    """What `calibrate --json` prints: every fit (units in the keys, seconds unless named),
+    the warnings and the fitted cluster; NaN (an R² of one batch size) becomes null."""
+
+    def fits(items) -> list[dict]:
+        return [asdict(f) for f in items]
+
+    out = {"compute": fits(cal.compute), "workers": fits(cal.workers), "links": fits(cal.links),
+           "stragglers": asdict(cal.stragglers) if cal.stragglers else None,
+           "ps_apply_s": cal.ps_apply_s, "jitter_cv": cal.jitter_cv, "phase_overhead_s": cal.phase_overhead_s,
+           "exchange_overhead": {w: asdict(f) for w, f in cal.exchange_overhead.items()},
+           "residual_spread": [{"device": d, "resolution": r, **asdict(f)} for (d, r), f in cal.residual_spread.items()],
+           "drift": [{**asdict(d), "change": d.change} for d in cal.drift],
+           "eval": asdict(cal.eval_fit) if cal.eval_fit else None,
+           "warnings": list(cal.warnings), "cluster": cal.cluster.model_dump(mode="json")}
+    return _finite_or_none(out)
+
+
+def _finite_or_none(value):
+    """JSON has no NaN or infinity: null instead."""
+    if isinstance(value, float) and not np.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite_or_none(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite_or_none(v) for v in value]
+    return value

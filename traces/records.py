@@ -1,4 +1,4 @@
-"""The record kinds of hybridps.trace/1 and their fields (DESIGN.md, trace.jsonl).
+"""The record kinds of hybridps.trace/1 and their fields (docs/formats.md, trace.jsonl).
 
 Records are plain dicts (cheap to build in hot loops); `validate_record` checks one
 when a trace is read back. Optional fields are additions the format allows.

@@ -15,6 +15,9 @@ import sys
 from hybridps import __version__
 from hybridps.errors import UserError
 
+# the README's CPU-torch install: pinning torch first keeps pip from pulling the CUDA build
+TORCH_INSTALL_HINT = "install the CPU build of torch: pip install torch==2.13.0, then pip install -e '.[runtime]'"
+
 COMMANDS = ["examples", "check", "simulate", "plan", "run", "profile", "calibrate", "validate", "schema", "gantt", "chrome"]
 
 

@@ -4,6 +4,8 @@ cluster model and/or the convergence model (docs/convergence.md) to measured tra
 from __future__ import annotations
 
 import argparse
+import json
+import sys
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -26,16 +28,16 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="an iteration slower than this x the fit is a straggler outlier (default 1.5)")
     p.add_argument("--no-absorb-gaps", action="store_true",
                    help="fit raw record durations instead of stretching them over the gaps between records")
+    p.add_argument("--json", action="store_true",
+                   help="print the fits (and the convergence model with --job) as JSON instead of the report")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     from hybridps.errors import UserError
-    from hybridps.fileio import atomic_write_text, check_output_file
-    from hybridps.spec import load_cluster, resolve_path
+    from hybridps.fileio import check_output_file
+    from hybridps.spec import resolve_path
     from traces import read_trace
-    from traces.calibrate import calibrate, format_report
-    from traces.cluster_toml import cluster_to_toml
 
     if args.outlier_factor <= 1:
         raise UserError("calibrate: --outlier-factor must be > 1")
@@ -53,20 +55,41 @@ def run(args: argparse.Namespace) -> int:
         check_output_file(args.job_out, "--job-out", inputs)
     logs = [read_walltime_log(p) for p in args.traces if is_walltime_log(p)]
     traces = [read_trace(p) for p in args.traces if not is_walltime_log(p)]
+    result: dict = {"wrote": []}
     if args.job_out is not None:
-        _fit_convergence(args, traces)
-    if args.out is None:
-        return 0
+        result["convergence"] = _fit_convergence(args, traces)
+        result["wrote"].append(str(args.job_out))
+    if args.out is not None:
+        result.update(_fit_cluster(args, traces, logs))
+        result["wrote"].append(str(args.out))
+    if args.json:
+        print(json.dumps(result, indent=2))
+    return 0
+
+
+def _fit_cluster(args: argparse.Namespace, traces: list, logs: list) -> dict:
+    """Fit and write -o; warnings on stderr, the report on stdout (unless --json); return
+    the fits as JSON."""
+    from hybridps.fileio import atomic_write_text
+    from hybridps.spec import load_cluster
+    from traces.calibrate import calibrate, calibration_json, format_report
+    from traces.cluster_toml import cluster_to_toml
+
     base = load_cluster(args.base) if args.base else None
     cal = calibrate(traces, base, outlier_factor=args.outlier_factor, absorb_gaps=not args.no_absorb_gaps, logs=logs)
     comment = "calibrated by `hybridps calibrate` from: " + ", ".join(args.traces)
     atomic_write_text(args.out, cluster_to_toml(cal.cluster, comment))  # first: `| head` must not lose it
-    print(format_report(cal))
-    print(f"wrote {args.out}")
-    return 0
+    for w in cal.warnings:
+        print(f"hybridps calibrate: warning: {w}", file=sys.stderr)
+    if not args.json:
+        print(format_report(cal))
+        print(f"wrote {args.out}")
+    return calibration_json(cal)
 
 
-def _fit_convergence(args: argparse.Namespace, traces: list) -> None:
+def _fit_convergence(args: argparse.Namespace, traces: list) -> dict:
+    """Fit and write --job-out; print the fit report (unless --json); return the fitted
+    [convergence] table as JSON."""
     from hybridps.fileio import atomic_write_text
     from hybridps.spec import load_job
     from sim.convergence_fit import fit, format_fit
@@ -83,5 +106,7 @@ def _fit_convergence(args: argparse.Namespace, traces: list) -> None:
         from hybridps.errors import UserError
 
         raise UserError(f"--job-out {args.job_out}: cannot write: {e.strerror}") from None
-    print(format_fit(res))
-    print(f"wrote {args.job_out}")
+    if not args.json:
+        print(format_fit(res))
+        print(f"wrote {args.job_out}")
+    return {**res.spec.model_dump(mode="json"), "not_identifiable": res.notes, "per_trace_rmse": res.per_trace_rmse}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -12,6 +13,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--cluster", help="cluster.toml path or bundled name")
     p.add_argument("--job", help="job.toml path or bundled name")
     p.add_argument("--plan", help="plan.json path or bundled name (checked against --cluster/--job if given)")
+    p.add_argument("--json", action="store_true", help="print what was checked as JSON instead of the ok lines")
     p.set_defaults(func=run)
 
 
@@ -24,13 +26,32 @@ def run(args: argparse.Namespace) -> int:
     cluster = load_cluster(args.cluster) if args.cluster else None
     job = load_job(args.job) if args.job else None
     plan = load_plan(args.plan, cluster, job) if args.plan else None
+    checked = {}
     if cluster is not None:
-        print(f"cluster ok: {len(cluster.worker_list)} workers, {len(cluster.devices)} device types, "
-              f"{cluster.ps.count} PS shard(s)")
+        checked["cluster"] = {"workers": len(cluster.worker_list), "device_types": len(cluster.devices),
+                              "ps_shards": cluster.ps.count}
     if job is not None:
-        print(f"job ok: {job.model.name} ({job.model.parameters:,} parameters) on {job.data.name} "
-              f"({job.data.samples:,} samples), {job.train.epochs} epochs")
+        checked["job"] = {"model": job.model.name, "parameters": job.model.parameters, "data": job.data.name,
+                          "samples": job.data.samples, "epochs": job.train.epochs}
     if plan is not None:
-        against = " (checked against cluster and job)" if cluster is not None and job is not None else ""
-        print(f"plan ok: {len(plan.phases)} phases{against}")
+        checked["plan"] = {"phases": len(plan.phases), "checked_against_cluster_and_job": bool(cluster and job)}
+    if args.json:
+        print(json.dumps({"ok": True, **checked}, indent=2))
+    else:
+        print(_ok_lines(checked))
     return 0
+
+
+def _ok_lines(checked: dict) -> str:
+    lines = []
+    if "cluster" in checked:
+        c = checked["cluster"]
+        lines.append(f"cluster ok: {c['workers']} workers, {c['device_types']} device types, {c['ps_shards']} PS shard(s)")
+    if "job" in checked:
+        j = checked["job"]
+        lines.append(f"job ok: {j['model']} ({j['parameters']:,} parameters) on {j['data']} ({j['samples']:,} samples), "
+                     f"{j['epochs']} epochs")
+    if "plan" in checked:
+        against = " (checked against cluster and job)" if checked["plan"]["checked_against_cluster_and_job"] else ""
+        lines.append(f"plan ok: {checked['plan']['phases']} phases{against}")
+    return "\n".join(lines)

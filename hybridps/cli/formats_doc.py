@@ -1,6 +1,7 @@
 """Renders docs/formats.md from the code's own definitions: the pydantic models of
 hybridps.spec (cluster.toml, job.toml, plan.json), traces.records.RECORD_KINDS
-(trace.jsonl) and the keys of a real `simulate --json` summary. The field tables are
+(trace.jsonl), the keys of a real `simulate --json` summary (and of a run's
+summary.json, which shares them) and of a real `plan --json` ranking. The field tables are
 walked, never typed by hand, so a field added to a model shows up on the next
 `hybridps schema docs -o docs/formats.md` and tests/test_formats.py fails until then.
 
@@ -31,6 +32,7 @@ UNITS_BY_NAME = {
     "bytes_pushed": "bytes", "bytes_pulled": "bytes", "bytes_total": "bytes", "accuracy": "fraction 0..1",
     "ratio": "fraction of elements", "levels": "levels", "rounds": "rounds",
     "batch_small": "samples", "batch_big": "samples", "repeats": "count",
+    "samples_applied": "samples", "split_samples": "samples",
 }
 UNITS_BY_SUFFIX = [
     ("_s_per_mparam", "s per 1e6 parameters"), ("_per_hour", "1/hour"), ("_gbps", "Gbps (1e9 bit/s)"),
@@ -175,6 +177,8 @@ TRACE_MEANINGS = {
     "eval.loss": "mean loss",
     "eval.accuracy": "top-1 accuracy",
     "eval.split": "data split evaluated",
+    "eval.samples": "held-out samples evaluated",
+    "eval.start_s": "when the evaluation began (t_s: when it ended)",
     "train": "training loss per exchange interval, per worker (mean over the interval's samples)",
     "train.loss": "mean training loss over the interval",
     "train.samples": "samples in the interval",
@@ -219,6 +223,64 @@ SUMMARY_MEANINGS = {
     "staleness.max": "largest",
     "bytes_total": "bytes pushed and pulled by all workers",
     "events": "SimPy events processed", "wall_s": "wall-clock time the simulation took",
+}
+
+# `hybridps run`'s RUN/summary.json: traces/summary.py's keys (those of `simulate --json`,
+# computed from the run's trace) plus what the runtime adds (runtime/summary.py, and the
+# parameter counts of runtime/server.py). Those additions need torch to produce, so they
+# are listed here: (type, meaning); tests/test_cli_help.py checks them against a real run.
+RUN_SUMMARY_ADDED = {
+    "events": ("int", "records in the trace"),
+    "evals": ("list of objects", "every eval record of the trace"),
+    "epoch_end_s": ("list[number]", "when the PS had applied each epoch's samples"),
+    "status": ("str", "`complete`; a stopped run's summary says why: `interrupted`, `worker-lost`, `io-error`"),
+    "startup_s": ("number", "from the launch until every process was ready (imports, model, data, rendezvous)"),
+    "wall_s": ("number", "wall-clock time of training, from time zero"),
+    "source": ("str", "`runtime`"),
+    "final_eval": ("object or null", "the last eval record: the trained model's held-out accuracy and loss"),
+    "version": ("int", "model version at the end: updates the PS (shard 0) applied"),
+    "samples_applied": ("int", "samples behind the applied updates"),
+    "eval": ("object", "what evaluation measured on"),
+    "eval.split": ("str", "the held-out split (`test`)"),
+    "eval.samples": ("int", "held-out samples per evaluation (`--eval-samples`, default all)"),
+    "eval.split_samples": ("int", "size of the held-out split"),
+    "eval.mode": ("str", "`eval`: batch norm uses the merged running statistics"),
+    "parameters": ("object", "the model's size"),
+    "parameters.model": ("int", "parameters of the model the run built"),
+    "parameters.job": ("int", "the job's `model.parameters`"),
+}
+
+RANKING_MEANINGS = {
+    "best": "the plan written to -o", "best.strategy": "its strategy",
+    "best.parameters": "its strategy's parameters (as in its label)",
+    "best.predicted_makespan_s": "its predicted makespan (full simulation)",
+    "best.quality": "its predicted quality (null without a [convergence] table)",
+    "best.quality.final_accuracy": "predicted final validation accuracy",
+    "best.quality.final_loss": "predicted final validation loss, nats",
+    "best.quality.time_to_target_s": "predicted time to the target (null: missed, or no target)",
+    "objective": "`time` (predicted makespan) or `time_to_accuracy` / `time_to_loss` (with a target)",
+    "uniform_makespan_s": "the uniform baseline's predicted makespan",
+    "ratio_to_uniform": "best makespan / baseline makespan",
+    "ranked": "the candidates, best first (plan --json: the --top ones; ranking.json: every one)",
+    "ranked[].label": "the candidate, whole", "ranked[].strategy": "its strategy",
+    "ranked[].parameters": "its strategy's parameters",
+    "ranked[].estimate_s": "closed-form makespan estimate",
+    "ranked[].proxy_s": "shortened-horizon simulation, scaled back (null: not simulated)",
+    "ranked[].full_s": "full simulation (null: not simulated in full)",
+    "ranked[].how": "which of the three its rank rests on: `full`, `proxy` or `estimate`",
+    "ranked[].quality": "predicted quality, as best.quality (null without a [convergence] table)",
+    "ranked[].quality.final_accuracy": "predicted final validation accuracy",
+    "ranked[].quality.final_loss": "predicted final validation loss, nats",
+    "ranked[].quality.time_to_target_s": "predicted time to the target (null: missed, or no target)",
+    "ranked[].risks": "known quality risks, one line each",
+    "ranked[].baseline": "true for the uniform baseline",
+    "counts": "how many candidates each stage saw",
+    "counts.candidates": "generated", "counts.proxy": "simulated on the shortened horizon",
+    "counts.full": "simulated in full",
+    "stage_s": "wall-clock time per stage", "stage_s.generate_s": "generating and estimating",
+    "stage_s.proxy_s": "proxy simulations", "stage_s.full_s": "full simulations",
+    "wall_s": "wall-clock time of the search",
+    "output": "the plan file written; null with --json and no -o (only in plan --json)",
 }
 
 
@@ -404,8 +466,39 @@ def summary_example() -> tuple[dict[str, Any], list[str]]:
     return simulate(cluster, job, plan).summary(), [w.name for w in cluster.worker_list]
 
 
-def summary_rows(summary: dict[str, Any], worker_names: list[str]) -> list[dict[str, str]]:
-    """One row per key of the summary, nested keys as paths (workers.NAME.iterations)."""
+def run_summary_rows(summary: dict[str, Any], worker_names: list[str]) -> list[dict[str, str]]:
+    """RUN/summary.json: the trace summary's rows (traces/summary.py, on a simulated trace
+    of the same plan), then the runtime's additions; evals[] and final_eval are eval records."""
+    trace_keys = ("makespan_s", "phases", "workers", "updates", "staleness", "bytes_total")
+    rows = [r for r in summary_rows(summary, worker_names) if r["path"].split(".")[0].split("[")[0] in trace_keys]
+    eval_fields = [{"field": "kind", "type": "str", "unit": "", "meaning": "`eval`"},
+                   *(r for r in trace_rows() if r["kind"] == "eval")]
+    for path, (kind, meaning) in RUN_SUMMARY_ADDED.items():
+        rows.append({"path": path, "type": kind, "unit": unit_of(path.split(".")[-1]), "meaning": meaning})
+        if path in ("evals", "final_eval"):  # eval records, as in the trace
+            sep = "[]." if path == "evals" else "."
+            rows += [{"path": f"{path}{sep}{r['field']}", "type": r["type"], "unit": r["unit"],
+                      "meaning": r["meaning"]} for r in eval_fields]
+    return rows
+
+
+def ranking_example() -> dict[str, Any]:
+    """A real `plan --json` output: the bundled digits-cnn job with --target-accuracy 0.95,
+    so quality is filled in."""
+    from hybridps.spec import load_cluster, load_job
+    from solver.candidates import Constraints
+    from solver.search import search, summary_json
+
+    result = search(load_cluster("digits-cpu3"), load_job("digits-cnn"), Constraints(), seed=0, jobs=1,
+                    target_accuracy=0.95)
+    return {**summary_json(result, None), "output": "plan.json"}
+
+
+def summary_rows(summary: dict[str, Any], worker_names: list[str], meanings: dict[str, str] | None = None,
+                 opaque: tuple[str, ...] = ()) -> list[dict[str, str]]:
+    """One row per key of the summary, nested keys as paths (workers.NAME.iterations);
+    the keys inside an `opaque` path vary (a strategy's parameters) and are not listed."""
+    meanings = SUMMARY_MEANINGS if meanings is None else meanings
     rows: list[dict[str, str]] = []
 
     def walk(value: Any, path: str) -> None:
@@ -420,9 +513,11 @@ def summary_rows(summary: dict[str, Any], worker_names: list[str]) -> list[dict[
         for key, sub in items:
             sub_path = f"{path}{key}" if key.startswith("[]") else path_of(key)
             if not sub_path.endswith(".NAME"):
-                rows.append({"path": sub_path, "type": _json_type(sub), "unit": unit_of(key.split(".")[-1]),
-                             "meaning": SUMMARY_MEANINGS.get(sub_path, NOT_DESCRIBED)})
-            walk(sub, sub_path)
+                unit = "" if sub_path in opaque else unit_of(key.split(".")[-1])
+                rows.append({"path": sub_path, "type": _json_type(sub), "unit": unit,
+                             "meaning": meanings.get(sub_path, NOT_DESCRIBED)})
+            if sub_path not in opaque:
+                walk(sub, sub_path)
 
     walk(summary, "")
     return rows
@@ -461,6 +556,7 @@ def _table(rows: list[dict[str, str]], columns: list[tuple[str, str]]) -> str:
     return "\n".join(lines)
 
 
+SUMMARY_COLUMNS = [("path", "key"), ("type", "type"), ("unit", "unit"), ("meaning", "meaning")]
 SPEC_COLUMNS = [("path", "field"), ("type", "type"), ("unit", "unit"), ("default", "default"),
                 ("range", "valid range"), ("meaning", "meaning")]
 
@@ -553,8 +649,29 @@ def render() -> str:
         "Printed on stdout by `hybridps simulate --json`. The keys below are those of a real run "
         "(the bundled `gtx1080x4-cifar100-dbsl` plan); options may add keys.",
         "",
-        _table(summary_rows(summary, names), [("path", "key"), ("type", "type"), ("unit", "unit"),
-                                              ("meaning", "meaning")]),
+        _table(summary_rows(summary, names), SUMMARY_COLUMNS),
+        "",
+        "## `RUN/summary.json` — a run's summary",
+        "",
+        "Written by `hybridps run` into its output directory when the run ends (also when it stops: "
+        "`status` says why), and printed on stdout by `hybridps run --json` when it completes (progress "
+        "and the human lines go to stderr). The first keys are those of `simulate --json`, computed from "
+        "the run's own trace by `traces/summary.py` (so a resumed run's summary covers both parts); the "
+        "rest are the runtime's.",
+        "",
+        _table(run_summary_rows(summary, names), SUMMARY_COLUMNS),
+        "",
+        "## `plan --json` — the ranking",
+        "",
+        "Printed on stdout by `hybridps plan --json`; `plan --keep DIR` writes the same object as "
+        "`DIR/ranking.json`, with every candidate in `ranked` and no `output`. With `--json` the best plan "
+        "is written only when `-o` is given (`output` is then its path, else null); without `--json`, "
+        "`-o` defaults to `plan.json`, and replacing an existing file is said on stderr. The keys below "
+        "are those of a real search (the bundled `digits-cnn` job on `digits-cpu3`, `--target-accuracy "
+        "0.95`); without a `[convergence]` table every `quality` is null.",
+        "",
+        _table(summary_rows(ranking_example(), [], RANKING_MEANINGS, ("best.parameters", "ranked[].parameters")),
+               SUMMARY_COLUMNS),
         "",
     ]
     return "\n".join(parts)

@@ -58,8 +58,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="write every fully simulated plan as DIR/NN-STRATEGY/plan.json and the ranking as "
                         "DIR/ranking.json")
     p.add_argument("--top", type=int, default=10, help="rows in the ranked table (default 10)")
-    p.add_argument("-o", "--out", "--output", dest="output", default="plan.json", metavar="plan.json", help="where to write the best plan (default plan.json)")
+    p.add_argument("-o", "--out", "--output", dest="output", metavar="plan.json",
+                   help="where to write the best plan (default plan.json; with --json, written only when -o is "
+                        "given); replacing an existing file is said on stderr")
     p.add_argument("--json", action="store_true", help="print the ranking as JSON instead of a table")
+    p.add_argument("--plot", metavar="FILE.png",
+                   help="draw the --top candidates: predicted time (full or proxy), the baseline, and predicted "
+                        "accuracy and time to target when the job has a [convergence] table")
     p.add_argument("--seed", type=seed_arg, default=0, help="simulation seed (stragglers), default 0")
     p.add_argument("--jobs", type=positive_int_arg, default=None, help="simulation processes (default: CPU count)")
     p.add_argument("--proxy-epochs", type=int, default=2, metavar="EPOCHS",
@@ -122,9 +127,9 @@ def _constraints(args: argparse.Namespace):
 
 def run(args: argparse.Namespace) -> int:
     from hybridps.errors import UserError
-    from hybridps.fileio import atomic_write_text, check_output_file
+    from hybridps.fileio import check_output_file
     from hybridps.spec import load_cluster, load_job, resolve_path
-    from solver.search import search, summary_json, table
+    from solver.search import search, summary_json
     from solver.timemodel import check_resolutions
 
     cons = _constraints(args)
@@ -141,7 +146,11 @@ def run(args: argparse.Namespace) -> int:
             raise UserError(f"{flag}: job {args.job} has no [convergence] table, so quality is not modelled; fit one "
                             f"with `hybridps calibrate TRACE... --job {args.job} --job-out JOB.toml`")
     check_resolutions(cluster, job, str(resolve_path("cluster", args.cluster)))
-    check_output_file(args.output, "-o", [resolve_path("cluster", args.cluster), resolve_path("job", args.job)])
+    output = args.output if args.output is not None else (None if args.json else "plan.json")
+    inputs = [resolve_path("cluster", args.cluster), resolve_path("job", args.job)]
+    for flag, path in (("-o", output), ("--plot", args.plot)):
+        if path is not None:
+            check_output_file(path, flag, inputs)
     jobs = args.jobs if args.jobs is not None else (os.cpu_count() or 1)
     result = search(cluster, job, cons, seed=args.seed, jobs=jobs, proxy_epochs=args.proxy_epochs,
                     proxy_count=args.proxy_count, full_count=args.full_count, objective=args.objective,
@@ -150,37 +159,69 @@ def run(args: argparse.Namespace) -> int:
             not {ph.sync for ph in result.plan.phases} <= set(cons.sync_modes):
         raise UserError("no candidate plan satisfies the constraints (--strategy, --sync, --min-bsp-fraction); "
                         "relax one of them")
-    atomic_write_text(args.output, result.plan.to_json())
-    if args.keep:
-        _keep(args.keep, result)
-    m = result.plan.meta
+    _write_outputs(args, result, output, job)
     if args.json:
         out = summary_json(result, args.top)
-        out["output"] = str(args.output)
+        out["output"] = None if output is None else str(output)
         print(json.dumps(out, indent=2))
     else:
-        print(table(result, args.top))
-        print(f"\n{result.counts['candidates']} candidates, {result.counts['proxy']} simulated on a "
-              f"{args.proxy_epochs}-epoch-per-phase horizon, {result.counts['full']} in full; "
-              f"{result.wall_s:.1f} s (generate {result.stage_s['generate_s']:.1f} s, proxy "
-              f"{result.stage_s['proxy_s']:.1f} s, full {result.stage_s['full_s']:.1f} s)")
-        print(f"wrote {args.output}: {result.best.candidate.label}, predicted makespan "
-              f"{m['predicted_makespan_s']:.1f} s = {m['ratio_to_uniform']:.3f}x the uniform baseline "
-              f"({m['uniform_makespan_s']:.1f} s)")
-        if "predicted_final_accuracy" in m:
-            line = f"predicted final accuracy {m['predicted_final_accuracy']:.3f}"
-            if targeted:
-                target = m.get("target_accuracy", m.get("target_loss"))
-                ttt = m["predicted_time_to_target_s"]
-                line += (f", target {target:g} reached at {ttt:.1f} s" if ttt is not None
-                         else f", target {target:g} predicted to be missed by every candidate")
-            print(line)
+        _print_table(args, result, output, targeted)
     if job.convergence is None:
         print("note: quality is not modelled (the job has no [convergence] table): ranked by predicted makespan "
               "only; candidates with known quality risks are marked", file=sys.stderr)
     for line in dict.fromkeys(cons.extra.get("skipped", [])):
         print(f"note: skipped {line}", file=sys.stderr)
     return 0
+
+
+def _print_table(args: argparse.Namespace, result, output: str, targeted: bool) -> None:
+    """The human output: the ranked table, the search's counts, what was written."""
+    from solver.search import table
+
+    m = result.plan.meta
+    print(table(result, args.top))
+    print(f"\n{result.counts['candidates']} candidates, {result.counts['proxy']} simulated on a "
+          f"{args.proxy_epochs}-epoch-per-phase horizon, {result.counts['full']} in full; "
+          f"{result.wall_s:.1f} s (generate {result.stage_s['generate_s']:.1f} s, proxy "
+          f"{result.stage_s['proxy_s']:.1f} s, full {result.stage_s['full_s']:.1f} s)")
+    print(f"wrote {output}: {result.best.candidate.label}, predicted makespan "
+          f"{m['predicted_makespan_s']:.1f} s = {m['ratio_to_uniform']:.3f}x the uniform baseline "
+          f"({m['uniform_makespan_s']:.1f} s)")
+    if "predicted_final_accuracy" in m:
+        line = f"predicted final accuracy {m['predicted_final_accuracy']:.3f}"
+        if targeted:
+            target = m.get("target_accuracy", m.get("target_loss"))
+            ttt = m["predicted_time_to_target_s"]
+            line += (f", target {target:g} reached at {ttt:.1f} s" if ttt is not None
+                     else f", target {target:g} predicted to be missed by every candidate")
+        print(line)
+
+
+def _write_outputs(args: argparse.Namespace, result, output: str | None, job) -> None:
+    """The best plan (-o), every fully simulated plan (--keep) and the picture (--plot)."""
+    from solver.search import summary_json
+
+    if output is not None:
+        _write_plan(output, result.plan)
+    if args.keep:
+        _keep(args.keep, result)
+    if args.plot:
+        from traces.plots import write_plan_plot
+
+        write_plan_plot(args.plot, summary_json(result, None), f"plan: {job.model.name} on {job.data.name}, "
+                        f"cluster {args.cluster}", args.top, args.target_accuracy)
+
+
+def _write_plan(path: str, plan) -> None:
+    """Write the best plan; a file it replaces is named on stderr (a plan is work to redo)."""
+    from pathlib import Path
+
+    from hybridps.fileio import atomic_write_text
+
+    replaced = Path(path).exists()
+    atomic_write_text(path, plan.to_json())
+    if replaced:
+        print(f"note: replaced the existing {path}", file=sys.stderr)
 
 
 def _keep(folder: str, result) -> None:

@@ -32,10 +32,12 @@ def run(args: argparse.Namespace) -> int:
     from hybridps.errors import UserError
     from hybridps.fileio import check_output_file
 
+    from hybridps.cli import TORCH_INSTALL_HINT
+
     try:
         from runtime.profile import profile
     except ImportError as e:
-        raise UserError(f"profile needs torch ({e}); install it: pip install -e '.[runtime]'") from None
+        raise UserError(f"hybridps profile needs torch ({e}); {TORCH_INSTALL_HINT}") from None
     for flag in ("classes", "max_batch", "repeats"):
         if getattr(args, flag) < 1:
             raise UserError(f"profile: --{flag.replace('_', '-')} must be at least 1")

@@ -13,7 +13,7 @@ import os
 import sys
 from pathlib import Path
 
-from hybridps.cli import nonnegative_int_arg, path_arg, positive_float_arg, positive_int_arg, seed_arg
+from hybridps.cli import TORCH_INSTALL_HINT, nonnegative_int_arg, path_arg, positive_float_arg, positive_int_arg, seed_arg
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -47,7 +47,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--threads", type=positive_int_arg, default=1, help="torch threads per process (default 1)")
     p.add_argument("--no-emulate", action="store_true",
                    help="do not enforce the cluster's slowdown, bandwidth and stragglers")
-    p.set_defaults(func=run)
+    p.add_argument("--json", action="store_true",
+                   help="print summary.json on stdout at the end (progress and the human lines go to stderr)")
+    p.set_defaults(func=run_maybe_json)
 
 
 def _specs(args: argparse.Namespace):
@@ -82,7 +84,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         import torch  # noqa: F401
     except ImportError:
-        raise UserError("hybridps run needs torch: pip install 'hybridps[runtime]'") from None
+        raise UserError(f"hybridps run needs torch; {TORCH_INSTALL_HINT}") from None
     from runtime.context import RunOptions, expected_world_size
     from runtime.launch import run_local, run_process
 
@@ -194,3 +196,18 @@ def _rebuild_argv(args: argparse.Namespace) -> list[str]:
     if args.no_emulate:
         out.append("--no-emulate")
     return out
+
+
+def run_maybe_json(args: argparse.Namespace) -> int:
+    """`run`; with --json every rank's human lines go to stderr and the launcher prints
+    the run's summary.json on stdout once it ends well."""
+    if not args.json:
+        return run(args)
+    from hybridps.fileio import stdout_to_stderr
+
+    with stdout_to_stderr():
+        code = run(args)
+    out = args.resume if args.resume is not None else args.out
+    if code == 0 and os.environ.get("RANK", "0") == "0" and "HYBRIDPS_PARENT_PID" not in os.environ:
+        print((Path(out) / "summary.json").read_text(), end="")
+    return code

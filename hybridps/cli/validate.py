@@ -27,6 +27,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--target-accuracy", type=unit_fraction_arg, metavar="A",
                    help="also compare the predicted and measured time to this validation accuracy")
     p.add_argument("--json", action="store_true", help="print the comparison as JSON")
+    p.add_argument("--plot", metavar="FILE.png",
+                   help="also draw predicted against measured: phase durations, each worker's compute and "
+                        "communication time")
     p.set_defaults(func=run)
 
 
@@ -76,6 +79,10 @@ def run(args: argparse.Namespace) -> int:
 
     if args.repeats < 1:
         raise UserError("validate: --repeats must be at least 1")
+    if args.plot is not None:
+        from hybridps.fileio import check_output_file
+
+        check_output_file(args.plot, "--plot", [args.trace, args.cluster, args.job])
     trace, cluster, job, plan = load_run(args.trace, args.cluster)
     if args.job:
         from hybridps.spec import load_job
@@ -101,6 +108,10 @@ def run(args: argparse.Namespace) -> int:
     measured = measured_summary(trace)
     result = compare(predicted, measured)
     qual = _quality(trace, args.trace, runs[0], plan, job, args.target_accuracy) if job.convergence else None
+    if args.plot is not None:
+        from traces.plots import write_validate_plot
+
+        write_validate_plot(args.plot, result, f"validate {args.trace} on {args.cluster or 'the header cluster'}")
     if args.json:
         out = {"trace": args.trace, "cluster": args.cluster or "header", "seeds": seeds,
                "comparison": result, "predicted": predicted, "measured": measured}

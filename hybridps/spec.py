@@ -333,6 +333,8 @@ class ConvergenceSpec(_Spec):
     noise_scale: float = _finite(ge=0)  # gradient noise scale B_simple, samples
     staleness_penalty: float = _finite(ge=0)  # kappa_s: curvature term x (1 + kappa_s * staleness)
     drift_steps: float = _finite(gt=0)  # model exchange: H local steps keep 1 / (1 + (H-1)/drift_steps)
+    # a bsp phase followed by stale gradients (asp/ssp): the fraction of progress the switch keeps
+    switch_progress_kept: float = _finite(default=0.0, ge=0, le=1)
     accuracy_initial: float = _finite(ge=0, le=1)
     accuracy_final: float = _finite(ge=0, le=1)  # A_inf, the plateau
     accuracy_progress: float = _finite(gt=0)  # tau_A, ideal steps to 1 - 1/e of the way

@@ -26,6 +26,10 @@ from hybridps.spec import CONVERGENCE_FORMAT, Compression, ConvergenceSpec, Job,
 DEFAULT_NOISE_SCALE = 16.0  # samples; McCandlish et al. (2018, fig. 4) put MNIST-scale tasks at tens of samples
 DEFAULT_STALENESS_PENALTY = 0.5  # each version of staleness adds half the curvature term again
 DEFAULT_DRIFT_STEPS = 1000.0  # local steps before model-exchange drift halves a round's progress
+# A bsp phase followed by stale gradients keeps none of its progress unless a trace with such a
+# switch shows otherwise: on digits every bsp->asp switch fell back to near-chance accuracy
+# (docs/convergence.md, "Transitions"), and a planner must not count on the bsp phase surviving.
+DEFAULT_SWITCH_PROGRESS_KEPT = 0.0
 DEFAULT_COMPRESSION = {  # progress efficiency per lossy kind, error feedback on (docs/convergence.md)
     "topk": 0.7, "randomk": 0.3, "dithering": 0.7, "onebit": 0.5,
     "onebit_unscaled": -1.0,  # sign only, no magnitude: each step has the size of the whole model -> diverges
@@ -143,13 +147,44 @@ def merge_progress(workers: np.ndarray, displacement: np.ndarray, alpha: np.ndar
     return deltas
 
 
-def cumulative_progress(delta: np.ndarray) -> np.ndarray:
-    """P after each update, never below 0 (a diverging stretch falls back to the initial
-    model, no further): the reflected cumulative sum S − min(0, running min of S)."""
+def cumulative_progress(delta: np.ndarray, start: float = 0.0) -> np.ndarray:
+    """P after each update, starting from `start`, never below 0 (a diverging stretch falls
+    back to the initial model, no further): the reflected cumulative sum S − min(0, running
+    min of S)."""
     if delta.size == 0:
         return delta.astype(float)
-    total = np.cumsum(delta)
+    total = start + np.cumsum(delta)
     return total - np.minimum(0.0, np.minimum.accumulate(total))
+
+
+def is_sync_switch(plan: Plan, p: int) -> bool:
+    """Phase p runs stale gradients (asp/ssp, gradient exchange) right after a bsp phase:
+    the Sync-Switch transition, where the measured accuracy falls back."""
+    if p == 0:
+        return False
+    prev, ph = plan.phases[p - 1], plan.phases[p]
+    return prev.sync == "bsp" and ph.sync in ("asp", "ssp") and ph.exchange == "gradient"
+
+
+def kept_at_phase_start(plan: Plan, p: int, spec: ConvergenceSpec) -> float:
+    """The fraction of the progress made so far that survives the start of phase p."""
+    return spec.switch_progress_kept if is_sync_switch(plan, p) else 1.0
+
+
+def progress_curve(stream: Stream, plan: Plan, spec: ConvergenceSpec) -> np.ndarray:
+    """Cumulative progress after every update of the stream (in time order, so phases in
+    order), with the progress each phase start keeps (kept_at_phase_start)."""
+    delta = update_progress(stream, plan, spec)
+    starts = np.searchsorted(stream.phase, np.arange(len(plan.phases) + 1), side="left")
+    out = np.empty(delta.size)
+    carried = 0.0
+    for p in range(len(plan.phases)):
+        lo, hi = starts[p], starts[p + 1]
+        carried *= kept_at_phase_start(plan, p, spec)
+        if hi > lo:
+            out[lo:hi] = cumulative_progress(delta[lo:hi], carried)
+            carried = float(out[hi - 1])
+    return out
 
 
 def accuracy_at(progress: np.ndarray | float, spec: ConvergenceSpec) -> np.ndarray:
@@ -211,7 +246,7 @@ class Prediction:
 
 def predict(stream: Stream, plan: Plan, spec: ConvergenceSpec) -> Prediction:
     """The whole prediction for one stream."""
-    prog = cumulative_progress(update_progress(stream, plan, spec))
+    prog = progress_curve(stream, plan, spec)
     final = float(prog[-1]) if prog.size else 0.0
     return Prediction(stream.t_s, prog, final, float(accuracy_at(final, spec)), float(loss_at(final, spec)))
 
@@ -261,6 +296,7 @@ def default_spec(job: Job) -> dict:
     return {"format": CONVERGENCE_FORMAT, "lr_max": job.train.base_lr * (1.0 + DEFAULT_NOISE_SCALE / job.train.base_batch),
             "noise_scale": DEFAULT_NOISE_SCALE,
             "staleness_penalty": DEFAULT_STALENESS_PENALTY, "drift_steps": DEFAULT_DRIFT_STEPS,
+            "switch_progress_kept": DEFAULT_SWITCH_PROGRESS_KEPT,
             "accuracy_initial": 0.1, "accuracy_final": 0.9, "accuracy_progress": 100.0, "accuracy_shape": 1.0,
             "loss_initial": 2.3, "loss_final": 0.1, "loss_progress": 100.0, "loss_shape": 1.0}
 

@@ -6,6 +6,7 @@ A parameter is fitted only when the traces can identify it; otherwise it keeps i
 stated default and is listed in `defaults` (and in the notes calibrate prints):
 - staleness_penalty: needs stale gradient updates (an asp/ssp gradient-exchange trace);
 - drift_steps: needs an asp/ssp model-exchange trace;
+- switch_progress_kept: needs a trace whose bsp phase is followed by an asp/ssp gradient phase;
 - a compression kind's efficiency: needs a trace that used that kind;
 - noise_scale: from the traces' `noise` records (their inverse-variance mean), else fitted
   when bsp gradient rounds of clearly different batch sizes are present, else default;
@@ -27,8 +28,8 @@ from scipy.optimize import least_squares
 from hybridps.errors import UserError
 from hybridps.spec import ConvergenceSpec, Job, Plan, plan_from_dict
 from sim.convergence import (DEFAULT_COMPRESSION, DEFAULT_DRIFT_STEPS, DEFAULT_NOISE_SCALE,
-                             DEFAULT_STALENESS_PENALTY, Stream, accuracy_at, cumulative_progress, default_spec,
-                             loss_at, update_progress)
+                             DEFAULT_STALENESS_PENALTY, DEFAULT_SWITCH_PROGRESS_KEPT, Stream, accuracy_at,
+                             default_spec, is_sync_switch, loss_at, progress_curve)
 from traces.jsonl import Trace
 from traces.update_stream import EvalPoints, eval_points, noise_scales, update_stream
 
@@ -67,7 +68,7 @@ def load_runs(traces: list[tuple[str, Trace]]) -> list[_Run]:
 
 
 def _identifiable(runs: list[_Run]) -> dict[str, bool]:
-    stale = model_async = False
+    stale = model_async = switched = False
     kinds: set[str] = set()
     bsp_lrs: set[float] = set()
     bsp_batches: list[float] = []
@@ -77,6 +78,8 @@ def _identifiable(runs: list[_Run]) -> dict[str, bool]:
         on = ph_sync[r.stream.phase]
         stale |= bool(np.any(on & ~ph_model[r.stream.phase] & (r.stream.staleness > 0)))
         model_async |= bool(np.any(on & ph_model[r.stream.phase]))
+        switched |= any(is_sync_switch(r.plan, p) and bool(np.any(r.stream.phase == p))
+                        for p in range(len(r.plan.phases)))
         for p in r.plan.phases:
             if p.compression.lossy:
                 kinds.add("onebit_unscaled" if p.compression.kind == "onebit" and not p.compression.onebit_scaling
@@ -87,7 +90,7 @@ def _identifiable(runs: list[_Run]) -> dict[str, bool]:
         bsp_batches += list(np.unique(r.stream.samples[rounds]))
     wide = len(bsp_batches) > 1 and max(bsp_batches) >= 1.5 * min(bsp_batches)
     out = {"staleness_penalty": stale, "drift_steps": model_async, "lr_max": len(bsp_lrs) >= 2,
-           "noise_scale": wide}
+           "noise_scale": wide, "switch_progress_kept": switched}
     out.update({f"compression.{k}": True for k in kinds})
     return out
 
@@ -136,6 +139,10 @@ def fit(traces: list[tuple[str, Trace]], job: Job) -> FitResult:
     if not ident["drift_steps"]:
         defaults.append("drift_steps")
         notes.append(f"drift_steps: no asp/ssp model-exchange trace; stated default {DEFAULT_DRIFT_STEPS:g} local steps")
+    if not ident["switch_progress_kept"]:
+        defaults.append("switch_progress_kept")
+        notes.append(f"switch_progress_kept: no trace switches from bsp to asp/ssp gradients; stated default "
+                     f"{DEFAULT_SWITCH_PROGRESS_KEPT:g} (a switch forgets the bsp phase's progress)")
     kinds = [k[len("compression."):] for k in ident if k.startswith("compression.")]
     for k in DEFAULT_COMPRESSION:
         if k not in kinds and k != "no_error_feedback":
@@ -158,6 +165,8 @@ def fit(traces: list[tuple[str, Trace]], job: Job) -> FitResult:
         free.append(("staleness_penalty", 0.5, 1e-4, 1e3, True))
     if ident["drift_steps"]:
         free.append(("drift_steps", 100.0, 1.0, 1e5, True))
+    if ident["switch_progress_kept"]:
+        free.append(("switch_progress_kept", 0.5, 0.0, 1.0, False))
     if ident["noise_scale"]:
         free.append(("noise_scale", DEFAULT_NOISE_SCALE, 1e-2, 1e6, True))
     if ident["lr_max"]:
@@ -186,7 +195,7 @@ def fit(traces: list[tuple[str, Trace]], job: Job) -> FitResult:
         spec = build(unpack(theta))
         out = []
         for r in runs:
-            prog = cumulative_progress(update_progress(r.stream, r.plan, spec))
+            prog = progress_curve(r.stream, r.plan, spec)
             at = np.concatenate([[0.0], prog])[np.searchsorted(r.stream.t_s, r.evals.t_s, side="right")]
             out.append(accuracy_at(at, spec) - r.evals.accuracy)
             out.append(LOSS_WEIGHT * (loss_at(at, spec) - r.evals.loss))
@@ -206,7 +215,7 @@ def fit(traces: list[tuple[str, Trace]], job: Job) -> FitResult:
     n_points = sum(r.evals.t_s.size for r in runs)
     acc_err, loss_err, per = [], [], {}
     for r in runs:
-        prog = cumulative_progress(update_progress(r.stream, r.plan, spec0))
+        prog = progress_curve(r.stream, r.plan, spec0)
         at = np.concatenate([[0.0], prog])[np.searchsorted(r.stream.t_s, r.evals.t_s, side="right")]
         ea = accuracy_at(at, spec0) - r.evals.accuracy
         acc_err.append(ea)
@@ -229,7 +238,8 @@ def format_fit(res: FitResult) -> str:
     lines.append(f"  accuracy {s.accuracy_initial:.3f} -> {s.accuracy_final:.3f} (tau {s.accuracy_progress:.4g} ideal "
                  f"steps, shape {s.accuracy_shape:.3g}); loss {s.loss_initial:.3f} -> {s.loss_final:.3f}")
     lines.append(f"  lr_max {s.lr_max:.4g}, noise_scale {s.noise_scale:.4g} samples, staleness_penalty "
-                 f"{s.staleness_penalty:.4g}, drift_steps {s.drift_steps:.4g}"
+                 f"{s.staleness_penalty:.4g}, drift_steps {s.drift_steps:.4g}, switch_progress_kept "
+                 f"{s.switch_progress_kept:.3g}"
                  + "".join(f", {k} {v:.3g}" for k, v in s.compression.items()))
     lines += [n if n.startswith("noise_scale: measured") else f"not identifiable: {n}" for n in res.notes]
     return "\n".join(lines)

@@ -157,7 +157,7 @@ def proxy_quality(cluster: Cluster, job: Job, plan: Plan, short: Plan, summary: 
     makes its proxy phase's progress per epoch (scaled by `_lr_ratio` when its LR differs)
     times its epochs, over the duration `scale_up` gives it; progress is linear inside a
     phase, so the time to the target is interpolated there (docs/solver.md)."""
-    from sim.convergence import accuracy_at, loss_at, progress_for_accuracy, progress_for_loss
+    from sim.convergence import accuracy_at, kept_at_phase_start, loss_at, progress_for_accuracy, progress_for_loss
 
     spec = job.convergence
     q = summary.get("quality")
@@ -175,6 +175,7 @@ def proxy_quality(cluster: Cluster, job: Job, plan: Plan, short: Plan, summary: 
     for k, full in enumerate(plan.phases):
         if k:
             t += cluster.ps.phase_overhead_s
+        P *= kept_at_phase_start(plan, k, spec)
         key = _phase_key(full)
         dur = _full_phase_s(model, full)
         gain = rate[key] * full.epochs * _lr_ratio(full, cuts[key], spec)

@@ -13,8 +13,9 @@ import pytest
 
 from hybridps.spec import ConvergenceSpec, load_cluster, load_job, load_plan
 from sim import simulate
-from sim.convergence import (Stream, accuracy_at, cumulative_progress, merge_progress, predict_sim,
-                             progress_for_accuracy, risks, step_progress, update_progress)
+from sim.convergence import (Stream, accuracy_at, cumulative_progress, is_sync_switch, merge_progress,
+                             predict_sim, progress_curve, progress_for_accuracy, risks, step_progress,
+                             update_progress)
 from solver.candidates import Constraints
 from solver.search import search
 from traces import TraceWriter, read_trace
@@ -65,6 +66,35 @@ def test_cumulative_progress_never_falls_below_the_initial_model():
     assert p.tolist() == [1.0, 0.0, 0.5, 2.5]
 
 
+def _digits_plan(*phases):
+    from hybridps.spec import plan_from_dict
+
+    c, j = load_cluster("digits-cpu3"), load_job("digits-cnn")
+    base = {"resolution": 8, "exchange": "gradient", "lr": 0.02,
+            "workers": [{"name": f"w{i}", "batch": 32, "samples": 479} for i in range(3)]}
+    return plan_from_dict({"format": "hybridps.plan/1", "phases": [{**base, **p} for p in phases]}, "<t>", c, j)
+
+
+def test_a_sync_switch_keeps_its_stated_fraction_of_the_bsp_progress():
+    plan = _digits_plan({"epochs": 4, "sync": "bsp"}, {"epochs": 6, "sync": "asp"})
+    assert [is_sync_switch(plan, p) for p in (0, 1)] == [False, True]
+    back = _digits_plan({"epochs": 4, "sync": "asp"}, {"epochs": 6, "sync": "bsp"})
+    model = _digits_plan({"epochs": 4, "sync": "bsp"}, {"epochs": 6, "sync": "asp", "exchange": "model"})
+    assert not is_sync_switch(back, 1) and not is_sync_switch(model, 1)
+    res = simulate(load_cluster("digits-cpu3"), load_job("digits-cnn"), plan, log_updates=True)
+    stream = Stream.from_update_log(res.counters.update_log, res.worker_names)
+    delta = update_progress(stream, plan, SPEC)
+    first = int(np.searchsorted(stream.phase, 1))
+    bsp_end = float(cumulative_progress(delta[:first])[-1])
+    for kept in (1.0, 0.25, 0.0):
+        spec = SPEC.model_copy(update={"switch_progress_kept": kept})
+        got = progress_curve(stream, plan, spec)
+        assert got[first - 1] == pytest.approx(bsp_end)
+        assert np.allclose(got[first:], cumulative_progress(delta[first:], kept * bsp_end))
+    assert np.allclose(progress_curve(stream, plan, SPEC.model_copy(update={"switch_progress_kept": 1.0})),
+                       cumulative_progress(delta))  # kept = 1: the plain cumulative sum
+
+
 def test_accuracy_curve_and_its_inverse():
     p = progress_for_accuracy(0.9, SPEC)
     assert float(accuracy_at(p, SPEC)) == pytest.approx(0.9)
@@ -106,13 +136,12 @@ def test_known_risks_are_named():
 
 
 def _synthetic_trace(tmp_path, truth: ConvergenceSpec, sync: str):
-    """A simulated digits run with eval records drawn from `truth` (plus 0.5-point noise)."""
+    """A simulated digits run with eval records drawn from `truth` (plus 0.5-point noise);
+    sync "switch" is 10 bsp epochs, then 20 asp epochs."""
     c, j = load_cluster("digits-cpu3"), load_job("digits-cnn").model_copy(update={"convergence": None})
-    ph = {"epochs": 30, "resolution": 8, "sync": sync, "staleness": None, "exchange": "gradient", "local_steps": None,
-          "lr": 0.02, "workers": [{"name": f"w{i}", "batch": 32, "samples": 479} for i in range(3)]}
-    from hybridps.spec import plan_from_dict
-
-    plan = plan_from_dict({"format": "hybridps.plan/1", "phases": [ph]}, "<test>", c, j)
+    phases = [{"epochs": 10, "sync": "bsp"}, {"epochs": 20, "sync": "asp"}] if sync == "switch" else \
+        [{"epochs": 30, "sync": sync}]
+    plan = _digits_plan(*phases)
     res = simulate(c, j, plan, record=True, log_updates=True)
     pred = predict_sim(res, plan, truth)
     rng = np.random.default_rng(0)
@@ -150,6 +179,22 @@ def test_calibrate_recovers_a_known_model_from_bsp_and_asp_traces(tmp_path):
     r = cli("calibrate", traces[0], "--job", "digits-cnn", "--job-out", out)
     assert r.returncode == 0 and "not identifiable: staleness_penalty" in r.stdout
     assert load_job(out).convergence.staleness_penalty == 0.5
+
+
+def test_calibrate_fits_the_progress_a_sync_switch_keeps(tmp_path):
+    truth = SPEC.model_copy(update={"switch_progress_kept": 0.3, "accuracy_final": 0.97, "accuracy_progress": 120.0,
+                                    "noise_scale": 16.0, "lr_max": 0.03})
+    traces = [_synthetic_trace(tmp_path, truth, s) for s in ("bsp", "switch")]
+    out = tmp_path / "job.toml"
+    r = cli("calibrate", *traces, "--job", "digits-cnn", "--job-out", out)
+    assert r.returncode == 0, r.stderr
+    got = load_job(out).convergence
+    assert got.switch_progress_kept == pytest.approx(0.3, abs=0.05)
+    assert "switch_progress_kept" not in got.defaults and "not identifiable: switch_progress_kept" not in r.stdout
+    # without a switch in the traces: one line, and the stated (conservative) default
+    r = cli("calibrate", traces[0], "--job", "digits-cnn", "--job-out", out)
+    assert r.returncode == 0 and "not identifiable: switch_progress_kept" in r.stdout
+    assert load_job(out).convergence.switch_progress_kept == 0.0
 
 
 # --------------------------------------------------------------------------- plan / simulate
@@ -325,3 +370,11 @@ def test_proxy_quality_scales_progress_per_phase_like_the_time():
     p_end = 150.0
     assert q["final_accuracy"] == pytest.approx(float(accuracy_at(p_end, SPEC)))
     assert q["time_to_target_s"] == pytest.approx(progress_for_accuracy(0.9, SPEC) / 5.0)
+    # a sync switch: the asp phase starts from the fraction of the bsp progress the model keeps
+    switch = plan.model_copy(update={"phases": [plan.phases[0], plan.phases[1].model_copy(update={"sync": "asp"})]})
+    short = shorten(switch, 2)
+    summary = {"makespan_s": 4.0, "phases": [{"start_s": 0.0, "end_s": 2.0}, {"start_s": 2.0, "end_s": 4.0}],
+               "epoch_end_s": [1.0, 2.0, 3.0, 4.0], "quality": {"phase_progress": [10.0, 10.0]}}
+    spec = SPEC.model_copy(update={"switch_progress_kept": 0.5})
+    q = proxy_quality(c, j.model_copy(update={"convergence": spec}), switch, short, summary)
+    assert q["final_accuracy"] == pytest.approx(float(accuracy_at(0.5 * 50.0 + 100.0, spec)))

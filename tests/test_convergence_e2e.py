@@ -1,7 +1,13 @@
 """End to end on real runs (127.0.0.1, real digits data, 3 emulated workers at 1x/2x/4x):
-calibrate the convergence model from one bsp and one asp run, predict three other plans
-(sync-switch, DBSL-style, bsp + topk) and compare with their mean over 3 seeds; then
+calibrate the convergence model from two bsp runs (LR 0.02 and 0.05), predict three other
+plans (sync-switch, DBSL-style, bsp + topk) and compare with their mean over 3 seeds; then
 `plan --target-accuracy` on the calibrated job, and run what it chose.
+
+Why two bsp runs and not one bsp and one asp run: a bsp run's accuracy curve is the same
+for a seed whatever the machine's load, an asp run's depends on the order of the pushes,
+which CPU contention changes. Three asp runs of seed 0 ended at 0.975, 0.911 and 0.964; a
+calibration on the 0.911 one fitted a plateau of 0.949 and predicted no plan reaching 0.95
+(the CI failure of 2026-12-05). Two LRs identify lr_max directly (docs/convergence.md).
 
 The bounds are what was measured (docs/convergence.md, "Measured prediction errors");
 where that is wider than the 3-point goal the docs and the report say so.
@@ -31,29 +37,33 @@ UNIFORM = [("w0", 32, 479), ("w1", 32, 479), ("w2", 32, 479)]
 DBSL = [("w0", 16, 821), ("w1", 64, 411), ("w2", 64, 205)]  # one small-batch worker, shares ~ speed
 SEEDS = (0, 1, 2)
 TARGET_ORDER = 0.8  # accuracy for the time-to-target order check (every plan reaches it in every seed)
-TARGET_PLAN = 0.95  # accuracy for `plan --target-accuracy`
+# accuracy for `plan --target-accuracy`: clearly below the plateau the calibration runs reach
+# (fitted 0.954; 0.95 would sit inside the seed-to-seed noise of the plateau itself)
+TARGET_PLAN = 0.93
 
 
-def _phase(epochs, sync="bsp", exchange="gradient", workers=UNIFORM, compression=None):
+def _phase(epochs, sync="bsp", exchange="gradient", workers=UNIFORM, compression=None, lr=LR):
     return {"epochs": epochs, "resolution": 8, "sync": sync, "staleness": None, "exchange": exchange,
-            "local_steps": None, "lr": LR, "compression": compression or {"kind": "none"},
+            "local_steps": None, "lr": lr, "compression": compression or {"kind": "none"},
             "workers": [{"name": n, "batch": b, "samples": s} for n, b, s in workers]}
 
 
 PLANS = {
     "bsp": [_phase(EPOCHS)],
-    "asp": [_phase(EPOCHS, sync="asp")],
+    "bsp_lr05": [_phase(EPOCHS, lr=0.05)],
     "switch": [_phase(10), _phase(EPOCHS - 10, sync="asp")],
     "dbsl": [_phase(EPOCHS, sync="asp", exchange="model", workers=DBSL)],
     "topk": [_phase(EPOCHS, compression={"kind": "topk", "ratio": 0.1})],
 }
 PREDICTED = ("switch", "dbsl", "topk")
-# |predicted - measured mean| of the final accuracy: the 3-point goal, except sync-switch, whose
-# measured errors were +0.051, +0.095 and +0.103 in three sessions (the bsp->asp transition drops
-# accuracy, which the model does not predict; docs/convergence.md)
-# DBSL and top-k: errors of -1.1 to -2.6 points in four sessions, one run over 3 points on the
-# merged main (seed-to-seed spread is up to 5 points): bounded at 4 so CI does not flake
-FINAL_ACCURACY_BOUND = {"switch": 0.15, "dbsl": 0.04, "topk": 0.04}
+# |predicted - measured mean| of the final accuracy. Calibrated from the two bsp runs, the
+# predictions are the same in every session (bsp accuracy curves do not depend on load);
+# the measured means move with the seeds' spread (up to 5 points). One loaded session
+# (2026-12-06): DBSL 0.953 vs 0.968 (-0.015), top-k 0.915 vs 0.945 (-0.031), sync-switch
+# 0.954 vs 0.894 (+0.059). DBSL holds the 3-point goal; top-k sits at it, with its efficiency
+# a stated default (0.7), so it is bounded at 4; sync-switch's asp phase after the switch
+# stays below the model (docs/convergence.md, "Transitions, beyond the drop"): bounded at 10.
+FINAL_ACCURACY_BOUND = {"switch": 0.10, "dbsl": 0.03, "topk": 0.04}
 
 
 def _run(d: Path, seed: int) -> Path:
@@ -63,10 +73,24 @@ def _run(d: Path, seed: int) -> Path:
     return d / f"run{seed}" / "trace.jsonl"
 
 
-def _measured(trace_path: Path, target: float) -> tuple[float, float | None]:
+def _measured(trace_path: Path, target: float, epoch_end_s: list[float]) -> dict:
+    """A run's final accuracy and its time to `target` twice: on the wall clock, and on the
+    calibrated cluster's clock (the simulated end of the first epoch whose evaluation reached
+    the target: what the run's convergence costs on the cluster, without the load this shared
+    machine happened to carry; a loaded session slowed the DBSL runs' wall time 2-3x)."""
     tr = read_trace(trace_path)
     pts = eval_points(tr)
-    return float(pts.accuracy[-1]), measured_time_to_accuracy_s(pts, target, update_stream(tr).origin_s)
+    hit = np.flatnonzero(pts.accuracy >= target)
+    epoch = int(pts.epoch[hit[0]]) if hit.size else None
+    return {"final": float(pts.accuracy[-1]), "epochs": epoch,
+            "wall_s": measured_time_to_accuracy_s(pts, target, update_stream(tr).origin_s),
+            "cluster_s": None if epoch is None else ([0.0, *epoch_end_s])[epoch]}
+
+
+def _simulate(cluster: Path, job: Path, plan: Path, target: float) -> dict:
+    sim = run_cli(["simulate", "--cluster", cluster, "--job", job, "--plan", plan, "--json", "--target-accuracy", target])
+    assert sim.returncode == 0, sim.stderr
+    return json.loads(sim.stdout)
 
 
 @pytest.fixture(scope="module")
@@ -77,7 +101,7 @@ def e2e(tmp_path_factory):
         dirs[name] = root / name
         write_specs(dirs[name], UNIFORM, model="cnn", data="digits", resolution=8, lr=LR, slowdown=SLOW,
                     phases=phases)
-    cal = [_run(dirs["bsp"], 0), _run(dirs["asp"], 0)]
+    cal = [_run(dirs["bsp"], 0), _run(dirs["bsp_lr05"], 0)]
     # the runs use one batch size: a profile trace separates the per-sample and per-iteration costs
     prof = root / "profile.jsonl"
     out = run_cli(["profile", "--model", "cnn", "--resolutions", 8, "--batches", 8, 16, 32, 64, "--classes", 10,
@@ -92,14 +116,15 @@ def e2e(tmp_path_factory):
     res = {"calibrate_stdout": out.stdout, "plans": {}}
     for name in ("bsp", *PREDICTED):
         traces = [_run(dirs[name], s) if not (name == "bsp" and s == 0) else cal[0] for s in SEEDS]
-        meas = [_measured(t, TARGET_ORDER) for t in traces]
-        sim = run_cli(["simulate", "--cluster", cal_cluster, "--job", cal_job, "--plan", dirs[name] / "plan.json",
-                       "--json", "--target-accuracy", TARGET_ORDER])
-        assert sim.returncode == 0, sim.stderr
-        q = json.loads(sim.stdout)["quality"]
+        sim = _simulate(cal_cluster, cal_job, dirs[name] / "plan.json", TARGET_ORDER)
+        meas = [_measured(t, TARGET_ORDER, sim["epoch_end_s"]) for t in traces]
+        q = sim["quality"]
         res["plans"][name] = {
             "predicted_final_accuracy": q["final_accuracy"], "predicted_time_to_target_s": q["time_to_target_s"],
-            "measured_final_accuracy": [a for a, _ in meas], "measured_time_to_target_s": [t for _, t in meas]}
+            "measured_final_accuracy": [m["final"] for m in meas],
+            "measured_epochs_to_target": [m["epochs"] for m in meas],
+            "measured_time_to_target_s": [m["cluster_s"] for m in meas],
+            "measured_wall_time_to_target_s": [m["wall_s"] for m in meas], "epoch_end_s": sim["epoch_end_s"]}
     res["cal_job"], res["plan_cluster"], res["root"] = str(cal_job), str(plan_cluster), str(root)
     yield res
     if os.environ.get("HYBRIDPS_CONV_E2E_OUT"):
@@ -115,10 +140,11 @@ def test_calibrated_model_predicts_final_accuracy_of_other_plans(e2e):
         assert abs(err) <= FINAL_ACCURACY_BOUND[name], (name, p)
 
 
-# Plans whose time-to-target order is checked. Sync-switch is left out: the model misses the
-# accuracy drop right after its bsp->asp switch (see FINAL_ACCURACY_BOUND), so its time to
-# target is too hopeful as well (one session: predicted 2.3 s, measured 4.0-4.6 s), and the
-# check would only restate that known gap. The bsp baseline joins the two others.
+# Plans whose time-to-target order is checked. Sync-switch is left out: after the switch the
+# measured asp phase stays below what the model predicts (see FINAL_ACCURACY_BOUND), so its
+# time to target is too hopeful as well, and the check would only restate that known gap.
+# The bsp baseline joins the two others. Measured times are on the calibrated cluster's clock
+# (_measured): the wall clock of this shared machine reversed the order under load.
 ORDERED = ("bsp", "dbsl", "topk")
 
 
@@ -152,12 +178,13 @@ def test_plan_with_target_reaches_it_no_later_than_the_baseline(e2e, tmp_path):
     assert meta["predicted_time_to_target_s"] is not None and meta["predicted_final_accuracy"] >= TARGET_PLAN
     d = tmp_path / "chosen"
     write_specs(d, UNIFORM, model="cnn", data="digits", resolution=8, lr=LR, slowdown=SLOW, phases=plan["phases"])
-    final, ttt = _measured(_run(d, 0), TARGET_PLAN)
-    base = [t for t in (_measured(Path(e2e["root"]) / "bsp" / f"run{s}" / "trace.jsonl", TARGET_PLAN)[1]
-                        for s in SEEDS)]
+    root = Path(e2e["root"])
+    chosen_clock = _simulate(root / "cluster-cal.toml", e2e["cal_job"], d / "plan.json", TARGET_PLAN)["epoch_end_s"]
+    chosen = _measured(_run(d, 0), TARGET_PLAN, chosen_clock)
+    base = [_measured(root / "bsp" / f"run{s}" / "trace.jsonl", TARGET_PLAN, e2e["plans"]["bsp"]["epoch_end_s"])
+            for s in SEEDS]
     e2e["plan_with_target"] = {"strategy": meta["strategy"], "predicted_time_to_target_s":
-                               meta["predicted_time_to_target_s"], "measured_final_accuracy": final,
-                               "measured_time_to_target_s": ttt, "baseline_measured_time_to_target_s": base}
-    assert ttt is not None, e2e["plan_with_target"]
-    reached = [t for t in base if t is not None]
-    assert not reached or ttt <= max(reached), e2e["plan_with_target"]
+                               meta["predicted_time_to_target_s"], "measured": chosen, "baseline_measured": base}
+    assert chosen["cluster_s"] is not None, e2e["plan_with_target"]  # it really reaches the target
+    reached = [m["cluster_s"] for m in base if m["cluster_s"] is not None]
+    assert not reached or chosen["cluster_s"] <= max(reached), e2e["plan_with_target"]

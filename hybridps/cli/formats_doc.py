@@ -49,6 +49,9 @@ MEANINGS = {
     "convergence.format": "the model's format tag; exactly this string",
     "convergence.lr_max": "LR of the largest useful step with an infinite batch (momentum absorbed); x = lr / lr_max",
     "convergence.noise_scale": "gradient noise scale B_simple = tr(Sigma)/|G|^2, in samples (measured at the PS)",
+    "convergence.switch_progress_kept": "fraction of the progress kept when a bsp phase is followed by an asp/ssp "
+                                        "gradient phase (the transient after a Sync-Switch switch); absent: the stated "
+                                        "default 0",
     "convergence.staleness_penalty": "kappa_s: a step s versions stale has its curvature term scaled by (1 + kappa_s*s)",
     "convergence.drift_steps": "model exchange: H local steps keep 1/(1 + (H-1)/drift_steps) of their progress",
     "convergence.accuracy_initial": "validation accuracy before training (A0)",

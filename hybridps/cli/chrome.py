@@ -35,11 +35,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from hybridps.errors import UserError
+    from hybridps.fileio import check_output_file
     from traces.chrome import ChromeOptions, write_chrome
     from traces.stream import stream_trace, trace_end_s
 
     if args.max_lanes is not None and args.max_lanes < 2:
         raise UserError("--max-lanes: expected at least 2 (one worker lane and the group lane)")
+    args.out = check_output_file(args.out, "--out", [args.trace])
     header, records = stream_trace(args.trace)
     bin_s = args.bin_s
     if bin_s is None and args.max_lanes is not None:

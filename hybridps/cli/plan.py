@@ -122,7 +122,7 @@ def _constraints(args: argparse.Namespace):
 
 def run(args: argparse.Namespace) -> int:
     from hybridps.errors import UserError
-    from hybridps.fileio import atomic_write_text, check_output_file
+    from hybridps.fileio import atomic_write_text, check_output_dir, check_output_file
     from hybridps.spec import load_cluster, load_job, resolve_path
     from solver.search import search, summary_json, table
     from solver.timemodel import check_resolutions
@@ -142,6 +142,8 @@ def run(args: argparse.Namespace) -> int:
                             f"with `hybridps calibrate TRACE... --job {args.job} --job-out JOB.toml`")
     check_resolutions(cluster, job, str(resolve_path("cluster", args.cluster)))
     check_output_file(args.output, "-o", [resolve_path("cluster", args.cluster), resolve_path("job", args.job)])
+    if args.keep is not None:
+        check_output_dir(args.keep, "--keep")
     jobs = args.jobs if args.jobs is not None else (os.cpu_count() or 1)
     result = search(cluster, job, cons, seed=args.seed, jobs=jobs, proxy_epochs=args.proxy_epochs,
                     proxy_count=args.proxy_count, full_count=args.full_count, objective=args.objective,
@@ -151,7 +153,7 @@ def run(args: argparse.Namespace) -> int:
         raise UserError("no candidate plan satisfies the constraints (--strategy, --sync, --min-bsp-fraction); "
                         "relax one of them")
     atomic_write_text(args.output, result.plan.to_json())
-    if args.keep:
+    if args.keep is not None:
         _keep(args.keep, result)
     m = result.plan.meta
     if args.json:

@@ -144,6 +144,33 @@ def iter_lines(path: Path) -> Iterator[tuple[int, str, bool]]:
             yield lineno, line.rstrip("\n"), line.endswith("\n")
 
 
+def parse_record(path: Path, lineno: int, text: str, complete: bool = True) -> dict[str, Any] | None:
+    """One trace line, strictly parsed (no duplicate key, NaN or Infinity) and validated;
+    SpecError names the file and line. None for a torn last line (incomplete, not JSON)."""
+    try:
+        rec = parse_json_strict(text)
+    except json.JSONDecodeError as e:
+        if not complete:
+            return None  # a crash mid-write: the records before it stand
+        raise SpecError(str(path), f"line {lineno}", f"invalid JSON: {e.msg}") from None
+    except RecursionError:
+        raise SpecError(str(path), f"line {lineno}", "nested too deeply to be a trace record") from None
+    except ValueError as e:  # a duplicate key, NaN or Infinity
+        raise SpecError(str(path), f"line {lineno}", f"invalid record: {e}") from None
+    problem = validate_record(rec)
+    if problem:
+        raise SpecError(str(path), f"line {lineno}", problem)
+    return rec
+
+
+def check_header(path: Path, rec: dict[str, Any]) -> None:
+    """The first record must be a header of this trace format."""
+    if rec["kind"] != "header":
+        raise SpecError(str(path), "line 1", "a trace starts with a header record")
+    if rec["format"] != TRACE_FORMAT:
+        raise SpecError(str(path), "line 1", f"format {rec['format']!r} is not {TRACE_FORMAT!r}")
+
+
 def read_trace(path: str | os.PathLike) -> Trace:
     """Read and validate a trace; SpecError names the file, line and problem."""
     path = Path(path)
@@ -152,29 +179,15 @@ def read_trace(path: str | os.PathLike) -> Trace:
     header: dict[str, Any] | None = None
     records: list[dict[str, Any]] = []
     torn = False
-    lines = list(iter_lines(path))
-    for lineno, text, complete in lines:
+    for lineno, text, complete in iter_lines(path):
         if not text.strip():
             continue
-        try:
-            rec = parse_json_strict(text)
-        except json.JSONDecodeError as e:
-            if not complete and lineno == len(lines):
-                torn = True  # a crash mid-write: keep everything before it
-                break
-            raise SpecError(str(path), f"line {lineno}", f"invalid JSON: {e.msg}") from None
-        except RecursionError:
-            raise SpecError(str(path), f"line {lineno}", "nested too deeply to be a trace record") from None
-        except ValueError as e:  # a duplicate key, NaN or Infinity
-            raise SpecError(str(path), f"line {lineno}", f"invalid record: {e}") from None
-        problem = validate_record(rec)
-        if problem:
-            raise SpecError(str(path), f"line {lineno}", problem)
+        rec = parse_record(path, lineno, text, complete)
+        if rec is None:
+            torn = True  # a crash mid-write: keep everything before it
+            break
         if header is None:
-            if rec["kind"] != "header":
-                raise SpecError(str(path), "line 1", "a trace starts with a header record")
-            if rec["format"] != TRACE_FORMAT:
-                raise SpecError(str(path), "line 1", f"format {rec['format']!r} is not {TRACE_FORMAT!r}")
+            check_header(path, rec)
             header = rec
         elif rec["kind"] == "header":
             continue  # a resumed run may repeat the header; the first one stands

@@ -18,19 +18,30 @@ from hybridps.errors import UserError
 COMMANDS = ["examples", "check", "simulate", "plan", "run", "profile", "calibrate", "validate", "schema", "gantt", "chrome"]
 
 
-def _bounded_arg(cast: type, lowest: float, strict: bool, expected: str):
-    """An argparse type: `cast(text)`, finite and >= `lowest` (> when `strict`)."""
+def _bounded_arg(cast: type, lowest: float, strict: bool, expected: str, highest: float = math.inf):
+    """An argparse type: `cast(text)`, finite, >= `lowest` (> when `strict`) and <= `highest`
+    (beyond it a value is a typo that would hang a command or exhaust memory)."""
 
     def parse(text: str):
         try:
             value = cast(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}") from None
-        if not math.isfinite(value) or value < lowest or (strict and value == lowest):
+        if not math.isfinite(value) or value < lowest or (strict and value == lowest) or value > highest:
             raise argparse.ArgumentTypeError(f"expected {expected}, got {text}")
         return value
 
     return parse
+
+
+def int_range_arg(lowest: int, highest: int):
+    """An argparse type: an integer from `lowest` to `highest`."""
+    return _bounded_arg(int, lowest, False, f"an integer from {lowest:,} to {highest:,}", highest)
+
+
+def float_range_arg(above: float, highest: float):
+    """An argparse type: a finite number > `above` and <= `highest`."""
+    return _bounded_arg(float, above, True, f"a number > {above:g} and <= {highest:g}", highest)
 
 
 seed_arg = _bounded_arg(int, 0, False, "a non-negative integer")  # numpy seeds must be

@@ -25,6 +25,7 @@ depend on completion order.
 
 from __future__ import annotations
 
+import signal
 import time
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -217,12 +218,35 @@ def score_all(scorer: Scorer, cluster: Cluster, job: Job, plans: list[Plan], see
                 results[i] = _task(scorer, cd, jd, pd, seed)
                 bar.update(1)
         else:
-            with ProcessPoolExecutor(max_workers=min(jobs, len(pds))) as pool:
+            pool = ProcessPoolExecutor(max_workers=min(jobs, len(pds)), initializer=_pool_signals)
+            try:
                 futs = {pool.submit(_task, scorer, cd, jd, pd, seed): i for i, pd in enumerate(pds)}
                 for fut in as_completed(futs):
                     results[futs[fut]] = fut.result()
                     bar.update(1)
+            except BaseException:  # Ctrl-C, SIGTERM or a failed task: leave no process behind
+                _terminate(pool)
+                raise
+            pool.shutdown()
     return [dict(results[i]) for i in slot]  # type: ignore[arg-type]
+
+
+def _pool_signals() -> None:
+    """In a pool process: the parent decides about Ctrl-C (sent to the whole terminal
+    group); SIGTERM, which the parent sends to stop it, just ends it (no traceback)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
+def _terminate(pool: ProcessPoolExecutor) -> None:
+    """Stop the pool's processes now, running tasks included (shutdown alone waits for
+    them). Python < 3.14 has no public call for it (3.14: terminate_workers)."""
+    processes = list((pool._processes or {}).values())
+    for p in processes:
+        p.terminate()
+    pool.shutdown(wait=True, cancel_futures=True)
+    for p in processes:
+        p.join()
 
 
 @dataclass

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import math
+import signal
 import sys
 
 from hybridps import __version__
@@ -92,13 +93,14 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help(sys.stderr)
         return 2
+    old_term = _sigterm_interrupts()
     try:
         return int(args.func(args) or 0)
     except UserError as e:
         print(f"hybridps: error: {e}", file=sys.stderr)
         return e.exit_code
-    except KeyboardInterrupt:
-        print("hybridps: interrupted", file=sys.stderr)
+    except KeyboardInterrupt as e:
+        print(f"hybridps: interrupted{' by SIGTERM' if e.args == ('SIGTERM',) else ''}", file=sys.stderr)
         return 130
     except BrokenPipeError:
         return 0
@@ -106,6 +108,21 @@ def main(argv: list[str] | None = None) -> int:
         where = f"{e.filename}: " if e.filename else ""
         print(f"hybridps: error: {where}{e.strerror or e}", file=sys.stderr)
         return 2
+    finally:
+        if old_term is not None:
+            signal.signal(signal.SIGTERM, old_term)
+
+
+def _sigterm_interrupts():
+    """Make SIGTERM (what `kill` and batch schedulers send) stop a command as Ctrl-C does;
+    returns the previous handler (None where signals cannot be set: not the main thread)."""
+    def on_term(signum, frame):
+        raise KeyboardInterrupt("SIGTERM")
+
+    try:
+        return signal.signal(signal.SIGTERM, on_term)
+    except ValueError:
+        return None
 
 
 if __name__ == "__main__":

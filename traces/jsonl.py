@@ -6,6 +6,7 @@ line after a crash; the reader accepts a torn last line (and says so in `Trace.t
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 from dataclasses import dataclass, field
@@ -15,6 +16,11 @@ from typing import Any, Iterable, Iterator
 from hybridps.errors import SpecError
 from hybridps.spec import parse_json_strict
 from traces.records import TRACE_FORMAT, validate_record
+
+
+# Fault injection for tests where no small filesystem can be mounted: a trace that would
+# grow beyond this many bytes fails as on a full disk (OSError ENOSPC, nothing written).
+FULL_DISK_ENV = "HYBRIDPS_TEST_TRACE_LIMIT_BYTES"
 
 
 def _dumps(rec: dict[str, Any]) -> str:
@@ -74,6 +80,8 @@ class TraceWriter:
         self._fsync_every = fsync_every
         self._count = 0
         self.size_bytes = 0  # bytes in the file: where a checkpoint marks the trace
+        limit = os.environ.get(FULL_DISK_ENV)
+        self._limit_bytes = int(limit) if limit else None
         if append:
             _drop_torn_tail(self.path)
             self._f = open(self.path, "a", encoding="utf-8")
@@ -84,11 +92,17 @@ class TraceWriter:
             self._f = open(self.path, "w", encoding="utf-8")
             self.write(header)
 
+    def _make_room(self, n_bytes: int) -> None:
+        if self._limit_bytes is not None and self.size_bytes + n_bytes > self._limit_bytes:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(self.path))
+
     def write(self, rec: dict[str, Any]) -> None:
         line = _dumps(rec) + "\n"
+        n_bytes = len(line.encode("utf-8"))
+        self._make_room(n_bytes)
         self._f.write(line)
         self._f.flush()
-        self.size_bytes += len(line.encode("utf-8"))
+        self.size_bytes += n_bytes
         self._count += 1
         if self._fsync_every and self._count % self._fsync_every == 0:
             os.fsync(self._f.fileno())
@@ -96,9 +110,11 @@ class TraceWriter:
     def write_many(self, recs: Iterable[dict[str, Any]]) -> None:
         """Write many records with one flush (for the simulator's bulk output)."""
         text = "".join(_dumps(r) + "\n" for r in recs)
+        n_bytes = len(text.encode("utf-8"))
+        self._make_room(n_bytes)
         self._f.write(text)
         self._f.flush()
-        self.size_bytes += len(text.encode("utf-8"))
+        self.size_bytes += n_bytes
 
     def close(self) -> None:
         if not self._f.closed:

@@ -53,3 +53,15 @@ def test_profile_refuses_an_input_batch_that_cannot_fit(capsys, tmp_path, monkey
     err = capsys.readouterr().err
     assert len(err.strip().splitlines()) == 1 and "48.0 GiB" in err and "--max-batch 256" in err, err
     assert not list(tmp_path.iterdir())
+
+
+def test_chrome_refuses_more_bins_than_a_browser_opens(capsys, tmp_path):
+    """--bin-s is positive and finite, but 1e-9 s over an 884 s trace is 8.8 x 10^11 bins."""
+    trace = tmp_path / "t.jsonl"
+    assert main(["simulate", "--cluster", "gtx1080x4", "--job", "cifar100-resnet18", "--plan",
+                 "gtx1080x4-cifar100-dbsl", "--trace", str(trace)]) == 0
+    capsys.readouterr()
+    assert main(["chrome", str(trace), "-o", str(tmp_path / "c.json"), "--bin-s", "1e-9"]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "883,991,154,629 bins (at most 100,000)" in err, err
+    assert not (tmp_path / "c.json").exists()

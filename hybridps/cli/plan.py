@@ -59,7 +59,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--keep", metavar="DIR",
                    help="write every fully simulated plan as DIR/NN-STRATEGY/plan.json and the ranking as "
                         "DIR/ranking.json")
-    p.add_argument("--top", type=int_range_arg(1, MAX_CANDIDATES), default=10, help="rows in the ranked table (default 10)")
+    p.add_argument("--top", type=int_range_arg(1, MAX_CANDIDATES), default=10,
+                   help="rows in the ranked table (default 10)")
     p.add_argument("-o", "--out", "--output", dest="output", default="plan.json", metavar="plan.json", help="where to write the best plan (default plan.json)")
     p.add_argument("--json", action="store_true", help="print the ranking as JSON instead of a table")
     p.add_argument("--seed", type=seed_arg, default=0, help="simulation seed (stragglers), default 0")

@@ -114,16 +114,23 @@ def _umask() -> int:
     return mask
 
 
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    """Write `data` to `path` via a temporary file and a rename. A symbolic link is
-    written through; a directory or special file is refused (UserError), never replaced."""
+def replaceable_path(path: str | os.PathLike) -> Path:
+    """The file a write to `path` replaces: a link's target; UserError for a directory or
+    special file (a FIFO would otherwise become a regular file)."""
     path = _resolved(Path(path))
     try:
         mode = path.stat().st_mode
     except FileNotFoundError:
-        mode = None
-    if mode is not None and not stat.S_ISREG(mode):
+        return path
+    if not stat.S_ISREG(mode):
         raise UserError(f"{path}: is not a regular file; hybridps only replaces regular files")
+    return path
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    """Write `data` to `path` via a temporary file and a rename. A symbolic link is
+    written through; a directory or special file is refused (UserError), never replaced."""
+    path = replaceable_path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:

@@ -54,7 +54,9 @@ MAX_PARAMETERS = 10**13
 MAX_SAMPLES = 10**11
 MAX_EPOCHS = 100_000
 MAX_RATE = 1e6  # learning rates, decays, weight decay
-MAX_STEPS = 10**9  # staleness, local steps
+MAX_STEPS = 10**9  # staleness, local steps, ideal steps of the convergence model
+MAX_NATS = 1e6  # losses (cross-entropy, nats)
+MAX_ITERATIONS = 10**8  # a job's epochs x samples / base_batch; a plan's iterations of all workers
 MAX_SEED = 2**63 - 1
 
 
@@ -317,9 +319,9 @@ def _finite(**kw: Any) -> Any:
 
 class ConvergenceFit(_Spec):
     """How well the fitted model reproduces the traces it was fitted on."""
-    rmse_accuracy: float = _finite(ge=0)  # accuracy points as a fraction (0.02 = 2 points)
-    rmse_loss: float = _finite(ge=0)  # nats (cross-entropy)
-    eval_points: int = Field(ge=0)  # eval records used
+    rmse_accuracy: float = _finite(ge=0, le=1)  # accuracy points as a fraction (0.02 = 2 points)
+    rmse_loss: float = _finite(ge=0, le=MAX_NATS)  # nats (cross-entropy)
+    eval_points: int = Field(ge=0, le=MAX_STEPS)  # eval records used
     traces: list[str] = []  # the traces fitted, as given to calibrate
 
 
@@ -329,19 +331,19 @@ class ConvergenceSpec(_Spec):
     loss as saturating functions of cumulative progress. Written by `hybridps calibrate
     --job J --job-out OUT`."""
     format: Literal["hybridps.convergence/1"]
-    lr_max: float = _finite(gt=0)  # LR of the largest step an infinite batch could take (momentum absorbed)
-    noise_scale: float = _finite(ge=0)  # gradient noise scale B_simple, samples
-    staleness_penalty: float = _finite(ge=0)  # kappa_s: curvature term x (1 + kappa_s * staleness)
-    drift_steps: float = _finite(gt=0)  # model exchange: H local steps keep 1 / (1 + (H-1)/drift_steps)
+    lr_max: float = _finite(gt=0, le=MAX_RATE)  # LR of the largest step an infinite batch could take (momentum absorbed)
+    noise_scale: float = _finite(ge=0, le=MAX_SAMPLES)  # gradient noise scale B_simple, samples
+    staleness_penalty: float = _finite(ge=0, le=MAX_RATE)  # kappa_s: curvature term x (1 + kappa_s * staleness)
+    drift_steps: float = _finite(gt=0, le=MAX_STEPS)  # model exchange: H local steps keep 1 / (1 + (H-1)/drift_steps)
     # a bsp phase followed by stale gradients (asp/ssp): the fraction of progress the switch keeps
     switch_progress_kept: float = _finite(default=0.0, ge=0, le=1)
     accuracy_initial: float = _finite(ge=0, le=1)
     accuracy_final: float = _finite(ge=0, le=1)  # A_inf, the plateau
-    accuracy_progress: float = _finite(gt=0)  # tau_A, ideal steps to 1 - 1/e of the way
+    accuracy_progress: float = _finite(gt=0, le=MAX_STEPS)  # tau_A, ideal steps to 1 - 1/e of the way
     accuracy_shape: float = _finite(gt=0, le=10)  # beta_A
-    loss_initial: float = _finite(gt=0)  # nats
-    loss_final: float = _finite(ge=0)
-    loss_progress: float = _finite(gt=0)  # ideal steps
+    loss_initial: float = _finite(gt=0, le=MAX_NATS)  # nats
+    loss_final: float = _finite(ge=0, le=MAX_NATS)
+    loss_progress: float = _finite(gt=0, le=MAX_STEPS)  # ideal steps
     loss_shape: float = _finite(gt=0, le=10)
     compression: dict[str, float] = {}  # kind -> progress efficiency (<= 1; negative = diverges)
     defaults: list[str] = []  # parameters that are stated defaults, not fitted
@@ -373,6 +375,16 @@ class Job(_Spec):
     data: DataSpec
     train: TrainSpec
     convergence: ConvergenceSpec | None = None  # optional: the fitted convergence model
+
+    @model_validator(mode="after")
+    def _bounded_work(self) -> "Job":
+        """Refuse at load what would hang `simulate` and `plan`: each iteration is simulated."""
+        iterations = self.train.epochs * math.ceil(self.data.samples / self.train.base_batch)
+        if iterations > MAX_ITERATIONS:
+            raise _FieldError("train.epochs", f"{self.train.epochs:,} epochs of {self.data.samples:,} samples at "
+                                              f"base_batch {self.train.base_batch:,} are {iterations:,} iterations "
+                                              f"(at most {MAX_ITERATIONS:,}); lower epochs or data.samples")
+        return self
 
     @property
     def model_bytes(self) -> int:
@@ -772,3 +784,12 @@ def check_plan(plan: Plan, cluster: Cluster, job: Job, file: str = "<plan>") -> 
             allowed = ", ".join(map(str, job.train.resolutions))
             raise SpecError(file, f"{where}.resolution",
                             f"resolution {phase.resolution} is not among the job's train.resolutions ({allowed})")
+    _check_work(plan, file)
+
+
+def _check_work(plan: Plan, file: str) -> None:
+    """Refuse a plan whose iterations (all workers, all phases) would hang the simulator."""
+    iterations = sum(ph.epochs * sum(wa.iterations_per_epoch for wa in ph.workers) for ph in plan.phases)
+    if iterations > MAX_ITERATIONS:
+        raise SpecError(file, "phases", f"{iterations:,} iterations over all workers and phases (at most "
+                                        f"{MAX_ITERATIONS:,}); use fewer epochs or larger batches")

@@ -25,6 +25,7 @@ depend on completion order.
 
 from __future__ import annotations
 
+import signal
 import time
 from collections.abc import Callable
 import multiprocessing
@@ -266,8 +267,8 @@ def _score_unique(scorer: Scorer, cd: dict, jd: dict, pds: list[dict], seed: int
             finally:
                 _epoch_sink = None
         else:
-            with ProcessPoolExecutor(max_workers=min(jobs, len(pds)), initializer=_count_into,
-                                     initargs=(counter,)) as pool:
+            pool = ProcessPoolExecutor(max_workers=min(jobs, len(pds)), initializer=_pool_init, initargs=(counter,))
+            try:
                 futs = {pool.submit(_task, scorer, cd, jd, pd, seed): i for i, pd in enumerate(pds)}
                 pending = set(futs)
                 while pending:
@@ -276,7 +277,31 @@ def _score_unique(scorer: Scorer, cd: dict, jd: dict, pds: list[dict], seed: int
                         results[futs[fut]] = fut.result()
                         finished += _plan_epochs(pds[futs[fut]])
                     show()
+            except BaseException:  # Ctrl-C, SIGTERM or a failed task: leave no process behind
+                _terminate(pool)
+                raise
+            pool.shutdown()
     return results  # type: ignore[return-value]
+
+
+def _pool_init(counter) -> None:
+    """In a pool process: the parent decides about Ctrl-C (sent to the whole terminal
+    group); SIGTERM, which the parent sends to stop it, just ends it (no traceback); each
+    simulated epoch counts into the parent's progress bar."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    _count_into(counter)
+
+
+def _terminate(pool: ProcessPoolExecutor) -> None:
+    """Stop the pool's processes now, running tasks included (shutdown alone waits for
+    them). Python < 3.14 has no public call for it (3.14: terminate_workers)."""
+    processes = list((pool._processes or {}).values())
+    for p in processes:
+        p.terminate()
+    pool.shutdown(wait=True, cancel_futures=True)
+    for p in processes:
+        p.join()
 
 
 @dataclass

@@ -2,7 +2,9 @@
 the launcher, a full disk, a corrupt checkpoint, a resume with other specs. Each fault:
 the documented exit code and one line naming the rank, a loadable checkpoint, a valid
 trace; then `--resume` gives the uninterrupted run's summary (updates, samples,
-per-worker iterations) and a trace with one `resume` record and versions 1..N."""
+per-worker iterations), the same model parameters, and a trace with one `resume` record
+and versions 1..N. Where no small tmpfs can be mounted, the full disk is injected (the
+trace writer's ENOSPC hook)."""
 
 from __future__ import annotations
 
@@ -23,7 +25,7 @@ pytestmark = [pytest.mark.torch, pytest.mark.slow]
 from hybridps.errors import EXIT_INTERRUPTED, EXIT_IO_ERROR, EXIT_PS_LOST  # noqa: E402
 from runtime.checkpoint import load_checkpoint  # noqa: E402
 from runtime.testing import run_cli, spec_args, write_specs  # noqa: E402
-from traces.jsonl import read_trace  # noqa: E402
+from traces.jsonl import FULL_DISK_ENV, read_trace  # noqa: E402
 
 EPOCHS = 16
 WORKERS = [("w0", 32, 256), ("w1", 32, 256)]  # bsp: 8 rounds per epoch, deterministic counts
@@ -54,7 +56,7 @@ def reference(tmp_path_factory) -> dict:
     assert len(r.stderr.strip().splitlines()) == 1
     r = run_cli(["run", *_specs(d), "--out", out, "--local", "--overwrite", *FLAGS], timeout_s=300)
     assert r.returncode == 0, r.stderr
-    return _counts(out)
+    return {"counts": _counts(out), "params": load_checkpoint(out / "checkpoint.pt")["params"]}
 
 
 def _rank_pids(launcher_pid: int) -> dict[int, int]:
@@ -117,13 +119,15 @@ def _check_stopped_state(out: Path) -> None:
 def _resume_equals(out: Path, reference: dict) -> None:
     r = run_cli(["run", "--resume", out, "--local", "--worker-timeout", "30"], timeout_s=300)
     assert r.returncode == 0, r.stderr
-    assert _counts(out) == reference
+    assert _counts(out) == reference["counts"]
+    params = load_checkpoint(out / "checkpoint.pt")["params"]
+    assert torch.equal(params, reference["params"])  # bsp, 2 workers: the resumed model is the same bits
     tr = read_trace(out / "trace.jsonl")
     assert not tr.torn and len(tr.of_kind("resume")) == 1
     versions = [u["version"] for u in tr.of_kind("update")]
     # no discarded update left in the trace: versions never step back and none is missing (bsp: one per round)
     assert versions == sorted(versions) and sorted(set(versions)) == list(range(1, versions[-1] + 1))
-    assert len(versions) == reference["updates"]
+    assert len(versions) == reference["counts"]["updates"]
     assert sum(1 for ln in (out / "trace.jsonl").read_text().splitlines() if '"kind":"header"' in ln) == 1
 
 
@@ -188,7 +192,7 @@ def test_corrupt_checkpoint_is_one_line_naming_rank_0(tmp_path, terminated, dama
     r = run_cli(["run", "--resume", out, "--local"], timeout_s=120)
     assert r.returncode == 2, r.stderr
     assert len(r.stderr.strip().splitlines()) == 1 and "Traceback" not in r.stderr, r.stderr
-    assert "rank 0" in r.stderr and "corrupt checkpoint" in r.stderr or "not a hybridps checkpoint" in r.stderr
+    assert "rank 0" in r.stderr and ("corrupt checkpoint" in r.stderr or "not a hybridps checkpoint" in r.stderr)
     assert (out / "trace.jsonl").read_bytes() == before  # nothing touched
 
 
@@ -220,29 +224,36 @@ def test_resuming_a_finished_run_changes_nothing(tmp_path):
     assert {p.name: p.read_bytes() for p in out.iterdir()} == files
 
 
-@pytest.fixture
-def small_disk(tmp_path):
-    """A 320 KiB tmpfs (needs mount rights: root in a container usually has them)."""
+@pytest.fixture(params=["tmpfs", "injected"])
+def small_disk(request, tmp_path, monkeypatch):
+    """(directory, free): a 320 KiB tmpfs (needs mount rights: root in a container usually
+    has them; skipped without), or a trace limited to 40 kB by the writer's ENOSPC hook
+    (always). `free()` makes room again."""
     mnt = tmp_path / "disk"
     mnt.mkdir()
+    if request.param == "injected":
+        monkeypatch.setenv(FULL_DISK_ENV, "40000")  # the run's subprocesses inherit it
+        yield mnt, lambda: monkeypatch.delenv(FULL_DISK_ENV)
+        return
     r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=320k", "tmpfs", str(mnt)], capture_output=True)
     if r.returncode:
         pytest.skip(f"cannot mount a small tmpfs: {r.stderr.decode().strip()}")
     try:
-        yield mnt
+        yield mnt, lambda: subprocess.run(["mount", "-o", "remount,size=16m", str(mnt)], check=True)
     finally:
         subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
 
 
 def test_full_disk_keeps_the_last_checkpoint_and_resumes(tmp_path, small_disk, reference):
-    out = small_disk / "out"
+    disk, free = small_disk
+    out = disk / "out"
     cmd = ["run", *_specs(tmp_path), "--out", out, "--local", *FLAGS, "--worker-timeout", "30"]
     r = run_cli(cmd, timeout_s=300)
     assert r.returncode == EXIT_IO_ERROR, r.stderr
     line = _error_line(r.stderr)
     assert "rank 0" in line and "No space left on device" in line, r.stderr
     _check_stopped_state(out)
-    subprocess.run(["mount", "-o", "remount,size=16m", str(small_disk)], check=True)  # free space
+    free()
     _resume_equals(out, reference)
 
 

@@ -1,11 +1,14 @@
 """Every output flag × {read-only directory, a directory, one of the command's inputs, a
 symlink, a FIFO, ''}: refused with one line and exit 2 before any work (inputs and special
-files untouched), except a symlink, which is written through (the link stays a link).
+files untouched), except a symlink, which is written through (the link stays a link), and
+a directory where the output is one (`plan --keep`).
 And `plan --json` prints JSON on file descriptor 1 (HiGHS's banner silenced), checked
 through a real pipe."""
 
 from __future__ import annotations
 
+import json
+import math
 import os
 import shutil
 import subprocess
@@ -28,16 +31,30 @@ def inputs(tmp_path_factory) -> Path:
     shutil.copy(resolve_path("plan", "gtx1080x4-cifar100-dbsl"), d / "plan.json")
     assert main(["simulate", "--cluster", str(d / "cluster.toml"), "--job", str(d / "job.toml"),
                  "--plan", str(d / "plan.json"), "--trace", str(d / "trace.jsonl")]) == 0
+    with open(d / "trace.jsonl", "a") as f:  # eval records, for calibrate --job-out
+        for epoch in range(0, 141, 20):
+            f.write(json.dumps({"kind": "eval", "t_s": 6.0 * epoch, "epoch": float(epoch), "loss": 4.6 - epoch / 40,
+                                "accuracy": 0.75 * (1 - math.exp(-epoch / 30))}) + "\n")
     return d
 
 
-def _command(flag: str, d: Path, target: str) -> tuple[list[str], Path | None]:
+def _command(flag: str, d: Path, target: str, out_dir: Path) -> tuple[list[str], Path | None]:
     """(argv, the input that `input` aims the output at)."""
     specs = ["--cluster", str(d / "cluster.toml"), "--job", str(d / "job.toml")]
+    trace = str(d / "trace.jsonl")
     if flag == "plan -o":
         return ["plan", *specs, "--strategy", "uniform", "--jobs", "1", "-o", target], d / "cluster.toml"
+    if flag == "plan --keep":
+        return ["plan", *specs, "--strategy", "uniform", "--jobs", "1", "-o", str(out_dir / "p.json"),
+                "--keep", target], d / "cluster.toml"
     if flag == "calibrate -o":
-        return ["calibrate", str(d / "trace.jsonl"), "-o", target], d / "trace.jsonl"
+        return ["calibrate", trace, "-o", target], d / "trace.jsonl"
+    if flag == "calibrate --job-out":
+        return ["calibrate", trace, "--job", str(d / "job.toml"), "--job-out", target], d / "job.toml"
+    if flag in ("gantt --out", "chrome --out"):
+        return [flag.split()[0], trace, "--out", target], d / "trace.jsonl"
+    if flag == "schema --out":
+        return ["schema", "job", "--out", target], None  # schema reads no file
     if flag.startswith("simulate"):
         return ["simulate", *specs, "--plan", str(d / "plan.json"), flag.split()[1], target], d / "plan.json"
     if flag == "profile --out":
@@ -62,31 +79,46 @@ def readonly_dir(tmp_path) -> Path:
         subprocess.run(["umount", "-l", str(d)], capture_output=True)
 
 
-FLAGS = ["plan -o", "calibrate -o", "simulate --trace", "simulate --chrome", "simulate --gantt", "profile --out"]
+FLAGS = ["plan -o", "plan --keep", "calibrate -o", "calibrate --job-out", "simulate --trace", "simulate --chrome",
+         "simulate --gantt", "profile --out", "gantt --out", "chrome --out", "schema --out"]
+DIR_FLAGS = {"plan --keep"}  # their output is a directory: a directory (or a link to one) is what they want
+
+
+def _written_through(flag: str, link: Path, real: Path) -> bool:
+    """The link is still a link and the output went to its target."""
+    if flag in DIR_FLAGS:
+        return link.is_symlink() and (real / "ranking.json").is_file()
+    return link.is_symlink() and real.read_bytes() != b"old\n"
 
 
 @pytest.mark.parametrize("case", CASES)
 @pytest.mark.parametrize("flag", FLAGS)
 def test_output_flags(flag, case, inputs, tmp_path, readonly_dir, capsys):
-    target = {"readonly": readonly_dir / "out", "directory": tmp_path, "symlink": tmp_path / "link",
+    out_dir = tmp_path / "o"
+    out_dir.mkdir()
+    target = {"readonly": readonly_dir / "out", "directory": out_dir, "symlink": tmp_path / "link",
               "fifo": tmp_path / "fifo", "empty": ""}.get(case)
-    argv, own_input = _command(flag, inputs, "")
+    argv, own_input = _command(flag, inputs, "", out_dir)
     if case == "input":
         if own_input is None:
             pytest.skip("this command has no input file")
         target = own_input
     argv[-1] = str(target)
     if case == "symlink":
-        (tmp_path / "real").write_text("old\n")
+        if flag in DIR_FLAGS:
+            (tmp_path / "real").mkdir()
+        else:
+            (tmp_path / "real").write_text("old\n")
         target.symlink_to(tmp_path / "real")
     if case == "fifo":
         os.mkfifo(target)
     before = {p: p.read_bytes() for p in inputs.iterdir()}
     code = main(argv)
     err = capsys.readouterr().err
-    if case == "symlink":
+    if case == "symlink" or (case == "directory" and flag in DIR_FLAGS):
         assert code == 0, err
-        assert target.is_symlink() and (tmp_path / "real").read_bytes() != b"old\n"
+        assert _written_through(flag, target, tmp_path / "real") if case == "symlink" else \
+            (target / "ranking.json").is_file()
     else:
         assert code == 2, err
         lines = [ln for ln in err.strip().splitlines() if not ln.startswith("note:")]
@@ -122,3 +154,21 @@ def test_plan_json_is_json_through_a_pipe(tmp_path):
     assert plan.wait(timeout=600) == 0
     assert tool.returncode == 0, tool.stderr
     assert "Running HiGHS" not in tool.stdout
+
+
+def test_chrome_writer_refuses_a_fifo_and_writes_through_a_link(inputs, tmp_path):
+    """The library writer, not only the command, never replaces a special file."""
+    from hybridps.errors import UserError
+    from traces.chrome import write_chrome
+    from traces.stream import stream_trace
+
+    header, _ = stream_trace(inputs / "trace.jsonl")
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    with pytest.raises(UserError, match="not a regular file"):
+        write_chrome(fifo, header, [])
+    assert fifo.is_fifo() and [p.name for p in tmp_path.iterdir()] == ["fifo"]  # no temporary file left
+    (tmp_path / "real").write_text("old\n")
+    (tmp_path / "link").symlink_to(tmp_path / "real")
+    write_chrome(tmp_path / "link", header, [])
+    assert (tmp_path / "link").is_symlink() and json.loads((tmp_path / "real").read_text())["traceEvents"]

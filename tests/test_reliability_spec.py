@@ -1,6 +1,7 @@
-"""Every numeric field of cluster, job and plan refuses inf, -inf, 1e308 and 2**64 with a
-SpecError naming the field; spec files that are binary, Latin-1, nested too deeply or
-that repeat a key are one line, exit 2."""
+"""Every numeric field of cluster, job (its [convergence] table too) and plan refuses inf,
+-inf, 1e308 and 2**64 with a SpecError naming the field; so does a job or plan whose
+total work would hang the simulator; spec files that are binary, Latin-1, nested too
+deeply or that repeat a key are one line, exit 2."""
 
 from __future__ import annotations
 
@@ -25,6 +26,8 @@ def _bases() -> dict:
                                compression={"kind": "dithering", "levels": 4, "normalize": "max"}))
     plan["phases"].append(dict(ph, compression={"kind": "topk", "ratio": 0.1}))
     job["train"]["lr_milestones"] = [1]
+    job["convergence"] = load_job("digits-cnn").model_dump(mode="json")["convergence"]  # the bundled fit
+    job["convergence"]["compression"] = {"topk": 0.7}
     return {"cluster": cluster, "job": job, "plan": plan}
 
 
@@ -70,6 +73,40 @@ def test_huge_worker_count_is_refused_before_expanding(tmp_path):
     data["workers"] = [dict(data["workers"][0], count=5_000), dict(data["workers"][1], count=5_001)]
     with pytest.raises(SpecError, match="at most 10,000"):
         cluster_from_dict(data)
+
+
+def test_convergence_fields_are_in_the_base():
+    fields = {path[1] for kind, path in CASES if kind == "job" and path[0] == "convergence"}
+    assert {"lr_max", "noise_scale", "drift_steps", "loss_progress", "fit", "compression"} <= fields
+
+
+def test_check_refuses_a_job_that_would_hang_plan(tmp_path, capsys):
+    """10^11 samples x 100,000 epochs at base_batch 500: 2 x 10^13 iterations."""
+    from traces.job_toml import job_to_toml
+
+    job = load_job("cifar100-resnet18")
+    big = job.model_copy(update={"data": job.data.model_copy(update={"samples": 10**11}),
+                                 "train": job.train.model_copy(update={"epochs": 100_000})})
+    path = tmp_path / "big.toml"
+    path.write_text(job_to_toml(big))
+    assert main(["check", "--job", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "train.epochs" in err, err
+    assert "20,000,000,000,000 iterations (at most 100,000,000)" in err
+
+
+def test_check_refuses_a_plan_that_would_hang_simulate(tmp_path, capsys):
+    """Batch 1 on every worker for 100,000 epochs: 5 x 10^9 worker-iterations in phase 0 alone."""
+    plan = copy.deepcopy(BASES["plan"])
+    plan["phases"] = plan["phases"][:1]
+    plan["phases"][0]["epochs"] = 100_000
+    for w in plan["phases"][0]["workers"]:
+        w["batch"] = 1
+    path = tmp_path / "plan.json"
+    path.write_text(json.dumps(plan))
+    assert main(["check", "--cluster", "gtx1080x4", "--job", "cifar100-resnet18", "--plan", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "phases" in err and "5,000,000,000 iterations" in err, err
 
 
 def test_check_refuses_inf_in_a_toml_file(tmp_path, capsys):

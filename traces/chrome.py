@@ -19,10 +19,9 @@ import os
 import tempfile
 from collections import defaultdict
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Iterable
 
-from hybridps.fileio import _umask
+from hybridps.fileio import _umask, replaceable_path
 
 _US = 1e6
 PS_PID = 0
@@ -217,7 +216,7 @@ class ChromeWriter:
     The parsed JSON equals `to_chrome(header, all records)`."""
 
     def __init__(self, path: str | os.PathLike, header: dict[str, Any], options: ChromeOptions | None = None):
-        self.path = Path(path)
+        self.path = replaceable_path(path)  # a link's target; a FIFO or directory is refused
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._header = header
         self._events = _Events(header, options)

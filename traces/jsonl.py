@@ -6,6 +6,7 @@ line after a crash; the reader accepts a torn last line (and says so in `Trace.t
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 from dataclasses import dataclass, field
@@ -15,6 +16,11 @@ from typing import Any, Iterable, Iterator
 from hybridps.errors import SpecError
 from hybridps.spec import parse_json_strict
 from traces.records import TRACE_FORMAT, validate_record
+
+
+# Fault injection for tests where no small filesystem can be mounted: a trace that would
+# grow beyond this many bytes fails as on a full disk (OSError ENOSPC, nothing written).
+FULL_DISK_ENV = "HYBRIDPS_TEST_TRACE_LIMIT_BYTES"
 
 
 def _dumps(rec: dict[str, Any]) -> str:
@@ -74,6 +80,8 @@ class TraceWriter:
         self._fsync_every = fsync_every
         self._count = 0
         self.size_bytes = 0  # bytes in the file: where a checkpoint marks the trace
+        limit = os.environ.get(FULL_DISK_ENV)
+        self._limit_bytes = int(limit) if limit else None
         if append:
             _drop_torn_tail(self.path)
             self._f = open(self.path, "a", encoding="utf-8")
@@ -84,11 +92,17 @@ class TraceWriter:
             self._f = open(self.path, "w", encoding="utf-8")
             self.write(header)
 
+    def _make_room(self, n_bytes: int) -> None:
+        if self._limit_bytes is not None and self.size_bytes + n_bytes > self._limit_bytes:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(self.path))
+
     def write(self, rec: dict[str, Any]) -> None:
         line = _dumps(rec) + "\n"
+        n_bytes = len(line.encode("utf-8"))
+        self._make_room(n_bytes)
         self._f.write(line)
         self._f.flush()
-        self.size_bytes += len(line.encode("utf-8"))
+        self.size_bytes += n_bytes
         self._count += 1
         if self._fsync_every and self._count % self._fsync_every == 0:
             os.fsync(self._f.fileno())
@@ -96,9 +110,11 @@ class TraceWriter:
     def write_many(self, recs: Iterable[dict[str, Any]]) -> None:
         """Write many records with one flush (for the simulator's bulk output)."""
         text = "".join(_dumps(r) + "\n" for r in recs)
+        n_bytes = len(text.encode("utf-8"))
+        self._make_room(n_bytes)
         self._f.write(text)
         self._f.flush()
-        self.size_bytes += len(text.encode("utf-8"))
+        self.size_bytes += n_bytes
 
     def close(self) -> None:
         if not self._f.closed:
@@ -144,6 +160,33 @@ def iter_lines(path: Path) -> Iterator[tuple[int, str, bool]]:
             yield lineno, line.rstrip("\n"), line.endswith("\n")
 
 
+def parse_record(path: Path, lineno: int, text: str, complete: bool = True) -> dict[str, Any] | None:
+    """One trace line, strictly parsed (no duplicate key, NaN or Infinity) and validated;
+    SpecError names the file and line. None for a torn last line (incomplete, not JSON)."""
+    try:
+        rec = parse_json_strict(text)
+    except json.JSONDecodeError as e:
+        if not complete:
+            return None  # a crash mid-write: the records before it stand
+        raise SpecError(str(path), f"line {lineno}", f"invalid JSON: {e.msg}") from None
+    except RecursionError:
+        raise SpecError(str(path), f"line {lineno}", "nested too deeply to be a trace record") from None
+    except ValueError as e:  # a duplicate key, NaN or Infinity
+        raise SpecError(str(path), f"line {lineno}", f"invalid record: {e}") from None
+    problem = validate_record(rec)
+    if problem:
+        raise SpecError(str(path), f"line {lineno}", problem)
+    return rec
+
+
+def check_header(path: Path, rec: dict[str, Any]) -> None:
+    """The first record must be a header of this trace format."""
+    if rec["kind"] != "header":
+        raise SpecError(str(path), "line 1", "a trace starts with a header record")
+    if rec["format"] != TRACE_FORMAT:
+        raise SpecError(str(path), "line 1", f"format {rec['format']!r} is not {TRACE_FORMAT!r}")
+
+
 def read_trace(path: str | os.PathLike) -> Trace:
     """Read and validate a trace; SpecError names the file, line and problem."""
     path = Path(path)
@@ -152,29 +195,15 @@ def read_trace(path: str | os.PathLike) -> Trace:
     header: dict[str, Any] | None = None
     records: list[dict[str, Any]] = []
     torn = False
-    lines = list(iter_lines(path))
-    for lineno, text, complete in lines:
+    for lineno, text, complete in iter_lines(path):
         if not text.strip():
             continue
-        try:
-            rec = parse_json_strict(text)
-        except json.JSONDecodeError as e:
-            if not complete and lineno == len(lines):
-                torn = True  # a crash mid-write: keep everything before it
-                break
-            raise SpecError(str(path), f"line {lineno}", f"invalid JSON: {e.msg}") from None
-        except RecursionError:
-            raise SpecError(str(path), f"line {lineno}", "nested too deeply to be a trace record") from None
-        except ValueError as e:  # a duplicate key, NaN or Infinity
-            raise SpecError(str(path), f"line {lineno}", f"invalid record: {e}") from None
-        problem = validate_record(rec)
-        if problem:
-            raise SpecError(str(path), f"line {lineno}", problem)
+        rec = parse_record(path, lineno, text, complete)
+        if rec is None:
+            torn = True  # a crash mid-write: keep everything before it
+            break
         if header is None:
-            if rec["kind"] != "header":
-                raise SpecError(str(path), "line 1", "a trace starts with a header record")
-            if rec["format"] != TRACE_FORMAT:
-                raise SpecError(str(path), "line 1", f"format {rec['format']!r} is not {TRACE_FORMAT!r}")
+            check_header(path, rec)
             header = rec
         elif rec["kind"] == "header":
             continue  # a resumed run may repeat the header; the first one stands

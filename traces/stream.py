@@ -5,49 +5,42 @@ millions of records (2.1 M for mixed16), which as dicts would take gigabytes.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from pathlib import Path
 from typing import Any, Iterator
 
 from hybridps.errors import SpecError
-from traces.records import TRACE_FORMAT, validate_record
+from traces.jsonl import check_header, iter_lines, parse_record
 
 
 def stream_trace(path: str | os.PathLike) -> tuple[dict[str, Any], Iterator[dict[str, Any]]]:
-    """The header, and an iterator over the remaining records (validated as they come;
-    SpecError names the line). A torn last line (a crash mid-write) ends the records."""
+    """The header, and an iterator over the remaining records, read as strictly as
+    `read_trace` (UTF-8, no duplicate keys, NaN or deep nesting; SpecError names the
+    line) but as they come. A torn last line (a crash mid-write) ends the records."""
     path = Path(path)
     if not path.is_file():
         raise SpecError(str(path), "", "no such trace file")
-    f = open(path, "r", encoding="utf-8")
-    first = f.readline()
-    try:
-        header = json.loads(first)
-    except json.JSONDecodeError as e:
-        f.close()
-        raise SpecError(str(path), "line 1", f"invalid JSON: {e.msg}") from None
-    if not isinstance(header, dict) or header.get("kind") != "header":
-        f.close()
-        raise SpecError(str(path), "line 1", "a trace starts with a header record")
-    if header.get("format") != TRACE_FORMAT:
-        f.close()
-        raise SpecError(str(path), "line 1", f"format {header.get('format')!r} is not {TRACE_FORMAT!r}")
+    lines = iter_lines(path)
+    header = None
+    for lineno, text, complete in lines:
+        if text.strip():
+            header = parse_record(path, lineno, text, complete)
+            break
+    if header is None:
+        lines.close()
+        raise SpecError(str(path), "", "empty trace (no header record)")
+    check_header(path, header)
 
     def records() -> Iterator[dict[str, Any]]:
-        with f:
-            for lineno, line in enumerate(f, 2):
-                if not line.strip():
+        with contextlib.closing(lines):
+            for lineno, text, complete in lines:
+                if not text.strip():
                     continue
-                try:
-                    rec = json.loads(line)
-                except json.JSONDecodeError as e:
-                    if not line.endswith("\n"):
-                        return  # torn last line
-                    raise SpecError(str(path), f"line {lineno}", f"invalid JSON: {e.msg}") from None
-                problem = validate_record(rec)
-                if problem:
-                    raise SpecError(str(path), f"line {lineno}", problem)
+                rec = parse_record(path, lineno, text, complete)
+                if rec is None:
+                    return  # torn last line
                 if rec["kind"] != "header":  # a resumed run may repeat the header; the first one stands
                     yield rec
 

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from hybridps.errors import UserError
+from hybridps.spec import parse_json_strict
 
 WALLTIME_FORMAT = "hybridps.walltime/1"
 _REQUIRED = ("worker", "resolution", "batch", "samples", "wall_s")
@@ -53,8 +54,8 @@ def is_walltime_log(path: str | Path) -> bool:
         try:
             with open(p, "rb") as f:
                 return (json.load(f) or {}).get("format") == WALLTIME_FORMAT
-        except (OSError, ValueError, AttributeError):
-            return False
+        except (OSError, ValueError, AttributeError, RecursionError):
+            return False  # not a wall-time log: the trace reader says what is wrong with it
     return False
 
 
@@ -90,13 +91,24 @@ def _row(raw: dict, where: str) -> WallTimeRow:
                        None if device is None else str(device), where)
 
 
+def _read_utf8(p: Path) -> str:
+    """The file's text; UserError for one that cannot be read or is not UTF-8 (a Latin-1
+    export would otherwise be misread or crash)."""
+    try:
+        data = p.read_bytes()
+    except OSError as e:
+        raise UserError(f"{p}: cannot read: {e.strerror}") from None
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = data.count(b"\n", 0, e.start) + 1
+        raise UserError(f"{p}:{line}: not UTF-8 text (byte {e.start}); save the log as UTF-8") from None
+
+
 def read_walltime_log(path: str | Path) -> WallTimeLog:
     """Read and check a CSV or JSON wall-time log (UserError naming file:line)."""
     p = Path(path)
-    try:
-        text = p.read_text()
-    except OSError as e:
-        raise UserError(f"{p}: cannot read: {e.strerror}") from None
+    text = _read_utf8(p)
     rows: list[WallTimeRow] = []
     if p.suffix.lower() == ".csv":
         reader = csv.DictReader(line for line in text.splitlines() if line.strip() and not line.startswith("#"))
@@ -104,8 +116,10 @@ def read_walltime_log(path: str | Path) -> WallTimeLog:
             rows.append(_row({k.strip(): (v or "").strip() for k, v in raw.items() if k is not None}, f"{p}:{i}"))
     else:
         try:
-            data = json.loads(text)
-        except ValueError as e:
+            data = parse_json_strict(text)
+        except RecursionError:
+            raise UserError(f"{p}: nested too deeply to be a wall-time log") from None
+        except ValueError as e:  # invalid JSON, a duplicate key, NaN or Infinity
             raise UserError(f"{p}: invalid JSON: {e}") from None
         if not isinstance(data, dict) or data.get("format") != WALLTIME_FORMAT or not isinstance(data.get("rows"), list):
             raise UserError(f'{p}: expected {{"format": "{WALLTIME_FORMAT}", "rows": [...]}}')

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import math
+import signal
 import sys
 
 from hybridps import __version__
@@ -21,19 +22,30 @@ TORCH_INSTALL_HINT = "install the CPU build of torch: pip install torch==2.13.0,
 COMMANDS = ["examples", "check", "simulate", "plan", "run", "profile", "calibrate", "validate", "schema", "gantt", "chrome"]
 
 
-def _bounded_arg(cast: type, lowest: float, strict: bool, expected: str):
-    """An argparse type: `cast(text)`, finite and >= `lowest` (> when `strict`)."""
+def _bounded_arg(cast: type, lowest: float, strict: bool, expected: str, highest: float = math.inf):
+    """An argparse type: `cast(text)`, finite, >= `lowest` (> when `strict`) and <= `highest`
+    (beyond it a value is a typo that would hang a command or exhaust memory)."""
 
     def parse(text: str):
         try:
             value = cast(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}") from None
-        if not math.isfinite(value) or value < lowest or (strict and value == lowest):
+        if not math.isfinite(value) or value < lowest or (strict and value == lowest) or value > highest:
             raise argparse.ArgumentTypeError(f"expected {expected}, got {text}")
         return value
 
     return parse
+
+
+def int_range_arg(lowest: int, highest: int):
+    """An argparse type: an integer from `lowest` to `highest`."""
+    return _bounded_arg(int, lowest, False, f"an integer from {lowest:,} to {highest:,}", highest)
+
+
+def float_range_arg(above: float, highest: float):
+    """An argparse type: a finite number > `above` and <= `highest`."""
+    return _bounded_arg(float, above, True, f"a number > {above:g} and <= {highest:g}", highest)
 
 
 seed_arg = _bounded_arg(int, 0, False, "a non-negative integer")  # numpy seeds must be
@@ -84,13 +96,14 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help(sys.stderr)
         return 2
+    old_term = _sigterm_interrupts()
     try:
         return int(args.func(args) or 0)
     except UserError as e:
         print(f"hybridps: error: {e}", file=sys.stderr)
         return e.exit_code
-    except KeyboardInterrupt:
-        print("hybridps: interrupted", file=sys.stderr)
+    except KeyboardInterrupt as e:
+        print(f"hybridps: interrupted{' by SIGTERM' if e.args == ('SIGTERM',) else ''}", file=sys.stderr)
         return 130
     except BrokenPipeError:
         return 0
@@ -98,6 +111,21 @@ def main(argv: list[str] | None = None) -> int:
         where = f"{e.filename}: " if e.filename else ""
         print(f"hybridps: error: {where}{e.strerror or e}", file=sys.stderr)
         return 2
+    finally:
+        if old_term is not None:
+            signal.signal(signal.SIGTERM, old_term)
+
+
+def _sigterm_interrupts():
+    """Make SIGTERM (what `kill` and batch schedulers send) stop a command as Ctrl-C does;
+    returns the previous handler (None where signals cannot be set: not the main thread)."""
+    def on_term(signum, frame):
+        raise KeyboardInterrupt("SIGTERM")
+
+    try:
+        return signal.signal(signal.SIGTERM, on_term)
+    except ValueError:
+        return None
 
 
 if __name__ == "__main__":

@@ -7,6 +7,8 @@ import argparse
 import json
 import sys
 
+from hybridps.cli import float_range_arg
+
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
@@ -24,7 +26,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="write JOB plus the convergence model fitted to the traces' eval records (needs --job)")
     p.add_argument("--base", help="cluster (path or bundled name) giving the workers, PS and anything the traces "
                                   "do not measure; default: the first run trace's header cluster")
-    p.add_argument("--outlier-factor", type=float, default=1.5, metavar="FACTOR",
+    p.add_argument("--outlier-factor", type=float_range_arg(1.0, 1000.0), default=1.5, metavar="FACTOR",
                    help="an iteration slower than this x the fit is a straggler outlier (default 1.5)")
     p.add_argument("--no-absorb-gaps", action="store_true",
                    help="fit raw record durations instead of stretching them over the gaps between records")
@@ -39,8 +41,6 @@ def run(args: argparse.Namespace) -> int:
     from hybridps.spec import resolve_path
     from traces import read_trace
 
-    if args.outlier_factor <= 1:
-        raise UserError("calibrate: --outlier-factor must be > 1")
     from traces.walltime import is_walltime_log, read_walltime_log
 
     if (args.job is None) != (args.job_out is None):

@@ -6,12 +6,14 @@ aggregated process for the workers beyond `--max-lanes`."""
 from __future__ import annotations
 
 import argparse
+import math
 import os
 
 from hybridps.cli import positive_float_arg, positive_int_arg
 from hybridps.cli.gantt import window_arg
 
 AUTO_BINS = 1000  # --max-lanes without --bin-s: the grouped workers' counters get this many bins
+MAX_BINS = 100_000  # per lane: more would make a file no browser opens (and take long to write)
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -35,16 +37,22 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from hybridps.errors import UserError
+    from hybridps.fileio import check_output_file
     from traces.chrome import ChromeOptions, write_chrome
     from traces.stream import stream_trace, trace_end_s
 
     if args.max_lanes is not None and args.max_lanes < 2:
         raise UserError("--max-lanes: expected at least 2 (one worker lane and the group lane)")
+    args.out = check_output_file(args.out, "--out", [args.trace])
     header, records = stream_trace(args.trace)
+    lo, hi = args.window or (0.0, math.inf)
+    span_s = max(min(hi, trace_end_s(args.trace)) - lo, 1e-6)
     bin_s = args.bin_s
     if bin_s is None and args.max_lanes is not None:
-        lo, hi = args.window if args.window else (0.0, trace_end_s(args.trace))
-        bin_s = max(hi - lo, 1e-6) / AUTO_BINS
+        bin_s = span_s / AUTO_BINS
+    if bin_s is not None and span_s / bin_s > MAX_BINS:
+        raise UserError(f"--bin-s {bin_s:g}: {span_s:,.1f} s of trace would be {span_s / bin_s:,.0f} bins (at most "
+                        f"{MAX_BINS:,}); use --bin-s {span_s / MAX_BINS:.3g} or more, or a shorter --window")
     options = ChromeOptions(window_s=args.window, bin_s=bin_s, counters=args.bin_s is not None,
                             max_lanes=args.max_lanes)
     try:

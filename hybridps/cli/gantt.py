@@ -48,11 +48,13 @@ def default_title(header: dict) -> str:
 
 def run(args: argparse.Namespace) -> int:
     from hybridps.errors import UserError
+    from hybridps.fileio import check_output_file
     from traces.gantt import GanttData
     from traces.stream import stream_trace
 
     if args.max_lanes is not None and args.max_lanes < 2:
         raise UserError("--max-lanes: expected at least 2 (one worker row and the group row)")
+    args.out = check_output_file(args.out, "--out", [args.trace])
     header, records = stream_trace(args.trace)
     data = GanttData(header)
     data.write_many(records)

@@ -13,12 +13,14 @@ from __future__ import annotations
 
 import argparse
 
-from hybridps.cli import positive_float_arg, positive_int_arg, seed_arg, unit_fraction_arg
+from hybridps.cli import int_range_arg, positive_float_arg, positive_int_arg, seed_arg, unit_fraction_arg
 import json
 import os
 import sys
 
 STRATEGY_NAMES = ("uniform", "dbsl", "balanced", "sync-switch", "ssp")
+MAX_WORKERS = 10_000  # as hybridps.spec.MAX_WORKERS (not imported: --help stays light)
+MAX_CANDIDATES = 10_000  # --top, --proxy-count, --full-count
 
 
 def _csv(value: str) -> tuple[str, ...]:
@@ -34,7 +36,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help=f"one or more of {', '.join(STRATEGY_NAMES)} (comma-separated), or all (default)")
     p.add_argument("--time-ratio", type=positive_float_arg, default=1.05, metavar="RATIO",
                    help="DBSL extra-time ratio t >= 1 that small-batch workers may cost (default 1.05)")
-    p.add_argument("--small-workers", type=int, default=None, metavar="N",
+    p.add_argument("--small-workers", type=int_range_arg(0, MAX_WORKERS - 1), default=None, metavar="N",
                    help="DBSL small-batch worker count (default: try 0..n-1)")
     p.add_argument("--min-bsp-fraction", type=float, default=0.0, metavar="FRACTION",
                    help="keep only plans that train at least this fraction of epochs under bsp (default 0)")
@@ -43,7 +45,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="allowed gradient compression: none, topk (1%%), onebit (default all three)")
     p.add_argument("--schedule", default="fixed,cyclic",
                    help="resolution schedules: fixed (highest), cyclic (progressive per LR stage)")
-    p.add_argument("--substages", type=int, default=None,
+    p.add_argument("--substages", type=int_range_arg(1, 100), default=None,
                    help="cyclic schedule: sub-stages per LR stage, resolution rising low to high "
                         "(default: one per resolution)")
     p.add_argument("--objective", default="time", choices=["time", "time_to_accuracy"],
@@ -57,7 +59,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--keep", metavar="DIR",
                    help="write every fully simulated plan as DIR/NN-STRATEGY/plan.json and the ranking as "
                         "DIR/ranking.json")
-    p.add_argument("--top", type=int, default=10, help="rows in the ranked table (default 10)")
+    p.add_argument("--top", type=int_range_arg(1, MAX_CANDIDATES), default=10,
+                   help="rows in the ranked table (default 10)")
     p.add_argument("-o", "--out", "--output", dest="output", metavar="plan.json",
                    help="where to write the best plan (default plan.json; with --json, written only when -o is "
                         "given); replacing an existing file is said on stderr")
@@ -67,11 +70,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                         "accuracy and time to target when the job has a [convergence] table")
     p.add_argument("--seed", type=seed_arg, default=0, help="simulation seed (stragglers), default 0")
     p.add_argument("--jobs", type=positive_int_arg, default=None, help="simulation processes (default: CPU count)")
-    p.add_argument("--proxy-epochs", type=int, default=2, metavar="EPOCHS",
+    p.add_argument("--proxy-epochs", type=int_range_arg(1, 100_000), default=2, metavar="EPOCHS",
                    help="shortened horizon for ranking: epochs per phase (default 2)")
-    p.add_argument("--proxy-count", type=int, default=12, metavar="N",
+    p.add_argument("--proxy-count", type=int_range_arg(0, MAX_CANDIDATES), default=12, metavar="N",
                    help="candidates simulated on the shortened horizon, best by estimate (default 12)")
-    p.add_argument("--full-count", type=int, default=2, metavar="N",
+    p.add_argument("--full-count", type=int_range_arg(0, MAX_CANDIDATES), default=2, metavar="N",
                    help="candidates simulated in full, best by proxy, besides the uniform baseline (default 2)")
     p.add_argument("--baseline", default="full", choices=["auto", "full"],
                    help="simulate the uniform baseline in full (full, default), or only when the shortened "
@@ -114,10 +117,6 @@ def _constraints(args: argparse.Namespace):
                         f"excludes bsp; add bsp to --sync or drop --min-bsp-fraction")
     if args.time_ratio <= 0:
         raise UserError(f"--time-ratio {args.time_ratio}: must be positive (and >= 1 with small workers)")
-    if args.top < 1 or args.proxy_epochs < 1 or args.proxy_count < 0 or args.full_count < 0:
-        raise UserError("--top and --proxy-epochs must be >= 1; --proxy-count and --full-count >= 0")
-    if args.substages is not None and args.substages < 1:
-        raise UserError(f"--substages {args.substages}: must be at least 1")
     small = None if args.small_workers is None else (args.small_workers,)
     return Constraints(strategies=tuple(strategies), time_ratio=args.time_ratio, small_workers=small,
                        min_bsp_fraction=args.min_bsp_fraction, sync_modes=syncs, compressions=comps or ("none",),
@@ -127,7 +126,7 @@ def _constraints(args: argparse.Namespace):
 
 def run(args: argparse.Namespace) -> int:
     from hybridps.errors import UserError
-    from hybridps.fileio import check_output_file
+    from hybridps.fileio import check_output_dir, check_output_file
     from hybridps.spec import load_cluster, load_job, resolve_path
     from solver.search import search, summary_json
     from solver.timemodel import check_resolutions
@@ -151,6 +150,8 @@ def run(args: argparse.Namespace) -> int:
     for flag, path in (("-o", output), ("--plot", args.plot)):
         if path is not None:
             check_output_file(path, flag, inputs)
+    if args.keep is not None:
+        check_output_dir(args.keep, "--keep")
     jobs = args.jobs if args.jobs is not None else (os.cpu_count() or 1)
     result = search(cluster, job, cons, seed=args.seed, jobs=jobs, proxy_epochs=args.proxy_epochs,
                     proxy_count=args.proxy_count, full_count=args.full_count, objective=args.objective,

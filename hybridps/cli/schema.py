@@ -66,10 +66,12 @@ def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from hybridps.errors import UserError
-    from hybridps.fileio import atomic_write_text
+    from hybridps.fileio import atomic_write_text, check_output_file
 
     if args.check and args.format != "docs":
         raise UserError("schema: --check applies to `hybridps schema docs` only")
+    if args.out is not None:
+        args.out = check_output_file(args.out, "--out", [args.check])
     if args.format == "docs":
         from hybridps.cli.formats_doc import REGENERATE, render
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from hybridps.cli import seed_arg, unit_fraction_arg
+from hybridps.cli import int_range_arg, seed_arg, unit_fraction_arg
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -19,7 +19,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--cluster", help="cluster to simulate on (path or bundled name), e.g. a calibrated one; "
                                      "default: the cluster in the trace header")
     p.add_argument("--seed", type=seed_arg, help="straggler seed (default: the trace header's seed)")
-    p.add_argument("--repeats", type=int, default=10,
+    p.add_argument("--repeats", type=int_range_arg(1, 1000), default=10,
                    help="when the cluster's [stragglers] are not the ones the run emulated (e.g. fitted by "
                         "calibrate from noise), average the prediction over this many seeds (default 10)")
     p.add_argument("--job", help="job (path or bundled name) whose [convergence] model predicts validation accuracy "
@@ -77,8 +77,6 @@ def run(args: argparse.Namespace) -> int:
     from hybridps.errors import UserError
     from traces.compare import mean_summary
 
-    if args.repeats < 1:
-        raise UserError("validate: --repeats must be at least 1")
     if args.plot is not None:
         from hybridps.fileio import check_output_file
 

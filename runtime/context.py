@@ -40,6 +40,7 @@ class RunContext:
     workers: list[str] = field(default_factory=list)  # worker names by position
     t0: float = 0.0  # time.perf_counter() when every process was ready
     time_offset_s: float = 0.0  # elapsed run time before a resume
+    torch_ready_s: float = 0.0  # seconds from the launch until this rank had imported torch
 
     @property
     def shards(self) -> int:

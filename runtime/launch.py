@@ -22,6 +22,19 @@ import time
 from hybridps.errors import EXIT_INTERRUPTED, EXIT_PS_LOST, UserError
 
 PR_SET_PDEATHSIG = 1
+LAUNCH_ENV = "HYBRIDPS_LAUNCH_WALL_S"  # time.time() when `hybridps run` started (the launcher's, under --local)
+
+
+def mark_launch() -> float:
+    """Note when this `hybridps run` started, unless a launcher already did (its children
+    inherit its mark through the environment); returns the mark. start-up is counted from it."""
+    os.environ.setdefault(LAUNCH_ENV, repr(time.time()))
+    return float(os.environ[LAUNCH_ENV])
+
+
+def since_launch_s() -> float:
+    """Wall-clock seconds since `mark_launch` (since now when nothing marked it)."""
+    return time.time() - float(os.environ.get(LAUNCH_ENV, time.time()))
 
 
 def die_with_parent() -> None:
@@ -77,6 +90,10 @@ def run_local(child_args: list[str], world_size: int, grace_s: float | None = 60
     base_env = dict(os.environ, MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE=str(world_size),
                     HYBRIDPS_PARENT_PID=str(os.getpid()), OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1"),
                     GLOO_SOCKET_IFNAME="lo")  # loopback only, like the store (`local_store`)
+    workers = world_size - shards
+    print(f"hybridps run: starting {shards} PS + {workers} worker{'s' if workers != 1 else ''} on this machine "
+          f"({world_size} processes; each imports torch, loads the data and builds the model)",
+          file=sys.stderr, flush=True)
     resume = f"continue with: hybridps run --resume {out_dir} --local" if out_dir is not None else ""
     checkpoint = os.path.join(out_dir, "checkpoint.pt") if out_dir is not None else None
 
@@ -171,6 +188,18 @@ def local_store(rank: int, world: int, timeout: datetime.timedelta):
     return store
 
 
+def start_clock(ctx, who: str) -> float:
+    """This rank is ready: say so on stderr, wait for every rank (a barrier), and start the
+    run's clock there (time zero). Returns the seconds from the launch to time zero."""
+    import torch.distributed as dist
+
+    print(f"hybridps run: rank {ctx.rank} ({who}) ready {since_launch_s():.1f} s after start "
+          f"(torch imported at {ctx.torch_ready_s:.1f} s)", file=sys.stderr, flush=True)
+    dist.barrier()
+    ctx.t0 = time.perf_counter()
+    return since_launch_s()
+
+
 def run_process(cluster, job, plan, opts) -> int:
     """One rank of the run (the env says which)."""
     import torch
@@ -178,7 +207,7 @@ def run_process(cluster, job, plan, opts) -> int:
 
     from runtime.context import make_context
 
-    t_start = time.perf_counter()
+    t_torch_s = since_launch_s()
     die_with_parent()
     signal.signal(signal.SIGTERM, signal.default_int_handler)  # SIGTERM = SIGINT until the rank installs its own
     faulthandler.register(signal.SIGUSR1)  # `kill -USR1 PID` prints every thread's stack
@@ -187,7 +216,7 @@ def run_process(cluster, job, plan, opts) -> int:
     except KeyError as e:
         raise UserError(f"environment variable {e.args[0]} is not set: run under torchrun or use --local") from None
     ctx = make_context(cluster, job, plan, opts, rank, world)
-    ctx.t0 = t_start
+    ctx.torch_ready_s = t_torch_s
     torch.set_num_threads(max(1, opts.threads))
     if ctx.is_ps and rank == 0:
         opts.out_dir.mkdir(parents=True, exist_ok=True)

@@ -37,6 +37,7 @@ from hybridps.stragglers import StragglerSchedule
 from runtime import protocol as P
 from runtime.codecs import ErrorFeedback
 from runtime.context import RunContext, phase_lr, shard_bounds
+from runtime.launch import start_clock
 from runtime.data import check_samples, effective_shares, epoch_permutation, load_dataset, share_indices
 from runtime.models import build_model, buffers_vector
 
@@ -387,8 +388,7 @@ def run_worker(ctx: RunContext, device: torch.device) -> int:
 
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
-    dist.barrier()  # every process ready: time zero
-    ctx.t0 = time.perf_counter()
+    start_clock(ctx, f"worker {w.name}")  # every process ready: time zero
     try:
         w.run()
     except Aborted:

@@ -78,7 +78,9 @@ def _specs(args: argparse.Namespace):
 
 def run(args: argparse.Namespace) -> int:
     from hybridps.errors import UserError
+    from runtime.launch import mark_launch
 
+    mark_launch()  # start-up (summary.json's startup_s) counts from here, the launcher's under --local
     try:
         import torch  # noqa: F401
     except ImportError:

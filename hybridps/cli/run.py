@@ -28,7 +28,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--overwrite", action="store_true",
                    help="start afresh in an --out that holds an unfinished run (its trace and checkpoints are deleted)")
     p.add_argument("--on-worker-loss", choices=["stop", "continue"], default="stop",
-                   help="stop (default: checkpoint, stop all, exit 3) or continue without the worker (asp/ssp)")
+                   help="stop (default: checkpoint, stop all, exit 3) or continue without the worker "
+                        "(any sync mode; the others re-split its data share)")
     p.add_argument("--worker-timeout", type=positive_float_arg, default=60.0, metavar="S",
                    help="seconds without heartbeat/progress before a worker counts as lost (default 60)")
     p.add_argument("--model", help="override the job's model.name (resnet18, cnn, mlp, torchvision:NAME)")

@@ -60,7 +60,7 @@ def test_start_line_then_one_ready_line_per_rank(run):
                         "torch, loads the data and builds the model)")
     ready = [READY.fullmatch(t) for t in texts[1:4]]
     assert all(ready), texts
-    assert sorted((int(m[1]), m[2]) for m in ready) == [(0, "PS"), (1, "worker w0"), (2, "worker w1")]
+    assert sorted((int(m[1]), m[2]) for m in ready) == [(0, "PS"), (1, "worker w0 on cpu"), (2, "worker w1 on cpu")]
     for m in ready:  # torch comes first; every rank is ready before time zero (lines round to 0.1 s)
         assert 0 < float(m[4]) <= float(m[3]) <= run["summary"]["ready_s"] + 0.05
 

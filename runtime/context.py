@@ -27,6 +27,7 @@ class RunOptions:
     device: str = "auto"  # auto | cpu | cuda
     threads: int = 1
     emulate: bool = True  # enforce slowdown, bandwidth and stragglers
+    launch_wall_s: float = field(default_factory=time.time)  # when the run started (runtime.launch.launch_wall_s)
 
 
 @dataclass
@@ -56,6 +57,10 @@ class RunContext:
 
     def worker_rank(self, position: int) -> int:
         return self.shards + position
+
+    def since_launch_s(self) -> float:
+        """Wall-clock seconds since the run started (its launcher's start under --local)."""
+        return time.time() - self.opts.launch_wall_s
 
     def now(self) -> float:
         """Seconds since time zero (all processes ready), continuing across resumes."""

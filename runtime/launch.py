@@ -22,19 +22,15 @@ import time
 from hybridps.errors import EXIT_INTERRUPTED, EXIT_PS_LOST, UserError
 
 PR_SET_PDEATHSIG = 1
-LAUNCH_ENV = "HYBRIDPS_LAUNCH_WALL_S"  # time.time() when `hybridps run` started (the launcher's, under --local)
+LAUNCH_ENV = "HYBRIDPS_LAUNCH_WALL_S"  # the --local launcher's start (time.time()), handed to its ranks
 
 
-def mark_launch() -> float:
-    """Note when this `hybridps run` started, unless a launcher already did (its children
-    inherit its mark through the environment); returns the mark. start-up is counted from it."""
-    os.environ.setdefault(LAUNCH_ENV, repr(time.time()))
-    return float(os.environ[LAUNCH_ENV])
-
-
-def since_launch_s() -> float:
-    """Wall-clock seconds since `mark_launch` (since now when nothing marked it)."""
-    return time.time() - float(os.environ.get(LAUNCH_ENV, time.time()))
+def launch_wall_s() -> float:
+    """When this run started, as time.time(): a --local rank's launcher's start (start-up
+    counts from there, torch imports included), else now (a launcher, a torchrun rank)."""
+    if "HYBRIDPS_PARENT_PID" in os.environ and LAUNCH_ENV in os.environ:
+        return float(os.environ[LAUNCH_ENV])
+    return time.time()
 
 
 def die_with_parent() -> None:
@@ -74,7 +70,7 @@ def _describe_exit(code: int) -> str:
 
 
 def run_local(child_args: list[str], world_size: int, grace_s: float | None = 60.0, shards: int = 1,
-              out_dir: str | os.PathLike | None = None) -> int:
+              out_dir: str | os.PathLike | None = None, launch_wall_s: float | None = None) -> int:
     """Spawn `world_size` ranks of `python -m hybridps run CHILD_ARGS` (ranks below `shards`
     are the PS shards); return the run's exit code (hybridps.errors.EXIT_*).
 
@@ -89,7 +85,8 @@ def run_local(child_args: list[str], world_size: int, grace_s: float | None = 60
     procs: list[subprocess.Popen] = []
     base_env = dict(os.environ, MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE=str(world_size),
                     HYBRIDPS_PARENT_PID=str(os.getpid()), OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1"),
-                    GLOO_SOCKET_IFNAME="lo")  # loopback only, like the store (`local_store`)
+                    GLOO_SOCKET_IFNAME="lo",  # loopback only, like the store (`local_store`)
+                    **{LAUNCH_ENV: repr(launch_wall_s or time.time())})
     workers = world_size - shards
     print(f"hybridps run: starting {shards} PS + {workers} worker{'s' if workers != 1 else ''} on this machine "
           f"({world_size} processes; each imports torch, loads the data and builds the model)",
@@ -193,11 +190,11 @@ def start_clock(ctx, who: str) -> float:
     run's clock there (time zero). Returns the seconds from the launch to time zero."""
     import torch.distributed as dist
 
-    print(f"hybridps run: rank {ctx.rank} ({who}) ready {since_launch_s():.1f} s after start "
+    print(f"hybridps run: rank {ctx.rank} ({who}) ready {ctx.since_launch_s():.1f} s after start "
           f"(torch imported at {ctx.torch_ready_s:.1f} s)", file=sys.stderr, flush=True)
     dist.barrier()
     ctx.t0 = time.perf_counter()
-    return since_launch_s()
+    return ctx.since_launch_s()
 
 
 def run_process(cluster, job, plan, opts) -> int:
@@ -207,7 +204,7 @@ def run_process(cluster, job, plan, opts) -> int:
 
     from runtime.context import make_context
 
-    t_torch_s = since_launch_s()
+    t_torch_s = time.time() - opts.launch_wall_s
     die_with_parent()
     signal.signal(signal.SIGTERM, signal.default_int_handler)  # SIGTERM = SIGINT until the rank installs its own
     faulthandler.register(signal.SIGUSR1)  # `kill -USR1 PID` prints every thread's stack

@@ -79,9 +79,9 @@ def _specs(args: argparse.Namespace):
 
 def run(args: argparse.Namespace) -> int:
     from hybridps.errors import UserError
-    from runtime.launch import mark_launch
+    from runtime.launch import launch_wall_s
 
-    mark_launch()  # start-up (summary.json's startup_s) counts from here, the launcher's under --local
+    started_s = launch_wall_s()  # start-up (summary.json's startup_s) counts from here, the launcher's under --local
     try:
         import torch  # noqa: F401
     except ImportError:
@@ -101,7 +101,7 @@ def run(args: argparse.Namespace) -> int:
                       eval_every=args.eval_every, eval_samples=args.eval_samples,
                       checkpoint_every_s=args.checkpoint_every, worker_timeout_s=args.worker_timeout,
                       on_worker_loss=args.on_worker_loss, resume=args.resume is not None, device=args.device,
-                      threads=args.threads, emulate=not args.no_emulate)
+                      threads=args.threads, emulate=not args.no_emulate, launch_wall_s=started_s)
     from runtime.data import check_data
 
     data = args.data or job.data.name
@@ -119,7 +119,7 @@ def run(args: argparse.Namespace) -> int:
         argv = _rebuild_argv(args)
         grace = None if args.on_worker_loss == "continue" else args.worker_timeout + 30.0
         return run_local(argv, expected_world_size(cluster, plan), grace_s=grace, shards=cluster.ps.count,
-                         out_dir=str(out))
+                         out_dir=str(out), launch_wall_s=started_s)
     return run_process(cluster, job, plan, opts)
 
 

@@ -37,10 +37,9 @@ from hybridps.stragglers import StragglerSchedule
 from runtime import protocol as P
 from runtime.codecs import ErrorFeedback
 from runtime.context import RunContext, phase_lr, shard_bounds
-from runtime.launch import start_clock
 from runtime.data import check_samples, effective_shares, epoch_permutation, load_dataset, share_indices
+from runtime.launch import start_clock
 from runtime.models import build_model, buffers_vector
-
 
 STAGE_ENV = "HYBRIDPS_STAGE_TRANSFERS"  # "1": stage PS traffic through host buffers on CPU too
 

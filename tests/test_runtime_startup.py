@@ -55,7 +55,7 @@ def run(tmp_path_factory):
 
 
 def test_start_line_then_one_ready_line_per_rank(run):
-    texts = [ln for _, ln in run["lines"]]
+    texts = [ln for _, ln in run["lines"] if ln.startswith("hybridps")]  # not torch's or gloo's own notes
     assert texts[0] == ("hybridps run: starting 1 PS + 2 workers on this machine (3 processes; each imports "
                         "torch, loads the data and builds the model)")
     ready = [READY.fullmatch(t) for t in texts[1:4]]
@@ -71,8 +71,8 @@ def test_startup_s_runs_from_the_launchers_start_to_the_first_compute_record(run
     assert s["startup_s"] == pytest.approx(s["ready_s"] + first, abs=1e-9)
     # the launch precedes the start line and the first step follows every ready line, so
     # start-up spans at least the time between those lines as this test read them
-    (t_start_line, _), *rest = run["lines"]
-    t_last_ready = max(t for t, ln in rest if READY.fullmatch(ln))
+    t_start_line = min(t for t, ln in run["lines"] if "hybridps run: starting" in ln)
+    t_last_ready = max(t for t, ln in run["lines"] if READY.fullmatch(ln))
     assert s["startup_s"] >= t_last_ready - t_start_line - 0.25
     # ... and start-up plus the training after the first step fit in the process's life
     assert s["startup_s"] + (s["makespan_s"] - first) <= run["t_exit"] - run["t_spawn"] + 0.05

@@ -106,6 +106,8 @@ def run(args: argparse.Namespace) -> int:
 
     data = args.data or job.data.name
     check_data(data, args.data_dir)
+    if args.local and "RANK" not in os.environ:  # the ranks check it too, but after the launcher's start line
+        check_data_size(job, data, args.data_dir)
     job_file = args.job or f"{args.resume}/trace.jsonl header"
     note = check_model(job, job_file, args.model, data, args.data_dir, 0 if args.seed is None else args.seed)
     if note and "HYBRIDPS_PARENT_PID" not in os.environ and os.environ.get("RANK", "0") == "0":
@@ -160,6 +162,15 @@ def check_out_dir(out: Path, args: argparse.Namespace, cluster, job, plan) -> st
     for path in [out / n for n in RUN_FILES] + sorted(out.glob("checkpoint-shard*.pt")):
         path.unlink(missing_ok=True)  # a new run: no stale shard checkpoint may mix in
     return "go"
+
+
+def check_data_size(job, data: str, data_dir: str | None) -> None:
+    """The job's data.samples against the training set's size (runtime.data.check_samples),
+    in the launcher: an error is then its one line, before any process starts."""
+    from runtime.data import check_samples, load_dataset
+
+    if not data.startswith("synthetic"):  # generated with data.samples: nothing to check
+        check_samples(load_dataset(data, job.data.samples, 0, data_dir), data, job.data.samples, job.data.subset)
 
 
 def check_model(job, job_file: str, model: str | None, data: str, data_dir: str | None, seed: int) -> str | None:

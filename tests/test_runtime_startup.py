@@ -86,6 +86,15 @@ def test_the_end_names_the_eval_split_and_its_size(run):
             f"the held-out 'test' split") in run["stdout"]
 
 
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a CUDA device")
+def test_device_cuda_without_a_gpu_is_one_line_before_any_process_starts(tmp_path):
+    write_specs(tmp_path, WORKERS, epochs=1)
+    r = _run_watching_stderr(["run", *spec_args(tmp_path), "--out", tmp_path / "out", "--local", "--device", "cuda"])
+    assert r["code"] == 2
+    assert [ln for _, ln in r["lines"]] == ["hybridps: error: --device cuda: no CUDA device is available on this "
+                                            "machine; use --device cpu or auto"]
+
+
 def test_first_step_counts_from_this_launchs_time_zero():
     # a resumed trace keeps the earlier records on the same clock: only this launch's count
     computes = [{"start_s": 0.5}, {"start_s": 3.0}, {"start_s": 10.25}, {"start_s": 10.75}]

@@ -83,7 +83,7 @@ def run(args: argparse.Namespace) -> int:
 
     started_s = launch_wall_s()  # start-up (summary.json's startup_s) counts from here, the launcher's under --local
     try:
-        import torch  # noqa: F401
+        import torch
     except ImportError:
         raise UserError("hybridps run needs torch: pip install 'hybridps[runtime]'") from None
     from runtime.context import RunOptions, expected_world_size
@@ -92,6 +92,8 @@ def run(args: argparse.Namespace) -> int:
     out = args.resume if args.resume is not None else args.out
     if out is None:
         raise UserError("hybridps run needs --out DIR (or --resume DIR)")
+    if args.local and "RANK" not in os.environ and args.device == "cuda" and not torch.cuda.is_available():
+        raise UserError("--device cuda: no CUDA device is available on this machine; use --device cpu or auto")
     on_ps_host = os.environ.get("RANK", "0") == "0"  # other torchrun ranks may not see DIR
     launched = "HYBRIDPS_PARENT_PID" in os.environ  # a rank of --local: the launcher checked DIR
     if args.resume is not None and on_ps_host and not (args.resume / "checkpoint.pt").is_file():

@@ -27,6 +27,7 @@ class RunOptions:
     device: str = "auto"  # auto | cpu | cuda
     threads: int = 1
     emulate: bool = True  # enforce slowdown, bandwidth and stragglers
+    launch_wall_s: float = field(default_factory=time.time)  # when the run started (runtime.launch.launch_wall_s)
 
 
 @dataclass
@@ -40,6 +41,7 @@ class RunContext:
     workers: list[str] = field(default_factory=list)  # worker names by position
     t0: float = 0.0  # time.perf_counter() when every process was ready
     time_offset_s: float = 0.0  # elapsed run time before a resume
+    torch_ready_s: float = 0.0  # seconds from the launch until this rank had imported torch
 
     @property
     def shards(self) -> int:
@@ -55,6 +57,10 @@ class RunContext:
 
     def worker_rank(self, position: int) -> int:
         return self.shards + position
+
+    def since_launch_s(self) -> float:
+        """Wall-clock seconds since the run started (its launcher's start under --local)."""
+        return time.time() - self.opts.launch_wall_s
 
     def now(self) -> float:
         """Seconds since time zero (all processes ready), continuing across resumes."""

@@ -22,6 +22,15 @@ import time
 from hybridps.errors import EXIT_INTERRUPTED, EXIT_PS_LOST, UserError
 
 PR_SET_PDEATHSIG = 1
+LAUNCH_ENV = "HYBRIDPS_LAUNCH_WALL_S"  # the --local launcher's start (time.time()), handed to its ranks
+
+
+def launch_wall_s() -> float:
+    """When this run started, as time.time(): a --local rank's launcher's start (start-up
+    counts from there, torch imports included), else now (a launcher, a torchrun rank)."""
+    if "HYBRIDPS_PARENT_PID" in os.environ and LAUNCH_ENV in os.environ:
+        return float(os.environ[LAUNCH_ENV])
+    return time.time()
 
 
 def die_with_parent() -> None:
@@ -61,7 +70,7 @@ def _describe_exit(code: int) -> str:
 
 
 def run_local(child_args: list[str], world_size: int, grace_s: float | None = 60.0, shards: int = 1,
-              out_dir: str | os.PathLike | None = None) -> int:
+              out_dir: str | os.PathLike | None = None, launch_wall_s: float | None = None) -> int:
     """Spawn `world_size` ranks of `python -m hybridps run CHILD_ARGS` (ranks below `shards`
     are the PS shards); return the run's exit code (hybridps.errors.EXIT_*).
 
@@ -76,7 +85,12 @@ def run_local(child_args: list[str], world_size: int, grace_s: float | None = 60
     procs: list[subprocess.Popen] = []
     base_env = dict(os.environ, MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE=str(world_size),
                     HYBRIDPS_PARENT_PID=str(os.getpid()), OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1"),
-                    GLOO_SOCKET_IFNAME="lo")  # loopback only, like the store (`local_store`)
+                    GLOO_SOCKET_IFNAME="lo",  # loopback only, like the store (`local_store`)
+                    **{LAUNCH_ENV: repr(launch_wall_s or time.time())})
+    workers = world_size - shards
+    print(f"hybridps run: starting {shards} PS + {workers} worker{'s' if workers != 1 else ''} on this machine "
+          f"({world_size} processes; each imports torch, loads the data and builds the model)",
+          file=sys.stderr, flush=True)
     resume = f"continue with: hybridps run --resume {out_dir} --local" if out_dir is not None else ""
     checkpoint = os.path.join(out_dir, "checkpoint.pt") if out_dir is not None else None
 
@@ -171,6 +185,18 @@ def local_store(rank: int, world: int, timeout: datetime.timedelta):
     return store
 
 
+def start_clock(ctx, who: str) -> float:
+    """This rank is ready: say so on stderr, wait for every rank (a barrier), and start the
+    run's clock there (time zero). Returns the seconds from the launch to time zero."""
+    import torch.distributed as dist
+
+    print(f"hybridps run: rank {ctx.rank} ({who}) ready {ctx.since_launch_s():.1f} s after start "
+          f"(torch imported at {ctx.torch_ready_s:.1f} s)", file=sys.stderr, flush=True)
+    dist.barrier()
+    ctx.t0 = time.perf_counter()
+    return ctx.since_launch_s()
+
+
 def run_process(cluster, job, plan, opts) -> int:
     """One rank of the run (the env says which)."""
     import torch
@@ -178,7 +204,7 @@ def run_process(cluster, job, plan, opts) -> int:
 
     from runtime.context import make_context
 
-    t_start = time.perf_counter()
+    t_torch_s = time.time() - opts.launch_wall_s
     die_with_parent()
     signal.signal(signal.SIGTERM, signal.default_int_handler)  # SIGTERM = SIGINT until the rank installs its own
     faulthandler.register(signal.SIGUSR1)  # `kill -USR1 PID` prints every thread's stack
@@ -187,7 +213,7 @@ def run_process(cluster, job, plan, opts) -> int:
     except KeyError as e:
         raise UserError(f"environment variable {e.args[0]} is not set: run under torchrun or use --local") from None
     ctx = make_context(cluster, job, plan, opts, rank, world)
-    ctx.t0 = t_start
+    ctx.torch_ready_s = t_torch_s
     torch.set_num_threads(max(1, opts.threads))
     if ctx.is_ps and rank == 0:
         opts.out_dir.mkdir(parents=True, exist_ok=True)

@@ -46,9 +46,11 @@ from runtime.checkpoint import CHECKPOINT_FORMAT, checkpoint_path, load_checkpoi
 from runtime.codecs import Codec
 from runtime.context import RunContext, num_classes, phase_lr, shard_bounds
 from runtime.data import check_samples, effective_shares, load_dataset
+from runtime.launch import start_clock
 from runtime.merge import FlatSGD, merge_async, merge_sync, weighted_gradient
 from runtime.models import build_model, buffers_vector, load_buffers
 from runtime.noise import NoiseMeter, measures_noise
+from runtime.summary import final_message
 from traces.jsonl import TraceWriter, cut_trace
 from traces.records import header as trace_header
 
@@ -703,9 +705,7 @@ def resume_hint(ctx: RunContext) -> str:
 def run_server(ctx: RunContext) -> int:
     """One PS shard's whole run; returns the process's exit code (hybridps.errors.EXIT_*)."""
     shard = Shard(ctx)
-    startup_s = time.perf_counter() - ctx.t0
-    dist.barrier()  # every process ready: time zero
-    ctx.t0 = time.perf_counter()
+    ready_s = start_clock(ctx, "PS" if ctx.shards == 1 else f"PS shard {shard.s}")  # time zero
     wall0 = time.time()
 
     def on_signal(signum, frame) -> None:  # SIGINT and SIGTERM alike: stop at the next safe point
@@ -721,7 +721,7 @@ def run_server(ctx: RunContext) -> int:
             print(f"{message}; stopped every process; {where}; {resume_hint(ctx)}", file=sys.stderr, flush=True)
         if shard.lead:
             try:
-                write_summary(ctx, shard, status=status, startup_s=startup_s, wall_s=time.time() - wall0)
+                write_summary(ctx, shard, status=status, ready_s=ready_s, wall_s=time.time() - wall0)
             except OSError:
                 pass  # the disk is full: trace and checkpoint say what there is
         return code
@@ -743,14 +743,10 @@ def run_server(ctx: RunContext) -> int:
     if shard.lead:
         try:
             shard.writer.close()
-            summary = write_summary(ctx, shard, status="complete", startup_s=startup_s, wall_s=time.time() - wall0)
+            summary = write_summary(ctx, shard, status="complete", ready_s=ready_s, wall_s=time.time() - wall0)
         except OSError as e:
             print(f"hybridps: error: {rank} cannot write {e.filename or ctx.opts.out_dir}: {e.strerror or e}; "
                   f"the run finished (checkpoint.pt is complete)", file=sys.stderr, flush=True)
             return EXIT_IO_ERROR
-        ev = shard.final_eval
-        acc = f", test accuracy {ev['accuracy']:.3f} (loss {ev['loss']:.3f})" if ev else ""
-        print(f"hybridps run: {len(ctx.plan.phases)} phase(s), {summary['updates']} updates in "
-              f"{summary['makespan_s']:.1f} s{acc}; wrote {ctx.opts.out_dir}/trace.jsonl, summary.json, "
-              f"checkpoint.pt", flush=True)
+        print(final_message(ctx, summary), flush=True)
     return 0

@@ -38,7 +38,10 @@ from runtime import protocol as P
 from runtime.codecs import ErrorFeedback
 from runtime.context import RunContext, phase_lr, shard_bounds
 from runtime.data import check_samples, effective_shares, epoch_permutation, load_dataset, share_indices
+from runtime.launch import start_clock
 from runtime.models import build_model, buffers_vector
+
+STAGE_ENV = "HYBRIDPS_STAGE_TRANSFERS"  # "1": stage PS traffic through host buffers on CPU too
 
 
 class Aborted(Exception):
@@ -126,10 +129,14 @@ class WorkerProcess:
             p.grad = self.flat_grad[off: off + p.numel()].view_as(p)
             off += p.numel()
         self.bounds = shard_bounds(n, ctx.shards)
+        # On CUDA, PS traffic is staged through pinned host buffers. STAGE_ENV takes the same
+        # path on CPU (unpinned), so the CPU tests run the CUDA path's copies and buffers.
+        self.staged = device.type == "cuda" or os.environ.get(STAGE_ENV) == "1"
         self.push_buf = None
-        if device.type == "cuda":  # PS traffic is staged through pinned host buffers
-            self.pull_bufs = [torch.empty(hi - lo, dtype=torch.float32, pin_memory=True) for lo, hi in self.bounds]
-            self.push_buf = torch.empty(n, dtype=torch.float32, pin_memory=True)
+        if self.staged:
+            pin = device.type == "cuda"
+            self.pull_bufs = [torch.empty(hi - lo, dtype=torch.float32, pin_memory=pin) for lo, hi in self.bounds]
+            self.push_buf = torch.empty(n, dtype=torch.float32, pin_memory=pin)
         else:  # pulls land directly in the parameters
             self.pull_bufs = [self.flat[lo:hi] for lo, hi in self.bounds]
         self.stragglers = StragglerSchedule(ctx.cluster, seed=ctx.opts.seed)
@@ -193,7 +200,7 @@ class WorkerProcess:
         return hdrs[0]
 
     def _load_pulled(self) -> None:
-        if self.device.type != "cuda":
+        if not self.staged:
             return
         for (lo, hi), buf in zip(self.bounds, self.pull_bufs):
             self.flat[lo:hi].copy_(buf, non_blocking=True)
@@ -387,8 +394,8 @@ def run_worker(ctx: RunContext, device: torch.device) -> int:
 
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
-    dist.barrier()  # every process ready: time zero
-    ctx.t0 = time.perf_counter()
+    staged = ", staged transfers" if w.staged else ""
+    start_clock(ctx, f"worker {w.name} on {device}{staged}")  # every process ready: time zero
     try:
         w.run()
     except Aborted:

@@ -28,7 +28,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--overwrite", action="store_true",
                    help="start afresh in an --out that holds an unfinished run (its trace and checkpoints are deleted)")
     p.add_argument("--on-worker-loss", choices=["stop", "continue"], default="stop",
-                   help="stop (default: checkpoint, stop all, exit 3) or continue without the worker (asp/ssp)")
+                   help="stop (default: checkpoint, stop all, exit 3) or continue without the worker "
+                        "(any sync mode; the others re-split its data share)")
     p.add_argument("--worker-timeout", type=positive_float_arg, default=60.0, metavar="S",
                    help="seconds without heartbeat/progress before a worker counts as lost (default 60)")
     p.add_argument("--model", help="override the job's model.name (resnet18, cnn, mlp, torchvision:NAME)")
@@ -80,9 +81,11 @@ def _specs(args: argparse.Namespace):
 
 def run(args: argparse.Namespace) -> int:
     from hybridps.errors import UserError
+    from runtime.launch import launch_wall_s
 
+    started_s = launch_wall_s()  # start-up (summary.json's startup_s) counts from here, the launcher's under --local
     try:
-        import torch  # noqa: F401
+        import torch
     except ImportError:
         raise UserError(f"hybridps run needs torch; {TORCH_INSTALL_HINT}") from None
     from runtime.context import RunOptions, expected_world_size
@@ -91,6 +94,8 @@ def run(args: argparse.Namespace) -> int:
     out = args.resume if args.resume is not None else args.out
     if out is None:
         raise UserError("hybridps run needs --out DIR (or --resume DIR)")
+    if args.local and "RANK" not in os.environ and args.device == "cuda" and not torch.cuda.is_available():
+        raise UserError("--device cuda: no CUDA device is available on this machine; use --device cpu or auto")
     on_ps_host = os.environ.get("RANK", "0") == "0"  # other torchrun ranks may not see DIR
     launched = "HYBRIDPS_PARENT_PID" in os.environ  # a rank of --local: the launcher checked DIR
     if args.resume is not None and on_ps_host and not (args.resume / "checkpoint.pt").is_file():
@@ -100,11 +105,13 @@ def run(args: argparse.Namespace) -> int:
                       eval_every=args.eval_every, eval_samples=args.eval_samples,
                       checkpoint_every_s=args.checkpoint_every, worker_timeout_s=args.worker_timeout,
                       on_worker_loss=args.on_worker_loss, resume=args.resume is not None, device=args.device,
-                      threads=args.threads, emulate=not args.no_emulate)
+                      threads=args.threads, emulate=not args.no_emulate, launch_wall_s=started_s)
     from runtime.data import check_data
 
     data = args.data or job.data.name
     check_data(data, args.data_dir)
+    if args.local and "RANK" not in os.environ:  # the ranks check it too, but after the launcher's start line
+        check_data_size(job, data, args.data_dir)
     job_file = args.job or f"{args.resume}/trace.jsonl header"
     note = check_model(job, job_file, args.model, data, args.data_dir, 0 if args.seed is None else args.seed)
     if note and "HYBRIDPS_PARENT_PID" not in os.environ and os.environ.get("RANK", "0") == "0":
@@ -118,7 +125,7 @@ def run(args: argparse.Namespace) -> int:
         argv = _rebuild_argv(args)
         grace = None if args.on_worker_loss == "continue" else args.worker_timeout + 30.0
         return run_local(argv, expected_world_size(cluster, plan), grace_s=grace, shards=cluster.ps.count,
-                         out_dir=str(out))
+                         out_dir=str(out), launch_wall_s=started_s)
     return run_process(cluster, job, plan, opts)
 
 
@@ -159,6 +166,15 @@ def check_out_dir(out: Path, args: argparse.Namespace, cluster, job, plan) -> st
     for path in [out / n for n in RUN_FILES] + sorted(out.glob("checkpoint-shard*.pt")):
         path.unlink(missing_ok=True)  # a new run: no stale shard checkpoint may mix in
     return "go"
+
+
+def check_data_size(job, data: str, data_dir: str | None) -> None:
+    """The job's data.samples against the training set's size (runtime.data.check_samples),
+    in the launcher: an error is then its one line, before any process starts."""
+    from runtime.data import check_samples, load_dataset
+
+    if not data.startswith("synthetic"):  # generated with data.samples: nothing to check
+        check_samples(load_dataset(data, job.data.samples, 0, data_dir), data, job.data.samples, job.data.subset)
 
 
 def check_model(job, job_file: str, model: str | None, data: str, data_dir: str | None, seed: int) -> str | None:

@@ -162,6 +162,8 @@ def fit(traces: list[tuple[str, Trace]], job: Job) -> FitResult:
             ("loss_progress", 30.0, 1e-3, 1e7, True),
             ("loss_shape", 1.0, 0.2, 5.0, False)]
     if ident["staleness_penalty"]:
+        # start where stale steps still make progress: where every one diverges, progress sits
+        # at its floor and the fit has no gradient to follow
         free.append(("staleness_penalty", 0.5, 1e-4, 1e3, True))
     if ident["drift_steps"]:
         free.append(("drift_steps", 100.0, 1.0, 1e5, True))

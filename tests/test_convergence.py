@@ -13,7 +13,7 @@ import pytest
 
 from hybridps.spec import ConvergenceSpec, load_cluster, load_job, load_plan
 from sim import simulate
-from sim.convergence import (Stream, accuracy_at, cumulative_progress, is_sync_switch, merge_progress,
+from sim.convergence import (DEFAULT_STALENESS_PENALTY, Stream, accuracy_at, cumulative_progress, is_sync_switch, merge_progress,
                              predict_sim, progress_curve, progress_for_accuracy, risks, step_progress,
                              update_progress)
 from solver.candidates import Constraints
@@ -178,7 +178,7 @@ def test_calibrate_recovers_a_known_model_from_bsp_and_asp_traces(tmp_path):
     # bsp alone cannot identify the staleness penalty: one line says so, the default is written
     r = cli("calibrate", traces[0], "--job", "digits-cnn", "--job-out", out)
     assert r.returncode == 0 and "not identifiable: staleness_penalty" in r.stdout
-    assert load_job(out).convergence.staleness_penalty == 0.5
+    assert load_job(out).convergence.staleness_penalty == DEFAULT_STALENESS_PENALTY == 1.0
 
 
 def test_calibrate_fits_the_progress_a_sync_switch_keeps(tmp_path):

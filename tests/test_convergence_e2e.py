@@ -58,12 +58,13 @@ PLANS = {
 PREDICTED = ("switch", "dbsl", "topk")
 # |predicted - measured mean| of the final accuracy. Calibrated from the two bsp runs, the
 # predictions are the same in every session (bsp accuracy curves do not depend on load);
-# the measured means move with the seeds' spread (up to 5 points). One loaded session
-# (2026-12-06): DBSL 0.953 vs 0.968 (-0.015), top-k 0.915 vs 0.945 (-0.031), sync-switch
-# 0.954 vs 0.894 (+0.059). DBSL holds the 3-point goal; top-k sits at it, with its efficiency
-# a stated default (0.7), so it is bounded at 4; sync-switch's asp phase after the switch
-# stays below the model (docs/convergence.md, "Transitions, beyond the drop"): bounded at 10.
-FINAL_ACCURACY_BOUND = {"switch": 0.10, "dbsl": 0.03, "topk": 0.04}
+# the measured means move with the seeds' spread (up to 5 points). Two loaded sessions
+# (2026-12-06): DBSL 0.953 vs 0.968 / 0.961, top-k 0.915 vs 0.946 / 0.946, sync-switch 0.905
+# (kappa_s at its stated default 1.0) vs 0.894 / 0.923. DBSL and sync-switch hold the 3-point
+# goal; top-k sits at it with its efficiency a stated default (0.7): bounded at 4. Sync-switch's
+# measured mean is the noisiest (seeds from 0.71 to 0.97; means 0.87-0.92 over six sessions):
+# bounded at 5.
+FINAL_ACCURACY_BOUND = {"switch": 0.05, "dbsl": 0.03, "topk": 0.04}
 
 
 def _run(d: Path, seed: int) -> Path:

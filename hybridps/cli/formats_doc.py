@@ -237,7 +237,10 @@ RUN_SUMMARY_ADDED = {
     "evals": ("list of objects", "every eval record of the trace"),
     "epoch_end_s": ("list[number]", "when the PS had applied each epoch's samples"),
     "status": ("str", "`complete`; a stopped run's summary says why: `interrupted`, `worker-lost`, `io-error`"),
-    "startup_s": ("number", "from the launch until every process was ready (imports, model, data, rendezvous)"),
+    "startup_s": ("number", "from the launcher's start to the first training step (ready_s plus the first "
+                            "compute record's start)"),
+    "ready_s": ("number", "from the launcher's start until every process was ready: time zero (imports, model, "
+                          "data, rendezvous)"),
     "wall_s": ("number", "wall-clock time of training, from time zero"),
     "source": ("str", "`runtime`"),
     "final_eval": ("object or null", "the last eval record: the trained model's held-out accuracy and loss"),

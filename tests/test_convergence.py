@@ -159,42 +159,44 @@ def _synthetic_trace(tmp_path, truth: ConvergenceSpec, sync: str):
     return path
 
 
-def test_calibrate_recovers_a_known_model_from_bsp_and_asp_traces(tmp_path):
-    # simulated traces carry no noise records: the fit assumes the default noise scale (16) and the
-    # tied lr_max = base_lr * (1 + 16/32); a truth on those identifies kappa_s from the asp trace
-    truth = SPEC.model_copy(update={"staleness_penalty": 0.2, "accuracy_final": 0.97, "accuracy_progress": 120.0,
-                                    "noise_scale": 16.0, "lr_max": 0.03})
-    traces = [_synthetic_trace(tmp_path, truth, s) for s in ("bsp", "asp")]
+def _truth(**changes) -> ConvergenceSpec:
+    """A known model on the fit's assumptions: simulated traces carry no noise records, so the
+    fit assumes the default noise scale (16) and the tied lr_max = base_lr * (1 + 16/32)."""
+    return SPEC.model_copy(update={"accuracy_final": 0.97, "accuracy_progress": 120.0, "noise_scale": 16.0,
+                                   "lr_max": 0.03, **changes})
+
+
+def _calibrate(tmp_path, *traces) -> tuple[str, ConvergenceSpec]:
     out = tmp_path / "job.toml"
     r = cli("calibrate", *traces, "--job", "digits-cnn", "--job-out", out)
     assert r.returncode == 0, r.stderr
-    assert "not identifiable: noise_scale" in r.stdout and "not identifiable: staleness" not in r.stdout
-    got = load_job(out).convergence
+    return r.stdout, load_job(out).convergence
+
+
+def test_calibrate_recovers_a_known_model_from_bsp_and_asp_traces(tmp_path):
+    # a truth on the fit's assumptions identifies kappa_s from the asp trace
+    traces = [_synthetic_trace(tmp_path, _truth(staleness_penalty=0.2), s) for s in ("bsp", "asp")]
+    stdout, got = _calibrate(tmp_path, *traces)
+    assert "not identifiable: noise_scale" in stdout and "not identifiable: staleness" not in stdout
     assert got.staleness_penalty == pytest.approx(0.2, rel=0.15)
     assert got.accuracy_final == pytest.approx(0.97, abs=0.01)
     assert got.accuracy_progress == pytest.approx(120.0, rel=0.1)
     assert got.fit.eval_points == 62 and got.fit.rmse_accuracy < 0.01
     assert "noise_scale" in got.defaults and "staleness_penalty" not in got.defaults
     # bsp alone cannot identify the staleness penalty: one line says so, the default is written
-    r = cli("calibrate", traces[0], "--job", "digits-cnn", "--job-out", out)
-    assert r.returncode == 0 and "not identifiable: staleness_penalty" in r.stdout
-    assert load_job(out).convergence.staleness_penalty == DEFAULT_STALENESS_PENALTY == 1.0
+    stdout, got = _calibrate(tmp_path, traces[0])
+    assert "not identifiable: staleness_penalty" in stdout
+    assert got.staleness_penalty == DEFAULT_STALENESS_PENALTY == 1.0
 
 
 def test_calibrate_fits_the_progress_a_sync_switch_keeps(tmp_path):
-    truth = SPEC.model_copy(update={"switch_progress_kept": 0.3, "accuracy_final": 0.97, "accuracy_progress": 120.0,
-                                    "noise_scale": 16.0, "lr_max": 0.03})
-    traces = [_synthetic_trace(tmp_path, truth, s) for s in ("bsp", "switch")]
-    out = tmp_path / "job.toml"
-    r = cli("calibrate", *traces, "--job", "digits-cnn", "--job-out", out)
-    assert r.returncode == 0, r.stderr
-    got = load_job(out).convergence
+    traces = [_synthetic_trace(tmp_path, _truth(switch_progress_kept=0.3), s) for s in ("bsp", "switch")]
+    stdout, got = _calibrate(tmp_path, *traces)
     assert got.switch_progress_kept == pytest.approx(0.3, abs=0.05)
-    assert "switch_progress_kept" not in got.defaults and "not identifiable: switch_progress_kept" not in r.stdout
+    assert "switch_progress_kept" not in got.defaults and "not identifiable: switch_progress_kept" not in stdout
     # without a switch in the traces: one line, and the stated (conservative) default
-    r = cli("calibrate", traces[0], "--job", "digits-cnn", "--job-out", out)
-    assert r.returncode == 0 and "not identifiable: switch_progress_kept" in r.stdout
-    assert load_job(out).convergence.switch_progress_kept == 0.0
+    stdout, got = _calibrate(tmp_path, traces[0])
+    assert "not identifiable: switch_progress_kept" in stdout and got.switch_progress_kept == 0.0
 
 
 # --------------------------------------------------------------------------- plan / simulate

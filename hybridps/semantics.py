@@ -1,0 +1,154 @@
+"""The execution rules of docs/semantics.md, written once: the simulator (sim/) and the
+runtime's PS (runtime/server.py) both run these objects, so their traces agree record for
+record. Standard library only: no torch, no SimPy.
+
+- `Ledger`: sample accounting (phase target, epoch ends, due evaluations, when a worker
+  stops, the DBSL mini-epoch rule);
+- `SSPGate`: who may start an interval, who waits, who is released;
+- `VersionClock`: model versions and the staleness of each update.
+"""
+
+from __future__ import annotations
+
+from typing import Iterable, Sequence
+
+
+class Ledger:
+    """Run-wide sample accounting. Samples count when a push is applied (`apply`); a
+    worker stops after an exchange when `worker_done` says so ("When a phase ends")."""
+
+    def __init__(self, dataset_samples: int, phase_epochs: Sequence[int], eval_every: int = 1,
+                 applied_total: int = 0, epoch_end_s: list[float] | None = None):
+        self.dataset_samples = dataset_samples
+        self.phase_epochs = list(phase_epochs)
+        self.epochs_before = [sum(self.phase_epochs[:p]) for p in range(len(self.phase_epochs))]
+        self.total_epochs = sum(self.phase_epochs)
+        self.eval_every = eval_every
+        self.applied_total = applied_total
+        self.epoch_end_s = epoch_end_s if epoch_end_s is not None else []  # filled in place
+        self.phase = -1
+        self.target = 0
+        self.applied_in_phase = 0
+        self.phase_end_epoch = 0
+        self.commits: dict[int, int] | None = None  # mini-epoch rule: commits per worker in the phase
+
+    def start_phase(self, p: int, workers: Iterable[int], mini_epochs: bool = False, applied: int = 0,
+                    commits: dict[int, int] | None = None) -> None:
+        """Phase `p` starts with `applied` samples already in (a resumed run). `mini_epochs`:
+        model exchange with local_steps = null, the phase ends on commits, not samples."""
+        self.phase = p
+        self.target = self.phase_epochs[p] * self.dataset_samples
+        self.applied_in_phase = applied
+        self.phase_end_epoch = self.epochs_before[p] + self.phase_epochs[p]
+        self.commits = None
+        if mini_epochs:
+            self.commits = {w: 0 for w in workers}
+            self.commits.update(commits or {})
+
+    def apply(self, samples: int, now_s: float) -> list[int]:
+        """Count an applied update of `samples`; returns the epochs (1-based, counted across
+        phases, capped at the run's total) that it ended, their times kept in epoch_end_s."""
+        self.applied_in_phase += samples
+        self.applied_total += samples
+        ends = self.epoch_end_s
+        ended = []
+        while len(ends) < self.total_epochs and self.applied_total >= (len(ends) + 1) * self.dataset_samples:
+            ends.append(now_s)
+            ended.append(len(ends))
+        return ended
+
+    def commit(self, worker: int) -> None:
+        """`worker`'s push was applied: one mini-epoch committed (mini-epoch rule only)."""
+        if self.commits is not None:
+            self.commits[worker] = self.commits.get(worker, 0) + 1
+
+    def evaluation_due(self, epoch: int) -> bool:
+        """Whether the PS evaluates at the end of `epoch` inside the phase (every
+        `eval_every` epochs; the phase's last epoch is the phase-end evaluation's)."""
+        return self.eval_every > 0 and epoch % self.eval_every == 0 and epoch < self.phase_end_epoch
+
+    def phase_done(self) -> bool:
+        """Has the phase's applied sample count reached its target?"""
+        return self.applied_in_phase >= self.target
+
+    def worker_done(self, worker: int) -> bool:
+        """Does `worker` stop after its exchange? Mini-epoch rule: once it has committed the
+        phase's epochs (one mini-epoch each); otherwise once the phase target is reached."""
+        if self.commits is not None:
+            return self.commits.get(worker, 0) >= self.phase_epochs[self.phase]
+        return self.applied_in_phase >= self.target
+
+    def worker_epoch(self, computed_samples: int, share: int) -> int:
+        """A worker's absolute epoch after computing `computed_samples` of share `share` in the phase."""
+        return self.epochs_before[self.phase] + computed_samples // share
+
+
+class SSPGate:
+    """ssp's bound: a worker with `c` exchanges in the phase may start its next interval
+    while `c - min_v c_v <= bound` over the workers still in the phase. An exchange
+    counts when its pull reaches the worker (docs/semantics.md). bound None: never holds."""
+
+    def __init__(self, bound: int | None, workers: Iterable[int]):
+        self.bound = bound
+        self.counts = {w: 0 for w in workers}
+        self.active = set(self.counts)
+        self.waiting: list[int] = []
+
+    def exchanged(self, worker: int) -> None:
+        self.counts[worker] += 1
+
+    def ahead(self, worker: int) -> int:
+        """How many exchanges `worker` is ahead of the slowest worker still in the phase."""
+        if not self.active:
+            return 0
+        return self.counts[worker] - min(self.counts[v] for v in self.active)
+
+    def may_start(self, worker: int) -> bool:
+        return self.bound is None or self.ahead(worker) <= self.bound
+
+    def hold(self, worker: int) -> None:
+        """`worker` waits until `release` lets it go."""
+        self.waiting.append(worker)
+
+    def leave(self, worker: int) -> None:
+        """`worker` stopped for the phase (or was lost): it no longer holds anyone back."""
+        self.active.discard(worker)
+        if worker in self.waiting:
+            self.waiting.remove(worker)
+
+    def release(self) -> list[int]:
+        """The waiting workers that may start now, in the order they began to wait."""
+        if not self.waiting:
+            return []
+        go = [w for w in self.waiting if self.may_start(w)]
+        if go:
+            self.waiting = [w for w in self.waiting if w not in go]
+        return go
+
+
+class VersionClock:
+    """Model versions count applies (one per asp/ssp push, one per bsp round); an update's
+    staleness is the versions applied between its worker's previous pull and it."""
+
+    def __init__(self, version: int = 0):
+        self.version = version
+        self.read: dict[int, int] = {}
+
+    def start_phase(self, workers: Iterable[int]) -> None:
+        """Every worker starts a phase from the current model: a phase start is a pull."""
+        for w in workers:
+            self.read[w] = self.version
+
+    def apply_push(self, worker: int) -> tuple[int, int]:
+        """One asp/ssp update of `worker`'s push: (new version, its staleness)."""
+        staleness = self.version - self.read.get(worker, 0)
+        self.version += 1
+        return self.version, staleness
+
+    def apply_round(self) -> int:
+        """One bsp round (staleness 0 for all its pushes): the new version."""
+        self.version += 1
+        return self.version
+
+    def pulled(self, worker: int) -> None:
+        self.read[worker] = self.version

@@ -1,0 +1,144 @@
+"""The shared execution rules (hybridps/semantics.py) on constructed event sequences, and
+the import structure that keeps them shared: no circle between sim's modules."""
+
+from __future__ import annotations
+
+import ast
+import importlib
+import pkgutil
+from pathlib import Path
+
+import pytest
+
+from hybridps.semantics import Ledger, SSPGate, VersionClock
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_ssp_gate_holds_a_worker_more_than_bound_ahead_and_releases_it():
+    gate = SSPGate(1, [0, 1, 2])
+    for _ in range(2):
+        gate.exchanged(0)
+    gate.exchanged(1)
+    assert gate.ahead(0) == 2 and not gate.may_start(0)  # 2 - 0 > 1
+    assert gate.may_start(1) and gate.may_start(2)
+    gate.hold(0)
+    assert gate.release() == []  # worker 2 has still done nothing
+    gate.exchanged(2)
+    assert gate.release() == [0]  # 2 - 1 <= 1
+    assert gate.waiting == []
+
+
+def test_ssp_gate_a_stopped_worker_no_longer_holds_anyone_back():
+    gate = SSPGate(0, [0, 1])
+    gate.exchanged(0)
+    gate.hold(0)
+    assert gate.release() == []
+    gate.leave(1)  # worker 1 stopped for the phase
+    assert gate.release() == [0]
+    gate.leave(0)
+    assert gate.ahead(0) == 0 and gate.may_start(0)  # nobody left: nobody waits
+
+
+def test_ssp_gate_without_bound_never_holds_and_releases_in_waiting_order():
+    free = SSPGate(None, [0, 1])
+    for _ in range(5):
+        free.exchanged(0)
+    assert free.may_start(0)
+    gate = SSPGate(0, [0, 1, 2])
+    gate.exchanged(2)
+    gate.exchanged(0)
+    gate.hold(2)
+    gate.hold(0)
+    gate.exchanged(1)
+    assert gate.release() == [2, 0]
+
+
+def test_version_clock_phase_start_counts_as_a_pull():
+    clock = VersionClock()
+    clock.start_phase([0, 1])
+    assert clock.apply_push(0) == (1, 0)
+    assert clock.apply_push(1) == (2, 1)  # worker 1 read version 0; one update since
+    clock.pulled(0)
+    clock.pulled(1)
+    clock.apply_push(0)
+    assert clock.apply_push(0)[1] == 1  # worker 0 has not pulled version 3
+    assert clock.apply_round() == 5
+    clock.start_phase([0, 1])  # the next phase starts from version 5 for everyone
+    assert clock.apply_push(1) == (6, 0)
+
+
+def test_ledger_epoch_ends_are_counted_across_phases_and_capped():
+    ledger = Ledger(100, [2, 1], eval_every=1)
+    ledger.start_phase(0, [0, 1])
+    assert ledger.apply(60, 1.0) == []
+    assert ledger.apply(60, 2.0) == [1]
+    assert not ledger.phase_done() and not ledger.worker_done(0)
+    assert ledger.apply(90, 3.0) == [2]
+    assert ledger.phase_done() and ledger.worker_done(1)
+    assert ledger.evaluation_due(1) and not ledger.evaluation_due(2)  # epoch 2 ends the phase
+    ledger.start_phase(1, [0, 1])
+    assert ledger.applied_in_phase == 0 and ledger.worker_epoch(150, 50) == 5
+    assert ledger.apply(200, 4.0) == [3]  # the run has 3 epochs: no fourth end
+    assert ledger.epoch_end_s == [2.0, 3.0, 4.0]
+
+
+def test_ledger_eval_every_and_a_resumed_phase():
+    ledger = Ledger(10, [4], eval_every=2, applied_total=15, epoch_end_s=[0.5])
+    ledger.start_phase(0, [0], applied=15)
+    assert ledger.apply(5, 1.0) == [2]
+    assert [e for e in (1, 2, 3, 4) if ledger.evaluation_due(e)] == [2]
+    assert Ledger(10, [4], eval_every=0).evaluation_due(2) is False
+
+
+def test_ledger_mini_epoch_rule_stops_each_worker_after_its_commits():
+    """Shares summing to N - 1: on samples the phase would need one more mini-epoch each;
+    on commits every worker stops after exactly `epochs` of them."""
+    ledger = Ledger(100, [2])
+    ledger.start_phase(0, [0, 1], mini_epochs=True)
+    for _ in range(2):
+        for w, share in ((0, 50), (1, 49)):
+            assert not ledger.worker_done(w)
+            ledger.apply(share, 1.0)
+            ledger.commit(w)
+    assert ledger.applied_in_phase == 198 and not ledger.phase_done()
+    assert ledger.worker_done(0) and ledger.worker_done(1)
+
+
+def test_ledger_mini_epoch_rule_fast_worker_does_not_run_ahead():
+    ledger = Ledger(100, [1])
+    ledger.start_phase(0, [0, 1], mini_epochs=True, commits={1: 0})
+    ledger.apply(50, 1.0)
+    ledger.commit(0)
+    assert ledger.worker_done(0) and not ledger.worker_done(1)
+
+
+def _imports(path: Path) -> set[str]:
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.module:
+            names.add(node.module)
+        elif isinstance(node, ast.Import):
+            names.update(a.name for a in node.names)
+    return names
+
+
+def test_sim_engine_ps_worker_form_no_circle():
+    """engine imports ps and worker; neither imports the engine or the other, even for typing."""
+    assert not {"sim.engine", "sim.worker"} & _imports(ROOT / "sim" / "ps.py")
+    assert not {"sim.engine", "sim.ps"} & _imports(ROOT / "sim" / "worker.py")
+
+
+def test_semantics_is_standard_library_only():
+    allowed = {"__future__", "typing"}
+    assert _imports(ROOT / "hybridps" / "semantics.py") <= allowed
+
+
+@pytest.mark.parametrize("package", ["hybridps", "sim", "solver", "traces", "runtime"])
+def test_every_module_imports_on_its_own(package):
+    """A circle between modules shows up as an ImportError when one is imported first."""
+    pkg = importlib.import_module(package)
+    for info in pkgutil.iter_modules(pkg.__path__):
+        if info.name == "__main__":
+            continue  # runs the command line
+        importlib.import_module(f"{package}.{info.name}")

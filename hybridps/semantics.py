@@ -2,8 +2,8 @@
 runtime's PS (runtime/server.py) both run these objects, so their traces agree record for
 record. Standard library only: no torch, no SimPy.
 
-- `Ledger`: sample accounting (phase target, epoch ends, due evaluations, when a worker
-  stops, the DBSL mini-epoch rule);
+- `Ledger`: sample accounting (phase target, epoch ends, due evaluations, when workers
+  stop, the DBSL mini-epoch rule);
 - `SSPGate`: who may start an interval, who waits, who is released;
 - `VersionClock`: model versions and the staleness of each update.
 """
@@ -15,7 +15,7 @@ from typing import Iterable, Sequence
 
 class Ledger:
     """Run-wide sample accounting. Samples count when a push is applied (`apply`); a
-    worker stops after an exchange when `worker_done` says so ("When a phase ends")."""
+    worker stops after an exchange when `phase_done` says so ("When a phase ends")."""
 
     def __init__(self, dataset_samples: int, phase_epochs: Sequence[int], eval_every: int = 1,
                  applied_total: int = 0, epoch_end_s: list[float] | None = None):
@@ -30,20 +30,21 @@ class Ledger:
         self.target = 0
         self.applied_in_phase = 0
         self.phase_end_epoch = 0
-        self.commits: dict[int, int] | None = None  # mini-epoch rule: commits per worker in the phase
+        self.commits = 0  # mini-epochs committed in the phase, all workers together
+        self.target_commits: int | None = None  # the mini-epoch rule's target; None: the sample rule
 
-    def start_phase(self, p: int, workers: Iterable[int], mini_epochs: bool = False, applied: int = 0,
-                    commits: dict[int, int] | None = None) -> None:
-        """Phase `p` starts with `applied` samples already in (a resumed run). `mini_epochs`:
-        model exchange with local_steps = null, the phase ends on commits, not samples."""
+    def start_phase(self, p: int, workers: int, mini_epochs: bool = False, applied: int = 0,
+                    commits: int = 0) -> None:
+        """Phase `p` of `workers` workers starts with `applied` samples and `commits`
+        mini-epochs already in (a resumed run). `mini_epochs` (model exchange, local_steps
+        null): the phase ends on `epochs x workers` commits, not on samples, so shares that
+        round to less than the dataset add no mini-epoch."""
         self.phase = p
         self.target = self.phase_epochs[p] * self.dataset_samples
         self.applied_in_phase = applied
         self.phase_end_epoch = self.epochs_before[p] + self.phase_epochs[p]
-        self.commits = None
-        if mini_epochs:
-            self.commits = {w: 0 for w in workers}
-            self.commits.update(commits or {})
+        self.commits = commits
+        self.target_commits = self.phase_epochs[p] * workers if mini_epochs else None
 
     def apply(self, samples: int, now_s: float) -> list[int]:
         """Count an applied update of `samples`; returns the epochs (1-based, counted across
@@ -57,10 +58,9 @@ class Ledger:
             ended.append(len(ends))
         return ended
 
-    def commit(self, worker: int) -> None:
-        """`worker`'s push was applied: one mini-epoch committed (mini-epoch rule only)."""
-        if self.commits is not None:
-            self.commits[worker] = self.commits.get(worker, 0) + 1
+    def commit(self, pushes: int = 1) -> None:
+        """`pushes` pushes were applied: under the mini-epoch rule, as many mini-epochs."""
+        self.commits += pushes
 
     def evaluation_due(self, epoch: int) -> bool:
         """Whether the PS evaluates at the end of `epoch` inside the phase (every
@@ -68,14 +68,11 @@ class Ledger:
         return self.eval_every > 0 and epoch % self.eval_every == 0 and epoch < self.phase_end_epoch
 
     def phase_done(self) -> bool:
-        """Has the phase's applied sample count reached its target?"""
-        return self.applied_in_phase >= self.target
-
-    def worker_done(self, worker: int) -> bool:
-        """Does `worker` stop after its exchange? Mini-epoch rule: once it has committed the
-        phase's epochs (one mini-epoch each); otherwise once the phase target is reached."""
-        if self.commits is not None:
-            return self.commits.get(worker, 0) >= self.phase_epochs[self.phase]
+        """Does a worker stop after its exchange? Once the phase has its samples, or under
+        the mini-epoch rule its commits (counted over all workers: DBSL switches stage after
+        a number of commits, with no barrier)."""
+        if self.target_commits is not None:
+            return self.commits >= self.target_commits
         return self.applied_in_phase >= self.target
 
     def worker_epoch(self, computed_samples: int, share: int) -> int:

@@ -70,14 +70,14 @@ def test_version_clock_phase_start_counts_as_a_pull():
 
 def test_ledger_epoch_ends_are_counted_across_phases_and_capped():
     ledger = Ledger(100, [2, 1], eval_every=1)
-    ledger.start_phase(0, [0, 1])
+    ledger.start_phase(0, 2)
     assert ledger.apply(60, 1.0) == []
     assert ledger.apply(60, 2.0) == [1]
-    assert not ledger.phase_done() and not ledger.worker_done(0)
+    assert not ledger.phase_done()
     assert ledger.apply(90, 3.0) == [2]
-    assert ledger.phase_done() and ledger.worker_done(1)
+    assert ledger.phase_done()
     assert ledger.evaluation_due(1) and not ledger.evaluation_due(2)  # epoch 2 ends the phase
-    ledger.start_phase(1, [0, 1])
+    ledger.start_phase(1, 2)
     assert ledger.applied_in_phase == 0 and ledger.worker_epoch(150, 50) == 5
     assert ledger.apply(200, 4.0) == [3]  # the run has 3 epochs: no fourth end
     assert ledger.epoch_end_s == [2.0, 3.0, 4.0]
@@ -85,32 +85,35 @@ def test_ledger_epoch_ends_are_counted_across_phases_and_capped():
 
 def test_ledger_eval_every_and_a_resumed_phase():
     ledger = Ledger(10, [4], eval_every=2, applied_total=15, epoch_end_s=[0.5])
-    ledger.start_phase(0, [0], applied=15)
+    ledger.start_phase(0, 1, applied=15)
     assert ledger.apply(5, 1.0) == [2]
     assert [e for e in (1, 2, 3, 4) if ledger.evaluation_due(e)] == [2]
     assert Ledger(10, [4], eval_every=0).evaluation_due(2) is False
 
 
-def test_ledger_mini_epoch_rule_stops_each_worker_after_its_commits():
-    """Shares summing to N - 1: on samples the phase would need one more mini-epoch each;
-    on commits every worker stops after exactly `epochs` of them."""
+def test_ledger_mini_epoch_rule_ends_the_phase_on_commits():
+    """Shares summing to N - 1: on samples the phase would need one more mini-epoch from
+    each worker; on commits it ends after exactly `epochs` of them per worker."""
     ledger = Ledger(100, [2])
-    ledger.start_phase(0, [0, 1], mini_epochs=True)
+    ledger.start_phase(0, 2, mini_epochs=True)
     for _ in range(2):
-        for w, share in ((0, 50), (1, 49)):
-            assert not ledger.worker_done(w)
+        for share in (50, 49):
+            assert not ledger.phase_done()
             ledger.apply(share, 1.0)
-            ledger.commit(w)
-    assert ledger.applied_in_phase == 198 and not ledger.phase_done()
-    assert ledger.worker_done(0) and ledger.worker_done(1)
+            ledger.commit()
+    assert ledger.applied_in_phase == 198 and ledger.phase_done()
 
 
-def test_ledger_mini_epoch_rule_fast_worker_does_not_run_ahead():
-    ledger = Ledger(100, [1])
-    ledger.start_phase(0, [0, 1], mini_epochs=True, commits={1: 0})
-    ledger.apply(50, 1.0)
-    ledger.commit(0)
-    assert ledger.worker_done(0) and not ledger.worker_done(1)
+def test_ledger_mini_epoch_rule_counts_commits_of_all_workers_and_resumes():
+    ledger = Ledger(100, [2])
+    ledger.start_phase(0, 2, mini_epochs=True, commits=2)  # a resumed run: 2 already in
+    ledger.commit()
+    assert not ledger.phase_done()
+    ledger.commit()  # a fast worker's 3rd mini-epoch counts as well: no barrier
+    assert ledger.phase_done()
+    ledger.start_phase(0, 2, mini_epochs=False)
+    ledger.commit(4)
+    assert not ledger.phase_done()  # the sample rule ignores commits
 
 
 def _imports(path: Path) -> set[str]:

@@ -30,21 +30,21 @@ class Ledger:
         self.target = 0
         self.applied_in_phase = 0
         self.phase_end_epoch = 0
-        self.commits = 0  # mini-epochs committed in the phase, all workers together
-        self.target_commits: int | None = None  # the mini-epoch rule's target; None: the sample rule
+        self.commits: dict[int, int] | None = None  # mini-epoch rule: each worker's commits in the phase
+        self.behind = 0  # mini-epoch rule: workers with fewer commits than the phase's epochs
 
-    def start_phase(self, p: int, workers: int, mini_epochs: bool = False, applied: int = 0,
-                    commits: int = 0) -> None:
-        """Phase `p` of `workers` workers starts with `applied` samples and `commits`
-        mini-epochs already in (a resumed run). `mini_epochs` (model exchange, local_steps
-        null): the phase ends on `epochs x workers` commits, not on samples, so shares that
-        round to less than the dataset add no mini-epoch."""
+    def start_phase(self, p: int, workers: Iterable[int], mini_epochs: bool = False, applied: int = 0,
+                    commits: dict[int, int] | None = None) -> None:
+        """Phase `p` starts with `applied` samples and `commits` mini-epochs per worker
+        already in (a resumed run); `mini_epochs`: model exchange with local_steps null."""
         self.phase = p
         self.target = self.phase_epochs[p] * self.dataset_samples
         self.applied_in_phase = applied
         self.phase_end_epoch = self.epochs_before[p] + self.phase_epochs[p]
-        self.commits = commits
-        self.target_commits = self.phase_epochs[p] * workers if mini_epochs else None
+        self.commits = None
+        if mini_epochs:
+            self.commits = {w: (commits or {}).get(w, 0) for w in workers}
+            self.behind = sum(c < self.phase_epochs[p] for c in self.commits.values())
 
     def apply(self, samples: int, now_s: float) -> list[int]:
         """Count an applied update of `samples`; returns the epochs (1-based, counted across
@@ -58,9 +58,15 @@ class Ledger:
             ended.append(len(ends))
         return ended
 
-    def commit(self, pushes: int = 1) -> None:
-        """`pushes` pushes were applied: under the mini-epoch rule, as many mini-epochs."""
-        self.commits += pushes
+    def commit(self, workers: Iterable[int]) -> None:
+        """The pushes of `workers` were applied: under the mini-epoch rule, one mini-epoch each."""
+        if self.commits is None:
+            return
+        epochs = self.phase_epochs[self.phase]
+        for w in workers:
+            self.commits[w] += 1
+            if self.commits[w] == epochs:
+                self.behind -= 1
 
     def evaluation_due(self, epoch: int) -> bool:
         """Whether the PS evaluates at the end of `epoch` inside the phase (every
@@ -68,12 +74,11 @@ class Ledger:
         return self.eval_every > 0 and epoch % self.eval_every == 0 and epoch < self.phase_end_epoch
 
     def phase_done(self) -> bool:
-        """Does a worker stop after its exchange? Once the phase has its samples, or under
-        the mini-epoch rule its commits (counted over all workers: DBSL switches stage after
-        a number of commits, with no barrier)."""
-        if self.target_commits is not None:
-            return self.commits >= self.target_commits
-        return self.applied_in_phase >= self.target
+        """Does a worker stop after its exchange? Once the phase's applied samples reach its
+        target; under the mini-epoch rule also once every worker of the phase has committed
+        the phase's epochs (one mini-epoch each), so shares that round to less than the
+        dataset add no mini-epoch."""
+        return self.applied_in_phase >= self.target or (self.commits is not None and self.behind <= 0)
 
     def worker_epoch(self, computed_samples: int, share: int) -> int:
         """A worker's absolute epoch after computing `computed_samples` of share `share` in the phase."""

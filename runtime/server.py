@@ -528,19 +528,18 @@ class PhaseServer:
         self.noise = NoiseMeter(ph.sync) if measures_noise(ph, ctx.shards) else None
         self.ledger, self.clock = shard.ledger, shard.clock
         mini_epochs = ph.exchange == "model" and ph.local_steps is None
-        self.ledger.start_phase(p, len(self.participants), mini_epochs, applied,
-                                self._resumed_commits() if mini_epochs and applied else 0)
+        self.ledger.start_phase(p, self.participants, mini_epochs, applied,
+                                self._resumed_commits() if mini_epochs and applied else None)
         self.gate = SSPGate(ph.staleness if ph.sync == "ssp" else None, self.participants)
         self.done: set[int] = set()
         self.bsp_round: dict[int, tuple[int, torch.Tensor]] = {}
         shard.abort_state = (p, applied)
 
-    def _resumed_commits(self) -> int:
-        """Mini-epochs already applied in a resumed phase: each worker's resume point is in
-        the last worker-epoch it committed."""
+    def _resumed_commits(self) -> dict[int, int]:
+        """Mini-epochs already applied in a resumed phase, per worker: its resume point is
+        in the last worker-epoch it committed."""
         before = self.ledger.epochs_before[self.p]
-        return sum(pt[0] - before + 1 for name, pt in self.shard.resume_points.items()
-                   if self.ctx.workers.index(name) in self.share)
+        return {self.ctx.workers.index(name): pt[0] - before + 1 for name, pt in self.shard.resume_points.items()}
 
     def _stop(self) -> bool:
         return self.shard.lead and self.ledger.phase_done()
@@ -617,7 +616,7 @@ class PhaseServer:
         else:
             updates = [(items[0][0], *self.clock.apply_push(items[0][0]))]
         total = sum(n for _, n, _ in items)
-        self.ledger.commit(len(items))
+        self.ledger.commit(pos for pos, _, _ in items)
         ended = self.ledger.apply(total, ctx.now())
         shard.abort_state = (p, self.ledger.applied_in_phase)  # what a checkpoint written on abort holds
         if not shard.lead:

@@ -67,7 +67,7 @@ class Simulation:
         for p, phase in enumerate(plan.phases):
             start_s = float(env.now)
             workers = self.phase_workers[p]
-            self.ledger.start_phase(p, len(workers), mini_epochs=phase.exchange == "model" and phase.local_steps is None)
+            self.ledger.start_phase(p, workers, mini_epochs=phase.exchange == "model" and phase.local_steps is None)
             gate = SimGate(env, SSPGate(phase.staleness, workers)) if phase.sync == "ssp" else None
             self.ps.start_phase(p, self.costs[p], phase.sync)
             yield env.all_of([env.process(worker_phase(self.context, w, self.names[w], p, phase.resolution, wp, gate))

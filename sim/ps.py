@@ -139,7 +139,7 @@ class ParameterServer:
         if self.recorder is not None:
             self.recorder.add({"kind": "update", "worker": self.names[worker], "phase": self.phase,
                                "t_s": now, "version": version, "staleness": staleness})
-        self.ledger.commit()
+        self.ledger.commit((worker,))
         eval_s = self._applied(self.push_samples[worker])
         self.clock.pulled(worker)
         if eval_s > 0:  # an evaluation at this epoch end: the pull waits for it
@@ -159,7 +159,7 @@ class ParameterServer:
             for w in workers:
                 self.recorder.add({"kind": "update", "worker": self.names[w], "phase": self.phase,
                                    "t_s": now, "version": version, "staleness": 0})
-        self.ledger.commit(len(workers))
+        self.ledger.commit(workers)
         for w in workers:
             self.clock.pulled(w)
         eval_s = self._applied(samples)

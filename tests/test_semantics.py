@@ -95,24 +95,30 @@ def test_ledger_mini_epoch_rule_ends_the_phase_on_commits():
     """Shares summing to N - 1: on samples the phase would need one more mini-epoch from
     each worker; on commits it ends after exactly `epochs` of them per worker."""
     ledger = Ledger(100, [2])
-    ledger.start_phase(0, 2, mini_epochs=True)
+    ledger.start_phase(0, [0, 1], mini_epochs=True)
     for _ in range(2):
-        for share in (50, 49):
+        for w, share in ((0, 50), (1, 49)):
             assert not ledger.phase_done()
             ledger.apply(share, 1.0)
-            ledger.commit()
+            ledger.commit([w])
     assert ledger.applied_in_phase == 198 and ledger.phase_done()
 
 
-def test_ledger_mini_epoch_rule_counts_commits_of_all_workers_and_resumes():
+def test_ledger_mini_epoch_rule_waits_for_every_worker_or_the_samples():
     ledger = Ledger(100, [2])
-    ledger.start_phase(0, 2, mini_epochs=True, commits=2)  # a resumed run: 2 already in
-    ledger.commit()
+    ledger.start_phase(0, [0, 1], mini_epochs=True, commits={0: 1})  # a resumed run: one already in
+    ledger.commit([0, 0, 0])  # a fast worker's extra mini-epochs do not end the phase ...
     assert not ledger.phase_done()
-    ledger.commit()  # a fast worker's 3rd mini-epoch counts as well: no barrier
+    ledger.apply(150, 1.0)
+    ledger.commit([1])
+    assert not ledger.phase_done()
+    ledger.commit([1])  # ... the slow one's last does
     assert ledger.phase_done()
-    ledger.start_phase(0, 2, mini_epochs=False)
-    ledger.commit(4)
+    ledger.start_phase(0, [0, 1], mini_epochs=True)
+    ledger.apply(200, 2.0)
+    assert ledger.phase_done()  # the sample target still ends it (a fast worker ran ahead)
+    ledger.start_phase(0, [0, 1], mini_epochs=False)
+    ledger.commit([0, 0, 1, 1])
     assert not ledger.phase_done()  # the sample rule ignores commits
 
 
@@ -145,3 +151,50 @@ def test_every_module_imports_on_its_own(package):
         if info.name == "__main__":
             continue  # runs the command line
         importlib.import_module(f"{package}.{info.name}")
+
+
+# --- the mini-epoch rule in the simulator ---------------------------------------------
+
+def _pushes(cluster, job, plan) -> dict[tuple[int, str], int]:
+    from sim import simulate
+
+    counts: dict[tuple[int, str], int] = {}
+    for r in simulate(cluster, job, plan, record=True).records:
+        if r["kind"] == "push":
+            counts[r["phase"], r["worker"]] = counts.get((r["phase"], r["worker"]), 0) + 1
+    return counts
+
+
+def _short_by_one(plan, cluster, job, **phase):
+    """The plan with one sample less in the first worker's share: shares sum to N - 1."""
+    from hybridps.spec import plan_from_dict
+
+    d = plan.to_json_dict()
+    for ph in d["phases"]:
+        ph["workers"][0]["samples"] -= 1
+        ph.update(phase)
+    return plan_from_dict(d, "test", cluster, job)
+
+
+def test_dbsl_plan_with_shares_one_short_runs_no_extra_mini_epochs():
+    """The bundled CIFAR-100 DBSL plan (asp, 40 + 40 + 20 + ... mini-epochs) and the same
+    plan with shares summing to N - 1 run the same mini-epochs per phase and worker (on
+    samples alone the short one ran 584 exchanges instead of 563)."""
+    from hybridps.spec import load_cluster, load_job, load_plan
+
+    cluster, job = load_cluster("gtx1080x4"), load_job("cifar100-resnet18")
+    plan = load_plan("gtx1080x4-cifar100-dbsl", cluster, job)
+    exact = _pushes(cluster, job, plan)
+    assert _pushes(cluster, job, _short_by_one(plan, cluster, job)) == exact
+    assert sum(exact.values()) == 563
+    for (p, _), n in exact.items():  # at most the drain's one in-flight mini-epoch more
+        assert plan.phases[p].epochs <= n <= plan.phases[p].epochs + 1
+
+
+def test_bsp_mini_epochs_with_shares_one_short_run_exactly_epochs_rounds():
+    from hybridps.spec import load_cluster, load_job, load_plan
+
+    cluster, job = load_cluster("gtx1080x4"), load_job("cifar100-resnet18")
+    plan = _short_by_one(load_plan("gtx1080x4-cifar100-dbsl", cluster, job), cluster, job, sync="bsp")
+    for (p, _), n in _pushes(cluster, job, plan).items():
+        assert n == plan.phases[p].epochs

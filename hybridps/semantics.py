@@ -46,17 +46,19 @@ class Ledger:
             self.commits = {w: (commits or {}).get(w, 0) for w in workers}
             self.behind = sum(c < self.phase_epochs[p] for c in self.commits.values())
 
-    def apply(self, samples: int, now_s: float) -> list[int]:
+    def apply(self, samples: int, now_s: float) -> Sequence[int]:
         """Count an applied update of `samples`; returns the epochs (1-based, counted across
         phases, capped at the run's total) that it ended, their times kept in epoch_end_s."""
         self.applied_in_phase += samples
         self.applied_total += samples
         ends = self.epoch_end_s
+        if self.applied_total < (len(ends) + 1) * self.dataset_samples:
+            return ()  # the common case, kept cheap: the simulator calls this once per update
         ended = []
         while len(ends) < self.total_epochs and self.applied_total >= (len(ends) + 1) * self.dataset_samples:
             ends.append(now_s)
             ended.append(len(ends))
-        return ended
+        return tuple(ended)
 
     def commit(self, workers: Iterable[int]) -> None:
         """The pushes of `workers` were applied: under the mini-epoch rule, one mini-epoch each."""
@@ -142,14 +144,17 @@ class VersionClock:
             self.read[w] = self.version
 
     def apply_push(self, worker: int) -> tuple[int, int]:
-        """One asp/ssp update of `worker`'s push: (new version, its staleness)."""
-        staleness = self.version - self.read.get(worker, 0)
+        """One asp/ssp update of `worker`'s push (a worker of the phase): (new version, its staleness)."""
+        staleness = self.version - self.read[worker]
         self.version += 1
         return self.version, staleness
 
-    def apply_round(self) -> int:
-        """One bsp round (staleness 0 for all its pushes): the new version."""
+    def apply_round(self, workers: Iterable[int]) -> int:
+        """One bsp round of `workers`' pushes (staleness 0 for all): the new version, which
+        they all pull."""
         self.version += 1
+        for w in workers:
+            self.read[w] = self.version
         return self.version
 
     def pulled(self, worker: int) -> None:

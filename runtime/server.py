@@ -611,7 +611,7 @@ class PhaseServer:
             if left > 0:
                 time.sleep(left)
         if ph.sync == "bsp":
-            version = self.clock.apply_round()
+            version = self.clock.apply_round(pos for pos, _, _ in items)
             updates = [(pos, version, 0) for pos, _, _ in items]
         else:
             updates = [(items[0][0], *self.clock.apply_push(items[0][0]))]

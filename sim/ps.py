@@ -150,7 +150,7 @@ class ParameterServer:
 
     def _apply_round(self, workers: list[int]) -> None:
         c, now = self.counters, self.env.now
-        version = self.clock.apply_round()
+        version = self.clock.apply_round(workers)
         c.add_staleness(0, len(workers))
         samples = sum(self.push_samples[w] for w in workers)
         if c.update_log is not None:
@@ -160,8 +160,6 @@ class ParameterServer:
                 self.recorder.add({"kind": "update", "worker": self.names[w], "phase": self.phase,
                                    "t_s": now, "version": version, "staleness": 0})
         self.ledger.commit(workers)
-        for w in workers:
-            self.clock.pulled(w)
         eval_s = self._applied(samples)
         if eval_s > 0:  # an evaluation at this epoch end: the pulls wait for it
             self.env.timeout(eval_s).callbacks.append(

@@ -63,30 +63,31 @@ def test_version_clock_phase_start_counts_as_a_pull():
     clock.pulled(1)
     clock.apply_push(0)
     assert clock.apply_push(0)[1] == 1  # worker 0 has not pulled version 3
-    assert clock.apply_round() == 5
-    clock.start_phase([0, 1])  # the next phase starts from version 5 for everyone
-    assert clock.apply_push(1) == (6, 0)
+    assert clock.apply_round([0]) == 5
+    assert clock.apply_push(0) == (6, 0) and clock.apply_push(1)[1] == 4  # 1 read 2; 3 to 6 since
+    clock.start_phase([0, 1])  # the next phase starts from version 7 for everyone
+    assert clock.apply_push(1) == (8, 0)
 
 
 def test_ledger_epoch_ends_are_counted_across_phases_and_capped():
     ledger = Ledger(100, [2, 1], eval_every=1)
     ledger.start_phase(0, 2)
-    assert ledger.apply(60, 1.0) == []
-    assert ledger.apply(60, 2.0) == [1]
+    assert ledger.apply(60, 1.0) == ()
+    assert ledger.apply(60, 2.0) == (1,)
     assert not ledger.phase_done()
-    assert ledger.apply(90, 3.0) == [2]
+    assert ledger.apply(90, 3.0) == (2,)
     assert ledger.phase_done()
     assert ledger.evaluation_due(1) and not ledger.evaluation_due(2)  # epoch 2 ends the phase
     ledger.start_phase(1, 2)
     assert ledger.applied_in_phase == 0 and ledger.worker_epoch(150, 50) == 5
-    assert ledger.apply(200, 4.0) == [3]  # the run has 3 epochs: no fourth end
+    assert ledger.apply(200, 4.0) == (3,)  # the run has 3 epochs: no fourth end
     assert ledger.epoch_end_s == [2.0, 3.0, 4.0]
 
 
 def test_ledger_eval_every_and_a_resumed_phase():
     ledger = Ledger(10, [4], eval_every=2, applied_total=15, epoch_end_s=[0.5])
     ledger.start_phase(0, 1, applied=15)
-    assert ledger.apply(5, 1.0) == [2]
+    assert ledger.apply(5, 1.0) == (2,)
     assert [e for e in (1, 2, 3, 4) if ledger.evaluation_due(e)] == [2]
     assert Ledger(10, [4], eval_every=0).evaluation_due(2) is False
 

@@ -533,6 +533,7 @@ class PhaseServer:
         self.gate = SSPGate(ph.staleness if ph.sync == "ssp" else None, self.participants)
         self.done: set[int] = set()
         self.bsp_round: dict[int, tuple[int, torch.Tensor]] = {}
+        self.params_bytes = P.as_bytes(shard.w.detach())  # a view: every send has the current parameters
         shard.abort_state = (p, applied)
 
     def _resumed_commits(self) -> dict[int, int]:
@@ -556,10 +557,9 @@ class PhaseServer:
         elif shard.lead and not gate.may_start(pos):
             go = 0
             gate.hold(pos)
-        params_bytes = P.as_bytes(shard.w.detach())
         hdr = P.header(P.MSG_REPLY, phase=self.p, version=shard.version, stop=int(stop), go=go,
-                       payload=params_bytes.numel(), lost=shard._lost_mask())
-        works = [(w, pos) for w in P.isend(self.ctx.worker_rank(pos), hdr, params_bytes)]
+                       payload=self.params_bytes.numel(), lost=shard._lost_mask())
+        works = [(w, pos) for w in P.isend(self.ctx.worker_rank(pos), hdr, self.params_bytes)]
         self.clock.pulled(pos)
         if self.keep_pulled:
             self.pulled[pos] = shard.w.detach().clone()
@@ -677,7 +677,7 @@ class PhaseServer:
     def _start(self, alive: set[int]) -> None:
         """Every live worker gets the parameters (a phase start counts as a pull)."""
         shard, ctx, p = self.shard, self.ctx, self.p
-        params_bytes = P.as_bytes(shard.w.detach())
+        params_bytes = self.params_bytes
         lost_mask = shard._lost_mask()
         before = self.ledger.epochs_before[p]
         works = []

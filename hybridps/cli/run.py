@@ -156,7 +156,7 @@ def check_out_dir(out: Path, args: argparse.Namespace, cluster, job, plan) -> st
     when --resume finds the run complete (nothing is touched), else "go"."""
     from hybridps.errors import UserError
     from hybridps.fileio import check_output_dir
-    from runtime.checkpoint import check_resume, checkpoint_path, load_checkpoint, spec_digests
+    from runtime.checkpoint import check_resume, load_checkpoint, spec_digests
     from runtime.context import canonical_model_name
 
     flag = "--resume" if args.resume is not None else "--out"

@@ -35,7 +35,6 @@ class Simulation:
         check_plan(plan, cluster, job)  # a SpecError naming the field beats a KeyError deep inside
         self.cluster, self.job, self.plan = cluster, job, plan
         self.seed = cluster.stragglers.seed if seed is None else seed
-        self.fast = fast
         self.env = simpy.Environment()
         self.names = [w.name for w in cluster.worker_list]
         self.counters = Counters(len(self.names), log_updates)

@@ -39,10 +39,12 @@ import torch.distributed as dist
 import torch.nn.functional as F
 
 from hybridps.errors import EXIT_INTERRUPTED, EXIT_IO_ERROR, EXIT_WORKER_LOST
+from hybridps.exchange_cost import shard_apply_s
 from hybridps.fileio import atomic_write_bytes, atomic_write_json
 from hybridps.progress import progress_bar
+from hybridps.semantics import Ledger, SSPGate, VersionClock
 from runtime import protocol as P
-from runtime.checkpoint import CHECKPOINT_FORMAT, checkpoint_path, load_checkpoint, spec_digests  # noqa: F401
+from runtime.checkpoint import CHECKPOINT_FORMAT, checkpoint_path, load_checkpoint, spec_digests
 from runtime.codecs import Codec
 from runtime.context import RunContext, num_classes, phase_lr, shard_bounds
 from runtime.data import check_samples, effective_shares, load_dataset
@@ -53,7 +55,6 @@ from runtime.noise import NoiseMeter, measures_noise
 from runtime.summary import final_message
 from traces.jsonl import TraceWriter, cut_trace
 from traces.records import header as trace_header
-
 
 
 def short_error(e: BaseException) -> str:
@@ -103,12 +104,11 @@ class Shard:
         tr = ctx.job.train
         self.opt = FlatSGD(self.w, tr.momentum, tr.weight_decay)
         self.g_buf = torch.empty_like(self.w)  # a bsp round's weighted gradient, formed in place
-        self.version = 0
-        self.applied_total = 0  # samples applied over the whole run
+        self.clock = VersionClock()  # model versions (hybridps/semantics.py)
+        self.ledger = Ledger(ctx.job.data.samples, [ph.epochs for ph in ctx.plan.phases], opts.eval_every)
         self.start_phase = 0
         self.start_applied = 0  # samples already applied in start_phase (resume)
         self.lost: set[int] = set()
-        self.epoch_end_s: list[float] = []
         self.phase_times: list[tuple[float, float]] = []
         n_workers = len(ctx.workers)
         self.rx = [torch.empty(0, dtype=torch.uint8) for _ in range(n_workers)]
@@ -128,19 +128,33 @@ class Shard:
         self._last_liveness = 0.0
         if opts.resume:
             self._restore()
+        self.abort_state = (self.start_phase, self.start_applied)  # (phase, samples applied in it) for `abort`
 
     # ------------------------------------------------------------------ state
+
+    @property
+    def version(self) -> int:
+        return self.clock.version
+
+    @property
+    def applied_total(self) -> int:
+        """Samples applied over the whole run."""
+        return self.ledger.applied_total
+
+    @property
+    def epoch_end_s(self) -> list[float]:
+        return self.ledger.epoch_end_s
 
     def _restore(self) -> None:
         path = checkpoint_path(self.ctx.opts.out_dir, self.s)
         ck = load_checkpoint(path)
         self.w.data.copy_(ck["params"])
         self.opt.load_state_dict(ck["optimizer"])
-        self.version = int(ck["version"])
-        self.applied_total = int(ck["applied_total"])
+        self.clock.version = int(ck["version"])
+        self.ledger.applied_total = int(ck["applied_total"])
         self.start_phase = int(ck["phase"])
         self.start_applied = int(ck["applied_in_phase"])
-        self.epoch_end_s = [float(x) for x in ck["epoch_end_s"]]
+        self.ledger.epoch_end_s[:] = [float(x) for x in ck["epoch_end_s"]]
         self.phase_times = [(float(a), float(b)) for a, b in ck["phase_times"]]
         self.ctx.time_offset_s = float(ck["elapsed_s"])
         torch.set_rng_state(ck["torch_rng"])
@@ -410,10 +424,8 @@ class Shard:
                 self.evaluate(0.0, 0, ctx.plan.phases[0].resolution, ctx.cluster.ps.eval_s)
         if not ctx.opts.resume:  # a run always has a checkpoint to resume from
             self.save_checkpoint(0, 0)
-        for p in range(self.start_phase, len(ctx.plan.phases)):
-            self.run_phase(p, self.start_applied if p == self.start_phase else 0)
-        if self.start_phase >= len(ctx.plan.phases) and self.lead:
-            pass  # resumed a finished run: nothing left to do
+        for p in range(self.start_phase, len(ctx.plan.phases)):  # none left when resuming a finished run
+            PhaseServer(self, p, self.start_applied if p == self.start_phase else 0).run()
         for pos in range(len(ctx.workers)):
             if pos not in self.lost:
                 P.send(ctx.worker_rank(pos), P.header(P.MSG_END))
@@ -421,194 +433,16 @@ class Shard:
         if self.bar is not None:
             self.bar.close()
 
-    def run_phase(self, p: int, applied: int) -> None:
-        ctx, ph = self.ctx, self.ctx.plan.phases[p]
-        n_data = ctx.job.data.samples
-        target = ph.epochs * n_data
-        epochs_before = sum(x.epochs for x in ctx.plan.phases[:p])
-        participants = [ctx.workers.index(wa.name) for wa in ph.workers]
-        share = {ctx.workers.index(wa.name): wa.samples for wa in ph.workers}
-        max_share = max(share.values())
-        lo, hi = self.bounds[self.s]
-        codec = Codec(ph.compression, hi - lo)
-        gradient = ph.exchange == "gradient"
-        keep_pulled = not gradient and ph.compression.lossy
-        apply_s = ctx.cluster.ps.apply_s_per_mparam * (hi - lo) / 1e6
-        pulled: dict[int, torch.Tensor] = {}
-        noise = NoiseMeter(ph.sync) if measures_noise(ph, ctx.shards) else None
-        t_phase = ctx.now()
-        self._abort_state = (p, applied)
-        self._reset_liveness()
-        # ---- start the phase: every live worker gets the parameters
-        works = []
-        params_bytes = P.as_bytes(self.w.detach())
-        lost_mask = self._lost_mask()
-        for pos in range(len(ctx.workers)):
-            if pos in self.lost:
-                continue
-            wepoch, witer, wstep = self.resume_points.get(ctx.workers[pos], (epochs_before, 0, 0))
-            hdr = P.header(P.MSG_PHASE, phase=p, samples=applied, payload=params_bytes.numel(), lost=lost_mask,
-                           offset_us=int(round(ctx.time_offset_s * 1e6)), wepoch=wepoch, witer=witer, wstep=wstep)
-            works += [(w, pos) for w in P.isend(ctx.worker_rank(pos), hdr, params_bytes)]
-            if keep_pulled:
-                pulled[pos] = self.w.detach().clone()
-        alive = {pos for pos in range(len(ctx.workers)) if pos not in self.lost}
-        self._wait_sends(works)
-        done: set[int] = set()
-        stopped: set[int] = set()
-        waiting: set[int] = set()
-        counts = {pos: 0 for pos in participants}
-        last_pull_version = {pos: self.version for pos in participants}
-        bsp_round: dict[int, tuple[int, torch.Tensor]] = {}
-        state = {"applied": applied}
-
-        def active() -> set[int]:
-            return {q for q in participants if q not in self.lost and q not in stopped and q not in done}
-
-        def reply(pos: int, watch: set[int], wait: bool = True) -> list:
-            """Send `pos` the new parameters (the pull); returns the sends when not waiting."""
-            stop = self.lead and state["applied"] >= target
-            counts[pos] += 1
-            if stop:
-                stopped.add(pos)
-            go = 1
-            if self.lead and ph.sync == "ssp" and not stop:
-                floor = min(counts[q] for q in active()) if active() else counts[pos]
-                if counts[pos] - floor > ph.staleness:
-                    go = 0
-                    waiting.add(pos)
-            hdr = P.header(P.MSG_REPLY, phase=p, version=self.version, stop=int(stop), go=go,
-                           payload=params_bytes.numel(), lost=self._lost_mask())
-            works = [(w, pos) for w in P.isend(ctx.worker_rank(pos), hdr, params_bytes)]
-            last_pull_version[pos] = self.version
-            if keep_pulled:
-                pulled[pos] = self.w.detach().clone()
-            if not wait:
-                return works
-            self._wait_sends(works)
-            return []
-
-        def release_waiting() -> None:
-            if not waiting:
-                return
-            act = active()
-            floor = min(counts[q] for q in act) if act else 0
-            for q in sorted(waiting):
-                if q in self.lost:
-                    waiting.discard(q)
-                elif counts[q] - floor <= ph.staleness:
-                    # the target may have been reached while q waited: then q stops here
-                    # instead of starting another interval (docs/semantics.md)
-                    waiting.discard(q)
-                    stop = state["applied"] >= target
-                    if stop:
-                        stopped.add(q)
-                    P.send(ctx.worker_rank(q), P.header(P.MSG_GO, phase=p, go=1, stop=int(stop),
-                                                        lost=self._lost_mask()))
-
-        def apply(items: list[tuple[int, int, torch.Tensor]]) -> None:
-            """items: (worker position, samples, decoded vector); one version step."""
-            t = ctx.now()
-            wall0 = time.perf_counter()
-            before = self.version
-            total = sum(n for _, n, _ in items)
-            if gradient:
-                g = weighted_gradient([(n, v) for _, n, v in items], out=self.g_buf)
-                if noise is not None:  # one dot product per pushed vector, before the step
-                    if ph.sync == "bsp":
-                        noise.add_round([(n, v) for _, n, v in items], g)
-                    else:
-                        noise.add_push(items[0][1], g)
-                self.opt.step(g, phase_lr(ph))
+    def _take_records(self, pos: int, records: torch.Tensor) -> None:
+        """The records a worker shipped with its message: its batch-norm statistics, and
+        trace records to write."""
+        for line in bytes(records.numpy()).decode().splitlines():
+            rec = json.loads(line)
+            if rec["kind"] == "_buffers":
+                raw = bytearray(base64.b64decode(rec["data"]))
+                self.worker_buffers[pos] = torch.frombuffer(raw, dtype=torch.float64)
             else:
-                models = [(pos, n, (pulled[pos] + v) if keep_pulled else v) for pos, n, v in items]
-                with torch.no_grad():
-                    if ph.sync == "bsp":
-                        self.w.copy_(merge_sync([(n, m) for _, n, m in models]))
-                    else:
-                        pos, _, m = models[0]
-                        self.w.copy_(merge_async(self.w, m, share[pos], max_share))
-            if self.lead:
-                self._merge_buffers(ph, items, share, max_share)
-            if ctx.opts.emulate:  # the cluster's PS apply cost, when the real one was faster
-                left = apply_s - (time.perf_counter() - wall0)
-                if left > 0:
-                    time.sleep(left)
-            self.version += 1
-            state["applied"] += total
-            self._abort_state = (p, state["applied"])  # what a checkpoint written on abort holds
-            self.applied_total += total
-            if self.lead:
-                for pos, n, _ in items:
-                    stale = 0 if ph.sync == "bsp" else before - last_pull_version[pos]
-                    self.record({"kind": "update", "worker": ctx.workers[pos], "phase": p, "t_s": t,
-                                 "version": self.version, "staleness": stale})
-                if self.bar is not None:
-                    self.bar.update(total)
-                # epoch ends (counted across phases) and per-epoch evaluation
-                while (len(self.epoch_end_s) + 1) * n_data <= self.applied_total:
-                    self.epoch_end_s.append(ctx.now())
-                    e = len(self.epoch_end_s)
-                    every = ctx.opts.eval_every
-                    if every and ctx.shards == 1 and e % every == 0 and e < epochs_before + ph.epochs:
-                        self.evaluate(float(e), p, ph.resolution, ctx.cluster.ps.eval_s)
-
-        while len(done) < len(alive - self.lost):
-            watch = alive - self.lost - done
-            expecting = watch - waiting - set(bsp_round)
-            try:
-                pos, hdr, (body, records) = self._next_message(watch, expecting)
-                kind = int(hdr[P.TYPE])
-                nbytes = int(hdr[P.PAYLOAD])
-                if records.numel() and self.lead:
-                    for line in bytes(records.numpy()).decode().splitlines():
-                        rec = json.loads(line)
-                        if rec["kind"] == "_buffers":  # the worker's batch-norm statistics
-                            raw = bytearray(base64.b64decode(rec["data"]))
-                            self.worker_buffers[pos] = torch.frombuffer(raw, dtype=torch.float64)
-                        else:
-                            self.record(rec)
-                if kind == P.MSG_DONE:
-                    done.add(pos)
-                    release_waiting()
-                    continue
-                assert kind == P.MSG_PUSH, P.NAMES.get(kind, kind)
-                vec = codec.decode(body[:nbytes])
-                samples = int(hdr[P.SAMPLES])
-                if ph.sync == "bsp":
-                    bsp_round[pos] = (samples, vec)
-                    if set(bsp_round) >= active():
-                        self._apply_round(apply, bsp_round, reply, watch)
-                else:
-                    apply([(pos, samples, vec)])
-                    reply(pos, watch)
-                    release_waiting()
-                if time.perf_counter() - self.last_ckpt > ctx.opts.checkpoint_every_s:
-                    self.save_checkpoint(p, state["applied"])
-            except WorkerLost as e:
-                if ctx.opts.on_worker_loss != "continue":
-                    raise
-                print(f"hybridps run: {e}; continuing without it", file=sys.stderr, flush=True)
-                self._drop_worker(e, p)
-                bsp_round.pop(e.pos, None)
-                waiting.discard(e.pos)
-                if ph.sync == "bsp" and bsp_round and set(bsp_round) >= active():  # the round it held up
-                    self._apply_round(apply, bsp_round, reply, alive - self.lost - done)
-                release_waiting()
-        t_end = ctx.now()
-        self.phase_times.append((t_phase, t_end))
-        if self.lead:
-            self.record({"kind": "phase", "index": p, "start_s": t_phase, "end_s": t_end})
-        self.save_checkpoint(p + 1, 0)
-        if noise is not None:
-            self._record_noise(noise, p)
-        self._send_gather()
-        if self.lead:
-            self.evaluate(float(epochs_before + ph.epochs), p, ph.resolution)
-        if ctx.opts.emulate and p + 1 < len(ctx.plan.phases):  # the cluster's time between phases
-            left = ctx.cluster.ps.phase_overhead_s - (ctx.now() - t_end)
-            if left > 0:
-                time.sleep(left)
+                self.record(rec)
 
     def _record_noise(self, noise: NoiseMeter, p: int) -> None:
         """The phase's gradient noise scale (runtime/noise.py): shard 0 sums the shards'
@@ -620,18 +454,6 @@ class Shard:
         est = noise.estimate(self.ctx.job.data.samples)  # an epoch samples without replacement
         if est is not None and math.isfinite(est.noise_scale) and math.isfinite(est.stderr):
             self.record(est.record(p, self.ctx.now()))
-
-    def _apply_round(self, apply, bsp_round: dict, reply, watch: set[int]) -> None:
-        """Apply a complete bsp round and reply to all its workers at once (as in the
-        simulator). The round is cleared before the replies, so a worker lost while they
-        are sent cannot get the round applied twice."""
-        items = [(pos, n, v) for pos, (n, v) in sorted(bsp_round.items())]
-        apply(items)
-        bsp_round.clear()
-        works = []
-        for pos, _, _ in items:
-            works += reply(pos, watch, wait=False)
-        self._wait_sends(works)
 
     def _drop_worker(self, e: WorkerLost, p: int) -> None:
         """--on-worker-loss continue: forget the worker and record, in a `worker_lost`
@@ -649,10 +471,10 @@ class Shard:
     def _lost_mask(self) -> int:
         return sum(1 << pos for pos in self.lost)
 
-    def abort(self, reason: str, save: bool = True) -> Path | None:
+    def abort(self, save: bool = True) -> Path | None:
         """Keep a checkpoint (`save`: of the current state; else the last one written),
         tell every worker to stop; returns the path of the checkpoint to resume from."""
-        p, applied = getattr(self, "_abort_state", (self.start_phase, self.start_applied))
+        p, applied = self.abort_state
         path = checkpoint_path(self.ctx.opts.out_dir, self.s)
         path = path if path.is_file() else None
         if save:
@@ -686,6 +508,239 @@ class Shard:
         return path
 
 
+
+class PhaseServer:
+    """One phase on one shard: serves the workers' pushes as they arrive, applies them and
+    replies, per docs/semantics.md; the rules are the shared hybridps/semantics.py objects
+    (the shard's ledger and clock, the phase's SSP gate). Shard 0 decides stop and go."""
+
+    def __init__(self, shard: Shard, p: int, applied: int):
+        ctx = shard.ctx
+        self.shard, self.ctx, self.p, self.ph = shard, ctx, p, ctx.plan.phases[p]
+        ph = self.ph
+        self.participants = [ctx.workers.index(wa.name) for wa in ph.workers]
+        self.share = {ctx.workers.index(wa.name): wa.samples for wa in ph.workers}
+        self.max_share = max(self.share.values())
+        lo, hi = shard.bounds[shard.s]
+        self.codec = Codec(ph.compression, hi - lo)
+        self.gradient = ph.exchange == "gradient"
+        self.keep_pulled = not self.gradient and ph.compression.lossy
+        self.apply_s = shard_apply_s(ctx.cluster.ps, hi - lo)
+        self.pulled: dict[int, torch.Tensor] = {}  # lossy model exchange: what each worker last pulled
+        self.noise = NoiseMeter(ph.sync) if measures_noise(ph, ctx.shards) else None
+        self.ledger, self.clock = shard.ledger, shard.clock
+        mini_epochs = ph.exchange == "model" and ph.local_steps is None
+        self.ledger.start_phase(p, self.participants, mini_epochs, applied,
+                                self._resumed_commits() if mini_epochs and applied else None)
+        self.gate = SSPGate(ph.staleness if ph.sync == "ssp" else None, self.participants)
+        self.done: set[int] = set()
+        self.bsp_round: dict[int, tuple[int, torch.Tensor]] = {}
+        self.params_bytes = P.as_bytes(shard.w.detach())  # a view: every send has the current parameters
+        shard.abort_state = (p, applied)
+
+    def _resumed_commits(self) -> dict[int, int]:
+        """Mini-epochs already applied in a resumed phase, per worker: its resume point is
+        in the last worker-epoch it committed."""
+        before = self.ledger.epochs_before[self.p]
+        return {self.ctx.workers.index(name): pt[0] - before + 1 for name, pt in self.shard.resume_points.items()}
+
+    def _stop(self) -> bool:
+        return self.shard.lead and self.ledger.phase_done()
+
+    def reply(self, pos: int, wait: bool = True) -> list:
+        """Send `pos` the new parameters (the pull), with stop and, under ssp, go; returns
+        the sends when not waiting."""
+        shard, gate = self.shard, self.gate
+        stop = self._stop()
+        gate.exchanged(pos)  # counted as the reply goes; others are released once it is sent
+        go = 1
+        if stop:
+            gate.leave(pos)
+        elif shard.lead and not gate.may_start(pos):
+            go = 0
+            gate.hold(pos)
+        hdr = P.header(P.MSG_REPLY, phase=self.p, version=shard.version, stop=int(stop), go=go,
+                       payload=self.params_bytes.numel(), lost=shard._lost_mask())
+        works = [(w, pos) for w in P.isend(self.ctx.worker_rank(pos), hdr, self.params_bytes)]
+        self.clock.pulled(pos)
+        if self.keep_pulled:
+            self.pulled[pos] = shard.w.detach().clone()
+        if not wait:
+            return works
+        shard._wait_sends(works)
+        return []
+
+    def release(self) -> None:
+        """Let go the ssp workers the gate no longer holds; one whose phase ended while it
+        waited stops instead of starting another interval (docs/semantics.md)."""
+        for q in self.gate.release():
+            stop = self._stop()
+            if stop:
+                self.gate.leave(q)
+            P.send(self.ctx.worker_rank(q), P.header(P.MSG_GO, phase=self.p, go=1, stop=int(stop),
+                                                      lost=self.shard._lost_mask()))
+
+    def _step(self, items: list[tuple[int, int, torch.Tensor]]) -> None:
+        """The optimizer step or the model merge of one version."""
+        shard, ph = self.shard, self.ph
+        if self.gradient:
+            g = weighted_gradient([(n, v) for _, n, v in items], out=shard.g_buf)
+            if self.noise is not None:  # one dot product per pushed vector, before the step
+                if ph.sync == "bsp":
+                    self.noise.add_round([(n, v) for _, n, v in items], g)
+                else:
+                    self.noise.add_push(items[0][1], g)
+            shard.opt.step(g, phase_lr(ph))
+            return
+        models = [(pos, n, (self.pulled[pos] + v) if self.keep_pulled else v) for pos, n, v in items]
+        with torch.no_grad():
+            if ph.sync == "bsp":
+                shard.w.copy_(merge_sync([(n, m) for _, n, m in models]))
+            else:
+                pos, _, m = models[0]
+                shard.w.copy_(merge_async(shard.w, m, self.share[pos], self.max_share))
+
+    def apply(self, items: list[tuple[int, int, torch.Tensor]]) -> None:
+        """items: (worker position, samples, decoded vector); one version step."""
+        shard, ctx, ph, p = self.shard, self.ctx, self.ph, self.p
+        t = ctx.now()
+        wall0 = time.perf_counter()
+        self._step(items)
+        if shard.lead:
+            shard._merge_buffers(ph, items, self.share, self.max_share)
+        if ctx.opts.emulate:  # the cluster's PS apply cost, when the real one was faster
+            left = self.apply_s - (time.perf_counter() - wall0)
+            if left > 0:
+                time.sleep(left)
+        if ph.sync == "bsp":
+            version = self.clock.apply_round(pos for pos, _, _ in items)
+            updates = [(pos, version, 0) for pos, _, _ in items]
+        else:
+            updates = [(items[0][0], *self.clock.apply_push(items[0][0]))]
+        total = sum(n for _, n, _ in items)
+        self.ledger.commit(pos for pos, _, _ in items)
+        ended = self.ledger.apply(total, ctx.now())
+        shard.abort_state = (p, self.ledger.applied_in_phase)  # what a checkpoint written on abort holds
+        if not shard.lead:
+            return
+        for pos, version, stale in updates:
+            shard.record({"kind": "update", "worker": ctx.workers[pos], "phase": p, "t_s": t,
+                          "version": version, "staleness": stale})
+        if shard.bar is not None:
+            shard.bar.update(total)
+        for e in ended:  # per-epoch evaluation (with one shard, as the simulator)
+            if ctx.shards == 1 and self.ledger.evaluation_due(e):
+                shard.evaluate(float(e), p, ph.resolution, ctx.cluster.ps.eval_s)
+
+    def apply_round(self) -> None:
+        """Apply a complete bsp round and reply to all its workers at once (as in the
+        simulator). The round is cleared before the replies, so a worker lost while they
+        are sent cannot get the round applied twice."""
+        items = [(pos, n, v) for pos, (n, v) in sorted(self.bsp_round.items())]
+        self.apply(items)
+        self.bsp_round.clear()
+        works = []
+        for pos, _, _ in items:
+            works += self.reply(pos, wait=False)
+        self.shard._wait_sends(works)
+
+    def _round_complete(self) -> bool:
+        return bool(self.bsp_round) and set(self.bsp_round) >= self.gate.active
+
+    def on_push(self, pos: int, hdr: torch.Tensor, body: torch.Tensor) -> None:
+        vec = self.codec.decode(body[:int(hdr[P.PAYLOAD])])
+        samples = int(hdr[P.SAMPLES])
+        if self.ph.sync == "bsp":
+            self.bsp_round[pos] = (samples, vec)
+            if self._round_complete():
+                self.apply_round()
+        else:
+            self.apply([(pos, samples, vec)])
+            self.reply(pos)
+            self.release()
+
+    def on_done(self, pos: int) -> None:
+        self.done.add(pos)
+        self.gate.leave(pos)
+        self.release()
+
+    def on_lost(self, e: WorkerLost) -> None:
+        """--on-worker-loss continue: go on without the worker (raises otherwise)."""
+        if self.ctx.opts.on_worker_loss != "continue":
+            raise e
+        print(f"hybridps run: {e}; continuing without it", file=sys.stderr, flush=True)
+        self.shard._drop_worker(e, self.p)
+        self.bsp_round.pop(e.pos, None)
+        self.gate.leave(e.pos)
+        if self.ph.sync == "bsp" and self._round_complete():  # the round it held up
+            self.apply_round()
+        self.release()
+
+    def _start(self, alive: set[int]) -> None:
+        """Every live worker gets the parameters (a phase start counts as a pull)."""
+        shard, ctx, p = self.shard, self.ctx, self.p
+        params_bytes = self.params_bytes
+        lost_mask = shard._lost_mask()
+        before = self.ledger.epochs_before[p]
+        works = []
+        for pos in sorted(alive):
+            wepoch, witer, wstep = shard.resume_points.get(ctx.workers[pos], (before, 0, 0))
+            hdr = P.header(P.MSG_PHASE, phase=p, samples=self.ledger.applied_in_phase, payload=params_bytes.numel(),
+                           lost=lost_mask, offset_us=int(round(ctx.time_offset_s * 1e6)), wepoch=wepoch,
+                           witer=witer, wstep=wstep)
+            works += [(w, pos) for w in P.isend(ctx.worker_rank(pos), hdr, params_bytes)]
+            if self.keep_pulled:
+                self.pulled[pos] = shard.w.detach().clone()
+        self.clock.start_phase(self.participants)
+        for pos in self.participants:
+            if pos in shard.lost:
+                self.gate.leave(pos)
+        shard._wait_sends(works)
+
+    def _serve(self, alive: set[int]) -> None:
+        """Messages until every live worker is done with the phase."""
+        shard = self.shard
+        while len(self.done) < len(alive - shard.lost):
+            watch = alive - shard.lost - self.done
+            expecting = watch - set(self.gate.waiting) - set(self.bsp_round)
+            try:
+                pos, hdr, (body, records) = shard._next_message(watch, expecting)
+                if records.numel() and shard.lead:
+                    shard._take_records(pos, records)
+                kind = int(hdr[P.TYPE])
+                if kind == P.MSG_DONE:
+                    self.on_done(pos)
+                    continue
+                assert kind == P.MSG_PUSH, P.NAMES.get(kind, kind)
+                self.on_push(pos, hdr, body)
+                if time.perf_counter() - shard.last_ckpt > self.ctx.opts.checkpoint_every_s:
+                    shard.save_checkpoint(self.p, self.ledger.applied_in_phase)
+            except WorkerLost as e:
+                self.on_lost(e)
+
+    def run(self) -> None:
+        shard, ctx, ph, p = self.shard, self.ctx, self.ph, self.p
+        t_phase = ctx.now()
+        shard._reset_liveness()
+        alive = {pos for pos in range(len(ctx.workers)) if pos not in shard.lost}
+        self._start(alive)
+        self._serve(alive)
+        t_end = ctx.now()
+        shard.phase_times.append((t_phase, t_end))
+        if shard.lead:
+            shard.record({"kind": "phase", "index": p, "start_s": t_phase, "end_s": t_end})
+        shard.save_checkpoint(p + 1, 0)
+        if self.noise is not None:
+            shard._record_noise(self.noise, p)
+        shard._send_gather()
+        if shard.lead:
+            shard.evaluate(float(self.ledger.epochs_before[p] + ph.epochs), p, ph.resolution)
+        if ctx.opts.emulate and p + 1 < len(ctx.plan.phases):  # the cluster's time between phases
+            left = ctx.cluster.ps.phase_overhead_s - (ctx.now() - t_end)
+            if left > 0:
+                time.sleep(left)
+
+
 def write_summary(ctx: RunContext, shard: Shard, **kw) -> dict:
     """summary.json, plus the model's real parameter count beside the job's (they may
     differ by up to 1%: `hybridps run` rejects more)."""
@@ -715,7 +770,7 @@ def run_server(ctx: RunContext) -> int:
     signal.signal(signal.SIGTERM, on_signal)
 
     def stop(status: str, code: int, message: str, save: bool = True) -> int:
-        path = shard.abort(message, save=save)
+        path = shard.abort(save=save)
         if shard.lead or code == EXIT_IO_ERROR:
             where = f"checkpoint {path}" if path else "no checkpoint"
             print(f"{message}; stopped every process; {where}; {resume_hint(ctx)}", file=sys.stderr, flush=True)

@@ -1,19 +1,22 @@
-"""Wiring: one SimPy environment, one process per worker, the parameter server and its
-two network directions, and the global phase boundaries (docs/semantics.md)."""
+"""Wiring: one SimPy environment, the parameter server and its two network directions,
+and the engine process that runs the phases one after the other: it starts each phase's
+worker processes, waits for them, records the phase and waits out the time between
+phases (docs/semantics.md). The rules themselves are hybridps/semantics.py's."""
 
 from __future__ import annotations
 
 import time
-from typing import Any, Callable
+from typing import Any, Callable, Generator
 
 import simpy
 
+from hybridps.semantics import Ledger, SSPGate
 from hybridps.spec import Cluster, Job, Plan, check_plan
 from hybridps.stragglers import StragglerSchedule
 from sim.metrics import Counters, Recorder, SimResult
 from sim.predictor import WorkerPhase, phase_costs
 from sim.ps import ParameterServer
-from sim.worker import worker_process
+from sim.worker import SimGate, WorkerContext, worker_phase
 from traces.records import header as trace_header_record
 
 
@@ -32,7 +35,6 @@ class Simulation:
         check_plan(plan, cluster, job)  # a SpecError naming the field beats a KeyError deep inside
         self.cluster, self.job, self.plan = cluster, job, plan
         self.seed = cluster.stragglers.seed if seed is None else seed
-        self.fast = fast
         self.env = simpy.Environment()
         self.names = [w.name for w in cluster.worker_list]
         self.counters = Counters(len(self.names), log_updates)
@@ -42,132 +44,51 @@ class Simulation:
         self.stragglers = StragglerSchedule(cluster, self.seed)
         self.costs = [phase_costs(cluster, job, ph) for ph in plan.phases]
         self.phase_workers: list[dict[int, WorkerPhase]] = [{wp.index: wp for wp in c.workers} for c in self.costs]
-        self.epochs_before = []
-        done = 0
-        for ph in plan.phases:
-            self.epochs_before.append(done)
-            done += ph.epochs
-        self.total_epochs = done
-        self.dataset_samples = job.data.samples
-        self.ps = ParameterServer(self)
-        self.phase_started = [self.env.event() for _ in plan.phases]
-        self.phase_index = -1
-        self.phase_start_s = 0.0
-        self.applied_in_phase = 0
-        self.applied_total = 0
-        self.target = 0
-        self.active: set[int] = set()
-        self.stopped = 0
-        self.ssp_count = [0] * len(self.names)
-        self.ssp_waiting: list[tuple[int, simpy.Event]] = []
-        self.progress: Callable[[int], None] | None = None
         self.makespan_s = 0.0
         # PS evaluation every `eval_every` epochs (0: none), as the runtime's --eval-every: the
         # initial model, and epoch ends inside a phase with one PS shard (the runtime's rule;
         # the phase-end evaluation is phase_overhead_s)
-        self.eval_every = eval_every
         self.eval_s = cluster.ps.eval_s if eval_every > 0 else 0.0
-        self.eval_in_phase_s = self.eval_s if cluster.ps.count == 1 else 0.0
-        self.phase_end_epoch = 0
+        self.ledger = Ledger(job.data.samples, [ph.epochs for ph in plan.phases], eval_every,
+                             epoch_end_s=self.counters.epoch_end_s)
+        self.ps = ParameterServer(self.env, cluster, self.ledger, self.counters, self.recorder, self.names, fast,
+                                  eval_in_phase_s=self.eval_s if cluster.ps.count == 1 else 0.0)
+        self.context = WorkerContext(
+            self.env, self.ps, self.ledger, self.counters, self.recorder,
+            self.stragglers.factor_at if self.stragglers.active else None,
+            self.stragglers.jitter if self.stragglers.jitter_cv > 0 else None)
 
-    # phases -----------------------------------------------------------------------
-    def _start_phase(self, p: int) -> None:
-        self.phase_index = p
-        self.phase_start_s = float(self.env.now)
-        self.applied_in_phase = 0
-        self.target = self.costs[p].target_samples
-        self.phase_end_epoch = self.epochs_before[p] + self.plan.phases[p].epochs
-        self.active = set(self.phase_workers[p])
-        self.stopped = 0
-        self.ssp_count = [0] * len(self.names)  # exchanges completed in this phase
-        self.ps.start_phase(p, self.costs[p], self.plan.phases[p].sync)
-        self.phase_started[p].succeed()
+    def _phases(self) -> Generator:
+        """The engine process: the phases in order, each started when the last one is over."""
+        env, plan = self.env, self.plan
+        if self.eval_s > 0:  # the runtime evaluates the initial model before phase 0
+            yield env.timeout(self.eval_s)
+        for p, phase in enumerate(plan.phases):
+            start_s = float(env.now)
+            workers = self.phase_workers[p]
+            self.ledger.start_phase(p, workers, mini_epochs=phase.exchange == "model" and phase.local_steps is None)
+            gate = SimGate(env, SSPGate(phase.staleness, workers)) if phase.sync == "ssp" else None
+            self.ps.start_phase(p, self.costs[p], phase.sync)
+            yield env.all_of([env.process(worker_phase(self.context, w, self.names[w], p, phase.resolution, wp, gate))
+                              for w, wp in workers.items()])
+            self._phase_done(p, start_s)
+            if p + 1 < len(plan.phases) and self.cluster.ps.phase_overhead_s > 0:
+                yield env.timeout(self.cluster.ps.phase_overhead_s)  # phase-end evaluation, checkpoint
 
-    def phase_done_counting(self) -> bool:
-        """Has the current phase's applied sample count reached its target?"""
-        return self.applied_in_phase >= self.target
-
-    def samples_applied(self, n: int) -> float:
-        """Count applied samples; returns the seconds of PS evaluation this update triggers
-        (epoch ends inside the phase, `ps.eval_s` each; the pull waits for them)."""
-        self.applied_in_phase += n
-        self.applied_total += n
-        ends = self.counters.epoch_end_s
-        eval_s = 0.0
-        while len(ends) < self.total_epochs and self.applied_total >= (len(ends) + 1) * self.dataset_samples:
-            ends.append(self.env.now)
-            if self.eval_in_phase_s > 0 and len(ends) % self.eval_every == 0 and len(ends) < self.phase_end_epoch:
-                eval_s += self.eval_in_phase_s
-            if self.progress is not None:
-                self.progress(len(ends))
-        if eval_s > 0:  # the evaluation blocks the PS: later applies queue behind it
-            self.ps.busy_until_s = max(self.ps.busy_until_s, self.env.now) + eval_s
-        return eval_s
-
-    def worker_stopped(self, w: int) -> None:
-        self.active.discard(w)
-        self.stopped += 1
-        if self.ssp_waiting:
-            self._ssp_release()
-        if self.stopped < len(self.phase_workers[self.phase_index]):
-            return
+    def _phase_done(self, p: int, start_s: float) -> None:
         now = self.env.now
-        p = self.phase_index
-        self.counters.phases.append((self.phase_start_s, now))
+        self.counters.phases.append((start_s, now))
         if self.recorder is not None:
-            self.recorder.add({"kind": "phase", "index": p, "start_s": self.phase_start_s, "end_s": now})
+            self.recorder.add({"kind": "phase", "index": p, "start_s": start_s, "end_s": now})
             self.recorder.flush()
         self.makespan_s = now
-        if p + 1 < len(self.plan.phases):
-            overhead_s = self.cluster.ps.phase_overhead_s  # phase-end evaluation, checkpoint
-            if overhead_s > 0:
-                self.env.timeout(overhead_s).callbacks.append(lambda _ev: self._start_phase(p + 1))
-            else:
-                self._start_phase(p + 1)
-
-    # ssp --------------------------------------------------------------------------
-    def ssp_ahead(self, w: int) -> int:
-        """How many exchanges `w` is ahead of the slowest worker still in the phase."""
-        counts = self.ssp_count
-        return counts[w] - min(counts[v] for v in self.active)
-
-    def ssp_wait(self, w: int) -> simpy.Event:
-        ev = self.env.event()
-        self.ssp_waiting.append((w, ev))
-        return ev
-
-    def ssp_exchanged(self, w: int) -> None:
-        self.ssp_count[w] += 1
-        if self.ssp_waiting:
-            self._ssp_release()
-
-    def _ssp_release(self) -> None:
-        if not self.active:
-            waiting, self.ssp_waiting = self.ssp_waiting, []
-            for _, ev in waiting:
-                ev.succeed()
-            return
-        bound = self.plan.phases[self.phase_index].staleness
-        slowest = min(self.ssp_count[v] for v in self.active)
-        still = []
-        for w, ev in self.ssp_waiting:
-            if self.ssp_count[w] - slowest <= bound:
-                ev.succeed()
-            else:
-                still.append((w, ev))
-        self.ssp_waiting = still
 
     # run --------------------------------------------------------------------------
     def run(self, progress: Callable[[int], None] | None = None) -> SimResult:
         """Simulate the whole plan; `progress(epochs_done)` is called at each epoch end."""
         wall0 = time.perf_counter()
-        self.progress = progress
-        for w in range(len(self.names)):
-            self.env.process(worker_process(self, w))
-        if self.eval_s > 0:  # the runtime evaluates the initial model before phase 0
-            self.env.timeout(self.eval_s).callbacks.append(lambda _ev: self._start_phase(0))
-        else:
-            self._start_phase(0)
+        self.ps.progress = progress
+        self.env.process(self._phases())
         self.env.run()
         if self.recorder is not None:
             self.recorder.flush()

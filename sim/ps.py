@@ -13,16 +13,16 @@ worker pulls at once.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import Any, Callable
 
 import simpy
 from simpy.core import NORMAL
 
+from hybridps.semantics import Ledger, VersionClock
+from hybridps.spec import Cluster
+from sim.metrics import Counters
 from sim.network import make_link
 from sim.predictor import message_latency_s, nic_caps_bytes_per_s
-
-if TYPE_CHECKING:
-    from sim.engine import Simulation
 
 
 class Arrival(simpy.Event):
@@ -36,17 +36,22 @@ class Arrival(simpy.Event):
 
 
 class ParameterServer:
-    def __init__(self, sim: "Simulation"):
-        self.sim = sim
-        self.env = sim.env
-        n = len(sim.cluster.worker_list)
-        ps_cap, worker_caps = nic_caps_bytes_per_s(sim.cluster)
-        self.push_link = make_link(self.env, ps_cap, worker_caps, self._on_push_delivered, sim.fast)
-        self.pull_link = make_link(self.env, ps_cap, worker_caps, self._on_pull_delivered, sim.fast)
-        self.latency_s = message_latency_s(sim.cluster)
-        self.version = 0  # global model version: one per applied asp/ssp push, one per bsp round
+    """The PS and its two network directions; it counts applied work in the ledger and
+    versions in its clock (hybridps/semantics.py)."""
+
+    def __init__(self, env: simpy.Environment, cluster: Cluster, ledger: Ledger, counters: Counters,
+                 recorder: Any, names: list[str], fast: bool = True, eval_in_phase_s: float = 0.0):
+        self.env = env
+        self.ledger, self.counters, self.recorder, self.names = ledger, counters, recorder, names
+        ps_cap, worker_caps = nic_caps_bytes_per_s(cluster)
+        self.push_link = make_link(env, ps_cap, worker_caps, self._on_push_delivered, fast)
+        self.pull_link = make_link(env, ps_cap, worker_caps, self._on_pull_delivered, fast)
+        self.latency_s = message_latency_s(cluster)
+        self.clock = VersionClock()
+        self.eval_in_phase_s = eval_in_phase_s  # an evaluation inside a phase blocks the PS this long
+        self.progress: Callable[[int], None] | None = None  # called with each epoch that ends
         self.busy_until_s = 0.0  # FIFO apply queue: when the server is free again
-        self.read_version = [0] * n  # version each worker last pulled
+        n = len(names)
         self.push_samples = [0] * n  # samples carried by each worker's in-flight push
         self.done_event: list[simpy.Event | None] = [None] * n
         self.round: list[int] = []  # bsp: workers whose push has arrived this round
@@ -63,8 +68,7 @@ class ParameterServer:
         self.round = []
         self.round_ready_s = 0.0
         self.round_size = len(costs.workers)
-        # every worker starts a phase from the current parameters: a phase start counts as a pull
-        self.read_version = [self.version] * len(self.read_version)
+        self.clock.start_phase(range(len(self.names)))
 
     # worker side ------------------------------------------------------------------
     def exchange(self, worker: int, samples: int) -> simpy.Event:
@@ -78,12 +82,11 @@ class ParameterServer:
     # server side ------------------------------------------------------------------
     def _on_push_delivered(self, worker: int, start_s: float, end_s: float) -> None:
         """The push's last byte has left (now); it arrives at the server at `end_s`."""
-        sim = self.sim
-        c = sim.counters
+        c = self.counters
         c.comm_s[worker] += end_s - start_s
         c.bytes_pushed[worker] += self.costs.push_bytes
-        if sim.recorder is not None:
-            sim.recorder.add({"kind": "push", "worker": sim.names[worker], "phase": self.phase, "start_s": start_s,
+        if self.recorder is not None:
+            self.recorder.add({"kind": "push", "worker": self.names[worker], "phase": self.phase, "start_s": start_s,
                               "end_s": end_s, "bytes": self.costs.push_bytes,
                               "samples": self.push_samples[worker]})
         if self.bsp:
@@ -111,18 +114,34 @@ class ParameterServer:
         else:
             self.env.timeout(end - now).callbacks.append(lambda _ev: fn(arg))
 
+    def _applied(self, samples: int) -> float:
+        """Count an applied update; returns the seconds of PS evaluation it triggers (epoch
+        ends inside the phase; they block the PS, and the pull waits for them)."""
+        ended = self.ledger.apply(samples, self.env.now)
+        if not ended:
+            return 0.0
+        eval_s = 0.0
+        for e in ended:
+            if self.eval_in_phase_s > 0 and self.ledger.evaluation_due(e):
+                eval_s += self.eval_in_phase_s
+            if self.progress is not None:
+                self.progress(e)
+        if eval_s > 0:  # later applies queue behind the evaluation
+            self.busy_until_s = max(self.busy_until_s, self.env.now) + eval_s
+        return eval_s
+
     def _apply_one(self, worker: int) -> None:
-        sim = self.sim
-        self.version += 1
-        staleness = self.version - 1 - self.read_version[worker]
-        sim.counters.add_staleness(staleness)
-        if sim.counters.update_log is not None:
-            sim.counters.update_log.add(self.env.now, self.phase, worker, staleness, self.push_samples[worker])
-        if sim.recorder is not None:
-            sim.recorder.add({"kind": "update", "worker": sim.names[worker], "phase": self.phase,
-                              "t_s": self.env.now, "version": self.version, "staleness": staleness})
-        eval_s = sim.samples_applied(self.push_samples[worker])
-        self.read_version[worker] = self.version
+        c, now = self.counters, self.env.now
+        version, staleness = self.clock.apply_push(worker)
+        c.add_staleness(staleness)
+        if c.update_log is not None:
+            c.update_log.add(now, self.phase, worker, staleness, self.push_samples[worker])
+        if self.recorder is not None:
+            self.recorder.add({"kind": "update", "worker": self.names[worker], "phase": self.phase,
+                               "t_s": now, "version": version, "staleness": staleness})
+        self.ledger.commit((worker,))
+        eval_s = self._applied(self.push_samples[worker])
+        self.clock.pulled(worker)
         if eval_s > 0:  # an evaluation at this epoch end: the pull waits for it
             self.env.timeout(eval_s).callbacks.append(
                 lambda _ev: self.pull_link.send(worker, self.costs.pull_wire_bytes, self.latency_s[worker]))
@@ -130,18 +149,18 @@ class ParameterServer:
             self.pull_link.send(worker, self.costs.pull_wire_bytes, self.latency_s[worker])
 
     def _apply_round(self, workers: list[int]) -> None:
-        sim = self.sim
-        self.version += 1
-        sim.counters.add_staleness(0, len(workers))
-        if sim.counters.update_log is not None:
-            sim.counters.update_log.add(self.env.now, self.phase, -1, 0, sum(self.push_samples[w] for w in workers))
-        if sim.recorder is not None:
+        c, now = self.counters, self.env.now
+        version = self.clock.apply_round(workers)
+        c.add_staleness(0, len(workers))
+        samples = sum(self.push_samples[w] for w in workers)
+        if c.update_log is not None:
+            c.update_log.add(now, self.phase, -1, 0, samples)
+        if self.recorder is not None:
             for w in workers:
-                sim.recorder.add({"kind": "update", "worker": sim.names[w], "phase": self.phase,
-                                  "t_s": self.env.now, "version": self.version, "staleness": 0})
-        eval_s = sim.samples_applied(sum(self.push_samples[w] for w in workers))
-        for w in workers:
-            self.read_version[w] = self.version
+                self.recorder.add({"kind": "update", "worker": self.names[w], "phase": self.phase,
+                                   "t_s": now, "version": version, "staleness": 0})
+        self.ledger.commit(workers)
+        eval_s = self._applied(samples)
         if eval_s > 0:  # an evaluation at this epoch end: the pulls wait for it
             self.env.timeout(eval_s).callbacks.append(
                 lambda _ev: self.pull_link.send_many(workers, self.costs.pull_wire_bytes, self.latency_s))
@@ -150,12 +169,11 @@ class ParameterServer:
 
     def _on_pull_delivered(self, worker: int, start_s: float, end_s: float) -> None:
         """The pull's last byte has left the server; the worker has it at `end_s`."""
-        sim = self.sim
-        c = sim.counters
+        c = self.counters
         c.comm_s[worker] += end_s - start_s
         c.bytes_pulled[worker] += self.costs.pull_bytes
         c.exchanges += 1
-        if sim.recorder is not None:
-            sim.recorder.add({"kind": "pull", "worker": sim.names[worker], "phase": self.phase, "start_s": start_s,
+        if self.recorder is not None:
+            self.recorder.add({"kind": "pull", "worker": self.names[worker], "phase": self.phase, "start_s": start_s,
                               "end_s": end_s, "bytes": self.costs.pull_bytes})
         self.done_event[worker].succeed_at(end_s)

@@ -1,82 +1,116 @@
-"""A worker as a plain SimPy generator process (docs/semantics.md, "Per worker").
+"""A worker's phase as a plain SimPy generator process (docs/semantics.md, "Per worker").
 
-Per phase: compute an interval of `E` iterations (one timeout for the whole interval:
-nothing else touches the worker meanwhile, and each iteration's straggler factor is
-still taken at its own start), push and pull (one event), then stop if the phase's
-sample target has been reached. Under ssp the worker first waits while it is more than
-`staleness` exchanges ahead of the slowest active worker.
+Compute an interval of `E` iterations (one timeout for the whole interval: nothing else
+touches the worker meanwhile, and each iteration's straggler factor is still taken at its
+own start), push and pull (one event), then stop if the ledger says so. Under ssp the
+worker first waits while the gate holds it. The worker gets its collaborators as
+arguments and returns at the end of the phase; it knows nothing of the engine.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Generator
+from dataclasses import dataclass
+from typing import Any, Callable, Generator
 
-if TYPE_CHECKING:
-    from sim.engine import Simulation
+import simpy
+
+from hybridps.semantics import Ledger, SSPGate
+from sim.metrics import Counters
+from sim.predictor import WorkerPhase
 
 
-def worker_process(sim: "Simulation", w: int) -> Generator:
-    env = sim.env
-    c = sim.counters
-    name = sim.names[w]
-    stragglers = sim.stragglers if sim.stragglers.active else None
-    jitter = sim.stragglers.jitter if sim.stragglers.jitter_cv > 0 else None
-    for p, phase in enumerate(sim.plan.phases):
-        yield sim.phase_started[p]
-        wp = sim.phase_workers[p].get(w)
-        if wp is None:
-            continue  # not in this phase: idle until the next one
-        rec = sim.recorder
-        epoch0 = sim.epochs_before[p]
-        resolution = phase.resolution
-        batch, share, k, last, every = wp.batch, wp.share, wp.iters_per_epoch, wp.last_batch, wp.exchange_every
-        a_s, b_s, overhead_s = wp.a_s, wp.b_s, wp.exchange_overhead_s
-        full_s = a_s * batch + b_s
-        last_s = a_s * last + b_s
-        ssp_bound = phase.staleness if phase.sync == "ssp" else None
-        pos = 0  # iterations done in the current worker-epoch
-        computed = 0  # samples computed in this phase
-        while True:
-            if ssp_bound is not None:
-                while sim.ssp_ahead(w) > ssp_bound:
-                    yield sim.ssp_wait(w)
-                if sim.phase_done_counting():
-                    break
-            t = t0 = env.now
-            interval_samples = 0
-            iterations = 0
-            while True:
-                if pos == k - 1:
-                    n, dt = last, last_s
-                else:
-                    n, dt = batch, full_s
-                if stragglers is not None:
-                    dt *= stragglers.factor_at(name, t)
-                if jitter is not None:
-                    dt *= jitter(name)
-                if rec is not None:
-                    r = {"kind": "compute", "worker": name, "phase": p, "epoch": epoch0 + computed // share,
-                         "step": pos, "batch": batch, "resolution": resolution, "start_s": t, "end_s": t + dt}
-                    if n != batch:
-                        r["samples"] = n
-                    rec.add(r)
-                t += dt
-                pos += 1
-                iterations += 1
-                interval_samples += n
-                computed += n
-                if pos == k:
-                    pos = 0
-                    break
-                if pos % every == 0:
-                    break
-            c.iterations[w] += iterations
-            c.samples[w] += interval_samples
-            c.compute_s[w] += t - t0
-            yield env.timeout(t - t0 + overhead_s)  # the exchange overhead ends the interval, before the push
-            yield sim.ps.exchange(w, interval_samples)
-            if ssp_bound is not None:
-                sim.ssp_exchanged(w)
-            if sim.phase_done_counting():
+class SimGate:
+    """An SSPGate whose held workers wait on SimPy events."""
+
+    def __init__(self, env: simpy.Environment, gate: SSPGate):
+        self.env, self.gate = env, gate
+        self.events: dict[int, simpy.Event] = {}
+
+    def wait(self, w: int) -> simpy.Event:
+        ev = self.env.event()
+        self.gate.hold(w)
+        self.events[w] = ev
+        return ev
+
+    def exchanged(self, w: int) -> None:
+        self.gate.exchanged(w)
+        self._release()
+
+    def leave(self, w: int) -> None:
+        self.gate.leave(w)
+        self._release()
+
+    def _release(self) -> None:
+        if self.gate.waiting:
+            for w in self.gate.release():
+                self.events.pop(w).succeed()
+
+
+@dataclass(frozen=True)
+class WorkerContext:
+    """What a worker's phase needs besides its costs: the run's shared objects."""
+    env: simpy.Environment
+    ps: Any  # sim.ps.ParameterServer: `exchange(w, samples)` -> event fired when the pull is in
+    ledger: Ledger
+    counters: Counters
+    recorder: Any  # sim.metrics.Recorder or None
+    factor_at: Callable[[str, float], float] | None  # transient stragglers
+    jitter: Callable[[str], float] | None
+
+
+def worker_phase(ctx: WorkerContext, w: int, name: str, p: int, resolution: int, wp: WorkerPhase,
+                 gate: SimGate | None) -> Generator:
+    """Worker `w`'s part of phase `p`; `gate` is None unless the phase is ssp."""
+    env, ps, ledger, c, rec = ctx.env, ctx.ps, ctx.ledger, ctx.counters, ctx.recorder
+    factor_at, jitter = ctx.factor_at, ctx.jitter
+    batch, share, k, last, every = wp.batch, wp.share, wp.iters_per_epoch, wp.last_batch, wp.exchange_every
+    a_s, b_s, overhead_s = wp.a_s, wp.b_s, wp.exchange_overhead_s
+    full_s = a_s * batch + b_s
+    last_s = a_s * last + b_s
+    pos = 0  # iterations done in the current worker-epoch
+    computed = 0  # samples computed in this phase
+    while True:
+        if gate is not None:
+            while not gate.gate.may_start(w):
+                yield gate.wait(w)
+            if ledger.phase_done():  # the target was reached while it waited
                 break
-        sim.worker_stopped(w)
+        t = t0 = env.now
+        interval_samples = 0
+        iterations = 0
+        while True:
+            if pos == k - 1:
+                n, dt = last, last_s
+            else:
+                n, dt = batch, full_s
+            if factor_at is not None:
+                dt *= factor_at(name, t)
+            if jitter is not None:
+                dt *= jitter(name)
+            if rec is not None:
+                r = {"kind": "compute", "worker": name, "phase": p, "epoch": ledger.worker_epoch(computed, share),
+                     "step": pos, "batch": batch, "resolution": resolution, "start_s": t, "end_s": t + dt}
+                if n != batch:
+                    r["samples"] = n
+                rec.add(r)
+            t += dt
+            pos += 1
+            iterations += 1
+            interval_samples += n
+            computed += n
+            if pos == k:
+                pos = 0
+                break
+            if pos % every == 0:
+                break
+        c.iterations[w] += iterations
+        c.samples[w] += interval_samples
+        c.compute_s[w] += t - t0
+        yield env.timeout(t - t0 + overhead_s)  # the exchange overhead ends the interval, before the push
+        yield ps.exchange(w, interval_samples)
+        if gate is not None:
+            gate.exchanged(w)  # an exchange counts when its pull reaches the worker
+        if ledger.phase_done():
+            break
+    if gate is not None:
+        gate.leave(w)

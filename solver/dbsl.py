@@ -6,7 +6,8 @@ device's max_batch at the resolution):
 
 - baseline time per worker `T0 = (a + b/B_L)·N/n`, budget `T1 = t·T0`;
 - large workers' samples `d_L = round(t·N/n)` (s = 0: `round(N/n)`);
-- small workers' samples `d_S = round((N − (n−s)·d_L)/s)`;
+- small workers' samples `d_S = round((N − (n−s)·d_L)/s)` (s = n, every worker small:
+  `d_S = round(N/n)`, the baseline's split, each on the smaller batch that fills t·T0);
 - small batch `B_S = round(b / (T1/d_S − a))`; sync asp, model exchange, one exchange per
   worker-epoch (mini-epoch); the PS merge weight of a worker is d_i / d_L.
 
@@ -88,9 +89,8 @@ def dbsl_allocation(cluster: Cluster, job: Job, resolution: int, t: float, s: in
     constraint); `c`: the cluster's coefficients at `resolution`, if already computed."""
     n = len(cluster.worker_list)
     N = job.data.samples
-    if not 0 <= s < n:
-        raise UserError(f"--small-workers {s}: must be between 0 and {n - 1} (the cluster has {n} workers "
-                        f"and at least one must use the large batch)")
+    if not 0 <= s <= n:
+        raise UserError(f"--small-workers {s}: must be between 0 and {n} (the cluster has {n} workers)")
     if s > 0 and t < 1:
         raise UserError(f"--time-ratio {t}: with {s} small worker(s) the extra-time ratio t must be >= 1 "
                         f"(small batches are slower per sample; t < 1 gives them less time than the baseline)")

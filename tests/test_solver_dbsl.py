@@ -124,3 +124,20 @@ def test_cyclic_layout_substages_parameter():
     # six sub-stages over three resolutions: each resolution twice in a row (merged into one phase)
     six = cyclic_layout(job, substages=6)
     assert [(s.end_epoch, s.resolution) for s in six][:3] == [(20, 160), (40, 224), (60, 288)]
+
+
+def test_every_worker_small_gives_the_journal_batches_and_shares(gtx):
+    """s = n (4 of 4): the baseline's equal split d_S = N/n, and the batch that fills the
+    budget t·T0: B_S = b / (t·(a + b/B_L) − a). At 24 px (a = 0.3527 ms, b = 14.79 ms,
+    B_L = 600): t = 1 keeps 600; 1.05 gives 0.014789 / 4.351e-5 = 339.9 -> 340."""
+    cluster, job = gtx
+    c = coeffs(cluster, 24)
+    for t, want in ((1.0, 600), (1.05, 340), (1.1, 237)):
+        alloc = dbsl_allocation(cluster, job, 24, t, 4)
+        assert alloc.small == ("gtx0", "gtx1", "gtx2", "gtx3")
+        assert alloc.shares == (12500,) * 4
+        assert alloc.batches == (want,) * 4
+        a, b, big = c.a_s[0], c.b_s[0], c.max_batch[0]
+        assert want == round(b / (t * (a + b / big) - a))
+    with pytest.raises(UserError, match="between 0 and 4"):
+        dbsl_allocation(cluster, job, 24, 1.05, 5)

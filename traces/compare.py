@@ -11,6 +11,7 @@ import math
 from collections import defaultdict
 from typing import Any
 
+from hybridps.semantics import Ledger
 from traces.calibrate import _effective_records as effective_records  # the same gap rule as calibrate
 from traces.jsonl import Trace
 from traces.summary import summarize, wait_s
@@ -85,15 +86,12 @@ def _epoch_ends(trace: Trace) -> list[float]:
     """When the applied count first reached each multiple of the dataset (header's job)."""
     plan, job = trace.header.get("plan") or {}, trace.header.get("job") or {}
     samples_per_epoch = (job.get("data") or {}).get("samples")
-    total_epochs = sum(p.get("epochs", 0) for p in plan.get("phases", []))
-    ends: list[float] = []
-    if samples_per_epoch:
-        applied = 0
-        for t, n in _applied_pushes(trace):
-            applied += n
-            while len(ends) < total_epochs and applied >= (len(ends) + 1) * samples_per_epoch:
-                ends.append(t)
-    return ends
+    if not samples_per_epoch:
+        return []
+    ledger = Ledger(samples_per_epoch, [p.get("epochs", 0) for p in plan.get("phases", [])])
+    for t, n in _applied_pushes(trace):
+        ledger.apply(n, t)
+    return ledger.epoch_end_s
 
 
 def mean_summary(summaries: list[dict[str, Any]]) -> dict[str, Any]:

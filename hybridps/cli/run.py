@@ -8,48 +8,74 @@ under torchrun (RANK/WORLD_SIZE set) the same command is one rank of the run.
 from __future__ import annotations
 
 import argparse
-
 import os
 import sys
+from dataclasses import dataclass, field, fields
 from pathlib import Path
+from typing import Any, Callable
 
 from hybridps.cli import TORCH_INSTALL_HINT, nonnegative_int_arg, path_arg, positive_float_arg, positive_int_arg, seed_arg
+
+
+def _flag(help: str, default: Any = None, type: Callable | None = None, metavar: str | None = None,
+          choices: tuple[str, ...] | None = None, short: str | None = None, child: bool = True) -> Any:
+    """A field of RunArgs: its argparse settings; `child`: the --local children get it too."""
+    return field(default=default, metadata={"help": help, "type": type, "metavar": metavar, "choices": choices,
+                                            "short": short, "child": child})
+
+
+@dataclass(frozen=True)
+class RunArgs:
+    """`hybridps run`'s options: the argparse flags and the argv of the --local children
+    are both derived from these fields (a bool is a switch)."""
+    cluster: str | None = _flag("cluster.toml (path or bundled name)")
+    job: str | None = _flag("job.toml (path or bundled name)")
+    plan: str | None = _flag("plan.json (path or bundled name)")
+    out: Path | None = _flag("output directory (trace.jsonl, summary.json, checkpoint.pt)", type=path_arg,
+                             metavar="DIR", short="-o")
+    local: bool = _flag("spawn every process on this machine", default=False, child=False)
+    resume: Path | None = _flag("continue the run in DIR from its checkpoint", type=path_arg, metavar="DIR")
+    overwrite: bool = _flag("start afresh in an --out that holds an unfinished run (its trace and checkpoints "
+                            "are deleted)", default=False, child=False)
+    on_worker_loss: str = _flag("stop (default: checkpoint, stop all, exit 3) or continue without the worker "
+                                "(any sync mode; the others re-split its data share)", default="stop",
+                                choices=("stop", "continue"))
+    worker_timeout: float = _flag("seconds without heartbeat/progress before a worker counts as lost (default 60)",
+                                  default=60.0, type=positive_float_arg, metavar="S")
+    model: str | None = _flag("override the job's model.name (resnet18, cnn, mlp, torchvision:NAME)")
+    data: str | None = _flag("override the job's data.name (synthetic[:C], cifar10, cifar100, imagefolder:DIR)")
+    data_dir: str | None = _flag("directory holding the CIFAR python batches", metavar="DIR")
+    seed: int | None = _flag("seed for data order, model init and stragglers (default: 0, stragglers: the "
+                             "cluster's [stragglers].seed)", type=seed_arg)
+    eval_every: int = _flag("evaluate every N epochs (0: only at phase ends; default 1)", default=1,
+                            type=nonnegative_int_arg, metavar="EPOCHS")
+    eval_samples: int | None = _flag("held-out samples per evaluation (default: the whole held-out split)",
+                                     type=positive_int_arg, metavar="N")
+    checkpoint_every: float = _flag("seconds between periodic checkpoints (default 300; always at phase ends)",
+                                    default=300.0, type=positive_float_arg, metavar="S")
+    device: str = _flag("where workers compute: auto (cuda when available), cpu or cuda (default auto)",
+                        default="auto", choices=("auto", "cpu", "cuda"))
+    threads: int = _flag("torch threads per process (default 1)", default=1, type=positive_int_arg)
+    no_emulate: bool = _flag("do not enforce the cluster's slowdown, bandwidth and stragglers", default=False)
+    json: bool = _flag("print summary.json on stdout at the end (progress and the human lines go to stderr)",
+                       default=False, child=False)
+
+
+def _option(name: str) -> str:
+    return "--" + name.replace("_", "-")
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("run", help="execute a plan on real processes (torch.distributed PS); needs torch",
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--cluster", help="cluster.toml (path or bundled name)")
-    p.add_argument("--job", help="job.toml (path or bundled name)")
-    p.add_argument("--plan", help="plan.json (path or bundled name)")
-    p.add_argument("-o", "--out", type=path_arg, metavar="DIR", help="output directory (trace.jsonl, summary.json, checkpoint.pt)")
-    p.add_argument("--local", action="store_true", help="spawn every process on this machine")
-    p.add_argument("--resume", type=path_arg, metavar="DIR", help="continue the run in DIR from its checkpoint")
-    p.add_argument("--overwrite", action="store_true",
-                   help="start afresh in an --out that holds an unfinished run (its trace and checkpoints are deleted)")
-    p.add_argument("--on-worker-loss", choices=["stop", "continue"], default="stop",
-                   help="stop (default: checkpoint, stop all, exit 3) or continue without the worker "
-                        "(any sync mode; the others re-split its data share)")
-    p.add_argument("--worker-timeout", type=positive_float_arg, default=60.0, metavar="S",
-                   help="seconds without heartbeat/progress before a worker counts as lost (default 60)")
-    p.add_argument("--model", help="override the job's model.name (resnet18, cnn, mlp, torchvision:NAME)")
-    p.add_argument("--data", help="override the job's data.name (synthetic[:C], cifar10, cifar100, imagefolder:DIR)")
-    p.add_argument("--data-dir", metavar="DIR", help="directory holding the CIFAR python batches")
-    p.add_argument("--seed", type=seed_arg, help="seed for data order, model init and stragglers "
-                   "(default: 0, stragglers: the cluster's [stragglers].seed)")
-    p.add_argument("--eval-every", type=nonnegative_int_arg, default=1, metavar="EPOCHS",
-                   help="evaluate every N epochs (0: only at phase ends; default 1)")
-    p.add_argument("--eval-samples", type=positive_int_arg, default=None, metavar="N",
-                   help="held-out samples per evaluation (default: the whole held-out split)")
-    p.add_argument("--checkpoint-every", type=positive_float_arg, default=300.0, metavar="S",
-                   help="seconds between periodic checkpoints (default 300; always at phase ends)")
-    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto",
-                   help="where workers compute: auto (cuda when available), cpu or cuda (default auto)")
-    p.add_argument("--threads", type=positive_int_arg, default=1, help="torch threads per process (default 1)")
-    p.add_argument("--no-emulate", action="store_true",
-                   help="do not enforce the cluster's slowdown, bandwidth and stragglers")
-    p.add_argument("--json", action="store_true",
-                   help="print summary.json on stdout at the end (progress and the human lines go to stderr)")
+    for f in fields(RunArgs):
+        m = f.metadata
+        names = [m["short"], _option(f.name)] if m["short"] else [_option(f.name)]
+        if f.default is False:
+            p.add_argument(*names, action="store_true", help=m["help"])
+            continue
+        extra = {k: m[k] for k in ("type", "metavar", "choices") if m[k] is not None}
+        p.add_argument(*names, default=f.default, help=m["help"], **extra)
     p.set_defaults(func=run_maybe_json)
 
 
@@ -139,7 +165,7 @@ def check_out_dir(out: Path, args: argparse.Namespace, cluster, job, plan) -> st
     when --resume finds the run complete (nothing is touched), else "go"."""
     from hybridps.errors import UserError
     from hybridps.fileio import check_output_dir
-    from runtime.checkpoint import check_resume, checkpoint_path, load_checkpoint, spec_digests
+    from runtime.checkpoint import check_resume, load_checkpoint, spec_digests
     from runtime.context import canonical_model_name
 
     flag = "--resume" if args.resume is not None else "--out"
@@ -203,14 +229,13 @@ def check_model(job, job_file: str, model: str | None, data: str, data_dir: str 
 
 
 def _rebuild_argv(args: argparse.Namespace) -> list[str]:
+    """The children's argv: every RunArgs option they take, as given (or recovered by --resume)."""
     out: list[str] = []
-    for flag in ("cluster", "job", "plan", "out", "resume", "model", "data", "data_dir", "seed", "eval_every",
-                 "eval_samples", "checkpoint_every", "on_worker_loss", "worker_timeout", "device", "threads"):
-        v = getattr(args, flag)
-        if v is not None:
-            out += [f"--{flag.replace('_', '-')}", str(v)]
-    if args.no_emulate:
-        out.append("--no-emulate")
+    for f in fields(RunArgs):
+        value = getattr(args, f.name)
+        if not f.metadata["child"] or value is None or value is False:
+            continue
+        out += [_option(f.name)] if value is True else [_option(f.name), str(value)]
     return out
 
 

@@ -1,0 +1,161 @@
+"""The execution rules of docs/semantics.md, written once: the simulator (sim/) and the
+runtime's PS (runtime/server.py) both run these objects, so their traces agree record for
+record. Standard library only: no torch, no SimPy.
+
+- `Ledger`: sample accounting (phase target, epoch ends, due evaluations, when workers
+  stop, the DBSL mini-epoch rule);
+- `SSPGate`: who may start an interval, who waits, who is released;
+- `VersionClock`: model versions and the staleness of each update.
+"""
+
+from __future__ import annotations
+
+from typing import Iterable, Sequence
+
+
+class Ledger:
+    """Run-wide sample accounting. Samples count when a push is applied (`apply`); a
+    worker stops after an exchange when `phase_done` says so ("When a phase ends")."""
+
+    def __init__(self, dataset_samples: int, phase_epochs: Sequence[int], eval_every: int = 1,
+                 applied_total: int = 0, epoch_end_s: list[float] | None = None):
+        self.dataset_samples = dataset_samples
+        self.phase_epochs = list(phase_epochs)
+        self.epochs_before = [sum(self.phase_epochs[:p]) for p in range(len(self.phase_epochs))]
+        self.total_epochs = sum(self.phase_epochs)
+        self.eval_every = eval_every
+        self.applied_total = applied_total
+        self.epoch_end_s = epoch_end_s if epoch_end_s is not None else []  # filled in place
+        self.phase = -1
+        self.target = 0
+        self.applied_in_phase = 0
+        self.phase_end_epoch = 0
+        self.commits: dict[int, int] | None = None  # mini-epoch rule: each worker's commits in the phase
+        self.behind = 0  # mini-epoch rule: workers with fewer commits than the phase's epochs
+
+    def start_phase(self, p: int, workers: Iterable[int], mini_epochs: bool = False, applied: int = 0,
+                    commits: dict[int, int] | None = None) -> None:
+        """Phase `p` starts with `applied` samples and `commits` mini-epochs per worker
+        already in (a resumed run); `mini_epochs`: model exchange with local_steps null."""
+        self.phase = p
+        self.target = self.phase_epochs[p] * self.dataset_samples
+        self.applied_in_phase = applied
+        self.phase_end_epoch = self.epochs_before[p] + self.phase_epochs[p]
+        self.commits = None
+        if mini_epochs:
+            self.commits = {w: (commits or {}).get(w, 0) for w in workers}
+            self.behind = sum(c < self.phase_epochs[p] for c in self.commits.values())
+
+    def apply(self, samples: int, now_s: float) -> Sequence[int]:
+        """Count an applied update of `samples`; returns the epochs (1-based, counted across
+        phases, capped at the run's total) that it ended, their times kept in epoch_end_s."""
+        self.applied_in_phase += samples
+        self.applied_total += samples
+        ends = self.epoch_end_s
+        if self.applied_total < (len(ends) + 1) * self.dataset_samples:
+            return ()  # the common case, kept cheap: the simulator calls this once per update
+        ended = []
+        while len(ends) < self.total_epochs and self.applied_total >= (len(ends) + 1) * self.dataset_samples:
+            ends.append(now_s)
+            ended.append(len(ends))
+        return tuple(ended)
+
+    def commit(self, workers: Iterable[int]) -> None:
+        """The pushes of `workers` were applied: under the mini-epoch rule, one mini-epoch each."""
+        if self.commits is None:
+            return
+        epochs = self.phase_epochs[self.phase]
+        for w in workers:
+            self.commits[w] += 1
+            if self.commits[w] == epochs:
+                self.behind -= 1
+
+    def evaluation_due(self, epoch: int) -> bool:
+        """Whether the PS evaluates at the end of `epoch` inside the phase (every
+        `eval_every` epochs; the phase's last epoch is the phase-end evaluation's)."""
+        return self.eval_every > 0 and epoch % self.eval_every == 0 and epoch < self.phase_end_epoch
+
+    def phase_done(self) -> bool:
+        """Does a worker stop after its exchange? Once the phase's applied samples reach its
+        target; under the mini-epoch rule also once every worker of the phase has committed
+        the phase's epochs (one mini-epoch each), so shares that round to less than the
+        dataset add no mini-epoch."""
+        return self.applied_in_phase >= self.target or (self.commits is not None and self.behind <= 0)
+
+    def worker_epoch(self, computed_samples: int, share: int) -> int:
+        """A worker's absolute epoch after computing `computed_samples` of share `share` in the phase."""
+        return self.epochs_before[self.phase] + computed_samples // share
+
+
+class SSPGate:
+    """ssp's bound: a worker with `c` exchanges in the phase may start its next interval
+    while `c - min_v c_v <= bound` over the workers still in the phase. An exchange
+    counts when its pull reaches the worker (docs/semantics.md). bound None: never holds."""
+
+    def __init__(self, bound: int | None, workers: Iterable[int]):
+        self.bound = bound
+        self.counts = {w: 0 for w in workers}
+        self.active = set(self.counts)
+        self.waiting: list[int] = []
+
+    def exchanged(self, worker: int) -> None:
+        self.counts[worker] += 1
+
+    def ahead(self, worker: int) -> int:
+        """How many exchanges `worker` is ahead of the slowest worker still in the phase."""
+        if not self.active:
+            return 0
+        return self.counts[worker] - min(self.counts[v] for v in self.active)
+
+    def may_start(self, worker: int) -> bool:
+        return self.bound is None or self.ahead(worker) <= self.bound
+
+    def hold(self, worker: int) -> None:
+        """`worker` waits until `release` lets it go."""
+        self.waiting.append(worker)
+
+    def leave(self, worker: int) -> None:
+        """`worker` stopped for the phase (or was lost): it no longer holds anyone back."""
+        self.active.discard(worker)
+        if worker in self.waiting:
+            self.waiting.remove(worker)
+
+    def release(self) -> list[int]:
+        """The waiting workers that may start now, in the order they began to wait."""
+        if not self.waiting:
+            return []
+        go = [w for w in self.waiting if self.may_start(w)]
+        if go:
+            self.waiting = [w for w in self.waiting if w not in go]
+        return go
+
+
+class VersionClock:
+    """Model versions count applies (one per asp/ssp push, one per bsp round); an update's
+    staleness is the versions applied between its worker's previous pull and it."""
+
+    def __init__(self, version: int = 0):
+        self.version = version
+        self.read: dict[int, int] = {}
+
+    def start_phase(self, workers: Iterable[int]) -> None:
+        """Every worker starts a phase from the current model: a phase start is a pull."""
+        for w in workers:
+            self.read[w] = self.version
+
+    def apply_push(self, worker: int) -> tuple[int, int]:
+        """One asp/ssp update of `worker`'s push (a worker of the phase): (new version, its staleness)."""
+        staleness = self.version - self.read[worker]
+        self.version += 1
+        return self.version, staleness
+
+    def apply_round(self, workers: Iterable[int]) -> int:
+        """One bsp round of `workers`' pushes (staleness 0 for all): the new version, which
+        they all pull."""
+        self.version += 1
+        for w in workers:
+            self.read[w] = self.version
+        return self.version
+
+    def pulled(self, worker: int) -> None:
+        self.read[worker] = self.version

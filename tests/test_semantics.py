@@ -1,0 +1,201 @@
+"""The shared execution rules (hybridps/semantics.py) on constructed event sequences, and
+the import structure that keeps them shared: no circle between sim's modules."""
+
+from __future__ import annotations
+
+import ast
+import importlib
+import pkgutil
+from pathlib import Path
+
+import pytest
+
+from hybridps.semantics import Ledger, SSPGate, VersionClock
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_ssp_gate_holds_a_worker_more_than_bound_ahead_and_releases_it():
+    gate = SSPGate(1, [0, 1, 2])
+    for _ in range(2):
+        gate.exchanged(0)
+    gate.exchanged(1)
+    assert gate.ahead(0) == 2 and not gate.may_start(0)  # 2 - 0 > 1
+    assert gate.may_start(1) and gate.may_start(2)
+    gate.hold(0)
+    assert gate.release() == []  # worker 2 has still done nothing
+    gate.exchanged(2)
+    assert gate.release() == [0]  # 2 - 1 <= 1
+    assert gate.waiting == []
+
+
+def test_ssp_gate_a_stopped_worker_no_longer_holds_anyone_back():
+    gate = SSPGate(0, [0, 1])
+    gate.exchanged(0)
+    gate.hold(0)
+    assert gate.release() == []
+    gate.leave(1)  # worker 1 stopped for the phase
+    assert gate.release() == [0]
+    gate.leave(0)
+    assert gate.ahead(0) == 0 and gate.may_start(0)  # nobody left: nobody waits
+
+
+def test_ssp_gate_without_bound_never_holds_and_releases_in_waiting_order():
+    free = SSPGate(None, [0, 1])
+    for _ in range(5):
+        free.exchanged(0)
+    assert free.may_start(0)
+    gate = SSPGate(0, [0, 1, 2])
+    gate.exchanged(2)
+    gate.exchanged(0)
+    gate.hold(2)
+    gate.hold(0)
+    gate.exchanged(1)
+    assert gate.release() == [2, 0]
+
+
+def test_version_clock_phase_start_counts_as_a_pull():
+    clock = VersionClock()
+    clock.start_phase([0, 1])
+    assert clock.apply_push(0) == (1, 0)
+    assert clock.apply_push(1) == (2, 1)  # worker 1 read version 0; one update since
+    clock.pulled(0)
+    clock.pulled(1)
+    clock.apply_push(0)
+    assert clock.apply_push(0)[1] == 1  # worker 0 has not pulled version 3
+    assert clock.apply_round([0]) == 5
+    assert clock.apply_push(0) == (6, 0) and clock.apply_push(1)[1] == 4  # 1 read 2; 3 to 6 since
+    clock.start_phase([0, 1])  # the next phase starts from version 7 for everyone
+    assert clock.apply_push(1) == (8, 0)
+
+
+def test_ledger_epoch_ends_are_counted_across_phases_and_capped():
+    ledger = Ledger(100, [2, 1], eval_every=1)
+    ledger.start_phase(0, 2)
+    assert ledger.apply(60, 1.0) == ()
+    assert ledger.apply(60, 2.0) == (1,)
+    assert not ledger.phase_done()
+    assert ledger.apply(90, 3.0) == (2,)
+    assert ledger.phase_done()
+    assert ledger.evaluation_due(1) and not ledger.evaluation_due(2)  # epoch 2 ends the phase
+    ledger.start_phase(1, 2)
+    assert ledger.applied_in_phase == 0 and ledger.worker_epoch(150, 50) == 5
+    assert ledger.apply(200, 4.0) == (3,)  # the run has 3 epochs: no fourth end
+    assert ledger.epoch_end_s == [2.0, 3.0, 4.0]
+
+
+def test_ledger_eval_every_and_a_resumed_phase():
+    ledger = Ledger(10, [4], eval_every=2, applied_total=15, epoch_end_s=[0.5])
+    ledger.start_phase(0, 1, applied=15)
+    assert ledger.apply(5, 1.0) == (2,)
+    assert [e for e in (1, 2, 3, 4) if ledger.evaluation_due(e)] == [2]
+    assert Ledger(10, [4], eval_every=0).evaluation_due(2) is False
+
+
+def test_ledger_mini_epoch_rule_ends_the_phase_on_commits():
+    """Shares summing to N - 1: on samples the phase would need one more mini-epoch from
+    each worker; on commits it ends after exactly `epochs` of them per worker."""
+    ledger = Ledger(100, [2])
+    ledger.start_phase(0, [0, 1], mini_epochs=True)
+    for _ in range(2):
+        for w, share in ((0, 50), (1, 49)):
+            assert not ledger.phase_done()
+            ledger.apply(share, 1.0)
+            ledger.commit([w])
+    assert ledger.applied_in_phase == 198 and ledger.phase_done()
+
+
+def test_ledger_mini_epoch_rule_waits_for_every_worker_or_the_samples():
+    ledger = Ledger(100, [2])
+    ledger.start_phase(0, [0, 1], mini_epochs=True, commits={0: 1})  # a resumed run: one already in
+    ledger.commit([0, 0, 0])  # a fast worker's extra mini-epochs do not end the phase ...
+    assert not ledger.phase_done()
+    ledger.apply(150, 1.0)
+    ledger.commit([1])
+    assert not ledger.phase_done()
+    ledger.commit([1])  # ... the slow one's last does
+    assert ledger.phase_done()
+    ledger.start_phase(0, [0, 1], mini_epochs=True)
+    ledger.apply(200, 2.0)
+    assert ledger.phase_done()  # the sample target still ends it (a fast worker ran ahead)
+    ledger.start_phase(0, [0, 1], mini_epochs=False)
+    ledger.commit([0, 0, 1, 1])
+    assert not ledger.phase_done()  # the sample rule ignores commits
+
+
+def _imports(path: Path) -> set[str]:
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.module:
+            names.add(node.module)
+        elif isinstance(node, ast.Import):
+            names.update(a.name for a in node.names)
+    return names
+
+
+def test_sim_engine_ps_worker_form_no_circle():
+    """engine imports ps and worker; neither imports the engine or the other, even for typing."""
+    assert not {"sim.engine", "sim.worker"} & _imports(ROOT / "sim" / "ps.py")
+    assert not {"sim.engine", "sim.ps"} & _imports(ROOT / "sim" / "worker.py")
+
+
+def test_semantics_is_standard_library_only():
+    allowed = {"__future__", "typing"}
+    assert _imports(ROOT / "hybridps" / "semantics.py") <= allowed
+
+
+@pytest.mark.parametrize("package", ["hybridps", "sim", "solver", "traces", "runtime"])
+def test_every_module_imports_on_its_own(package):
+    """A circle between modules shows up as an ImportError when one is imported first."""
+    pkg = importlib.import_module(package)
+    for info in pkgutil.iter_modules(pkg.__path__):
+        if info.name == "__main__":
+            continue  # runs the command line
+        importlib.import_module(f"{package}.{info.name}")
+
+
+# --- the mini-epoch rule in the simulator ---------------------------------------------
+
+def _pushes(cluster, job, plan) -> dict[tuple[int, str], int]:
+    from sim import simulate
+
+    counts: dict[tuple[int, str], int] = {}
+    for r in simulate(cluster, job, plan, record=True).records:
+        if r["kind"] == "push":
+            counts[r["phase"], r["worker"]] = counts.get((r["phase"], r["worker"]), 0) + 1
+    return counts
+
+
+def _short_by_one(plan, cluster, job, **phase):
+    """The plan with one sample less in the first worker's share: shares sum to N - 1."""
+    from hybridps.spec import plan_from_dict
+
+    d = plan.to_json_dict()
+    for ph in d["phases"]:
+        ph["workers"][0]["samples"] -= 1
+        ph.update(phase)
+    return plan_from_dict(d, "test", cluster, job)
+
+
+def test_dbsl_plan_with_shares_one_short_runs_no_extra_mini_epochs():
+    """The bundled CIFAR-100 DBSL plan (asp, 40 + 40 + 20 + ... mini-epochs) and the same
+    plan with shares summing to N - 1 run the same mini-epochs per phase and worker (on
+    samples alone the short one ran 584 exchanges instead of 563)."""
+    from hybridps.spec import load_cluster, load_job, load_plan
+
+    cluster, job = load_cluster("gtx1080x4"), load_job("cifar100-resnet18")
+    plan = load_plan("gtx1080x4-cifar100-dbsl", cluster, job)
+    exact = _pushes(cluster, job, plan)
+    assert _pushes(cluster, job, _short_by_one(plan, cluster, job)) == exact
+    assert sum(exact.values()) == 563
+    for (p, _), n in exact.items():  # at most the drain's one in-flight mini-epoch more
+        assert plan.phases[p].epochs <= n <= plan.phases[p].epochs + 1
+
+
+def test_bsp_mini_epochs_with_shares_one_short_run_exactly_epochs_rounds():
+    from hybridps.spec import load_cluster, load_job, load_plan
+
+    cluster, job = load_cluster("gtx1080x4"), load_job("cifar100-resnet18")
+    plan = _short_by_one(load_plan("gtx1080x4-cifar100-dbsl", cluster, job), cluster, job, sync="bsp")
+    for (p, _), n in _pushes(cluster, job, plan).items():
+        assert n == plan.phases[p].epochs

@@ -7,9 +7,14 @@ with its ratio to the target (the MILP figures against the same 30 s, for scale)
     python bench/plan_speed.py [--repeat N] [--jobs J]
     python bench/plan_speed.py --large [--xl]   # 256 workers of 3 device types (target 10 s); --xl: also 1,024
 
---large also times candidate generation in-process at 256 workers with the DBSL pruning
-the search uses (`generate(..., dbsl_keep=12)`) against the unpruned generation, in the
-same run, and checks that both give the same DBSL candidates the search can simulate.
+--large times `hybridps plan --strategy all` at 256 workers (issue 14: 10 s or less on
+this 2-core machine) and, in the same run, the old path (`search(..., reuse=False)`: the
+baseline's full run waits for the full stage, the balanced MILPs are not shared, each
+stage scores its own plans) in a fresh interpreter with the same defaults; it prints the
+ratio of the two and stops with an error unless both chose the same plan with the same
+predicted and uniform makespans. It also times candidate generation in-process with the
+DBSL pruning the search uses (`generate(..., dbsl_keep=12)`) against the unpruned
+generation.
 """
 
 from __future__ import annotations
@@ -45,11 +50,18 @@ def mixed_cluster_toml(n_workers: int) -> str:
     return head + body + strag
 
 
-def time_plan(cluster: str, job: str, jobs: int | None, out_dir: Path, *extra: str) -> tuple[float, str]:
+def time_plan(cluster: str, job: str, jobs: int | None, out_dir: Path, *extra: str) -> tuple[float, float, str]:
+    """Wall and CPU seconds of `hybridps plan` (plan.json into `out_dir`), and what it wrote."""
     cmd = [sys.executable, "-m", "hybridps", "plan", "--cluster", cluster, "--job", job, "--strategy", "all",
            "-o", str(out_dir / "plan.json"), *extra]
     if jobs:
         cmd += ["--jobs", str(jobs)]
+    wall, cpu, out = timed(cmd, "plan")
+    return wall, cpu, out.stdout.strip().splitlines()[-1].split(":", 1)[-1].strip()
+
+
+def timed(cmd: list[str], what: str) -> tuple[float, float, subprocess.CompletedProcess]:
+    """Run `cmd`: its wall and CPU seconds (its own and its children's) and its output."""
     import resource
 
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -57,10 +69,40 @@ def time_plan(cluster: str, job: str, jobs: int | None, out_dir: Path, *extra: s
     out = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
     wall = time.perf_counter() - t0
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    cpu = (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
     if out.returncode != 0:
-        raise SystemExit(f"plan failed: {out.stderr}")
-    return wall, f"cpu {cpu:.1f} s; " + out.stdout.strip().splitlines()[-1].split(":", 1)[-1].strip()
+        raise SystemExit(f"{what} failed: {out.stderr}")
+    return wall, (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime), out
+
+
+def time_old_path(cluster: str, job: str, jobs: int | None, out: Path) -> tuple[float, float]:
+    """Wall and CPU seconds of `search(..., reuse=False)` in a fresh interpreter (this
+    script's --old-path), with `hybridps plan`'s defaults; its plan is written to `out`."""
+    cmd = [sys.executable, __file__, "--old-path", cluster, job, str(out)] + (["--jobs", str(jobs)] if jobs else [])
+    wall, cpu, _ = timed(cmd, "old path")
+    return wall, cpu
+
+
+def old_path(cluster: str, job: str, out: str, jobs: int | None) -> None:
+    """--old-path: the search as before the shared scoring pool, its plan written to `out`."""
+    from hybridps.fileio import atomic_write_json
+    from hybridps.spec import load_cluster, load_job
+    from solver.candidates import Constraints
+    from solver.search import search
+
+    result = search(load_cluster(cluster), load_job(job), Constraints(), seed=0, jobs=jobs or os.cpu_count() or 1,
+                    reuse=False)
+    atomic_write_json(out, result.plan.to_json_dict())
+
+
+def same_plan(new: Path, old: Path) -> str:
+    """Stop unless the two plan.json files have the same phases and predictions."""
+    import json
+
+    a, b = json.loads(new.read_text()), json.loads(old.read_text())
+    keys = ("predicted_makespan_s", "uniform_makespan_s", "strategy", "parameters")
+    if a["phases"] != b["phases"] or any(a["meta"][k] != b["meta"][k] for k in keys):
+        raise SystemExit(f"the new and the old path chose different plans: {new} vs {old}")
+    return "same plan (phases, predicted and uniform makespans identical)"
 
 
 def time_milp(n_workers: int, resolution: int = 224, solver: str = "highs") -> tuple[float, object]:
@@ -111,7 +153,11 @@ def main() -> None:
     ap.add_argument("--jobs", type=int, default=None, help="--jobs for hybridps plan (default: CPU count)")
     ap.add_argument("--large", action="store_true", help="256 workers of 3 device types (target 10 s)")
     ap.add_argument("--xl", action="store_true", help="with --large: also 1,024 workers (report)")
+    ap.add_argument("--old-path", nargs=3, metavar=("CLUSTER", "JOB", "OUT"), help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.old_path:
+        old_path(*args.old_path, args.jobs)
+        return
     if args.large:
         large(args)
         return
@@ -126,8 +172,8 @@ def main() -> None:
                 ("plan --strategy all, mixed64 (64 workers)", str(c64), ()),
                 ("  same, --baseline auto (64 workers)", str(c64), ("--baseline", "auto"))):
             runs = [time_plan(cluster, "imagenet-resnet18", args.jobs, tmp, *extra) for _ in range(args.repeat)]
-            wall, last = min(runs)
-            report(name, wall, last[:100])
+            wall, cpu, last = min(runs)
+            report(name, wall, f"cpu {cpu:.1f} s; {last}"[:100])
         for n, solver in ((64, "highs"), (256, "highs"), (256, "cbc")):
             runs = [time_milp(n, solver=solver) for _ in range(args.repeat)]
             wall, sol = min(runs, key=lambda r: r[0])
@@ -144,9 +190,16 @@ def large(args) -> None:
             path = tmp / f"mixed{n}.toml"
             path.write_text(mixed_cluster_toml(n))
             runs = [time_plan(str(path), "imagenet-resnet18", args.jobs, tmp) for _ in range(args.repeat)]
-            wall, last = min(runs)
+            wall, cpu, last = min(runs)
             print(f"plan --strategy all, mixed{n} ({n} workers) {wall:8.2f} s   {wall / 10.0:5.2f}x of the 10 s target   "
-                  f"{last[:110]}   (load average {os.getloadavg()[0]:.1f})", flush=True)
+                  f"cpu {cpu:.1f} s; {last[:110]}   (load average {os.getloadavg()[0]:.1f})", flush=True)
+            old = [time_old_path(str(path), "imagenet-resnet18", args.jobs, tmp / "old.json")
+                   for _ in range(args.repeat)]
+            old_wall, old_cpu = min(old)
+            print(f"  old path (reuse=False), same run {old_wall:8.2f} s   cpu {old_cpu:.1f} s; "
+                  f"new/old: wall {wall / old_wall:.2f}x, cpu {cpu / old_cpu:.2f}x; "
+                  f"{same_plan(tmp / 'plan.json', tmp / 'old.json')}   (load average {os.getloadavg()[0]:.1f})",
+                  flush=True)
 
 
 if __name__ == "__main__":

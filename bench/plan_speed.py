@@ -15,6 +15,8 @@ ratio of the two and stops with an error unless both chose the same plan with th
 predicted and uniform makespans. It also times candidate generation in-process with the
 DBSL pruning the search uses (`generate(..., dbsl_keep=12)`) against the unpruned
 generation.
+
+    python bench/plan_speed.py --timeline   # where the 256-worker search's time goes
 """
 
 from __future__ import annotations
@@ -147,12 +149,63 @@ def time_generate(n_workers: int, repeat: int) -> None:
           f"{sum(c.strategy != 'dbsl' for c in full) - 1} MILP-based candidates)", flush=True)
 
 
+START_S = [0.0]  # --timeline: when the search started (pool processes inherit it)
+
+
+def timed_scorer(cluster, job, plan, seed):
+    """The search's default scorer, printing where and when each simulation ran and its CPU seconds."""
+    from solver.search import simulate_summary
+
+    t0, c0 = time.time(), time.process_time()
+    out = simulate_summary(cluster, job, plan, seed)
+    syncs = "/".join(dict.fromkeys(p.sync for p in plan.phases))
+    print(f"  pid {os.getpid():>7}  {t0 - START_S[0]:6.2f}-{time.time() - START_S[0]:6.2f} s  "
+          f"cpu {time.process_time() - c0:5.2f} s  {sum(p.epochs for p in plan.phases):>3} epochs  {syncs} "
+          f"{plan.phases[0].compression.kind}", flush=True)
+    return out
+
+
+def timeline(args) -> None:
+    """--timeline: where the 256-worker search's time goes: cProfile of candidate generation,
+    then every simulation of one search with the default pool (process, start-end, CPU)."""
+    import cProfile
+    import pstats
+    import tomllib
+
+    import highspy  # noqa: F401 - imported before timing, as the search has it by then
+    import pulp  # noqa: F401
+
+    from hybridps.spec import cluster_from_dict, load_job
+    from solver.candidates import Constraints, generate
+    from solver.search import search
+
+    print(f"cpus: {os.cpu_count()}, python {sys.version.split()[0]}, load average {os.getloadavg()[0]:.1f}")
+    cluster = cluster_from_dict(tomllib.loads(mixed_cluster_toml(256)), "<mixed256>")
+    job = load_job("imagenet-resnet18")
+    prof = cProfile.Profile()
+    c0 = time.process_time()
+    prof.runcall(generate, cluster, job, Constraints(), dbsl_keep=12)
+    print(f"generate, 256 workers: {time.process_time() - c0:.2f} s cpu under cProfile")
+    pstats.Stats(prof, stream=sys.stdout).sort_stats("cumulative").print_stats(14)
+    jobs = args.jobs or os.cpu_count() or 1
+    print(f"search, 256 workers, jobs={jobs}: every simulation (main process pid {os.getpid()})", flush=True)
+    START_S[0] = time.time()
+    c0 = time.process_time()
+    res = search(cluster, job, Constraints(), scorer=timed_scorer, seed=0, jobs=jobs)
+    print(f"wall {time.time() - START_S[0]:.2f} s (generate {res.stage_s['generate_s']:.2f}, proxy "
+          f"{res.stage_s['proxy_s']:.2f}, full {res.stage_s['full_s']:.2f}), main process cpu "
+          f"{time.process_time() - c0:.2f} s; {res.best.candidate.label}, predicted {res.best.best_s:.1f} s "
+          f"(load average {os.getloadavg()[0]:.1f})")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--repeat", type=int, default=1, help="runs per figure; the best is reported")
     ap.add_argument("--jobs", type=int, default=None, help="--jobs for hybridps plan (default: CPU count)")
     ap.add_argument("--large", action="store_true", help="256 workers of 3 device types (target 10 s)")
     ap.add_argument("--xl", action="store_true", help="with --large: also 1,024 workers (report; no old-path run)")
+    ap.add_argument("--timeline", action="store_true",
+                    help="256 workers: cProfile of candidate generation, then when and where each simulation ran")
     ap.add_argument("--old-path", nargs=3, metavar=("CLUSTER", "JOB", "OUT"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.old_path:
@@ -160,6 +213,9 @@ def main() -> None:
         return
     if args.large:
         large(args)
+        return
+    if args.timeline:
+        timeline(args)
         return
     print(f"cpus: {os.cpu_count()}, python {sys.version.split()[0]}, load average {os.getloadavg()[0]:.1f} "
           "(other work on the machine inflates wall times; cpu = the command's own CPU seconds)")

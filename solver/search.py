@@ -523,7 +523,8 @@ def search(cluster: Cluster, job: Job, cons: Constraints, scorer: Scorer = simul
         cands = generate(cluster, job, cons, dbsl_keep=None if targeted else proxy_count, share_milps=reuse)
         t_gen = time.perf_counter()
         ranked = [Ranked(c, i, risks=risks(c.plan, job.convergence)) for i, c in enumerate(cands)]
-        if not any(r.candidate.strategy in cons.strategies for r in ranked):  # generate() puts uniform first
+        base = ranked[0]  # generate() puts uniform first
+        if not any(r.candidate.strategy in cons.strategies for r in ranked):
             raise UserError("no candidate plan satisfies the constraints (--strategy, --sync, --min-bsp-fraction); "
                             "relax one of them")
         proxied = _proxy_stage(scoring, cluster, job, ranked, cons, proxy_epochs, proxy_count,
@@ -534,13 +535,13 @@ def search(cluster: Cluster, job: Job, cons: Constraints, scorer: Scorer = simul
     ordered = sorted(ranked, key=_target_key if targeted else _time_key)
     eligible = [r for r in ordered if r.candidate.strategy in cons.strategies
                 and {ph.sync for ph in r.candidate.plan.phases} <= set(cons.sync_modes)]  # the bsp baseline too
-    best = eligible[0] if eligible else ranked[0]
+    best = eligible[0] if eligible else base
     plan = best.candidate.plan.model_copy(update={"meta": _best_meta(
-        best, ranked[0], objective, seed, proxy_epochs, len(cands), (target_accuracy, target_loss))})
+        best, base, objective, seed, proxy_epochs, len(cands), (target_accuracy, target_loss))})
     counts = {"candidates": len(cands), "proxy": len(proxied),
               "full": sum(r.full_s is not None for r in ranked)}
     stages = {"generate_s": t_gen - t0, "proxy_s": t_proxy - t_gen, "full_s": t_full - t_proxy}
-    return SearchResult(best, ranked[0], ordered, plan, time.perf_counter() - t0, counts, stages)
+    return SearchResult(best, base, ordered, plan, time.perf_counter() - t0, counts, stages)
 
 
 def _time_key(r: Ranked) -> tuple:

@@ -173,6 +173,28 @@ def _solve_fixed_k(c: Coeffs, lo: int, hi: int, solver: str, time_limit_s: float
     return MilpResult(batches, step, status, solver, own, wall)
 
 
+def _solve_fixed_k_memo(c: Coeffs, resolution: int, bounds: tuple[int, int], solver: str, time_limit_s: float,
+                        gap_rel: float, memo: dict | None) -> tuple[MilpResult, str]:
+    """`_solve_fixed_k` at `c` = the cluster's coefficients at `resolution`, looked up in
+    `memo` first; a broken HiGHS install falls back to CBC. Returns the result and the
+    solver used."""
+    key = (resolution, *bounds, solver, time_limit_s, gap_rel)
+    if memo is not None and key in memo:
+        return memo[key]
+    try:
+        res = _solve_fixed_k(c, bounds[0], bounds[1], solver, time_limit_s, gap_rel)
+    except UserError:
+        raise
+    except Exception:  # noqa: BLE001 - a broken HiGHS install falls back to CBC
+        if solver != "highs":
+            raise
+        solver = "cbc"
+        res = _solve_fixed_k(c, bounds[0], bounds[1], solver, time_limit_s, gap_rel)
+    if memo is not None:
+        memo[key] = (res, solver)
+    return res, solver
+
+
 def _fill(c: Coeffs, batches: np.ndarray, step_s: float, hi: int) -> np.ndarray:
     """Raise every batch to the largest that fits in `step_s` (and max_batch), keeping ΣB <= hi."""
     a = np.maximum(c.a_s, 1e-15)
@@ -219,8 +241,12 @@ def shares_for(N: int, K: int, batches: np.ndarray) -> np.ndarray:
 
 def solve_balanced(cluster: Cluster, job: Job, resolution: int, compression: Compression | None = None,
                    solver: str = "highs", time_limit_s: float = 10.0, gap_rel: float = 1e-6,
-                   max_milps: int = 50) -> BalancedSolution:
-    """Best integer batches and common step count at one resolution (see the module docstring)."""
+                   max_milps: int = 50, memo: dict | None = None) -> BalancedSolution:
+    """Best integer batches and common step count at one resolution (see the module docstring).
+
+    `memo`: fixed-K MILP results to share between calls on the same cluster. A fixed-K
+    MILP does not depend on the compression (only the choice of K does), so the three
+    compressions of one resolution mostly solve the same MILPs."""
     t_start = time.perf_counter()
     c = coeffs(cluster, resolution)
     n = len(c.names)
@@ -252,15 +278,8 @@ def solve_balanced(cluster: Cluster, job: Job, resolution: int, compression: Com
                     break
                 K = int(Ks[j])
                 bounds = _share_bounds(N, n, K, sum_max)
-                try:
-                    res = _solve_fixed_k(c, bounds[0], bounds[1], used_solver, time_limit_s, gap_rel)
-                except UserError:
-                    raise
-                except Exception:  # noqa: BLE001 - a broken HiGHS install falls back to CBC
-                    if used_solver != "highs":
-                        raise
-                    used_solver = "cbc"
-                    res = _solve_fixed_k(c, bounds[0], bounds[1], used_solver, time_limit_s, gap_rel)
+                res, used_solver = _solve_fixed_k_memo(c, resolution, bounds, used_solver, time_limit_s, gap_rel,
+                                                       memo)
                 milps += 1
                 if res.status in ("infeasible", "none"):
                     continue

@@ -125,16 +125,12 @@ def dbsl_plan(cluster: Cluster, job: Job, time_ratio: float, small: int, schedul
 
 def dbsl_estimate_s(cache: "EstimateCache", stages: list[Stage], allocs: dict) -> float:
     """`estimate_makespan_s` of the DBSL plan these allocations make, without building it
-    (the same arithmetic on the same arrays, so the same float)."""
-    cluster = cache.cluster
-    arrays = {}
-    for r, alloc in allocs.items():
-        B = np.array(alloc.batches, dtype=float)
-        d = np.array(alloc.shares, dtype=float)
-        arrays[r] = (cache.indices(alloc.names), B, d, np.ceil(d / B))  # one exchange per mini-epoch
+    (the same arithmetic on the same arrays, so the same float; the rate of each
+    allocation is computed once)."""
+    cluster, N = cache.cluster, cache.job.data.samples
     total = 0.0
     for st in stages:
-        total += phase_estimate_s(cache, st.epochs, st.resolution, "asp", Compression(), *arrays[st.resolution])
+        total += st.epochs * N / cache.dbsl_rate(allocs[st.resolution])
     return (total + (len(stages) - 1) * cluster.ps.phase_overhead_s
             + eval_overhead_s(cluster, [s.epochs for s in stages]))
 
@@ -143,16 +139,18 @@ class BalancedCache:
     """One MILP per (resolution, compression kind): candidates share them."""
 
     def __init__(self, cluster: Cluster, job: Job, solver: str = "highs", time_limit_s: float = 10.0,
-                 gap_rel: float = 1e-6):
+                 gap_rel: float = 1e-6, share_milps: bool = True):
         self.cluster, self.job = cluster, job
         self.solver, self.time_limit_s, self.gap_rel = solver, time_limit_s, gap_rel
         self._cache: dict[tuple[int, str], BalancedSolution] = {}
+        # fixed-K MILPs shared across compressions (solve_balanced's memo); False: each solves its own
+        self._milps: dict | None = {} if share_milps else None
 
     def get(self, resolution: int, compression: Compression) -> BalancedSolution:
         key = (resolution, compression.kind)
         if key not in self._cache:
             self._cache[key] = solve_balanced(self.cluster, self.job, resolution, compression, self.solver,
-                                              self.time_limit_s, self.gap_rel)
+                                              self.time_limit_s, self.gap_rel, memo=self._milps)
         return self._cache[key]
 
 
@@ -189,8 +187,9 @@ class EstimateCache:
     def __init__(self, cluster: Cluster, job: Job):
         self.cluster, self.job = cluster, job
         self._coeffs: dict[int, Any] = {}
-        self._exchange: dict[str, Any] = {}
+        self._exchange: dict[Compression, Any] = {}
         self._indices: dict[tuple[str, ...], list[int]] = {}
+        self._dbsl: dict[tuple, float] = {}
 
     def indices(self, names: tuple[str, ...]) -> list[int]:
         """Global worker indices of `names` (memoised: every DBSL variant lists all workers)."""
@@ -204,10 +203,21 @@ class EstimateCache:
         return self._coeffs[resolution]
 
     def exchange(self, compression: Compression):
-        key = repr(compression)
-        if key not in self._exchange:
-            self._exchange[key] = exchange_cost(self.cluster, self.job, compression)
-        return self._exchange[key]
+        if compression not in self._exchange:
+            self._exchange[compression] = exchange_cost(self.cluster, self.job, compression)
+        return self._exchange[compression]
+
+    def dbsl_rate(self, alloc) -> float:
+        """`async_rate` of a DBSL allocation (asp, one exchange per mini-epoch), memoised:
+        the stages and schedules that use one allocation share it (an allocation is fixed
+        by its resolution, budget and small workers)."""
+        key = (alloc.resolution, alloc.budget_s, alloc.small)
+        if key not in self._dbsl:
+            B = np.array(alloc.batches, dtype=float)
+            d = np.array(alloc.shares, dtype=float)
+            self._dbsl[key] = async_rate(self, alloc.resolution, "asp", Compression(), self.indices(alloc.names),
+                                         B, d, np.ceil(d / B))
+        return self._dbsl[key]
 
 
 def estimate_makespan_s(cluster: Cluster, job: Job, plan: Plan, cache: EstimateCache | None = None) -> float:
@@ -230,16 +240,25 @@ def phase_estimate_s(cache: EstimateCache, epochs: int, resolution: int, sync: s
                      idx: list[int], B: np.ndarray, d: np.ndarray, E: np.ndarray) -> float:
     """One phase of `estimate_makespan_s`, from the workers' batch, share and exchange
     interval arrays (so DBSL variants can be estimated before a Plan is built)."""
-    cluster, N = cache.cluster, cache.job.data.samples
-    c = cache.coeffs(resolution)
-    a, b = c.a_s[idx], c.b_s[idx]
-    ex = cache.exchange(compression)
     if sync == "bsp":
+        c = cache.coeffs(resolution)
+        a, b = c.a_s[idx], c.b_s[idx]
         K = np.ceil(d / B)
         last = d - (K - 1) * B
         epoch = float(((K - 1) * (a * B + b)).max() + (a * last + b).max()
-                      + K.max() * ex.concurrent_s.max())
+                      + K.max() * cache.exchange(compression).concurrent_s.max())
         return epochs * epoch
+    return epochs * cache.job.data.samples / async_rate(cache, resolution, sync, compression, idx, B, d, E)
+
+
+def async_rate(cache: EstimateCache, resolution: int, sync: str, compression: Compression,
+               idx: list[int], B: np.ndarray, d: np.ndarray, E: np.ndarray) -> float:
+    """An asp/ssp phase's samples per second: the workers' summed throughput, each interval
+    paying an uncontended exchange, scaled down if the PS NICs saturate; ssp holds every
+    worker to the slowest worker's exchange rate."""
+    c = cache.coeffs(resolution)
+    a, b = c.a_s[idx], c.b_s[idx]
+    ex = cache.exchange(compression)
     per_interval_samples = np.minimum(E * B, d)
     interval_s = per_interval_samples * a + np.ceil(per_interval_samples / B) * b + ex.alone_s[idx]
     rate = per_interval_samples / interval_s  # samples/s
@@ -250,10 +269,10 @@ def phase_estimate_s(cache: EstimateCache, epochs: int, resolution: int, sync: s
     # push and pull are separate directions of the full-duplex PS NICs: the busier one binds
     push_bytes_per_s = float(np.sum(exchanges_per_s * ex.push_bytes[idx]))
     pull_bytes_per_s = float(np.sum(exchanges_per_s * ex.pull_bytes))
-    load = max(push_bytes_per_s, pull_bytes_per_s) / ps_capacity_bytes_per_s(cluster)
+    load = max(push_bytes_per_s, pull_bytes_per_s) / ps_capacity_bytes_per_s(cache.cluster)
     if load > 1:
         rate = rate / load
-    return epochs * N / float(rate.sum())
+    return float(rate.sum())
 
 
 def phase_overheads_s(cluster: Cluster, plan: Plan) -> float:
@@ -310,7 +329,8 @@ def _allowed(plan: Plan, cons: Constraints) -> bool:
             and bsp_fraction(plan) >= cons.min_bsp_fraction - 1e-12)
 
 
-def generate(cluster: Cluster, job: Job, cons: Constraints, dbsl_keep: int | None = None) -> list[Candidate]:
+def generate(cluster: Cluster, job: Job, cons: Constraints, dbsl_keep: int | None = None,
+             share_milps: bool = True) -> list[Candidate]:
     """All candidates the constraints allow, in a fixed order; `uniform` always comes first
     (it is the baseline every result is compared with, allowed or not).
 
@@ -319,7 +339,10 @@ def generate(cluster: Cluster, job: Job, cons: Constraints, dbsl_keep: int | Non
     `proxy_count` estimates overall plus the best of each strategy, and picks among the
     simulated ones, so with K = proxy_count the dropped variants could never be simulated
     or chosen: the search result is the same (the variants are estimated without building
-    their plans, which is most of what generating 500 of them cost on 256 workers)."""
+    their plans, which is most of what generating 500 of them cost on 256 workers).
+
+    share_milps: the balanced MILPs of one resolution share their fixed-K solves across
+    compressions (the same plans; False solves each afresh, the old path the bench times)."""
     for s in cons.strategies:
         if s not in STRATEGIES:
             raise UserError(f"unknown strategy {s!r}; use one of: {', '.join(STRATEGIES)}, or all")
@@ -346,7 +369,7 @@ def generate(cluster: Cluster, job: Job, cons: Constraints, dbsl_keep: int | Non
     add("uniform", {"schedule": "fixed", "compression": "none", "batch": uniform_workers(
         cluster, job, max(job.train.resolutions))[0].batch}, uniform_plan(cluster, job))
     gradient_kinds = cons.compressions
-    cache = BalancedCache(cluster, job, cons.milp_solver, cons.milp_time_limit_s)
+    cache = BalancedCache(cluster, job, cons.milp_solver, cons.milp_time_limit_s, share_milps=share_milps)
     dbsl_memo: dict = {}
     for schedule in cons.schedules:
         if "dbsl" in cons.strategies:

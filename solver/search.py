@@ -20,7 +20,10 @@ Scoring is injectable: `scorer(cluster, job, plan, seed) -> summary` where the s
 has `makespan_s` and, for the proxy's per-phase scaling, `phases: [{start_s, end_s}]`
 (the `simulate --json` dict). The default runs `sim.simulate`. Scoring runs in worker
 processes (`jobs`), results are placed by candidate index, so their order does not
-depend on completion order.
+depend on completion order. One pool serves the whole search (`Scoring`): each distinct
+plan is simulated once, and the uniform baseline's full run (which every default search
+needs) starts before the candidates are generated, so it overlaps generation and the
+proxies.
 """
 
 from __future__ import annotations
@@ -29,14 +32,14 @@ import signal
 import time
 from collections.abc import Callable
 import multiprocessing
-from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from dataclasses import dataclass, field
 from typing import Any
 
 from hybridps.errors import UserError
 from hybridps.spec import Cluster, Job, Plan, cluster_from_dict, job_from_dict, plan_from_dict
 from hybridps.progress import progress_bar
-from solver.candidates import Candidate, Constraints, generate, phase_overheads_s
+from solver.candidates import Candidate, Constraints, generate, phase_overheads_s, uniform_plan
 
 BASELINE_MARGIN = 0.8  # skip the baseline's full run when the best proxy is this far below it
 
@@ -191,19 +194,19 @@ def proxy_quality(cluster: Cluster, job: Job, plan: Plan, short: Plan, summary: 
             "time_to_target_s": hit}
 
 
-_epoch_sink: Callable[[], None] | None = None  # set while score_all runs: counts simulated epochs
+_epoch_sink: Callable[[], None] | None = None  # set while a plan is scored: counts its simulated epochs
+_pool_counter = None  # in a pool process: the parent's shared epoch counter (set by _pool_init)
 
 
 def _epoch_done(_epochs_so_far: int) -> None:
-    """The simulator's per-epoch callback: tell score_all's progress bar."""
+    """The simulator's per-epoch callback: tell the scoring progress bar."""
     if _epoch_sink is not None:
         _epoch_sink()
 
 
-def _count_into(counter, then: Callable[[], None] | None = None) -> None:
-    """Each simulated epoch adds 1 to the shared `counter` (a pool initializer: in every
-    worker process), then calls `then` (inline: redraw the bar)."""
-    global _epoch_sink
+def _counting(counter, then: Callable[[], None] | None = None) -> Callable[[], None]:
+    """An epoch sink that adds 1 to the shared `counter`, then calls `then` (inline:
+    redraw the bar)."""
 
     def add() -> None:
         with counter.get_lock():
@@ -211,11 +214,16 @@ def _count_into(counter, then: Callable[[], None] | None = None) -> None:
         if then is not None:
             then()
 
-    _epoch_sink = add
+    return add
 
 
 def _plan_epochs(pd: dict) -> int:
     return sum(ph["epochs"] for ph in pd["phases"])
+
+
+def _plan_key(pd: dict) -> str:
+    """What a scorer sees of a plan: its phases (the meta is not simulated)."""
+    return repr(pd["phases"])
 
 
 def _task(scorer: Scorer, cluster_d: dict, job_d: dict, plan_d: dict, seed: int | None) -> dict:
@@ -227,70 +235,128 @@ def _task(scorer: Scorer, cluster_d: dict, job_d: dict, plan_d: dict, seed: int 
     return out
 
 
-def score_all(scorer: Scorer, cluster: Cluster, job: Job, plans: list[Plan], seed: int | None, jobs: int,
-              desc: str) -> list[dict]:
-    """Score plans in `jobs` processes (inline when jobs <= 1); results in input order.
-    Identical plans (e.g. sync-switch proxies that differ only beyond the proxy horizon)
-    are scored once and share the result."""
-    cd, jd = cluster.model_dump(mode="json"), job.model_dump(mode="json")
-    all_pds = [p.to_json_dict() for p in plans]
-    first: dict[str, int] = {}
-    slot = [first.setdefault(repr(pd["phases"]), len(first)) for pd in all_pds]
-    unique: dict[int, dict] = {}
-    for pd, i in zip(all_pds, slot):
-        unique.setdefault(i, pd)
-    pds = [unique[i] for i in range(len(first))]
-    results = _score_unique(scorer, cd, jd, pds, seed, jobs, desc)
-    return [dict(results[i]) for i in slot]
-
-
-def _score_unique(scorer: Scorer, cd: dict, jd: dict, pds: list[dict], seed: int | None, jobs: int,
-                  desc: str) -> list[dict]:
-    """Score each plan dict; the progress bar counts simulated epochs, so a long full
-    simulation moves it as it goes."""
+def _pool_task(live: bool, *args) -> dict:
+    """`_task` in a pool process; `live`: its simulated epochs move the parent's bar as they
+    happen (a plan started before its stage counts when it finishes)."""
     global _epoch_sink
-    results: list[dict | None] = [None] * len(pds)
-    counter = multiprocessing.Value("q", 0)  # epochs simulated so far, by every process
-    finished = 0  # epochs of the plans scored so far (a scorer that reports no epochs moves the bar too)
-    with progress_bar(sum(map(_plan_epochs, pds)), desc, unit="epoch") as bar:
+    _epoch_sink = _counting(_pool_counter) if live else None
+    return _task(*args)
+
+
+class Scoring:
+    """Scores plans for one search, in `jobs` processes (inline when jobs <= 1); results
+    come in input order whatever the completion order. Each distinct plan (its phases) is
+    scored once: repeated in one call (e.g. sync-switch proxies that differ only beyond
+    the proxy horizon), asked for again in a later call, or submitted early with `start`
+    (the uniform baseline's full run, while the candidates are generated), it shares the
+    first result. `reuse=False` forgets the results between calls (the old path, which
+    the bench times). Use as a context manager: leaving it on an error or Ctrl-C stops the
+    pool's processes, running tasks included."""
+
+    def __init__(self, scorer: Scorer, cluster: Cluster, job: Job, seed: int | None, jobs: int,
+                 reuse: bool = True):
+        self.scorer, self.seed, self.jobs, self.reuse = scorer, seed, jobs, reuse
+        self.cd, self.jd = cluster.model_dump(mode="json"), job.model_dump(mode="json")
+        self.counter = multiprocessing.Value("q", 0)  # epochs simulated so far, by every process
+        self.pool: ProcessPoolExecutor | None = None
+        self.results: dict[str, dict] = {}
+        self.running: dict[str, Future] = {}
+
+    def __enter__(self) -> "Scoring":
+        return self
+
+    def __exit__(self, exc_type, *_exc) -> None:
+        if self.pool is None:
+            return
+        if exc_type is None and not self.running:
+            self.pool.shutdown()
+        else:  # Ctrl-C, SIGTERM, a failed task, or work nobody waits for: leave no process behind
+            _terminate(self.pool)
+
+    def start(self, plans: list[Plan]) -> None:
+        """Submit `plans` now, for a later `score` to collect (inline: nothing to do)."""
+        if self.jobs > 1:
+            for key, pd in _keyed(plans):
+                self._submit(key, pd, live=False)
+
+    def score(self, plans: list[Plan], desc: str) -> list[dict]:
+        """Every plan's summary; the progress bar counts simulated epochs, so a long full
+        simulation moves it as it goes."""
+        if not self.reuse:
+            self.results = {}
+        keyed = _keyed(plans)
+        todo: dict[str, dict] = {}
+        for key, pd in keyed:
+            if key not in self.results:
+                todo.setdefault(key, pd)
+        with progress_bar(sum(map(_plan_epochs, todo.values())), desc, unit="epoch") as bar:
+            if self.jobs <= 1 or (len(todo) <= 1 and not todo.keys() & self.running.keys()):
+                self._inline(todo, bar)
+            else:
+                self._in_pool(todo, bar)
+        return [dict(self.results[key]) for key, _ in keyed]
+
+    def _submit(self, key: str, pd: dict, live: bool) -> None:
+        if key in self.results or key in self.running:
+            return
+        if self.pool is None:
+            self.pool = ProcessPoolExecutor(max_workers=self.jobs, initializer=_pool_init, initargs=(self.counter,))
+        self.running[key] = self.pool.submit(_pool_task, live, self.scorer, self.cd, self.jd, pd, self.seed)
+
+    def _inline(self, todo: dict[str, dict], bar) -> None:
+        global _epoch_sink
+        base, finished = self.counter.value, 0  # finished: a scorer that reports no epochs moves the bar too
 
         def show() -> None:
-            bar.update(max(counter.value, finished) - bar.n)
+            bar.update(max(self.counter.value - base, finished) - bar.n)
 
-        if jobs <= 1 or len(pds) <= 1:
-            _count_into(counter, show)
-            try:
-                for i, pd in enumerate(pds):
-                    results[i] = _task(scorer, cd, jd, pd, seed)
-                    finished += _plan_epochs(pd)
-                    show()
-            finally:
-                _epoch_sink = None
-        else:
-            pool = ProcessPoolExecutor(max_workers=min(jobs, len(pds)), initializer=_pool_init, initargs=(counter,))
-            try:
-                futs = {pool.submit(_task, scorer, cd, jd, pd, seed): i for i, pd in enumerate(pds)}
-                pending = set(futs)
-                while pending:
-                    done, pending = wait(pending, timeout=0.25, return_when=FIRST_COMPLETED)
-                    for fut in done:
-                        results[futs[fut]] = fut.result()
-                        finished += _plan_epochs(pds[futs[fut]])
-                    show()
-            except BaseException:  # Ctrl-C, SIGTERM or a failed task: leave no process behind
-                _terminate(pool)
-                raise
-            pool.shutdown()
-    return results  # type: ignore[return-value]
+        _epoch_sink = _counting(self.counter, show)
+        try:
+            for key, pd in todo.items():
+                self.results[key] = _task(self.scorer, self.cd, self.jd, pd, self.seed)
+                finished += _plan_epochs(pd)
+                show()
+        finally:
+            _epoch_sink = None
+
+    def _in_pool(self, todo: dict[str, dict], bar) -> None:
+        base, finished = self.counter.value, 0
+        for key, pd in todo.items():
+            self._submit(key, pd, live=True)
+        waiting = {self.running[key]: key for key in todo}
+        pending = set(waiting)
+        while pending:
+            done, pending = wait(pending, timeout=0.25, return_when=FIRST_COMPLETED)
+            for fut in done:
+                key = waiting[fut]
+                self.results[key] = fut.result()
+                del self.running[key]
+                finished += _plan_epochs(todo[key])
+            bar.update(max(self.counter.value - base, finished) - bar.n)
+
+
+def _keyed(plans: list[Plan]) -> list[tuple[str, dict]]:
+    """Each plan's `_plan_key` and JSON dict."""
+    pds = [p.to_json_dict() for p in plans]
+    return [(_plan_key(pd), pd) for pd in pds]
+
+
+def score_all(scorer: Scorer, cluster: Cluster, job: Job, plans: list[Plan], seed: int | None, jobs: int,
+              desc: str) -> list[dict]:
+    """Score plans in `jobs` processes (inline when jobs <= 1); results in input order,
+    identical plans scored once (`Scoring`)."""
+    with Scoring(scorer, cluster, job, seed, jobs) as scoring:
+        return scoring.score(plans, desc)
 
 
 def _pool_init(counter) -> None:
     """In a pool process: the parent decides about Ctrl-C (sent to the whole terminal
-    group); SIGTERM, which the parent sends to stop it, just ends it (no traceback); each
-    simulated epoch counts into the parent's progress bar."""
+    group); SIGTERM, which the parent sends to stop it, just ends it (no traceback);
+    simulated epochs count into the parent's `counter`."""
+    global _pool_counter
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
-    _count_into(counter)
+    _pool_counter = counter
 
 
 def _terminate(pool: ProcessPoolExecutor) -> None:
@@ -359,8 +425,7 @@ def _target_key(r: Ranked) -> tuple:
     return (group, level, ttt, r.index)
 
 
-def _confirm_reaching(scorer: Scorer, cluster: Cluster, job: Job, seed: int | None, jobs: int, ranked: list[Ranked],
-                      cons: Constraints, limit: int) -> None:
+def _confirm_reaching(scoring: Scoring, ranked: list[Ranked], cons: Constraints, limit: int) -> None:
     """The proxy can be too hopeful about quality: while a proxy-only candidate is predicted
     to reach the target sooner than every fully simulated one (or when no full one reaches),
     simulate it in full too (at most `limit` more), so the answer rests on an exact stream."""
@@ -372,16 +437,72 @@ def _confirm_reaching(scorer: Scorer, cluster: Cluster, job: Job, seed: int | No
         if not todo:
             return
         r = todo[0]
-        s = score_all(scorer, cluster, job, [r.candidate.plan], seed, 1, "full")[0]
+        s = scoring.score([r.candidate.plan], "full")[0]
         r.full_s, r.full_q = float(s["makespan_s"]), _quality_of(s)
+
+
+def _proxy_stage(scoring: Scoring, cluster: Cluster, job: Job, ranked: list[Ranked], cons: Constraints,
+                 proxy_epochs: int, proxy_count: int, targets: tuple[float | None, float | None]) -> list[Ranked]:
+    """Simulate the picked candidates on the shortened horizon; returns them, proxy_s set."""
+    base = ranked[0]
+    allowed = [r for r in ranked if r.candidate.strategy in cons.strategies]
+    by_est = sorted(allowed, key=lambda r: (r.candidate.estimate_s, r.index))
+    # quality has no closed-form estimate: with a target every candidate gets a proxy run
+    targeted = targets != (None, None)
+    pick = {r.index for r in (by_est if targeted else by_est[:proxy_count])} | {base.index}
+    seen: set[str] = set()
+    for r in by_est:  # the best-estimated candidate of every strategy gets simulated too
+        if r.candidate.strategy not in seen:
+            seen.add(r.candidate.strategy)
+            pick.add(r.index)
+    proxied = [ranked[i] for i in sorted(pick)]
+    shorts = [shorten(r.candidate.plan, proxy_epochs) for r in proxied]
+    summaries = scoring.score(shorts, "proxy")
+    for r, short, s in zip(proxied, shorts, summaries):
+        r.proxy_s = scale_up(r.candidate.plan, short, s) + phase_overheads_s(cluster, r.candidate.plan)
+        r.proxy_q = proxy_quality(cluster, job, r.candidate.plan, short, s, *targets)
+    return proxied
+
+
+def _full_stage(scoring: Scoring, ranked: list[Ranked], proxied: list[Ranked], cons: Constraints,
+                full_count: int, baseline: str, targeted: bool) -> None:
+    """Simulate the best `full_count` by proxy and the baseline (unless `baseline="auto"`
+    and the proxy shows it clearly beaten) in full; with a target, `_confirm_reaching`."""
+    base = ranked[0]
+    pool = [r for r in proxied if r.candidate.strategy in cons.strategies]
+    by_proxy = sorted(pool, key=_target_key if targeted else (lambda r: (r.proxy_s, r.index)))
+    full_pick = {r.index for r in by_proxy[:full_count]}
+    best_proxy = by_proxy[0].proxy_s if by_proxy else base.proxy_s
+    # The baseline is the costliest plan to simulate (small batches, many rounds). When the
+    # proxy says it is clearly beaten, its full run is skipped and its proxy figure reported.
+    skip_base = baseline == "auto" and best_proxy <= BASELINE_MARGIN * base.proxy_s
+    if not skip_base:
+        full_pick.add(base.index)
+    fulls = [ranked[i] for i in sorted(full_pick)]
+    if full_count > 0 and fulls:
+        summaries = scoring.score([r.candidate.plan for r in fulls], "full")
+        for r, s in zip(fulls, summaries):
+            r.full_s = float(s["makespan_s"])
+            r.full_q = _quality_of(s)
+        best_full = min(r.full_s for r in fulls)
+        if skip_base and best_full > BASELINE_MARGIN * base.proxy_s:  # the proxy was too hopeful
+            s = scoring.score([base.candidate.plan], "full")[0]
+            base.full_s, base.full_q = float(s["makespan_s"]), _quality_of(s)
+    if targeted and full_count > 0:
+        _confirm_reaching(scoring, ranked, cons, limit=2 * full_count)
 
 
 def search(cluster: Cluster, job: Job, cons: Constraints, scorer: Scorer = simulate_summary,
            seed: int | None = None, jobs: int = 2, proxy_epochs: int = 2, proxy_count: int = 12,
            full_count: int = 2, objective: str = "time", baseline: str = "full",
-           target_accuracy: float | None = None, target_loss: float | None = None) -> SearchResult:
+           target_accuracy: float | None = None, target_loss: float | None = None,
+           reuse: bool = True) -> SearchResult:
     """Rank the candidates; with a target (needs job.convergence) the objective is the
-    predicted time to it, and a plan predicted to miss never beats one predicted to reach."""
+    predicted time to it, and a plan predicted to miss never beats one predicted to reach.
+
+    reuse=False is the old path, kept for the bench's same-run baseline: the baseline's
+    full run waits for the full stage, the MILPs are not shared, and each stage scores
+    its own plans. Both paths give the same result."""
     from functools import partial
 
     from sim.convergence import risks
@@ -394,65 +515,44 @@ def search(cluster: Cluster, job: Job, cons: Constraints, scorer: Scorer = simul
     if scorer is simulate_summary and targeted:
         scorer = partial(simulate_summary, target_accuracy=target_accuracy, target_loss=target_loss)
     t0 = time.perf_counter()
-    # DBSL variants outside the best proxy_count estimates are never simulated: not generated
-    # pruning DBSL variants is exact only while proxies are picked by time estimate
-    cands = generate(cluster, job, cons, dbsl_keep=None if targeted else proxy_count)
-    t_gen = time.perf_counter()
-    ranked = [Ranked(c, i, risks=risks(c.plan, job.convergence)) for i, c in enumerate(cands)]
-    base = ranked[0]  # generate() puts uniform first
-    allowed = [r for r in ranked if r.candidate.strategy in cons.strategies]
-    if not allowed:
-        raise UserError("no candidate plan satisfies the constraints (--strategy, --sync, --min-bsp-fraction); "
-                        "relax one of them")
-
-    by_est = sorted(allowed, key=lambda r: (r.candidate.estimate_s, r.index))
-    # quality has no closed-form estimate: with a target every candidate gets a proxy run
-    pick = {r.index for r in (by_est if targeted else by_est[:proxy_count])} | {base.index}
-    seen: set[str] = set()
-    for r in by_est:  # the best-estimated candidate of every strategy gets simulated too
-        if r.candidate.strategy not in seen:
-            seen.add(r.candidate.strategy)
-            pick.add(r.index)
-    proxied = [ranked[i] for i in sorted(pick)]
-    shorts = [shorten(r.candidate.plan, proxy_epochs) for r in proxied]
-    summaries = score_all(scorer, cluster, job, shorts, seed, jobs, "proxy")
-    for r, short, s in zip(proxied, shorts, summaries):
-        r.proxy_s = scale_up(r.candidate.plan, short, s) + phase_overheads_s(cluster, r.candidate.plan)
-        r.proxy_q = proxy_quality(cluster, job, r.candidate.plan, short, s, target_accuracy, target_loss)
-
-    t_proxy = time.perf_counter()
-    pool = [r for r in proxied if r.candidate.strategy in cons.strategies]
-    by_proxy = sorted(pool, key=_target_key if targeted else (lambda r: (r.proxy_s, r.index)))
-    full_pick = {r.index for r in by_proxy[:full_count]}
-    best_proxy = by_proxy[0].proxy_s if by_proxy else base.proxy_s
-    # The baseline is the costliest plan to simulate (small batches, many rounds). When the
-    # proxy says it is clearly beaten, its full run is skipped and its proxy figure reported.
-    skip_base = baseline == "auto" and best_proxy <= BASELINE_MARGIN * base.proxy_s
-    if not skip_base:
-        full_pick.add(base.index)
-    fulls = [ranked[i] for i in sorted(full_pick)]
-    if full_count > 0 and fulls:
-        summaries = score_all(scorer, cluster, job, [r.candidate.plan for r in fulls], seed, jobs, "full")
-        for r, s in zip(fulls, summaries):
-            r.full_s = float(s["makespan_s"])
-            r.full_q = _quality_of(s)
-        best_full = min(r.full_s for r in fulls)
-        if skip_base and best_full > BASELINE_MARGIN * base.proxy_s:  # the proxy was too hopeful
-            s = score_all(scorer, cluster, job, [base.candidate.plan], seed, 1, "full")[0]
-            base.full_s, base.full_q = float(s["makespan_s"]), _quality_of(s)
-            fulls.append(base)
-    if targeted and full_count > 0:
-        _confirm_reaching(scorer, cluster, job, seed, jobs, ranked, cons, limit=2 * full_count)
+    with Scoring(scorer, cluster, job, seed, jobs, reuse) as scoring:
+        if reuse and baseline == "full" and full_count > 0:  # always simulated in full: start it now
+            scoring.start([uniform_plan(cluster, job)[0]])
+        # DBSL variants outside the best proxy_count estimates are never simulated: not generated
+        # pruning DBSL variants is exact only while proxies are picked by time estimate
+        cands = generate(cluster, job, cons, dbsl_keep=None if targeted else proxy_count, share_milps=reuse)
+        t_gen = time.perf_counter()
+        ranked = [Ranked(c, i, risks=risks(c.plan, job.convergence)) for i, c in enumerate(cands)]
+        base = ranked[0]  # generate() puts uniform first
+        if not any(r.candidate.strategy in cons.strategies for r in ranked):
+            raise UserError("no candidate plan satisfies the constraints (--strategy, --sync, --min-bsp-fraction); "
+                            "relax one of them")
+        proxied = _proxy_stage(scoring, cluster, job, ranked, cons, proxy_epochs, proxy_count,
+                               (target_accuracy, target_loss))
+        t_proxy = time.perf_counter()
+        _full_stage(scoring, ranked, proxied, cons, full_count, baseline, targeted)
     t_full = time.perf_counter()
-
-    def key(r: Ranked) -> tuple:
-        level = 0 if r.full_s is not None else 1 if r.proxy_s is not None else 2
-        return (level, r.best_s, r.index)
-
-    ordered = sorted(ranked, key=_target_key if targeted else key)
+    ordered = sorted(ranked, key=_target_key if targeted else _time_key)
     eligible = [r for r in ordered if r.candidate.strategy in cons.strategies
                 and {ph.sync for ph in r.candidate.plan.phases} <= set(cons.sync_modes)]  # the bsp baseline too
     best = eligible[0] if eligible else base
+    plan = best.candidate.plan.model_copy(update={"meta": _best_meta(
+        best, base, objective, seed, proxy_epochs, len(cands), (target_accuracy, target_loss))})
+    counts = {"candidates": len(cands), "proxy": len(proxied),
+              "full": sum(r.full_s is not None for r in ranked)}
+    stages = {"generate_s": t_gen - t0, "proxy_s": t_proxy - t_gen, "full_s": t_full - t_proxy}
+    return SearchResult(best, base, ordered, plan, time.perf_counter() - t0, counts, stages)
+
+
+def _time_key(r: Ranked) -> tuple:
+    """Time ranking: full before proxy before estimate, fastest first inside each."""
+    level = 0 if r.full_s is not None else 1 if r.proxy_s is not None else 2
+    return (level, r.best_s, r.index)
+
+
+def _best_meta(best: Ranked, base: Ranked, objective: str, seed: int | None, proxy_epochs: int, candidates: int,
+               targets: tuple[float | None, float | None]) -> dict:
+    """plan.meta of the answer: what it is, its prediction and how it was obtained."""
     how = (f"full simulation (seed {seed})" if best.full_s is not None
            else f"shortened-horizon simulation: phases cut to {proxy_epochs} epoch(s), durations scaled back")
     meta = dict(best.candidate.plan.meta)
@@ -471,23 +571,20 @@ def search(cluster: Cluster, job: Job, cons: Constraints, scorer: Scorer = simul
         "ratio_to_uniform": best.best_s / base.best_s,
         "bsp_fraction": best.candidate.bsp_fraction,
         "seed": seed,
-        "candidates": len(cands),
+        "candidates": candidates,
     })
     q = best.quality
     if q is not None:
         meta["predicted_final_accuracy"] = q["final_accuracy"]
         meta["predicted_final_loss"] = q["final_loss"]
-    if targeted:
+    target_accuracy, target_loss = targets
+    if target_accuracy is not None or target_loss is not None:
         meta["target_accuracy" if target_accuracy is not None else "target_loss"] = (
             target_accuracy if target_accuracy is not None else target_loss)
         meta["predicted_time_to_target_s"] = None if q is None else q["time_to_target_s"]
     if best.risks:
         meta["risks"] = best.risks
-    plan = best.candidate.plan.model_copy(update={"meta": meta})
-    counts = {"candidates": len(cands), "proxy": len(proxied),
-              "full": sum(r.full_s is not None for r in ranked)}
-    stages = {"generate_s": t_gen - t0, "proxy_s": t_proxy - t_gen, "full_s": t_full - t_proxy}
-    return SearchResult(best, base, ordered, plan, time.perf_counter() - t0, counts, stages)
+    return meta
 
 
 def _quality_of(summary: dict) -> dict | None:

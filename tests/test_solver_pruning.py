@@ -60,7 +60,7 @@ def test_search_picks_the_same_plan_with_and_without_pruning(mixed16, monkeypatc
     import solver.search as search_mod
 
     real = search_mod.generate
-    monkeypatch.setattr(search_mod, "generate", lambda c, j, cons, dbsl_keep=None: real(c, j, cons))
+    monkeypatch.setattr(search_mod, "generate", lambda c, j, cons, dbsl_keep=None, **kw: real(c, j, cons, **kw))
     unpruned = search(cluster, job, Constraints(), scorer=estimate_scorer, jobs=1, proxy_count=proxy_count)
     assert pruned.counts["candidates"] < unpruned.counts["candidates"]
     assert pruned.best.candidate.label == unpruned.best.candidate.label

@@ -2,8 +2,8 @@
 runtime's PS (runtime/server.py) both run these objects, so their traces agree record for
 record. Standard library only: no torch, no SimPy.
 
-- `Ledger`: sample accounting (phase target, epoch ends, due evaluations, when workers
-  stop, the DBSL mini-epoch rule);
+- `Ledger`: sample accounting (phase target, epoch ends, due evaluations, when a worker
+  stops, the DBSL mini-epoch rule);
 - `SSPGate`: who may start an interval, who waits, who is released;
 - `VersionClock`: model versions and the staleness of each update.
 """
@@ -15,7 +15,7 @@ from typing import Iterable, Sequence
 
 class Ledger:
     """Run-wide sample accounting. Samples count when a push is applied (`apply`); a
-    worker stops after an exchange when `phase_done` says so ("When a phase ends")."""
+    worker stops after an exchange when `worker_done` says so ("When a phase ends")."""
 
     def __init__(self, dataset_samples: int, phase_epochs: Sequence[int], eval_every: int = 1,
                  applied_total: int = 0, epoch_end_s: list[float] | None = None):
@@ -31,7 +31,6 @@ class Ledger:
         self.applied_in_phase = 0
         self.phase_end_epoch = 0
         self.commits: dict[int, int] | None = None  # mini-epoch rule: each worker's commits in the phase
-        self.behind = 0  # mini-epoch rule: workers with fewer commits than the phase's epochs
 
     def start_phase(self, p: int, workers: Iterable[int], mini_epochs: bool = False, applied: int = 0,
                     commits: dict[int, int] | None = None) -> None:
@@ -44,7 +43,6 @@ class Ledger:
         self.commits = None
         if mini_epochs:
             self.commits = {w: (commits or {}).get(w, 0) for w in workers}
-            self.behind = sum(c < self.phase_epochs[p] for c in self.commits.values())
 
     def apply(self, samples: int, now_s: float) -> Sequence[int]:
         """Count an applied update of `samples`; returns the epochs (1-based, counted across
@@ -64,23 +62,22 @@ class Ledger:
         """The pushes of `workers` were applied: under the mini-epoch rule, one mini-epoch each."""
         if self.commits is None:
             return
-        epochs = self.phase_epochs[self.phase]
         for w in workers:
             self.commits[w] += 1
-            if self.commits[w] == epochs:
-                self.behind -= 1
 
     def evaluation_due(self, epoch: int) -> bool:
         """Whether the PS evaluates at the end of `epoch` inside the phase (every
         `eval_every` epochs; the phase's last epoch is the phase-end evaluation's)."""
         return self.eval_every > 0 and epoch % self.eval_every == 0 and epoch < self.phase_end_epoch
 
-    def phase_done(self) -> bool:
-        """Does a worker stop after its exchange? Once the phase's applied samples reach its
-        target; under the mini-epoch rule also once every worker of the phase has committed
-        the phase's epochs (one mini-epoch each), so shares that round to less than the
-        dataset add no mini-epoch."""
-        return self.applied_in_phase >= self.target or (self.commits is not None and self.behind <= 0)
+    def worker_done(self, worker: int) -> bool:
+        """Does `worker` stop after its exchange? Under the mini-epoch rule once it has
+        committed the phase's epochs itself (DBSL: each worker runs exactly that many
+        mini-epochs, whatever the others or the sample count do); otherwise once the
+        phase's applied samples reach its target."""
+        if self.commits is not None:
+            return self.commits[worker] >= self.phase_epochs[self.phase]
+        return self.applied_in_phase >= self.target
 
     def worker_epoch(self, computed_samples: int, share: int) -> int:
         """A worker's absolute epoch after computing `computed_samples` of share `share` in the phase."""

@@ -544,14 +544,14 @@ class PhaseServer:
         before = self.ledger.epochs_before[self.p]
         return {self.ctx.workers.index(name): pt[0] - before + 1 for name, pt in self.shard.resume_points.items()}
 
-    def _stop(self) -> bool:
-        return self.shard.lead and self.ledger.phase_done()
+    def _stop(self, pos: int) -> bool:
+        return self.shard.lead and self.ledger.worker_done(pos)
 
     def reply(self, pos: int, wait: bool = True) -> list:
         """Send `pos` the new parameters (the pull), with stop and, under ssp, go; returns
         the sends when not waiting."""
         shard, gate = self.shard, self.gate
-        stop = self._stop()
+        stop = self._stop(pos)
         gate.exchanged(pos)  # counted as the reply goes; others are released once it is sent
         go = 1
         if stop:
@@ -574,7 +574,7 @@ class PhaseServer:
         """Let go the ssp workers the gate no longer holds; one whose phase ended while it
         waited stops instead of starting another interval (docs/semantics.md)."""
         for q in self.gate.release():
-            stop = self._stop()
+            stop = self._stop(q)
             if stop:
                 self.gate.leave(q)
             P.send(self.ctx.worker_rank(q), P.header(P.MSG_GO, phase=self.p, go=1, stop=int(stop),

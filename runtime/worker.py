@@ -394,6 +394,10 @@ def run_worker(ctx: RunContext, device: torch.device) -> int:
 
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
+    if any(ph.exchange == "model" for ph in ctx.plan.phases):
+        # the first torch.optim.SGD of a process takes ~1.5 s (lazy imports): build one before
+        # time zero, so the first model-exchange phase does not start with it (start-up time)
+        torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.0)
     staged = ", staged transfers" if w.staged else ""
     start_clock(ctx, f"worker {w.name} on {device}{staged}")  # every process ready: time zero
     try:

@@ -73,7 +73,7 @@ def worker_phase(ctx: WorkerContext, w: int, name: str, p: int, resolution: int,
         if gate is not None:
             while not gate.gate.may_start(w):
                 yield gate.wait(w)
-            if ledger.phase_done():  # the target was reached while it waited
+            if ledger.worker_done(w):  # the target was reached while it waited
                 break
         t = t0 = env.now
         interval_samples = 0
@@ -110,7 +110,7 @@ def worker_phase(ctx: WorkerContext, w: int, name: str, p: int, resolution: int,
         yield ps.exchange(w, interval_samples)
         if gate is not None:
             gate.exchanged(w)  # an exchange counts when its pull reaches the worker
-        if ledger.phase_done():
+        if ledger.worker_done(w):
             break
     if gate is not None:
         gate.leave(w)

@@ -114,15 +114,18 @@ def test_evaluation_blocks_the_other_workers_applies():
     # Both compute (0.02) and push sharing the PS NIC (0.08): applied at 1.10, w1's apply
     # ends epoch 1, so the PS evaluates until 2.10 and w1's pull waits. w0 pulls alone
     # (0.04), computes, pushes alone: arrives at 1.20 but is applied only at 2.10, after the
-    # evaluation. Then both pull together (0.08, 2.18), compute (2.20), push (2.28: epoch 2
-    # is the phase end, no evaluation) and pull (2.36).
+    # evaluation; that is w0's 2nd mini-epoch, so it stops. Both pull together (0.08,
+    # 2.18); w1 computes (2.20), pushes alone (2.24: its 2nd commit and epoch 2, the phase
+    # end, no evaluation) and pulls alone (2.28). (The old sample rule had w0 run a 3rd
+    # mini-epoch beside w1's 2nd, 30 samples applied at 2.10: 2.36 s.)
     cluster = make_cluster([{"name": "w", "count": 2}], ps={"eval_s": 1.0})
     job = make_job(20, 2)
     plan = make_plan(cluster, job, "asp", "model", [{"name": f"w{i}", "batch": 10, "samples": 10} for i in range(2)])
     r = simulate(cluster, job, plan, record=True)
     applied = [(u["worker"], round(u["t_s"], 6)) for u in r.records if u["kind"] == "update"]
     assert applied[:3] == [("w0", 1.1), ("w1", 1.1), ("w0", 2.1)]
-    close(r.makespan_s, 2.36)
+    assert len(applied) == 4  # two mini-epochs per worker
+    close(r.makespan_s, 2.28)
 
 
 def test_new_fields_are_checked_and_written_back():
@@ -192,12 +195,12 @@ def test_calibrate_recovers_exchange_overhead_from_a_trace(tmp_path):
         simulate(cluster, job, plan, trace=tw)
     cal = calibrate([read_trace(path)])
     assert cal.exchange_overhead["w0"].median_s == pytest.approx(0.25, rel=1e-6)
-    assert cal.exchange_overhead["w0"].n == 2  # asp: the faster w1 makes the other exchanges
+    assert cal.exchange_overhead["w0"].n == 3  # each worker runs exactly the phase's 3 mini-epochs
     assert cal.exchange_overhead["w1"].median_s == pytest.approx(0.0, abs=1e-9)
     w = cal.cluster.worker_by_name
     assert w["w0"].exchange_overhead_s == pytest.approx(0.25) and w["w1"].exchange_overhead_s == 0.0
     assert {lf.worker: round(lf.latency_ms, 3) for lf in cal.links} == {"w0": 0.5, "w1": 0.5}
-    assert "exchange overhead w0: median 250.0 ms over 2 exchanges" in format_report(cal)
+    assert "exchange overhead w0: median 250.0 ms over 3 exchanges" in format_report(cal)
     # the fitted cluster predicts the run it came from
     close(simulate(cal.cluster, job, plan).makespan_s, simulate(cluster, job, plan).makespan_s)
 

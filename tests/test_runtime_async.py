@@ -52,9 +52,16 @@ def test_asp_model_exchange_learns_across_phases(tmp_path):
     updates = tr.of_kind("update")
     assert [u["version"] for u in updates] == list(range(1, len(updates) + 1))  # one version per asp push
     assert max(u["staleness"] for u in updates) >= 1  # asp: the other worker's merges in between
-    # phase ends once 4 epochs (2048 samples) are applied; overshoot <= one interval per worker
-    applied = sum(p["samples"] for p in pushes)
-    assert 2048 <= applied <= 2048 + 128 + 384
+    # the mini-epoch rule: each worker commits exactly the phase's epochs, whatever the other
+    # does. Phase 0: 4 updates from w0 (4 x 128 samples) and 4 from w1 (4 x 384), so
+    # 4 x (128 + 384) = 2048 samples = 4 epochs of 512 exactly; phase 1: 1 update each.
+    # (The old sample rule let the faster worker run past its 4, up to 2048 + 128 + 384.)
+    per_worker = {}
+    for u in updates:
+        key = (u["phase"], u["worker"])
+        per_worker[key] = per_worker.get(key, 0) + 1
+    assert per_worker == {(0, "w0"): 4, (0, "w1"): 4, (1, "w0"): 1, (1, "w1"): 1}
+    assert sum(p["samples"] for p in pushes) == 4 * (128 + 384) == 2048
 
 
 def test_ssp_keeps_its_bound_and_compressed_bytes_match(tmp_path):

@@ -74,9 +74,9 @@ def test_ledger_epoch_ends_are_counted_across_phases_and_capped():
     ledger.start_phase(0, 2)
     assert ledger.apply(60, 1.0) == ()
     assert ledger.apply(60, 2.0) == (1,)
-    assert not ledger.phase_done()
+    assert not ledger.worker_done(0)
     assert ledger.apply(90, 3.0) == (2,)
-    assert ledger.phase_done()
+    assert ledger.worker_done(0) and ledger.worker_done(1)  # the sample target stops every worker
     assert ledger.evaluation_due(1) and not ledger.evaluation_due(2)  # epoch 2 ends the phase
     ledger.start_phase(1, 2)
     assert ledger.applied_in_phase == 0 and ledger.worker_epoch(150, 50) == 5
@@ -92,35 +92,39 @@ def test_ledger_eval_every_and_a_resumed_phase():
     assert Ledger(10, [4], eval_every=0).evaluation_due(2) is False
 
 
-def test_ledger_mini_epoch_rule_ends_the_phase_on_commits():
+def test_ledger_mini_epoch_rule_stops_each_worker_after_its_own_commits():
     """Shares summing to N - 1: on samples the phase would need one more mini-epoch from
-    each worker; on commits it ends after exactly `epochs` of them per worker."""
+    each worker; on commits each worker stops after exactly `epochs` of them."""
     ledger = Ledger(100, [2])
     ledger.start_phase(0, [0, 1], mini_epochs=True)
     for _ in range(2):
         for w, share in ((0, 50), (1, 49)):
-            assert not ledger.phase_done()
+            assert not ledger.worker_done(w)
             ledger.apply(share, 1.0)
             ledger.commit([w])
-    assert ledger.applied_in_phase == 198 and ledger.phase_done()
+    assert ledger.applied_in_phase == 198 and ledger.worker_done(0) and ledger.worker_done(1)
 
 
-def test_ledger_mini_epoch_rule_waits_for_every_worker_or_the_samples():
+def test_ledger_mini_epoch_rule_a_fast_worker_stops_while_the_slow_one_goes_on():
+    """No barrier and no sample target: a worker's own count decides, whatever the others
+    have committed or the applied samples say (DBSL's stage switch)."""
     ledger = Ledger(100, [2])
     ledger.start_phase(0, [0, 1], mini_epochs=True, commits={0: 1})  # a resumed run: one already in
-    ledger.commit([0, 0, 0])  # a fast worker's extra mini-epochs do not end the phase ...
-    assert not ledger.phase_done()
-    ledger.apply(150, 1.0)
+    assert not ledger.worker_done(0)
+    ledger.apply(50, 1.0)
+    ledger.commit([0])  # the fast worker's 2nd mini-epoch: it stops, the slow one does not
+    assert ledger.worker_done(0) and not ledger.worker_done(1)
+    ledger.apply(300, 2.0)  # far past the 200-sample target: still not done
+    assert not ledger.worker_done(1)
     ledger.commit([1])
-    assert not ledger.phase_done()
-    ledger.commit([1])  # ... the slow one's last does
-    assert ledger.phase_done()
-    ledger.start_phase(0, [0, 1], mini_epochs=True)
-    ledger.apply(200, 2.0)
-    assert ledger.phase_done()  # the sample target still ends it (a fast worker ran ahead)
+    assert not ledger.worker_done(1)
+    ledger.commit([1])  # ... its own 2nd commit stops it
+    assert ledger.worker_done(1)
     ledger.start_phase(0, [0, 1], mini_epochs=False)
     ledger.commit([0, 0, 1, 1])
-    assert not ledger.phase_done()  # the sample rule ignores commits
+    assert not ledger.worker_done(0)  # the sample rule ignores commits
+    ledger.apply(200, 3.0)
+    assert ledger.worker_done(0) and ledger.worker_done(1)
 
 
 def _imports(path: Path) -> set[str]:
@@ -169,6 +173,23 @@ def _pushes(cluster, job, plan) -> dict[tuple[int, str], int]:
     return counts
 
 
+def _updates_per_worker(cluster, job, plan) -> dict[tuple[int, str], int]:
+    """Applied model-exchange updates (commits) per (phase, worker) in a real simulation."""
+    from sim import simulate
+
+    counts: dict[tuple[int, str], int] = {}
+    for r in simulate(cluster, job, plan, record=True).records:
+        if r["kind"] == "update":
+            counts[r["phase"], r["worker"]] = counts.get((r["phase"], r["worker"]), 0) + 1
+    return counts
+
+
+def _assert_exactly_epochs(plan, counts) -> None:
+    """Every worker of every phase committed exactly the phase's epochs as mini-epochs."""
+    want = {(p, wa.name): ph.epochs for p, ph in enumerate(plan.phases) for wa in ph.workers}
+    assert counts == want
+
+
 def _short_by_one(plan, cluster, job, **phase):
     """The plan with one sample less in the first worker's share: shares sum to N - 1."""
     from hybridps.spec import plan_from_dict
@@ -180,19 +201,49 @@ def _short_by_one(plan, cluster, job, **phase):
     return plan_from_dict(d, "test", cluster, job)
 
 
+def test_dbsl_journal_configuration_runs_exactly_its_mini_epochs():
+    """The DBSL journal's CIFAR-100 configuration (gtx1080x4, time ratio 1.1, 3 small
+    workers, cyclic 40/40/20/20/10/10): its rounded shares sum to 49,999, and each worker
+    commits exactly each phase's epochs, 4 x 140 = 560 (the sample rule ran 564)."""
+    from hybridps.spec import load_cluster, load_job
+    from solver.candidates import dbsl_plan
+
+    cluster, job = load_cluster("gtx1080x4"), load_job("cifar100-resnet18")
+    plan, _ = dbsl_plan(cluster, job, 1.1, 3, "cyclic")
+    assert {sum(wa.samples for wa in ph.workers) for ph in plan.phases} == {job.data.samples - 1}
+    counts = _updates_per_worker(cluster, job, plan)
+    _assert_exactly_epochs(plan, counts)
+    assert sum(counts.values()) == 560
+
+
+@pytest.mark.parametrize("cluster_name, job_name, plan_name, total", [
+    ("gtx1080x4", "cifar100-resnet18", "gtx1080x4-cifar100-dbsl", 4 * 140),  # the sample rule ran 563
+    ("rtx3090x4", "imagenet-resnet18", "rtx3090x4-imagenet-dbsl", 4 * 105),  # ... and 429
+])
+def test_bundled_dbsl_plans_run_exactly_their_mini_epochs(cluster_name, job_name, plan_name, total):
+    from hybridps.spec import load_cluster, load_job, load_plan
+
+    cluster, job = load_cluster(cluster_name), load_job(job_name)
+    plan = load_plan(plan_name, cluster, job)
+    counts = _updates_per_worker(cluster, job, plan)
+    _assert_exactly_epochs(plan, counts)
+    assert sum(counts.values()) == total
+
+
 def test_dbsl_plan_with_shares_one_short_runs_no_extra_mini_epochs():
     """The bundled CIFAR-100 DBSL plan (asp, 40 + 40 + 20 + ... mini-epochs) and the same
-    plan with shares summing to N - 1 run the same mini-epochs per phase and worker (on
-    samples alone the short one ran 584 exchanges instead of 563)."""
+    plan with shares summing to N - 1 run the same mini-epochs per phase and worker:
+    exactly each phase's epochs (on samples alone the short one ran 584 exchanges and the
+    exact one 563)."""
     from hybridps.spec import load_cluster, load_job, load_plan
 
     cluster, job = load_cluster("gtx1080x4"), load_job("cifar100-resnet18")
     plan = load_plan("gtx1080x4-cifar100-dbsl", cluster, job)
     exact = _pushes(cluster, job, plan)
     assert _pushes(cluster, job, _short_by_one(plan, cluster, job)) == exact
-    assert sum(exact.values()) == 563
-    for (p, _), n in exact.items():  # at most the drain's one in-flight mini-epoch more
-        assert plan.phases[p].epochs <= n <= plan.phases[p].epochs + 1
+    assert sum(exact.values()) == 560
+    for (p, _), n in exact.items():
+        assert n == plan.phases[p].epochs
 
 
 def test_bsp_mini_epochs_with_shares_one_short_run_exactly_epochs_rounds():

@@ -141,10 +141,13 @@ def test_dbsl_mini_epochs_with_model_exchange():
     # 100 = 10 iterations = 0.20 s. "large": batch 40, 0.05 s, share 200 = 5 iterations
     # = 0.25 s. A 5e6-byte model takes 0.04 s each way alone (exchanges never overlap
     # here), so small cycles every 0.28 s and large every 0.33 s.
-    # Applied samples: small +100 at 0.24, 0.52, 0.80, ...; large +200 at 0.29, 0.62, 0.95.
-    # The 900-sample target (3 epochs x 300) is reached at 0.95 (100+200+100+200+100+200);
-    # large stops after its pull at 0.99; small had 700 applied when its 3rd exchange
-    # ended at 0.84, so it runs a 4th mini-epoch: 0.84 + 0.28 = 1.12 s.
+    # Each worker runs exactly the phase's 3 mini-epochs (docs/semantics.md, the mini-epoch
+    # rule). small: compute 0-0.20, push 0.20-0.24, pull 0.24-0.28; then 0.28-0.48-0.52-0.56
+    # and 0.56-0.76-0.80-0.84: its 3rd commit is at 0.80, it stops at 0.84. large: compute
+    # 0-0.25, push -0.29, pull -0.33; 0.33-0.58-0.62-0.66; 0.66-0.91-0.95-0.99: it stops at
+    # 0.99, the makespan. Applied samples: 100 at 0.24, 300 at 0.29 (epoch 1), 400 at 0.52,
+    # 600 at 0.62 (epoch 2), 700 at 0.80, 900 at 0.95 (epoch 3). (The old sample rule had
+    # small run a 4th mini-epoch, 0.84 + 0.28 = 1.12 s.)
     cluster = make_cluster([{"name": "small"}, {"name": "large"}])
     job = make_job(samples=300, epochs=3)
     plan = make_plan(cluster, job, [{"sync": "asp", "exchange": "model",
@@ -152,11 +155,11 @@ def test_dbsl_mini_epochs_with_model_exchange():
                                                  {"name": "large", "batch": 40, "samples": 200}]}])
     result = simulate(cluster, job, plan, record=True)
     s = result.summary()
-    assert_close(s["makespan_s"], 1.12)
-    assert s["workers"]["small"]["iterations"] == 40 and s["workers"]["large"]["iterations"] == 15
-    assert s["workers"]["small"]["bytes_pushed"] == 4 * 5_000_000
+    assert_close(s["makespan_s"], 0.99)
+    assert s["workers"]["small"]["iterations"] == 30 and s["workers"]["large"]["iterations"] == 15
+    assert s["workers"]["small"]["bytes_pushed"] == 3 * 5_000_000
     updates = [(r["worker"], r["t_s"], r["staleness"]) for r in result.records if r["kind"] == "update"]
-    assert [u[0] for u in updates] == ["small", "large", "small", "large", "small", "large", "small"]
+    assert [u[0] for u in updates] == ["small", "large", "small", "large", "small", "large"]
     assert updates[2][1] == pytest.approx(0.52) and updates[2][2] == 1  # large's update came in between
     assert s["epoch_end_s"] == pytest.approx([0.29, 0.62, 0.95])
 

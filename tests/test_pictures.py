@@ -52,7 +52,7 @@ def test_long_run_gets_an_overview_with_a_readable_bin_and_a_detail(dbsl, tmp_pa
     assert overview.comm_full_share == 0.1  # comm is ~4%: its strip is scaled so it is not a hairline
     assert "full = 10%" in overview.title
     assert [lane.label.split("\n")[0] for lane in picture.lanes] == ["gtx0", "gtx1", "gtx2", "gtx3"]
-    assert picture.lanes[1].label.split("\n")[1] == "compute 95%, comm 4.0%"
+    assert picture.lanes[1].label.split("\n")[1] == "compute 96%, comm 4.0%"
     # the detail says what a bar is, and draws real iterations
     assert detail.iteration_edges and "one block per iteration" in detail.title
     assert all(n > 40 for n in detail.bars_drawn.values())

@@ -163,25 +163,23 @@ def test_every_module_imports_on_its_own(package):
 
 # --- the mini-epoch rule in the simulator ---------------------------------------------
 
-def _pushes(cluster, job, plan) -> dict[tuple[int, str], int]:
+def _count(kind: str, cluster, job, plan) -> dict[tuple[int, str], int]:
+    """Records of `kind` per (phase, worker) in a real simulation: "push", or "update" (an
+    applied model-exchange commit)."""
+    from collections import Counter
+
     from sim import simulate
 
-    counts: dict[tuple[int, str], int] = {}
-    for r in simulate(cluster, job, plan, record=True).records:
-        if r["kind"] == "push":
-            counts[r["phase"], r["worker"]] = counts.get((r["phase"], r["worker"]), 0) + 1
-    return counts
+    return dict(Counter((r["phase"], r["worker"]) for r in simulate(cluster, job, plan, record=True).records
+                        if r["kind"] == kind))
+
+
+def _pushes(cluster, job, plan) -> dict[tuple[int, str], int]:
+    return _count("push", cluster, job, plan)
 
 
 def _updates_per_worker(cluster, job, plan) -> dict[tuple[int, str], int]:
-    """Applied model-exchange updates (commits) per (phase, worker) in a real simulation."""
-    from sim import simulate
-
-    counts: dict[tuple[int, str], int] = {}
-    for r in simulate(cluster, job, plan, record=True).records:
-        if r["kind"] == "update":
-            counts[r["phase"], r["worker"]] = counts.get((r["phase"], r["worker"]), 0) + 1
-    return counts
+    return _count("update", cluster, job, plan)
 
 
 def _assert_exactly_epochs(plan, counts) -> None:

@@ -13,6 +13,12 @@ from __future__ import annotations
 from typing import Iterable, Sequence
 
 
+def ends_on_mini_epochs(phase) -> bool:
+    """A phase (anything with .exchange and .local_steps) whose workers each commit their
+    mini-epochs: model exchange with local_steps null, DBSL's rule (docs/semantics.md)."""
+    return phase.exchange == "model" and phase.local_steps is None
+
+
 class Ledger:
     """Run-wide sample accounting. Samples count when a push is applied (`apply`); a
     worker stops after an exchange when `worker_done` says so ("When a phase ends")."""

@@ -42,7 +42,7 @@ from hybridps.errors import EXIT_INTERRUPTED, EXIT_IO_ERROR, EXIT_WORKER_LOST
 from hybridps.exchange_cost import shard_apply_s
 from hybridps.fileio import atomic_write_bytes, atomic_write_json
 from hybridps.progress import progress_bar
-from hybridps.semantics import Ledger, SSPGate, VersionClock
+from hybridps.semantics import Ledger, SSPGate, VersionClock, ends_on_mini_epochs
 from runtime import protocol as P
 from runtime.checkpoint import CHECKPOINT_FORMAT, checkpoint_path, load_checkpoint, spec_digests
 from runtime.codecs import Codec
@@ -529,7 +529,7 @@ class PhaseServer:
         self.pulled: dict[int, torch.Tensor] = {}  # lossy model exchange: what each worker last pulled
         self.noise = NoiseMeter(ph.sync) if measures_noise(ph, ctx.shards) else None
         self.ledger, self.clock = shard.ledger, shard.clock
-        mini_epochs = ph.exchange == "model" and ph.local_steps is None
+        mini_epochs = ends_on_mini_epochs(ph)
         self.ledger.start_phase(p, self.participants, mini_epochs, applied,
                                 self._resumed_commits() if mini_epochs and applied else None)
         self.gate = SSPGate(ph.staleness if ph.sync == "ssp" else None, self.participants)

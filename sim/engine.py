@@ -10,7 +10,7 @@ from typing import Any, Callable, Generator
 
 import simpy
 
-from hybridps.semantics import Ledger, SSPGate
+from hybridps.semantics import Ledger, SSPGate, ends_on_mini_epochs
 from hybridps.spec import Cluster, Job, Plan, check_plan
 from hybridps.stragglers import StragglerSchedule
 from sim.metrics import Counters, Recorder, SimResult
@@ -66,7 +66,7 @@ class Simulation:
         for p, phase in enumerate(plan.phases):
             start_s = float(env.now)
             workers = self.phase_workers[p]
-            self.ledger.start_phase(p, workers, mini_epochs=phase.exchange == "model" and phase.local_steps is None)
+            self.ledger.start_phase(p, workers, mini_epochs=ends_on_mini_epochs(phase))
             gate = SimGate(env, SSPGate(phase.staleness, workers)) if phase.sync == "ssp" else None
             self.ps.start_phase(p, self.costs[p], phase.sync)
             yield env.all_of([env.process(worker_phase(self.context, w, self.names[w], p, phase.resolution, wp, gate))

@@ -21,7 +21,7 @@ import tempfile
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
-from hybridps.errors import UserError
+from hybridps.errors import UserError, raise_if_interrupted
 
 
 def _probe_dir(directory: Path, what: str) -> None:
@@ -139,6 +139,7 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
+        raise_if_interrupted()  # an interrupted command commits no output, even one swallowed on the way
         os.replace(tmp, path)
     except BaseException:
         try:

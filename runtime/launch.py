@@ -19,7 +19,7 @@ import subprocess
 import sys
 import time
 
-from hybridps.errors import EXIT_INTERRUPTED, EXIT_PS_LOST, UserError
+from hybridps.errors import EXIT_INTERRUPTED, EXIT_PS_LOST, UserError, clear_interrupt
 
 PR_SET_PDEATHSIG = 1
 LAUNCH_ENV = "HYBRIDPS_LAUNCH_WALL_S"  # the --local launcher's start (time.time()), handed to its ranks
@@ -141,6 +141,8 @@ def run_local(child_args: list[str], world_size: int, grace_s: float | None = 60
     except KeyboardInterrupt:
         # SIGINT or SIGTERM: make sure every rank has SIGINT (a terminal sends it to all, a
         # scheduler's SIGTERM only reaches us), then give the PS time to write its checkpoint.
+        # The run's exit code is the PS's from here: the interrupt is handled.
+        clear_interrupt()
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
         for p in procs:

@@ -41,7 +41,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from hybridps.errors import UserError
+from hybridps.errors import UserError, interrupts_deferred
 from hybridps.spec import Cluster, Compression, Job, WorkerAssignment
 from solver.timemodel import Coeffs, coeffs, exchange_cost
 
@@ -110,6 +110,14 @@ def lp_step_s(c: Coeffs, total_batch: np.ndarray) -> np.ndarray:
     return hi
 
 
+def _pulp():
+    """The `pulp` module; its first import holds interrupts (`interrupts_deferred`: PuLP
+    would swallow one that lands while it imports HiGHS)."""
+    with interrupts_deferred():
+        import pulp
+    return pulp
+
+
 def solve_with_status(prob, solver: str, time_limit_s: float, gap_rel: float) -> tuple[str, str]:
     """Solve a PuLP problem; return ("optimal" | "feasible" | "infeasible" | "none", the solver's own status).
 
@@ -117,9 +125,9 @@ def solve_with_status(prob, solver: str, time_limit_s: float, gap_rel: float) ->
     "Optimal" after a time-out with an incumbent, so this reads `prob.sol_status`
     (LpSolutionOptimal vs LpSolutionIntegerFeasible) and, for HiGHS, highspy's model status.
     """
-    import pulp
-
     from hybridps.fileio import native_stdout_silenced
+
+    pulp = _pulp()
 
     if solver == "highs":
         s = pulp.HiGHS(msg=False, timeLimit=time_limit_s, gapRel=gap_rel)
@@ -152,8 +160,7 @@ def solve_with_status(prob, solver: str, time_limit_s: float, gap_rel: float) ->
 
 
 def _solve_fixed_k(c: Coeffs, lo: int, hi: int, solver: str, time_limit_s: float, gap_rel: float) -> MilpResult:
-    import pulp
-
+    pulp = _pulp()
     n = len(c.names)
     t0 = time.perf_counter()
     prob = pulp.LpProblem("balanced", pulp.LpMinimize)

@@ -36,7 +36,7 @@ from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wai
 from dataclasses import dataclass, field
 from typing import Any
 
-from hybridps.errors import UserError
+from hybridps.errors import UserError, raise_if_interrupted
 from hybridps.spec import Cluster, Job, Plan, cluster_from_dict, job_from_dict, plan_from_dict
 from hybridps.progress import progress_bar
 from solver.candidates import Candidate, Constraints, generate, phase_overheads_s, uniform_plan
@@ -313,6 +313,7 @@ class Scoring:
         _epoch_sink = _counting(self.counter, show)
         try:
             for key, pd in todo.items():
+                raise_if_interrupted()
                 self.results[key] = _task(self.scorer, self.cd, self.jd, pd, self.seed)
                 finished += _plan_epochs(pd)
                 show()
@@ -326,6 +327,7 @@ class Scoring:
         waiting = {self.running[key]: key for key in todo}
         pending = set(waiting)
         while pending:
+            raise_if_interrupted()  # one that a fork callback swallowed while the pool grew
             done, pending = wait(pending, timeout=0.25, return_when=FIRST_COMPLETED)
             for fut in done:
                 key = waiting[fut]

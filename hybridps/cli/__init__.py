@@ -14,7 +14,7 @@ import signal
 import sys
 
 from hybridps import __version__
-from hybridps.errors import UserError
+from hybridps.errors import UserError, clear_interrupt, interrupt, raise_if_interrupted
 
 # the README's CPU-torch install: pinning torch first keeps pip from pulling the CUDA build
 TORCH_INSTALL_HINT = "install the CPU build of torch: pip install torch==2.13.0, then pip install -e '.[runtime]'"
@@ -96,9 +96,13 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help(sys.stderr)
         return 2
-    old_term = _sigterm_interrupts()
+    clear_interrupt()
+    old_handlers = _sigterm_interrupts()
     try:
-        return int(args.func(args) or 0)
+        code = int(args.func(args) or 0)
+        if code == 0:
+            raise_if_interrupted()  # one that library code swallowed (hybridps.errors.interrupt)
+        return code
     except UserError as e:
         print(f"hybridps: error: {e}", file=sys.stderr)
         return e.exit_code
@@ -112,18 +116,22 @@ def main(argv: list[str] | None = None) -> int:
         print(f"hybridps: error: {where}{e.strerror or e}", file=sys.stderr)
         return 2
     finally:
-        if old_term is not None:
-            signal.signal(signal.SIGTERM, old_term)
+        for signum, handler in (old_handlers or {}).items():
+            signal.signal(signum, handler)
 
 
-def _sigterm_interrupts():
-    """Make SIGTERM (what `kill` and batch schedulers send) stop a command as Ctrl-C does;
-    returns the previous handler (None where signals cannot be set: not the main thread)."""
+def _sigterm_interrupts() -> dict | None:
+    """Make SIGTERM (what `kill` and batch schedulers send) stop a command as Ctrl-C does,
+    and remember either (`hybridps.errors.interrupt`); returns the previous handlers
+    (None where signals cannot be set: not the main thread)."""
     def on_term(signum, frame):
-        raise KeyboardInterrupt("SIGTERM")
+        raise interrupt(KeyboardInterrupt("SIGTERM"))
+
+    def on_int(signum, frame):
+        raise interrupt(KeyboardInterrupt())
 
     try:
-        return signal.signal(signal.SIGTERM, on_term)
+        return {signal.SIGTERM: signal.signal(signal.SIGTERM, on_term), signal.SIGINT: signal.signal(signal.SIGINT, on_int)}
     except ValueError:
         return None
 

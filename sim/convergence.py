@@ -280,6 +280,9 @@ def risks(plan: Plan, spec: ConvergenceSpec | None) -> list[str]:
         found = []
         if ph.sync in ("asp", "ssp") and ph.exchange == "gradient":
             found.append(f"{ph.sync} (stale gradients)")
+        if is_sync_switch(plan, p):
+            kept = DEFAULT_SWITCH_PROGRESS_KEPT if spec is None else spec.switch_progress_kept
+            found.append(f"bsp -> {ph.sync} switch (keeps {kept:g} of the progress made before it)")
         if ph.exchange == "model" and ph.sync != "bsp" and len(ph.workers) > 1:
             if len({wa.batch for wa in ph.workers}) == 1:
                 found.append("model exchange with no small-batch worker")

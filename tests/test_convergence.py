@@ -131,6 +131,11 @@ def test_known_risks_are_named():
         "compression": plan.phases[0].compression.model_copy(update={"kind": "onebit", "scaling": False})})]})
     assert any("onebit compression (efficiency -1, default)" in r for r in risks(onebit, None))
 
+    switch = _digits_plan({"epochs": 4, "sync": "bsp"}, {"epochs": 6, "sync": "asp"})
+    assert risks(switch, None) == ["phase 1: asp (stale gradients)",
+                                   "phase 1: bsp -> asp switch (keeps 0 of the progress made before it)"]
+    assert risks(switch, SPEC.model_copy(update={"switch_progress_kept": 0.25}))[1].endswith("keeps 0.25 of the progress made before it)")
+
 
 # --------------------------------------------------------------------------- the fit
 

@@ -8,7 +8,11 @@ NIC is the S shard NICs together (docs/simulator.md says why this is exact).
 
 bsp: pushes of a round are collected; when the last one arrives, one combined update is
 applied and every worker pulls. asp/ssp: each push is applied on arrival and that
-worker pulls at once.
+worker pulls at once. Which pushes make a round is `hybridps.semantics.Barrier`'s rule.
+
+A phase with an online policy (hybridps/policy.py) has it consulted as each push arrives,
+before the push is handled; the PS feeds its observer plain numbers, as the runtime's
+PS would, and applies the actions through the Barrier.
 """
 
 from __future__ import annotations
@@ -18,7 +22,8 @@ from typing import Any, Callable
 import simpy
 from simpy.core import NORMAL
 
-from hybridps.semantics import Ledger, VersionClock
+from hybridps.policy import Observer, Policy
+from hybridps.semantics import Barrier, Ledger, VersionClock
 from hybridps.spec import Cluster
 from sim.metrics import Counters
 from sim.network import make_link
@@ -53,29 +58,40 @@ class ParameterServer:
         self.busy_until_s = 0.0  # FIFO apply queue: when the server is free again
         n = len(names)
         self.push_samples = [0] * n  # samples carried by each worker's in-flight push
+        self.push_compute = [(0.0, 0)] * n  # (compute seconds, iterations) behind it
+        self.push_start_s = [0.0] * n
         self.done_event: list[simpy.Event | None] = [None] * n
-        self.round: list[int] = []  # bsp: workers whose push has arrived this round
+        self.barrier = Barrier((), False)
         self.round_ready_s = 0.0  # bsp: when the round's last push arrives
-        self.round_size = 0
-        self.bsp = False
         self.costs = None
         self.phase = 0
+        self.sync = "asp"
+        self.policy: Policy | None = None
+        self.observer: Observer | None = None
+        self.last_staleness = 0
+        self.policy_actions: dict[str, int] = {}  # action kind -> count, over the run
 
-    def start_phase(self, phase_index: int, costs, sync: str) -> None:
+    def start_phase(self, phase_index: int, costs, sync: str, policy: Policy | None = None) -> None:
         self.phase = phase_index
         self.costs = costs
-        self.bsp = sync == "bsp"
-        self.round = []
+        self.sync = sync
+        workers = [wp.index for wp in costs.workers]
+        self.barrier = Barrier(workers, sync == "bsp")
         self.round_ready_s = 0.0
-        self.round_size = len(costs.workers)
         self.clock.start_phase(range(len(self.names)))
+        self.policy = policy
+        self.observer = Observer(workers, policy.window) if policy is not None else None
+        self.last_staleness = 0
 
     # worker side ------------------------------------------------------------------
-    def exchange(self, worker: int, samples: int) -> simpy.Event:
-        """Push `samples` worth of work, then pull; the event fires when the pull is in."""
+    def exchange(self, worker: int, samples: int, compute_s: float = 0.0, iterations: int = 0) -> simpy.Event:
+        """Push `samples` worth of work (computed in `iterations` taking `compute_s`), then
+        pull; the event fires when the pull is in."""
         ev = Arrival(self.env)
         self.done_event[worker] = ev
         self.push_samples[worker] = samples
+        if self.observer is not None:
+            self.push_compute[worker] = (compute_s, iterations)
         self.push_link.send(worker, self.costs.push_wire_bytes, self.latency_s[worker])
         return ev
 
@@ -89,16 +105,52 @@ class ParameterServer:
             self.recorder.add({"kind": "push", "worker": self.names[worker], "phase": self.phase, "start_s": start_s,
                               "end_s": end_s, "bytes": self.costs.push_bytes,
                               "samples": self.push_samples[worker]})
-        if self.bsp:
-            self.round.append(worker)
+        if self.observer is not None:
+            self._consult(worker, start_s, end_s)
+        done = self.barrier.push(worker)
+        if done is None:
+            self._apply(self._apply_one, worker, end_s)
+        else:
             if end_s > self.round_ready_s:
                 self.round_ready_s = end_s
-            if len(self.round) == self.round_size:
-                workers, self.round = self.round, []
-                ready_s, self.round_ready_s = self.round_ready_s, 0.0
-                self._apply(self._apply_round, workers, ready_s)
-        else:
-            self._apply(self._apply_one, worker, end_s)
+            if done:
+                self._apply_now(done)
+
+    def _apply_now(self, workers: list[int]) -> None:
+        """Apply the round of `workers` (all its pushes are in by round_ready_s)."""
+        ready_s, self.round_ready_s = self.round_ready_s, 0.0
+        self._apply(self._apply_round, workers, ready_s)
+
+    def leave(self, worker: int) -> None:
+        """`worker` stopped for the phase: a round no longer waits for it."""
+        done = self.barrier.leave(worker)
+        if done:
+            self._apply_now(done)
+
+    # policy ---------------------------------------------------------------------
+    def _consult(self, worker: int, start_s: float, arrival_s: float) -> None:
+        """Feed the observer `worker`'s interval, ask the policy, carry out its actions."""
+        compute_s, iterations = self.push_compute[worker]
+        self.push_start_s[worker] = start_s
+        obs = self.observer
+        obs.interval(worker, compute_s, iterations, self.push_samples[worker])
+        if not obs.ready:
+            return
+        seen = obs.observe(arrival_s, self.phase, worker, "bsp" if self.barrier.bsp else "asp", self.sync,
+                           self.last_staleness, self.ledger.phase_fraction(), self.barrier.members)
+        for action in self.policy.decide(seen):
+            action.check(obs.workers)
+            b = self.barrier
+            done = (b.set_sync(action.sync == "bsp") if action.kind == "set_sync" else
+                    b.exclude(action.worker) if action.kind == "exclude" else b.include(action.worker))
+            if done is None:
+                continue  # a no-op: not recorded
+            self.policy_actions[action.kind] = self.policy_actions.get(action.kind, 0) + 1
+            if self.recorder is not None:
+                self.recorder.add({"kind": "policy", "t_s": arrival_s, "phase": self.phase,
+                                   "observed": seen.as_record(self.names), "action": action.as_record(self.names)})
+            if done:
+                self._apply_now(done)
 
     def _apply(self, fn, arg, arrival_s: float) -> None:
         """Run `fn(arg)` when the server has applied this update (FIFO, one at a time).
@@ -133,6 +185,7 @@ class ParameterServer:
     def _apply_one(self, worker: int) -> None:
         c, now = self.counters, self.env.now
         version, staleness = self.clock.apply_push(worker)
+        self.last_staleness = staleness
         c.add_staleness(staleness)
         if c.update_log is not None:
             c.update_log.add(now, self.phase, worker, staleness, self.push_samples[worker])
@@ -151,6 +204,7 @@ class ParameterServer:
     def _apply_round(self, workers: list[int]) -> None:
         c, now = self.counters, self.env.now
         version = self.clock.apply_round(workers)
+        self.last_staleness = 0
         c.add_staleness(0, len(workers))
         samples = sum(self.push_samples[w] for w in workers)
         if c.update_log is not None:
@@ -173,6 +227,8 @@ class ParameterServer:
         c.comm_s[worker] += end_s - start_s
         c.bytes_pulled[worker] += self.costs.pull_bytes
         c.exchanges += 1
+        if self.observer is not None:
+            self.observer.exchanged(worker, end_s - self.push_start_s[worker])
         if self.recorder is not None:
             self.recorder.add({"kind": "pull", "worker": self.names[worker], "phase": self.phase, "start_s": start_s,
                               "end_s": end_s, "bytes": self.costs.pull_bytes})

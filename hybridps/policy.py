@@ -59,16 +59,6 @@ class Observation:
     phase_fraction: float  # of the phase's samples (or mini-epochs) applied, 0..1
     barrier: tuple[int, ...]  # the workers a bsp round waits for
 
-    def slowness(self) -> tuple[float, ...]:
-        """Each worker's compute time per iteration over the median worker's: 1.0 for a
-        typical worker of a balanced plan, the slowdown for a straggler."""
-        times = sorted(self.compute_s_per_iteration)
-        mid = len(times) // 2
-        median = times[mid] if len(times) % 2 else 0.5 * (times[mid - 1] + times[mid])
-        if median <= 0:
-            return tuple(1.0 for _ in times)
-        return tuple(t / median for t in self.compute_s_per_iteration)
-
     def as_record(self, names: Sequence[str]) -> dict[str, Any]:
         """The trace's `observed` object: worker names for indices."""
         def by_name(values: tuple[float, ...]) -> dict[str, float]:
@@ -171,9 +161,11 @@ class Observer:
 
 
 class _Detector(Policy):
-    """Shared detection: a worker is slowed when its compute time per iteration over the
-    last `window` intervals exceeds `threshold` times the median worker's, and counts as
-    recovered below `threshold - hysteresis` (so one noisy interval does not flip it)."""
+    """Shared detection: a worker is slowed when its compute time per sample over the last
+    `window` intervals exceeds `threshold` times its own best such mean in the phase, and
+    counts as recovered below `threshold - hysteresis` (so one noisy interval does not
+    flip it). Each worker is its own reference: a plan's slower devices are not
+    stragglers, and it holds however many workers are slowed at once."""
 
     PARAMS = {"threshold": (float, 1.0, 1e6), "window": (int, 1, 10_000), "hysteresis": (float, 0.0, 1e6)}
 
@@ -181,13 +173,16 @@ class _Detector(Policy):
         self.threshold = threshold
         self.window = window
         self.hysteresis = hysteresis
+        self.best_s: dict[int, float] = {}  # worker -> its lowest windowed time per sample
 
     def slowed(self, obs: Observation, was_slowed: set[int]) -> set[int]:
         """The workers slowed now; `was_slowed` (those slowed at the last decision) need to
         fall below the lower mark to leave the set."""
         out = set()
-        for w, s in zip(obs.workers, obs.slowness()):
-            if s > self.threshold or (w in was_slowed and s >= self.threshold - self.hysteresis):
+        for w, t in zip(obs.workers, obs.compute_s_per_sample):
+            best = self.best_s[w] = min(t, self.best_s.get(w, t))
+            ratio = t / best if best > 0 else 1.0
+            if ratio > self.threshold or (w in was_slowed and ratio >= self.threshold - self.hysteresis):
                 out.add(w)
         return out
 

@@ -114,18 +114,20 @@ class ParameterServer:
             if end_s > self.round_ready_s:
                 self.round_ready_s = end_s
             if done:
-                self._apply_now(done)
+                self._apply_now(done, end_s)
 
-    def _apply_now(self, workers: list[int]) -> None:
-        """Apply the round of `workers` (all its pushes are in by round_ready_s)."""
-        ready_s, self.round_ready_s = self.round_ready_s, 0.0
+    def _apply_now(self, workers: list[int], at_s: float) -> None:
+        """Apply the round of `workers` once its pushes are in (round_ready_s), and not
+        before `at_s`: when the event that completed it (a push, a decision) happened."""
+        ready_s = self.round_ready_s if self.round_ready_s > at_s else at_s
+        self.round_ready_s = 0.0
         self._apply(self._apply_round, workers, ready_s)
 
     def leave(self, worker: int) -> None:
         """`worker` stopped for the phase: a round no longer waits for it."""
         done = self.barrier.leave(worker)
         if done:
-            self._apply_now(done)
+            self._apply_now(done, self.env.now)
 
     # policy ---------------------------------------------------------------------
     def _consult(self, worker: int, start_s: float, arrival_s: float) -> None:
@@ -150,7 +152,7 @@ class ParameterServer:
                 self.recorder.add({"kind": "policy", "t_s": arrival_s, "phase": self.phase,
                                    "observed": seen.as_record(self.names), "action": action.as_record(self.names)})
             if done:
-                self._apply_now(done)
+                self._apply_now(done, arrival_s)
 
     def _apply(self, fn, arg, arrival_s: float) -> None:
         """Run `fn(arg)` when the server has applied this update (FIFO, one at a time).

@@ -19,8 +19,9 @@ from __future__ import annotations
 import importlib
 import math
 from collections import deque
-from dataclasses import dataclass
-from typing import Any, Sequence
+from dataclasses import dataclass, field
+from functools import cached_property
+from typing import AbstractSet, Any, Sequence
 
 from hybridps.errors import UserError
 
@@ -40,31 +41,67 @@ class PolicyError(UserError):
 
 @dataclass(frozen=True)
 class Observation:
-    """What the PS sees when `worker`'s push arrives. Per-worker tuples are aligned with
-    `workers` (the phase's workers, global indices, ascending). Compute figures are means
-    over each worker's last `window` intervals of the phase; `exchange_s` is its last
-    exchange, push start to pull end (barrier and queue waits included; 0.0 before its
-    first one in the phase)."""
+    """What the PS sees at an update it is about to apply: a bsp round once its last push
+    is in, or a push applied on its own. `pushed`: the workers whose pushes it carries
+    (in arrival order; `worker` is the last, whose arrival completed it). Compute figures
+    are means over a worker's last `window` intervals of the phase.
+
+    The per-worker tuples (`workers`: the phase's workers, global indices ascending;
+    `compute_s_per_iteration`, `compute_s_per_sample`, `exchange_s`: the exchange before
+    each one's latest push, push start to pull end, waits included, 0.0 for none; `barrier`)
+    are copied from the observer when first read, and `compute_s_per_sample_of(w)` reads
+    one worker's: an observation is built at every update, and copying them all there
+    would cost O(workers) each time. So read them inside `decide`."""
 
     t_s: float
     phase: int
     worker: int
+    pushed: tuple[int, ...]
     sync: str  # "bsp" or "asp", now
     planned_sync: str  # the plan's
-    workers: tuple[int, ...]
-    compute_s_per_iteration: tuple[float, ...]
-    compute_s_per_sample: tuple[float, ...]
-    exchange_s: tuple[float, ...]
     staleness: int  # of the last applied update (0 under bsp)
     phase_fraction: float  # of the phase's samples (or mini-epochs) applied, 0..1
-    barrier: tuple[int, ...]  # the workers a bsp round waits for
+    source: "Observer" = field(repr=False, compare=False)
+    barrier_members: AbstractSet[int] = field(repr=False, compare=False)  # the workers a bsp round waits for
+
+    @cached_property
+    def pushed_compute_s_per_sample(self) -> tuple[float, ...]:
+        """Those of `pushed`, in its order."""
+        per_sample, slot = self.source.per_sample_s, self.source.slot
+        return tuple([per_sample[slot[w]] for w in self.pushed])
+
+    def compute_s_per_sample_of(self, worker: int) -> float:
+        return self.source.per_sample_s[self.source.slot[worker]]
+
+    def compute_s_per_iteration_of(self, worker: int) -> float:
+        return self.source.per_iteration_s[self.source.slot[worker]]
+
+    @cached_property
+    def workers(self) -> tuple[int, ...]:
+        return self.source.workers
+
+    @cached_property
+    def compute_s_per_iteration(self) -> tuple[float, ...]:
+        return tuple(self.source.per_iteration_s)
+
+    @cached_property
+    def compute_s_per_sample(self) -> tuple[float, ...]:
+        return tuple(self.source.per_sample_s)
+
+    @cached_property
+    def exchange_s(self) -> tuple[float, ...]:
+        return tuple(self.source.exchange_s)
+
+    @cached_property
+    def barrier(self) -> tuple[int, ...]:
+        return tuple(sorted(self.barrier_members))
 
     def as_record(self, names: Sequence[str]) -> dict[str, Any]:
         """The trace's `observed` object: worker names for indices."""
         def by_name(values: tuple[float, ...]) -> dict[str, float]:
             return {names[w]: v for w, v in zip(self.workers, values)}
 
-        return {"worker": names[self.worker], "sync": self.sync,
+        return {"worker": names[self.worker], "pushed": [names[w] for w in self.pushed], "sync": self.sync,
                 "compute_s_per_iteration": by_name(self.compute_s_per_iteration),
                 "exchange_s": by_name(self.exchange_s), "staleness": self.staleness,
                 "phase_fraction": self.phase_fraction, "barrier": [names[w] for w in self.barrier]}
@@ -109,52 +146,70 @@ class Action:
 class Policy:
     """Base class. Subclasses set `window` (intervals the observer averages over) and
     override `decide`; they may keep state, as long as it comes from what they observed
-    (decisions must be deterministic). A new instance runs each phase."""
+    (decisions must be deterministic). A new instance runs each phase; `acts_on` says
+    whether to consult it at all in a phase planned with that sync mode."""
 
     window: int = 5
 
-    def decide(self, obs: Observation) -> list[Action]:
-        return []
+    def acts_on(self, planned_sync: str) -> bool:
+        return True
+
+    def decide(self, obs: Observation) -> Sequence[Action]:
+        return ()
 
 
 class Observer:
     """Per worker of a phase, its last `window` intervals (compute seconds, iterations,
     samples) and its last exchange's duration, fed with plain numbers by whoever sees them:
-    the simulator's PS, or the runtime's from its records."""
+    the simulator's PS, or the runtime's from its records. Running sums keep each update
+    O(1) whatever the number of workers."""
 
     def __init__(self, workers: Sequence[int], window: int):
         self.workers = tuple(sorted(workers))
         self.slot = {w: i for i, w in enumerate(self.workers)}
         n = len(self.workers)
-        self.windows: list[deque] = [deque(maxlen=window) for _ in range(n)]
+        self.window = window
+        self.intervals: list[deque] = [deque() for _ in range(n)]
+        self.sums = [[0.0, 0, 0] for _ in range(n)]  # compute seconds, iterations, samples in the window
         self.per_iteration_s = [0.0] * n
         self.per_sample_s = [0.0] * n
         self.exchange_s = [0.0] * n
         self.missing = n  # workers with no interval yet: no observation until 0
 
-    def interval(self, worker: int, compute_s: float, iterations: int, samples: int) -> None:
+    def interval(self, worker: int, compute_s: float, iterations: int, samples: int,
+                 last_exchange_s: float = 0.0) -> None:
+        """`worker`'s push arrived with an interval of `iterations` (`samples`) computed in
+        `compute_s`; `last_exchange_s`: its previous exchange, push start to pull end (0.0
+        for none). One call a push, so it is kept O(1)."""
         i = self.slot[worker]
-        win = self.windows[i]
+        win, sums = self.intervals[i], self.sums[i]
         if not win:
             self.missing -= 1
         win.append((compute_s, iterations, samples))
-        total_s = sum(x[0] for x in win)
-        self.per_iteration_s[i] = total_s / sum(x[1] for x in win)
-        self.per_sample_s[i] = total_s / sum(x[2] for x in win)
-
-    def exchanged(self, worker: int, exchange_s: float) -> None:
-        self.exchange_s[self.slot[worker]] = exchange_s
+        sums[0] += compute_s
+        sums[1] += iterations
+        sums[2] += samples
+        if len(win) > self.window:
+            old_s, old_it, old_n = win.popleft()
+            sums[0] -= old_s
+            sums[1] -= old_it
+            sums[2] -= old_n
+        self.per_iteration_s[i] = sums[0] / sums[1]
+        self.per_sample_s[i] = sums[0] / sums[2]
+        self.exchange_s[i] = last_exchange_s
 
     @property
     def ready(self) -> bool:
         """A policy is consulted only once every worker of the phase has an interval."""
         return self.missing == 0
 
-    def observe(self, t_s: float, phase: int, worker: int, sync: str, planned_sync: str, staleness: int,
-                phase_fraction: float, barrier: Sequence[int]) -> Observation:
-        return Observation(t_s, phase, worker, sync, planned_sync, self.workers, tuple(self.per_iteration_s),
-                           tuple(self.per_sample_s), tuple(self.exchange_s), staleness, phase_fraction,
-                           tuple(sorted(barrier)))
+    def observe(self, t_s: float, phase: int, pushed: tuple[int, ...], sync: str, planned_sync: str,
+                staleness: int, phase_fraction: float, barrier: AbstractSet[int]) -> Observation:
+        obs = object.__new__(Observation)  # what the frozen __init__ does, at a fifth of its cost (once an update)
+        obs.__dict__.update(t_s=t_s, phase=phase, worker=pushed[-1], pushed=pushed, sync=sync,
+                            planned_sync=planned_sync, staleness=staleness, phase_fraction=phase_fraction,
+                            source=self, barrier_members=barrier)
+        return obs
 
 
 # --------------------------------------------------------------------------- built-ins
@@ -165,7 +220,8 @@ class _Detector(Policy):
     `window` intervals exceeds `threshold` times its own best such mean in the phase, and
     counts as recovered below `threshold - hysteresis` (so one noisy interval does not
     flip it). Each worker is its own reference: a plan's slower devices are not
-    stragglers, and it holds however many workers are slowed at once."""
+    stragglers, and it holds however many workers are slowed at once. A worker's mean
+    changes only when it pushes, so each decision looks at the pushing worker alone."""
 
     PARAMS = {"threshold": (float, 1.0, 1e6), "window": (int, 1, 10_000), "hysteresis": (float, 0.0, 1e6)}
 
@@ -174,56 +230,58 @@ class _Detector(Policy):
         self.window = window
         self.hysteresis = hysteresis
         self.best_s: dict[int, float] = {}  # worker -> its lowest windowed time per sample
+        self.slowed: set[int] = set()
 
-    def slowed(self, obs: Observation, was_slowed: set[int]) -> set[int]:
-        """The workers slowed now; `was_slowed` (those slowed at the last decision) need to
-        fall below the lower mark to leave the set."""
-        out = set()
-        for w, t in zip(obs.workers, obs.compute_s_per_sample):
-            best = self.best_s[w] = min(t, self.best_s.get(w, t))
+    def acts_on(self, planned_sync: str) -> bool:
+        return planned_sync == "bsp"
+
+    def update(self, obs: Observation) -> None:
+        """Update the state of the workers whose pushes the update carries."""
+        best_s, slowed = self.best_s, self.slowed
+        for w, t in zip(obs.pushed, obs.pushed_compute_s_per_sample):
+            best = best_s.get(w)
+            if best is None or t < best:
+                best_s[w] = best = t
             ratio = t / best if best > 0 else 1.0
-            if ratio > self.threshold or (w in was_slowed and ratio >= self.threshold - self.hysteresis):
-                out.add(w)
-        return out
+            if ratio > self.threshold:
+                slowed.add(w)
+            elif ratio < self.threshold - self.hysteresis and w in slowed:
+                slowed.discard(w)
 
 
 class SyncSwitchGreedy(_Detector):
     """Sync-Switch's greedy policy for transient stragglers (Li et al., "Sync-Switch:
     Hybrid Parameterized Synchronization for Distributed Deep Learning", ICDCS 2021): a
     bsp phase switches to asp while a straggler is present and back to bsp once none is,
-    so the fast workers never wait on a barrier held by a slowed one. Acts only on phases
-    planned bsp."""
+    so the fast workers never wait on a barrier held by a slowed one."""
 
-    def __init__(self, threshold: float = 1.5, window: int = 5, hysteresis: float = 0.2):
-        super().__init__(threshold, window, hysteresis)
-        self.stragglers: set[int] = set()
-
-    def decide(self, obs: Observation) -> list[Action]:
-        if obs.planned_sync != "bsp":
-            return []
-        self.stragglers = self.slowed(obs, self.stragglers)
-        want = "asp" if self.stragglers else "bsp"
-        return [Action.set_sync(want)] if want != obs.sync else []
+    def decide(self, obs: Observation) -> Sequence[Action]:
+        self.update(obs)
+        want = "asp" if self.slowed else "bsp"
+        return (Action.set_sync(want),) if want != obs.sync else ()
 
 
 class SyncSwitchElastic(_Detector):
     """The elastic variant (after Sync-Switch's online policies for transient stragglers,
     Li et al., ICDCS 2021): the phase stays bsp, but a slowed worker leaves the barrier
     (its pushes are applied on arrival, asp-style) and rejoins once it has recovered, so
-    the others keep their synchronous rounds. Acts only on phases planned bsp."""
+    the others keep their synchronous rounds."""
 
     def __init__(self, threshold: float = 1.5, window: int = 5, hysteresis: float = 0.2):
         super().__init__(threshold, window, hysteresis)
         self.excluded: set[int] = set()
 
-    def decide(self, obs: Observation) -> list[Action]:
-        if obs.planned_sync != "bsp":
-            return []
-        slowed = self.slowed(obs, self.excluded)
-        out = [w for w in obs.barrier if w in slowed]
-        back = sorted(w for w in self.excluded if w not in slowed)
-        self.excluded = (self.excluded - set(back)) | set(out)
-        return [Action.exclude(w) for w in out] + [Action.include(w) for w in back]
+    def decide(self, obs: Observation) -> Sequence[Action]:
+        self.update(obs)
+        out = []
+        for w in obs.pushed:
+            if w in self.slowed and w in obs.barrier_members:
+                self.excluded.add(w)
+                out.append(Action.exclude(w))
+            elif w in self.excluded and w not in self.slowed:
+                self.excluded.discard(w)
+                out.append(Action.include(w))
+        return out
 
 
 BUILT_INS: dict[str, type[_Detector]] = {"sync-switch-greedy": SyncSwitchGreedy,

@@ -39,6 +39,7 @@ class Ledger:
         self.applied_in_phase = 0
         self.phase_end_epoch = 0
         self.commits: dict[int, int] | None = None  # mini-epoch rule: each worker's commits in the phase
+        self.commits_total = 0
 
     def start_phase(self, p: int, workers: Iterable[int], mini_epochs: bool = False, applied: int = 0,
                     commits: dict[int, int] | None = None) -> None:
@@ -51,6 +52,7 @@ class Ledger:
         self.commits = None
         if mini_epochs:
             self.commits = {w: (commits or {}).get(w, 0) for w in workers}
+            self.commits_total = sum(self.commits.values())
 
     def apply(self, samples: int, now_s: float) -> Sequence[int]:
         """Count an applied update of `samples`; returns the epochs (1-based, counted across
@@ -72,6 +74,7 @@ class Ledger:
             return
         for w in workers:
             self.commits[w] += 1
+            self.commits_total += 1
 
     def evaluation_due(self, epoch: int) -> bool:
         """Whether the PS evaluates at the end of `epoch` inside the phase (every
@@ -91,7 +94,7 @@ class Ledger:
         """How much of the phase is applied, 0..1 (what a policy observes): samples over the
         target, or under the mini-epoch rule commits over the phase's mini-epochs."""
         if self.commits is not None:
-            return sum(self.commits.values()) / (len(self.commits) * self.phase_epochs[self.phase])
+            return self.commits_total / (len(self.commits) * self.phase_epochs[self.phase])
         return min(1.0, self.applied_in_phase / self.target)
 
     def worker_epoch(self, computed_samples: int, share: int) -> int:
@@ -233,6 +236,14 @@ class Barrier:
         if worker not in self.round:
             self.missing.add(worker)
         return []
+
+    def act(self, action) -> list[int] | None:
+        """Carry out a policy's action (hybridps.policy.Action: kind set_sync, exclude or include)."""
+        if action.kind == "set_sync":
+            return self.set_sync(action.sync == "bsp")
+        if action.kind == "exclude":
+            return self.exclude(action.worker)
+        return self.include(action.worker)
 
     def leave(self, worker: int) -> list[int]:
         """`worker` stopped for the phase: no round waits for it any more."""

@@ -58,7 +58,9 @@ class ParameterServer:
         self.busy_until_s = 0.0  # FIFO apply queue: when the server is free again
         n = len(names)
         self.push_samples = [0] * n  # samples carried by each worker's in-flight push
-        self.push_compute = [(0.0, 0)] * n  # (compute seconds, iterations) behind it
+        self.push_compute_s = [0.0] * n  # a policy's observer: the compute time behind each push,
+        self.push_iterations = [0] * n  # its iterations,
+        self.exchange_s = [0.0] * n  # and each worker's last exchange, push start to pull end
         self.push_start_s = [0.0] * n
         self.done_event: list[simpy.Event | None] = [None] * n
         self.barrier = Barrier((), False)
@@ -79,9 +81,11 @@ class ParameterServer:
         self.barrier = Barrier(workers, sync == "bsp")
         self.round_ready_s = 0.0
         self.clock.start_phase(range(len(self.names)))
-        self.policy = policy
-        self.observer = Observer(workers, policy.window) if policy is not None else None
+        active = policy is not None and policy.acts_on(sync)
+        self.policy = policy if active else None
+        self.observer = Observer(workers, policy.window) if active else None
         self.last_staleness = 0
+        self.exchange_s = [0.0] * len(self.names)  # none yet in this phase
 
     # worker side ------------------------------------------------------------------
     def exchange(self, worker: int, samples: int, compute_s: float = 0.0, iterations: int = 0) -> simpy.Event:
@@ -91,7 +95,8 @@ class ParameterServer:
         self.done_event[worker] = ev
         self.push_samples[worker] = samples
         if self.observer is not None:
-            self.push_compute[worker] = (compute_s, iterations)
+            self.push_compute_s[worker] = compute_s
+            self.push_iterations[worker] = iterations
         self.push_link.send(worker, self.costs.push_wire_bytes, self.latency_s[worker])
         return ev
 
@@ -106,14 +111,20 @@ class ParameterServer:
                               "end_s": end_s, "bytes": self.costs.push_bytes,
                               "samples": self.push_samples[worker]})
         if self.observer is not None:
-            self._consult(worker, start_s, end_s)
+            self.push_start_s[worker] = start_s
+            self.observer.interval(worker, self.push_compute_s[worker], self.push_iterations[worker],
+                                   self.push_samples[worker], self.exchange_s[worker])
         done = self.barrier.push(worker)
         if done is None:
+            if self.observer is not None:
+                self._consult((worker,), end_s)
             self._apply(self._apply_one, worker, end_s)
         else:
             if end_s > self.round_ready_s:
                 self.round_ready_s = end_s
             if done:
+                if self.observer is not None:
+                    self._consult(tuple(done), end_s)
                 self._apply_now(done, end_s)
 
     def _apply_now(self, workers: list[int], at_s: float) -> None:
@@ -130,27 +141,28 @@ class ParameterServer:
             self._apply_now(done, self.env.now)
 
     # policy ---------------------------------------------------------------------
-    def _consult(self, worker: int, start_s: float, arrival_s: float) -> None:
-        """Feed the observer `worker`'s interval, ask the policy, carry out its actions."""
-        compute_s, iterations = self.push_compute[worker]
-        self.push_start_s[worker] = start_s
+    def _consult(self, pushed: tuple[int, ...], arrival_s: float) -> None:
+        """Ask the policy at an update about to be applied (the pushes of `pushed`, the last
+        arriving at `arrival_s`) and carry out its actions: from the next push on; the
+        update at hand is applied as it was formed (docs/semantics.md, "Policies")."""
         obs = self.observer
-        obs.interval(worker, compute_s, iterations, self.push_samples[worker])
         if not obs.ready:
             return
-        seen = obs.observe(arrival_s, self.phase, worker, "bsp" if self.barrier.bsp else "asp", self.sync,
+        seen = obs.observe(arrival_s, self.phase, pushed, "bsp" if self.barrier.bsp else "asp", self.sync,
                            self.last_staleness, self.ledger.phase_fraction(), self.barrier.members)
-        for action in self.policy.decide(seen):
+        actions = self.policy.decide(seen)
+        if not actions:
+            return
+        observed = seen.as_record(self.names) if self.recorder is not None else None  # before any action
+        for action in actions:
             action.check(obs.workers)
-            b = self.barrier
-            done = (b.set_sync(action.sync == "bsp") if action.kind == "set_sync" else
-                    b.exclude(action.worker) if action.kind == "exclude" else b.include(action.worker))
+            done = self.barrier.act(action)
             if done is None:
                 continue  # a no-op: not recorded
             self.policy_actions[action.kind] = self.policy_actions.get(action.kind, 0) + 1
             if self.recorder is not None:
-                self.recorder.add({"kind": "policy", "t_s": arrival_s, "phase": self.phase,
-                                   "observed": seen.as_record(self.names), "action": action.as_record(self.names)})
+                self.recorder.add({"kind": "policy", "t_s": arrival_s, "phase": self.phase, "observed": observed,
+                                   "action": action.as_record(self.names)})
             if done:
                 self._apply_now(done, arrival_s)
 
@@ -230,7 +242,7 @@ class ParameterServer:
         c.bytes_pulled[worker] += self.costs.pull_bytes
         c.exchanges += 1
         if self.observer is not None:
-            self.observer.exchanged(worker, end_s - self.push_start_s[worker])
+            self.exchange_s[worker] = end_s - self.push_start_s[worker]
         if self.recorder is not None:
             self.recorder.add({"kind": "pull", "worker": self.names[worker], "phase": self.phase, "start_s": start_s,
                               "end_s": end_s, "bytes": self.costs.pull_bytes})

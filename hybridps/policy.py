@@ -19,9 +19,8 @@ from __future__ import annotations
 import importlib
 import math
 from collections import deque
-from dataclasses import dataclass, field
-from functools import cached_property
-from typing import AbstractSet, Any, Sequence
+from dataclasses import dataclass
+from typing import AbstractSet, Any, NamedTuple, Sequence
 
 from hybridps.errors import UserError
 
@@ -39,62 +38,59 @@ class PolicyError(UserError):
         super().__init__(f"policy {field}: {message}")
 
 
-@dataclass(frozen=True)
-class Observation:
+class Observation(NamedTuple):
     """What the PS sees at an update it is about to apply: a bsp round once its last push
-    is in, or a push applied on its own. `pushed`: the workers whose pushes it carries
-    (in arrival order; `worker` is the last, whose arrival completed it). Compute figures
-    are means over a worker's last `window` intervals of the phase.
+    is in, or a push applied on its own. `pushed`: the workers whose pushes it carries (in
+    arrival order; `worker` is the last, whose arrival completed it). Compute figures are
+    means over a worker's last `window` intervals of the phase.
 
-    The per-worker tuples (`workers`: the phase's workers, global indices ascending;
-    `compute_s_per_iteration`, `compute_s_per_sample`, `exchange_s`: the exchange before
-    each one's latest push, push start to pull end, waits included, 0.0 for none; `barrier`)
-    are copied from the observer when first read, and `compute_s_per_sample_of(w)` reads
-    one worker's: an observation is built at every update, and copying them all there
-    would cost O(workers) each time. So read them inside `decide`."""
+    Immutable and typed, a NamedTuple rather than a frozen dataclass: one is built at every
+    update, and a frozen dataclass costs five times as much to build. For the same reason
+    the per-worker figures are read from the observer when asked for: `workers` (the
+    phase's workers, global indices ascending) and the tuples aligned with it,
+    `compute_s_per_iteration`, `compute_s_per_sample`, `exchange_s` (the exchange before
+    each one's latest push, push start to pull end, waits included; 0.0 for none), or one
+    worker's with `compute_s_per_sample_of(w)`. Read them inside `decide`."""
 
     t_s: float
     phase: int
-    worker: int
     pushed: tuple[int, ...]
     sync: str  # "bsp" or "asp", now
     planned_sync: str  # the plan's
     staleness: int  # of the last applied update (0 under bsp)
     phase_fraction: float  # of the phase's samples (or mini-epochs) applied, 0..1
-    source: "Observer" = field(repr=False, compare=False)
-    barrier_members: AbstractSet[int] = field(repr=False, compare=False)  # the workers a bsp round waits for
+    source: "Observer"
+    barrier_members: AbstractSet[int]  # the workers a bsp round waits for
 
-    @cached_property
-    def pushed_compute_s_per_sample(self) -> tuple[float, ...]:
-        """Those of `pushed`, in its order."""
-        per_sample, slot = self.source.per_sample_s, self.source.slot
-        return tuple([per_sample[slot[w]] for w in self.pushed])
+    @property
+    def worker(self) -> int:
+        return self.pushed[-1]
 
-    def compute_s_per_sample_of(self, worker: int) -> float:
-        return self.source.per_sample_s[self.source.slot[worker]]
+    @property
+    def barrier(self) -> tuple[int, ...]:
+        return tuple(sorted(self.barrier_members))
 
-    def compute_s_per_iteration_of(self, worker: int) -> float:
-        return self.source.per_iteration_s[self.source.slot[worker]]
-
-    @cached_property
+    @property
     def workers(self) -> tuple[int, ...]:
         return self.source.workers
 
-    @cached_property
-    def compute_s_per_iteration(self) -> tuple[float, ...]:
-        return tuple(self.source.per_iteration_s)
+    def compute_s_per_sample_of(self, worker: int) -> float:
+        return self.source.per_sample_s(self.source.slot[worker])
 
-    @cached_property
+    def compute_s_per_iteration_of(self, worker: int) -> float:
+        return self.source.per_iteration_s(self.source.slot[worker])
+
+    @property
     def compute_s_per_sample(self) -> tuple[float, ...]:
-        return tuple(self.source.per_sample_s)
+        return tuple(self.source.per_sample_s(i) for i in range(len(self.workers)))
 
-    @cached_property
+    @property
+    def compute_s_per_iteration(self) -> tuple[float, ...]:
+        return tuple(self.source.per_iteration_s(i) for i in range(len(self.workers)))
+
+    @property
     def exchange_s(self) -> tuple[float, ...]:
         return tuple(self.source.exchange_s)
-
-    @cached_property
-    def barrier(self) -> tuple[int, ...]:
-        return tuple(sorted(self.barrier_members))
 
     def as_record(self, names: Sequence[str]) -> dict[str, Any]:
         """The trace's `observed` object: worker names for indices."""
@@ -161,8 +157,8 @@ class Policy:
 class Observer:
     """Per worker of a phase, its last `window` intervals (compute seconds, iterations,
     samples) and its last exchange's duration, fed with plain numbers by whoever sees them:
-    the simulator's PS, or the runtime's from its records. Running sums keep each update
-    O(1) whatever the number of workers."""
+    the simulator's PS, or the runtime's from its records. Running sums keep each push's
+    update O(1) whatever the number of workers; means are divided out when read."""
 
     def __init__(self, workers: Sequence[int], window: int):
         self.workers = tuple(sorted(workers))
@@ -170,9 +166,9 @@ class Observer:
         n = len(self.workers)
         self.window = window
         self.intervals: list[deque] = [deque() for _ in range(n)]
-        self.sums = [[0.0, 0, 0] for _ in range(n)]  # compute seconds, iterations, samples in the window
-        self.per_iteration_s = [0.0] * n
-        self.per_sample_s = [0.0] * n
+        self.sum_s = [0.0] * n  # compute seconds in each worker's window
+        self.sum_iterations = [0] * n
+        self.sum_samples = [0] * n
         self.exchange_s = [0.0] * n
         self.missing = n  # workers with no interval yet: no observation until 0
 
@@ -180,23 +176,28 @@ class Observer:
                  last_exchange_s: float = 0.0) -> None:
         """`worker`'s push arrived with an interval of `iterations` (`samples`) computed in
         `compute_s`; `last_exchange_s`: its previous exchange, push start to pull end (0.0
-        for none). One call a push, so it is kept O(1)."""
+        for none)."""
         i = self.slot[worker]
-        win, sums = self.intervals[i], self.sums[i]
+        win = self.intervals[i]
         if not win:
             self.missing -= 1
         win.append((compute_s, iterations, samples))
-        sums[0] += compute_s
-        sums[1] += iterations
-        sums[2] += samples
         if len(win) > self.window:
-            old_s, old_it, old_n = win.popleft()
-            sums[0] -= old_s
-            sums[1] -= old_it
-            sums[2] -= old_n
-        self.per_iteration_s[i] = sums[0] / sums[1]
-        self.per_sample_s[i] = sums[0] / sums[2]
+            old_s, old_iterations, old_samples = win.popleft()
+            compute_s -= old_s
+            iterations -= old_iterations
+            samples -= old_samples
+        self.sum_s[i] += compute_s
+        self.sum_iterations[i] += iterations
+        self.sum_samples[i] += samples
         self.exchange_s[i] = last_exchange_s
+
+    def per_sample_s(self, i: int) -> float:
+        """Mean compute seconds per sample of the worker in slot `i` (its window)."""
+        return self.sum_s[i] / self.sum_samples[i]
+
+    def per_iteration_s(self, i: int) -> float:
+        return self.sum_s[i] / self.sum_iterations[i]
 
     @property
     def ready(self) -> bool:
@@ -205,11 +206,9 @@ class Observer:
 
     def observe(self, t_s: float, phase: int, pushed: tuple[int, ...], sync: str, planned_sync: str,
                 staleness: int, phase_fraction: float, barrier: AbstractSet[int]) -> Observation:
-        obs = object.__new__(Observation)  # what the frozen __init__ does, at a fifth of its cost (once an update)
-        obs.__dict__.update(t_s=t_s, phase=phase, worker=pushed[-1], pushed=pushed, sync=sync,
-                            planned_sync=planned_sync, staleness=staleness, phase_fraction=phase_fraction,
-                            source=self, barrier_members=barrier)
-        return obs
+        # tuple.__new__ is Observation(...) without its Python-level __new__: once an update, it counts
+        return tuple.__new__(Observation, (t_s, phase, pushed, sync, planned_sync, staleness, phase_fraction, self,
+                                           barrier))
 
 
 # --------------------------------------------------------------------------- built-ins
@@ -238,7 +237,9 @@ class _Detector(Policy):
     def update(self, obs: Observation) -> None:
         """Update the state of the workers whose pushes the update carries."""
         best_s, slowed = self.best_s, self.slowed
-        for w, t in zip(obs.pushed, obs.pushed_compute_s_per_sample):
+        per_sample, slot = obs.source.per_sample_s, obs.source.slot
+        for w in obs.pushed:
+            t = per_sample(slot[w])
             best = best_s.get(w)
             if best is None or t < best:
                 best_s[w] = best = t

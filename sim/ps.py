@@ -145,11 +145,11 @@ class ParameterServer:
         """Ask the policy at an update about to be applied (the pushes of `pushed`, the last
         arriving at `arrival_s`) and carry out its actions: from the next push on; the
         update at hand is applied as it was formed (docs/semantics.md, "Policies")."""
-        obs = self.observer
-        if not obs.ready:
+        obs, b = self.observer, self.barrier
+        if obs.missing:  # not every worker has pushed in the phase yet
             return
-        seen = obs.observe(arrival_s, self.phase, pushed, "bsp" if self.barrier.bsp else "asp", self.sync,
-                           self.last_staleness, self.ledger.phase_fraction(), self.barrier.members)
+        seen = obs.observe(arrival_s, self.phase, pushed, "bsp" if b.bsp else "asp", self.sync,
+                           self.last_staleness, self.ledger.phase_fraction(), b.members)
         actions = self.policy.decide(seen)
         if not actions:
             return

@@ -20,7 +20,7 @@ import importlib
 import math
 from collections import deque
 from dataclasses import dataclass
-from typing import AbstractSet, Any, NamedTuple, Sequence
+from typing import AbstractSet, Any, Callable, NamedTuple, Sequence
 
 from hybridps.errors import UserError
 
@@ -58,13 +58,17 @@ class Observation(NamedTuple):
     sync: str  # "bsp" or "asp", now
     planned_sync: str  # the plan's
     staleness: int  # of the last applied update (0 under bsp)
-    phase_fraction: float  # of the phase's samples (or mini-epochs) applied, 0..1
     source: "Observer"
     barrier_members: AbstractSet[int]  # the workers a bsp round waits for
 
     @property
     def worker(self) -> int:
         return self.pushed[-1]
+
+    @property
+    def phase_fraction(self) -> float:
+        """Share of the phase's samples (or mini-epochs, under DBSL's rule) applied, 0..1."""
+        return self.source.phase_fraction()
 
     @property
     def barrier(self) -> tuple[int, ...]:
@@ -160,8 +164,9 @@ class Observer:
     the simulator's PS, or the runtime's from its records. Running sums keep each push's
     update O(1) whatever the number of workers; means are divided out when read."""
 
-    def __init__(self, workers: Sequence[int], window: int):
+    def __init__(self, workers: Sequence[int], window: int, phase_fraction: Callable[[], float] = lambda: 0.0):
         self.workers = tuple(sorted(workers))
+        self.phase_fraction = phase_fraction  # how much of the phase is applied (Ledger.phase_fraction)
         self.slot = {w: i for i, w in enumerate(self.workers)}
         n = len(self.workers)
         self.window = window
@@ -205,10 +210,9 @@ class Observer:
         return self.missing == 0
 
     def observe(self, t_s: float, phase: int, pushed: tuple[int, ...], sync: str, planned_sync: str,
-                staleness: int, phase_fraction: float, barrier: AbstractSet[int]) -> Observation:
+                staleness: int, barrier: AbstractSet[int]) -> Observation:
         # tuple.__new__ is Observation(...) without its Python-level __new__: once an update, it counts
-        return tuple.__new__(Observation, (t_s, phase, pushed, sync, planned_sync, staleness, phase_fraction, self,
-                                           barrier))
+        return tuple.__new__(Observation, (t_s, phase, pushed, sync, planned_sync, staleness, self, barrier))
 
 
 # --------------------------------------------------------------------------- built-ins
@@ -237,9 +241,11 @@ class _Detector(Policy):
     def update(self, obs: Observation) -> None:
         """Update the state of the workers whose pushes the update carries."""
         best_s, slowed = self.best_s, self.slowed
-        per_sample, slot = obs.source.per_sample_s, obs.source.slot
+        src = obs.source  # its sums read directly: a bsp round asks for every worker's mean
+        sum_s, sum_samples, slot = src.sum_s, src.sum_samples, src.slot
         for w in obs.pushed:
-            t = per_sample(slot[w])
+            i = slot[w]
+            t = sum_s[i] / sum_samples[i]
             best = best_s.get(w)
             if best is None or t < best:
                 best_s[w] = best = t

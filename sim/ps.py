@@ -83,7 +83,7 @@ class ParameterServer:
         self.clock.start_phase(range(len(self.names)))
         active = policy is not None and policy.acts_on(sync)
         self.policy = policy if active else None
-        self.observer = Observer(workers, policy.window) if active else None
+        self.observer = Observer(workers, policy.window, self.ledger.phase_fraction) if active else None
         self.last_staleness = 0
         self.exchange_s = [0.0] * len(self.names)  # none yet in this phase
 
@@ -149,7 +149,7 @@ class ParameterServer:
         if obs.missing:  # not every worker has pushed in the phase yet
             return
         seen = obs.observe(arrival_s, self.phase, pushed, "bsp" if b.bsp else "asp", self.sync,
-                           self.last_staleness, self.ledger.phase_fraction(), b.members)
+                           self.last_staleness, b.members)
         actions = self.policy.decide(seen)
         if not actions:
             return

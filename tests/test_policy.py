@@ -246,13 +246,14 @@ def test_exclude_include_and_leave_change_what_a_round_waits_for():
 
 
 def test_the_observer_averages_the_last_window_intervals():
-    obs = Observer([2, 0], window=2)
+    obs = Observer([2, 0], window=2, phase_fraction=lambda: 0.5)
     obs.interval(0, 1.0, 10, 100)
     assert not obs.ready
     obs.interval(2, 2.0, 10, 50, last_exchange_s=0.25)
     for compute_s in (3.0, 5.0):
         obs.interval(0, compute_s, 10, 100)
-    seen = obs.observe(9.0, 1, (2, 0), "bsp", "bsp", 0, 0.5, {2, 0})
+    seen = obs.observe(9.0, 1, (2, 0), "bsp", "bsp", 0, {2, 0})
+    assert seen.phase_fraction == 0.5
     assert seen.worker == 0 and seen.workers == (0, 2) and seen.barrier == (0, 2)
     assert seen.compute_s_per_sample_of(2) == 0.04 and seen.compute_s_per_iteration_of(0) == 0.4
     assert seen.compute_s_per_iteration == (0.4, 0.2)  # (3 + 5) / 20 iterations

@@ -129,6 +129,11 @@ class OutAndBackIn(Policy):
         return [] if inside else [Action.include(self.worker)]
 
 
+class ExcludesAStranger(Policy):
+    def decide(self, obs: Observation) -> list[Action]:
+        return [Action.exclude(99)]
+
+
 def _files(tmp_path: Path, policy: dict | None) -> list[str]:
     cluster = CLUSTER | {"stragglers": {**CLUSTER["stragglers"]}}
     (tmp_path / "c.toml").write_text(_toml(cluster))
@@ -212,6 +217,13 @@ def test_a_plan_without_policy_dumps_as_before_and_one_with_it_round_trips():
     with_policy = plan_from_dict(_plan_dict(spec))
     assert with_policy.to_json_dict()["phases"][0]["policy"] == spec
     assert plan_from_dict(json.loads(with_policy.to_json())) == with_policy
+
+
+def test_a_policy_that_acts_on_a_worker_outside_the_phase_stops_the_simulation_with_one_line(tmp_path, capsys):
+    args = _files(tmp_path, {"kind": "python", "target": "tests.test_policy:ExcludesAStranger"})
+    assert main(["simulate", *args, "--json"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "policy action: exclude needs a worker of the phase, got 99" in err
 
 
 def test_a_bad_action_from_a_policy_is_a_clear_error():

@@ -1,10 +1,11 @@
-"""Online policies (issue 10; docs/policies.md): at every exchange boundary a policy sees
-what a real parameter server can see and may change how the rest of the phase runs.
+"""Online policies (issue 10; docs/policies.md): at every update the parameter server is
+about to apply (a bsp round, or a push applied on its own) a policy sees what a real PS
+can see and may change how the rest of the phase runs.
 
-- `Observation`: plain numbers and tuples, built by an `Observer` that the PS feeds with
-  plain values (an interval's compute time, an exchange's duration). The simulator's PS
-  (sim/ps.py) feeds it; the runtime's PhaseServer can feed the same observer from its
-  records, so one policy object runs in both.
+- `Observation`: an immutable record of plain numbers and tuples, built by an `Observer`
+  that the PS feeds with plain values (an interval's compute time, an exchange's
+  duration). The simulator's PS (sim/ps.py) feeds it; the runtime's PhaseServer can feed
+  the same observer from what it receives, so one policy object runs in both.
 - `Action`: switch the phase's sync mode (bsp <-> asp), take a worker out of the bsp
   barrier or bring it back. What an action does to the rounds is
   `hybridps.semantics.Barrier`'s rule (docs/semantics.md, "Policies").
@@ -224,7 +225,7 @@ class _Detector(Policy):
     counts as recovered below `threshold - hysteresis` (so one noisy interval does not
     flip it). Each worker is its own reference: a plan's slower devices are not
     stragglers, and it holds however many workers are slowed at once. A worker's mean
-    changes only when it pushes, so each decision looks at the pushing worker alone."""
+    changes only when it pushes, so each decision looks at the update's workers alone."""
 
     PARAMS = {"threshold": (float, 1.0, 1e6), "window": (int, 1, 10_000), "hysteresis": (float, 0.0, 1e6)}
 
@@ -319,7 +320,7 @@ def _python_policy(params: dict[str, Any]) -> Policy:
     module_name, class_name = target.split(":")
     try:
         cls = getattr(importlib.import_module(module_name), class_name)
-    except (ImportError, AttributeError) as e:
+    except (ImportError, AttributeError, SyntaxError) as e:
         raise PolicyError("target", f"cannot import {target!r}: {e}") from None
     if not (isinstance(cls, type) and issubclass(cls, Policy)):
         raise PolicyError("target", f"{target!r} is not a subclass of hybridps.policy.Policy")

@@ -10,9 +10,10 @@ bsp: pushes of a round are collected; when the last one arrives, one combined up
 applied and every worker pulls. asp/ssp: each push is applied on arrival and that
 worker pulls at once. Which pushes make a round is `hybridps.semantics.Barrier`'s rule.
 
-A phase with an online policy (hybridps/policy.py) has it consulted as each push arrives,
-before the push is handled; the PS feeds its observer plain numbers, as the runtime's
-PS would, and applies the actions through the Barrier.
+A phase with an online policy (hybridps/policy.py) has it consulted at each update the PS
+is about to apply (a round once complete, a push applied on its own); the PS feeds its
+observer plain numbers as pushes arrive, as the runtime's PS would, and carries out the
+actions through the Barrier.
 """
 
 from __future__ import annotations
@@ -156,7 +157,7 @@ class ParameterServer:
         observed = seen.as_record(self.names) if self.recorder is not None else None  # before any action
         for action in actions:
             action.check(obs.workers)
-            done = self.barrier.act(action)
+            done = b.act(action)
             if done is None:
                 continue  # a no-op: not recorded
             self.policy_actions[action.kind] = self.policy_actions.get(action.kind, 0) + 1

@@ -165,6 +165,8 @@ def test_exclude_and_include_run_once_each(tmp_path, capsys):
     summary = json.loads(capsys.readouterr().out)
     assert summary["policy_actions"] == {"exclude": 1, "include": 1}
     assert summary["staleness"]["max"] > 0  # w1's pushes were applied alone meanwhile
+    assert main(["simulate", *args]) == 0
+    assert "policy actions: exclude 1, include 1" in capsys.readouterr().out
 
 
 def test_a_user_policy_from_a_module_on_sys_path_in_a_fresh_process(tmp_path):
@@ -179,6 +181,41 @@ def test_a_user_policy_from_a_module_on_sys_path_in_a_fresh_process(tmp_path):
                           text=True, cwd=ROOT, env=env)
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout)["policy_actions"] == {"set_sync": 1}
+
+
+class Chaos(Policy):
+    """Flips the mode every third update and a worker's barrier membership at every one."""
+
+    window = 1
+
+    def __init__(self) -> None:
+        self.n = 0
+
+    def decide(self, obs: Observation) -> list[Action]:
+        self.n += 1
+        w = obs.workers[self.n % len(obs.workers)]
+        actions = [Action.exclude(w) if w in obs.barrier else Action.include(w)]
+        if self.n % 3 == 0:
+            actions.append(Action.set_sync("asp" if obs.sync == "bsp" else "bsp"))
+        return actions
+
+
+def test_a_policy_that_flips_everything_never_stalls_a_phase():
+    # DBSL's mini-epoch rule: workers stop on their own commits, so some stop while others
+    # still push; a round must never wait for a stopped worker
+    from hybridps.spec import load_cluster, load_job, load_plan
+
+    cluster, job = load_cluster("gtx1080x4"), load_job("cifar100-resnet18")
+    d = load_plan("gtx1080x4-cifar100-dbsl", cluster, job).to_json_dict()
+    for phase in d["phases"]:
+        phase.update(sync="bsp", policy={"kind": "python", "target": "tests.test_policy:Chaos"})
+    result = simulate(cluster, job, plan_from_dict(d, "<plan>", cluster, job), seed=1)
+    s = result.summary()
+    assert len(s["phases"]) == len(d["phases"]) and len(s["epoch_end_s"]) == 140  # as without a policy
+    assert sum(w["samples"] for w in s["workers"].values()) == 140 * job.data.samples
+    assert s["policy_actions"]["set_sync"] > 100 and s["policy_actions"]["exclude"] > 100
+    chaos = _sim({"kind": "python", "target": "tests.test_policy:Chaos"}, seed=3)
+    assert chaos.summary()["updates"] > 0 and len(chaos.counters.epoch_end_s) == 10
 
 
 # --------------------------------------------------------------------------- bad specs

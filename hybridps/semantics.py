@@ -5,7 +5,9 @@ record. Standard library only: no torch, no SimPy.
 - `Ledger`: sample accounting (phase target, epoch ends, due evaluations, when a worker
   stops, the DBSL mini-epoch rule);
 - `SSPGate`: who may start an interval, who waits, who is released;
-- `VersionClock`: model versions and the staleness of each update.
+- `VersionClock`: model versions and the staleness of each update;
+- `Barrier`: which pushes a round combines, and what a policy's mid-phase switch does
+  to the round in progress (docs/semantics.md, "Policies").
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ class Ledger:
         self.applied_in_phase = 0
         self.phase_end_epoch = 0
         self.commits: dict[int, int] | None = None  # mini-epoch rule: each worker's commits in the phase
+        self.commits_total = 0
 
     def start_phase(self, p: int, workers: Iterable[int], mini_epochs: bool = False, applied: int = 0,
                     commits: dict[int, int] | None = None) -> None:
@@ -49,6 +52,7 @@ class Ledger:
         self.commits = None
         if mini_epochs:
             self.commits = {w: (commits or {}).get(w, 0) for w in workers}
+            self.commits_total = sum(self.commits.values())
 
     def apply(self, samples: int, now_s: float) -> Sequence[int]:
         """Count an applied update of `samples`; returns the epochs (1-based, counted across
@@ -70,6 +74,7 @@ class Ledger:
             return
         for w in workers:
             self.commits[w] += 1
+            self.commits_total += 1
 
     def evaluation_due(self, epoch: int) -> bool:
         """Whether the PS evaluates at the end of `epoch` inside the phase (every
@@ -84,6 +89,13 @@ class Ledger:
         if self.commits is not None:
             return self.commits[worker] >= self.phase_epochs[self.phase]
         return self.applied_in_phase >= self.target
+
+    def phase_fraction(self) -> float:
+        """How much of the phase is applied, 0..1 (what a policy observes): samples over the
+        target, or under the mini-epoch rule commits over the phase's mini-epochs."""
+        if self.commits is not None:
+            return self.commits_total / (len(self.commits) * self.phase_epochs[self.phase])
+        return min(1.0, self.applied_in_phase / self.target)
 
     def worker_epoch(self, computed_samples: int, share: int) -> int:
         """A worker's absolute epoch after computing `computed_samples` of share `share` in the phase."""
@@ -162,3 +174,78 @@ class VersionClock:
 
     def pulled(self, worker: int) -> None:
         self.read[worker] = self.version
+
+
+class Barrier:
+    """Which pushes are applied together. Under bsp a round waits for every member (the
+    phase's workers at its start); a push of a worker outside it, or any push under asp,
+    is applied on its own. A policy may switch the mode and change the members mid-phase
+    (docs/semantics.md, "Policies"); a worker that stops for the phase leaves.
+
+    The methods that change something return the workers whose pushes are applied now as
+    one round ([] for none); those that change nothing return None."""
+
+    def __init__(self, workers: Iterable[int], bsp: bool):
+        self.bsp = bsp
+        self.members = set(workers)
+        self.stopped: set[int] = set()
+        self.round: list[int] = []  # pushes in, in arrival order
+        self.missing = set(self.members)  # members whose push the round still waits for
+
+    def push(self, worker: int) -> list[int] | None:
+        """`worker`'s push arrived: None if it is applied on its own, else the round it
+        completes ([] while the round still waits)."""
+        if not self.bsp or worker not in self.members:
+            return None
+        self.round.append(worker)
+        self.missing.discard(worker)
+        return self._complete()
+
+    def _complete(self) -> list[int]:
+        if not self.round or self.missing:
+            return []
+        done, self.round = self.round, []
+        self.missing = set(self.members)
+        return done
+
+    def set_sync(self, bsp: bool) -> list[int] | None:
+        """Switch mode. bsp -> asp: the round in progress is applied as it stands (one
+        combined update of the pushes it has; its workers pull it). asp -> bsp: the next
+        push of each member makes the first round."""
+        if bsp == self.bsp:
+            return None
+        self.bsp = bsp
+        done, self.round = self.round, []
+        self.missing = set(self.members)
+        return done
+
+    def exclude(self, worker: int) -> list[int] | None:
+        """`worker` leaves the barrier: a push of it already in the round stays there;
+        the round may now be complete."""
+        if worker not in self.members:
+            return None
+        self.members.discard(worker)
+        self.missing.discard(worker)
+        return self._complete()
+
+    def include(self, worker: int) -> list[int] | None:
+        """`worker` rejoins: the round in progress waits for it too (unless its push is in)."""
+        if worker in self.members or worker in self.stopped:
+            return None
+        self.members.add(worker)
+        if worker not in self.round:
+            self.missing.add(worker)
+        return []
+
+    def act(self, action) -> list[int] | None:
+        """Carry out a policy's action (hybridps.policy.Action: kind set_sync, exclude or include)."""
+        if action.kind == "set_sync":
+            return self.set_sync(action.sync == "bsp")
+        if action.kind == "exclude":
+            return self.exclude(action.worker)
+        return self.include(action.worker)
+
+    def leave(self, worker: int) -> list[int]:
+        """`worker` stopped for the phase: no round waits for it any more."""
+        self.stopped.add(worker)
+        return self.exclude(worker) or []

@@ -24,6 +24,7 @@ from pydantic import (
     Field,
     ValidationError,
     field_validator,
+    model_serializer,
     model_validator,
 )
 
@@ -481,6 +482,27 @@ class WorkerAssignment(_Spec):
         return math.ceil(self.samples / self.batch)
 
 
+class PolicySpec(BaseModel):
+    """An online policy for the phase (docs/policies.md): `kind` and that kind's
+    parameters, checked by hybridps.policy.make_policy (a python target is imported)."""
+
+    model_config = ConfigDict(extra="allow", frozen=True, strict=True, allow_inf_nan=False)
+    kind: str = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _known(self) -> "PolicySpec":
+        from hybridps.policy import PolicyError, make_policy
+
+        try:
+            make_policy(self.as_dict())
+        except PolicyError as e:
+            raise _FieldError(e.field, e.message) from None
+        return self
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"kind": self.kind, **(self.model_extra or {})}
+
+
 class Phase(_Spec):
     epochs: int = Field(ge=1, le=MAX_EPOCHS)
     resolution: int = Field(ge=1, le=MAX_RESOLUTION)
@@ -491,6 +513,15 @@ class Phase(_Spec):
     lr: float = Field(gt=0, le=MAX_RATE)
     compression: Compression = Compression()
     workers: list[WorkerAssignment] = Field(min_length=1)
+    policy: PolicySpec | None = None
+
+    @model_serializer(mode="wrap")
+    def _without_null_policy(self, handler: Any) -> dict[str, Any]:
+        """A phase without a policy dumps as before the field existed (same JSON, same digests)."""
+        data = handler(self)
+        if data.get("policy", 0) is None:
+            del data["policy"]
+        return data
 
     @model_validator(mode="after")
     def _sync_fields(self) -> "Phase":
@@ -502,6 +533,9 @@ class Phase(_Spec):
         dup = {w.name for w in self.workers if w.name in seen or seen.add(w.name)}  # O(n), not names.count
         if dup:
             raise _FieldError("workers", f"worker(s) listed twice: {', '.join(sorted(dup))}")
+        if self.policy is not None and self.sync == "ssp":
+            raise _FieldError("policy", "policies switch between bsp and asp; this phase is 'ssp' (use bsp or asp, "
+                                        "or remove the policy)")
         return self
 
     def exchange_every(self, assignment: WorkerAssignment) -> int:

@@ -10,6 +10,7 @@ from typing import Any, Callable, Generator
 
 import simpy
 
+from hybridps.policy import make_policy
 from hybridps.semantics import Ledger, SSPGate, ends_on_mini_epochs
 from hybridps.spec import Cluster, Job, Plan, check_plan
 from hybridps.stragglers import StragglerSchedule
@@ -68,7 +69,8 @@ class Simulation:
             workers = self.phase_workers[p]
             self.ledger.start_phase(p, workers, mini_epochs=ends_on_mini_epochs(phase))
             gate = SimGate(env, SSPGate(phase.staleness, workers)) if phase.sync == "ssp" else None
-            self.ps.start_phase(p, self.costs[p], phase.sync)
+            policy = make_policy(phase.policy.as_dict()) if phase.policy is not None else None  # new each phase
+            self.ps.start_phase(p, self.costs[p], phase.sync, policy)
             yield env.all_of([env.process(worker_phase(self.context, w, self.names[w], p, phase.resolution, wp, gate))
                               for w, wp in workers.items()])
             self._phase_done(p, start_s)
@@ -93,6 +95,7 @@ class Simulation:
         if self.recorder is not None:
             self.recorder.flush()
         c = self.counters
+        c.policy_actions = dict(self.ps.policy_actions)
         updates = sum(c.staleness_hist.values())
         iterations = sum(c.iterations)
         events = iterations + 2 * c.exchanges + updates + len(c.phases)

@@ -47,6 +47,7 @@ class Counters:
         self.phases: list[tuple[float, float]] = []
         self.epoch_end_s: list[float] = []
         self.update_log: UpdateLog | None = UpdateLog() if log_updates else None
+        self.policy_actions: dict[str, int] = {}  # online policies: action kind -> decisions
 
     def add_staleness(self, staleness: int, count: int = 1) -> None:
         self.staleness_hist[staleness] = self.staleness_hist.get(staleness, 0) + count
@@ -107,6 +108,7 @@ class SimResult:
             "updates": self.updates,
             "staleness": staleness,
             "bytes_total": total_bytes,
+            "policy_actions": dict(c.policy_actions),
             "events": self.events,
             "wall_s": self.wall_s,
         }

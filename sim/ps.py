@@ -8,7 +8,12 @@ NIC is the S shard NICs together (docs/simulator.md says why this is exact).
 
 bsp: pushes of a round are collected; when the last one arrives, one combined update is
 applied and every worker pulls. asp/ssp: each push is applied on arrival and that
-worker pulls at once.
+worker pulls at once. Which pushes make a round is `hybridps.semantics.Barrier`'s rule.
+
+A phase with an online policy (hybridps/policy.py) has it consulted at each update the PS
+is about to apply (a round once complete, a push applied on its own); the PS feeds its
+observer plain numbers as pushes arrive, as the runtime's PS would, and carries out the
+actions through the Barrier.
 """
 
 from __future__ import annotations
@@ -18,7 +23,8 @@ from typing import Any, Callable
 import simpy
 from simpy.core import NORMAL
 
-from hybridps.semantics import Ledger, VersionClock
+from hybridps.policy import Observer, Policy
+from hybridps.semantics import Barrier, Ledger, VersionClock
 from hybridps.spec import Cluster
 from sim.metrics import Counters
 from sim.network import make_link
@@ -53,29 +59,45 @@ class ParameterServer:
         self.busy_until_s = 0.0  # FIFO apply queue: when the server is free again
         n = len(names)
         self.push_samples = [0] * n  # samples carried by each worker's in-flight push
+        self.push_compute_s = [0.0] * n  # a policy's observer: the compute time behind each push,
+        self.push_iterations = [0] * n  # its iterations,
+        self.exchange_s = [0.0] * n  # and each worker's last exchange, push start to pull end
+        self.push_start_s = [0.0] * n
         self.done_event: list[simpy.Event | None] = [None] * n
-        self.round: list[int] = []  # bsp: workers whose push has arrived this round
+        self.barrier = Barrier((), False)
         self.round_ready_s = 0.0  # bsp: when the round's last push arrives
-        self.round_size = 0
-        self.bsp = False
         self.costs = None
         self.phase = 0
+        self.sync = "asp"
+        self.policy: Policy | None = None
+        self.observer: Observer | None = None
+        self.last_staleness = 0
+        self.policy_actions: dict[str, int] = {}  # action kind -> count, over the run
 
-    def start_phase(self, phase_index: int, costs, sync: str) -> None:
+    def start_phase(self, phase_index: int, costs, sync: str, policy: Policy | None = None) -> None:
         self.phase = phase_index
         self.costs = costs
-        self.bsp = sync == "bsp"
-        self.round = []
+        self.sync = sync
+        workers = [wp.index for wp in costs.workers]
+        self.barrier = Barrier(workers, sync == "bsp")
         self.round_ready_s = 0.0
-        self.round_size = len(costs.workers)
         self.clock.start_phase(range(len(self.names)))
+        active = policy is not None and policy.acts_on(sync)
+        self.policy = policy if active else None
+        self.observer = Observer(workers, policy.window, self.ledger.phase_fraction) if active else None
+        self.last_staleness = 0
+        self.exchange_s = [0.0] * len(self.names)  # none yet in this phase
 
     # worker side ------------------------------------------------------------------
-    def exchange(self, worker: int, samples: int) -> simpy.Event:
-        """Push `samples` worth of work, then pull; the event fires when the pull is in."""
+    def exchange(self, worker: int, samples: int, compute_s: float = 0.0, iterations: int = 0) -> simpy.Event:
+        """Push `samples` worth of work (computed in `iterations` taking `compute_s`), then
+        pull; the event fires when the pull is in."""
         ev = Arrival(self.env)
         self.done_event[worker] = ev
         self.push_samples[worker] = samples
+        if self.observer is not None:
+            self.push_compute_s[worker] = compute_s
+            self.push_iterations[worker] = iterations
         self.push_link.send(worker, self.costs.push_wire_bytes, self.latency_s[worker])
         return ev
 
@@ -89,16 +111,61 @@ class ParameterServer:
             self.recorder.add({"kind": "push", "worker": self.names[worker], "phase": self.phase, "start_s": start_s,
                               "end_s": end_s, "bytes": self.costs.push_bytes,
                               "samples": self.push_samples[worker]})
-        if self.bsp:
-            self.round.append(worker)
+        if self.observer is not None:
+            self.push_start_s[worker] = start_s
+            self.observer.interval(worker, self.push_compute_s[worker], self.push_iterations[worker],
+                                   self.push_samples[worker], self.exchange_s[worker])
+        done = self.barrier.push(worker)
+        if done is None:
+            if self.observer is not None:
+                self._consult((worker,), end_s)
+            self._apply(self._apply_one, worker, end_s)
+        else:
             if end_s > self.round_ready_s:
                 self.round_ready_s = end_s
-            if len(self.round) == self.round_size:
-                workers, self.round = self.round, []
-                ready_s, self.round_ready_s = self.round_ready_s, 0.0
-                self._apply(self._apply_round, workers, ready_s)
-        else:
-            self._apply(self._apply_one, worker, end_s)
+            if done:
+                if self.observer is not None:
+                    self._consult(tuple(done), end_s)
+                self._apply_now(done, end_s)
+
+    def _apply_now(self, workers: list[int], at_s: float) -> None:
+        """Apply the round of `workers` once its pushes are in (round_ready_s), and not
+        before `at_s`: when the event that completed it (a push, a decision) happened."""
+        ready_s = self.round_ready_s if self.round_ready_s > at_s else at_s
+        self.round_ready_s = 0.0
+        self._apply(self._apply_round, workers, ready_s)
+
+    def leave(self, worker: int) -> None:
+        """`worker` stopped for the phase: a round no longer waits for it."""
+        done = self.barrier.leave(worker)
+        if done:
+            self._apply_now(done, self.env.now)
+
+    # policy ---------------------------------------------------------------------
+    def _consult(self, pushed: tuple[int, ...], arrival_s: float) -> None:
+        """Ask the policy at an update about to be applied (the pushes of `pushed`, the last
+        arriving at `arrival_s`) and carry out its actions: from the next push on; the
+        update at hand is applied as it was formed (docs/semantics.md, "Policies")."""
+        obs, b = self.observer, self.barrier
+        if obs.missing:  # not every worker has pushed in the phase yet
+            return
+        seen = obs.observe(arrival_s, self.phase, pushed, "bsp" if b.bsp else "asp", self.sync,
+                           self.last_staleness, b.members)
+        actions = self.policy.decide(seen)
+        if not actions:
+            return
+        observed = seen.as_record(self.names) if self.recorder is not None else None  # before any action
+        for action in actions:
+            action.check(obs.workers)
+            done = b.act(action)
+            if done is None:
+                continue  # a no-op: not recorded
+            self.policy_actions[action.kind] = self.policy_actions.get(action.kind, 0) + 1
+            if self.recorder is not None:
+                self.recorder.add({"kind": "policy", "t_s": arrival_s, "phase": self.phase, "observed": observed,
+                                   "action": action.as_record(self.names)})
+            if done:
+                self._apply_now(done, arrival_s)
 
     def _apply(self, fn, arg, arrival_s: float) -> None:
         """Run `fn(arg)` when the server has applied this update (FIFO, one at a time).
@@ -133,6 +200,7 @@ class ParameterServer:
     def _apply_one(self, worker: int) -> None:
         c, now = self.counters, self.env.now
         version, staleness = self.clock.apply_push(worker)
+        self.last_staleness = staleness
         c.add_staleness(staleness)
         if c.update_log is not None:
             c.update_log.add(now, self.phase, worker, staleness, self.push_samples[worker])
@@ -151,6 +219,7 @@ class ParameterServer:
     def _apply_round(self, workers: list[int]) -> None:
         c, now = self.counters, self.env.now
         version = self.clock.apply_round(workers)
+        self.last_staleness = 0
         c.add_staleness(0, len(workers))
         samples = sum(self.push_samples[w] for w in workers)
         if c.update_log is not None:
@@ -173,6 +242,8 @@ class ParameterServer:
         c.comm_s[worker] += end_s - start_s
         c.bytes_pulled[worker] += self.costs.pull_bytes
         c.exchanges += 1
+        if self.observer is not None:
+            self.exchange_s[worker] = end_s - self.push_start_s[worker]
         if self.recorder is not None:
             self.recorder.add({"kind": "pull", "worker": self.names[worker], "phase": self.phase, "start_s": start_s,
                               "end_s": end_s, "bytes": self.costs.pull_bytes})

@@ -107,10 +107,11 @@ def worker_phase(ctx: WorkerContext, w: int, name: str, p: int, resolution: int,
         c.samples[w] += interval_samples
         c.compute_s[w] += t - t0
         yield env.timeout(t - t0 + overhead_s)  # the exchange overhead ends the interval, before the push
-        yield ps.exchange(w, interval_samples)
+        yield ps.exchange(w, interval_samples, t - t0, iterations)
         if gate is not None:
             gate.exchanged(w)  # an exchange counts when its pull reaches the worker
         if ledger.worker_done(w):
             break
+    ps.leave(w)  # a bsp round no longer waits for it (a policy may have made rounds uneven)
     if gate is not None:
         gate.leave(w)

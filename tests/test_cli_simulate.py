@@ -86,7 +86,8 @@ def test_json_summary_is_the_simulate_summary(files, capsys):
     got = json.loads(capsys.readouterr().out)
     want = _expected(tmp_path, seed=9).summary()
     assert set(got) == {"makespan_s", "phases", "epoch_end_s", "workers", "updates", "staleness", "bytes_total",
-                        "events", "wall_s"}
+                        "policy_actions", "events", "wall_s"}
+    assert got["policy_actions"] == {}  # no policy in the plan
     got.pop("wall_s"), want.pop("wall_s")
     assert got == want
     assert set(got["workers"]["w0"]) == {"iterations", "samples", "compute_s", "comm_s", "wait_s", "bytes_pushed",

@@ -74,6 +74,8 @@ RECORD_KINDS: dict[str, tuple[dict[str, tuple[type, ...]], dict[str, tuple[type,
         {"worker": _STR, "phase": _INT, "t_s": _NUM, "reason": _STR},
         {"shares": _OPT_DICT},
     ),
+    # an online policy's decision (docs/policies.md): what it observed and what it did
+    "policy": ({"t_s": _NUM, "phase": _INT, "observed": (dict,), "action": (dict,)}, {}),
     "profile": (
         {"device": _STR, "resolution": _INT, "batch": _INT, "iteration_s": _NUM},
         {"samples": _INT, "repeats": _INT, "model": _STR},

@@ -139,6 +139,9 @@ MEANINGS = {
     "phases[].workers[].batch": "batch size; at most the device's max_batch at this resolution",
     "phases[].workers[].samples": "this worker's share of one epoch; the shares sum to data.samples",
     "meta": "free-form; ignored by the simulator and the runtime",
+    "phases[].policy": "an online policy (docs/policies.md), simulator only so far; absent: the phase runs as planned",
+    "phases[].policy.kind": "`sync-switch-greedy`, `sync-switch-elastic` or `python` (with `target` = "
+                            "\"module:Class\"); other keys are the kind's parameters",
 }
 
 TRACE_MEANINGS = {
@@ -196,6 +199,11 @@ TRACE_MEANINGS = {
     "noise.rounds": "measurements behind the estimate",
     "noise.batch_small": "two-batch estimator: the small batch",
     "noise.batch_big": "two-batch estimator: the big batch",
+    "policy": "an online policy's action (docs/policies.md); no-ops are not recorded",
+    "policy.t_s": "when the push that prompted it arrived at the PS",
+    "policy.observed": "what the policy saw: worker, sync, compute_s_per_iteration and exchange_s by worker, "
+                       "staleness, phase_fraction, barrier",
+    "policy.action": "`{kind: set_sync, sync}` or `{kind: exclude|include, worker}`",
     "profile.resolution": "input resolution", "profile.batch": "batch size",
     "profile": "one timed iteration size (`hybridps profile`)",
     "profile.device": "device type name",
@@ -225,6 +233,7 @@ SUMMARY_MEANINGS = {
     "staleness.p99": "99th percentile (nearest rank: an observed value)",
     "staleness.max": "largest",
     "bytes_total": "bytes pushed and pulled by all workers",
+    "policy_actions": "online policies' actions by kind (`set_sync`, `exclude`, `include`); {} without a policy",
     "events": "SimPy events processed", "wall_s": "wall-clock time the simulation took",
 }
 

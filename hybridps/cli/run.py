@@ -102,7 +102,18 @@ def _specs(args: argparse.Namespace):
     cluster, job = load_cluster(args.cluster), load_job(args.job)
     plan = load_plan(args.plan, cluster, job)
     check_plan(plan, cluster, job, args.plan)
+    _no_policies(plan)
     return cluster, job, plan
+
+
+def _no_policies(plan) -> None:
+    """Issue 10's runtime side is not built: refuse a policy rather than ignore it."""
+    from hybridps.errors import UserError
+
+    for p, phase in enumerate(plan.phases):
+        if phase.policy is not None:
+            raise UserError(f"phase {p}: policies run in the simulator only so far (the runtime side of issue 10 "
+                            f"is not built); remove `policy` to run this plan")
 
 
 def run(args: argparse.Namespace) -> int:

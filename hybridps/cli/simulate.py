@@ -35,6 +35,8 @@ def _human(summary: dict, cluster, job, plan, seed: int, target: float | None = 
         f"{s['staleness']['mean']:.2f} p99 {s['staleness']['p99']:.0f} max {s['staleness']['max']:.0f}   "
         f"traffic {s['bytes_total'] / 1e9:,.1f} GB",
     ]
+    if s["policy_actions"]:
+        lines.append("policy actions: " + ", ".join(f"{kind} {n}" for kind, n in sorted(s["policy_actions"].items())))
     if len(s["phases"]) > 1:
         lines.append("phase ends (s): " + ", ".join(f"{p['end_s']:,.1f}" for p in s["phases"]))
     width = max(6, max(len(n) for n in s["workers"]))

@@ -1,0 +1,92 @@
+"""What consulting an online policy at every update costs the simulator (issue 10).
+
+    python bench/policy_overhead.py            # best of 3, the two cases below
+    python bench/policy_overhead.py --repeat 5 --epochs 90
+
+The large case of bench/sim_speed.py: 64 RTX 3090 workers, ImageNet-1k at 224 px, batch
+256, gradient exchange, full network model, no trace. Each case is timed with and without
+a policy in the same process, alternately, best of `--repeat`, in CPU seconds of this
+process (time.process_time: on a shared machine wall time swings with the neighbours'
+load, which would drown a 15 % difference):
+
+(a) bsp, no stragglers, `sync-switch-greedy`: consulted at every round, it never acts, so
+    the schedule is the same and the difference is the policy's cost alone;
+(b) asp with transient stragglers and a policy that watches every push (consulted at each
+    one, reading the pushing worker's figures) and never acts.
+
+A policy that does act changes the schedule (greedy under stragglers runs asp stretches,
+whose pushes cost the simulator more than bsp rounds), so its time is not an overhead.
+Target: at most about 1.15x.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from hybridps.policy import Observation, Policy  # noqa: E402
+from hybridps.spec import plan_from_dict  # noqa: E402
+from sim import simulate  # noqa: E402
+from sim_speed import imagenet64  # noqa: E402
+
+TARGET_RATIO = 1.15
+
+
+class Watcher(Policy):
+    """Reads the pushing worker's figures at every update and never acts."""
+
+    def acts_on(self, planned_sync: str) -> bool:
+        return True
+
+    def decide(self, obs: Observation) -> tuple:
+        obs.compute_s_per_sample_of(obs.worker)
+        return ()
+
+
+sys.modules.setdefault("policy_overhead", sys.modules[__name__])
+
+
+def with_policy(cluster, job, plan, epochs: int, policy: dict | None):
+    d = plan.to_json_dict()
+    d["phases"][0]["epochs"] = epochs
+    if policy is not None:
+        d["phases"][0]["policy"] = policy
+    return plan_from_dict(d, "bench", cluster, job)
+
+
+def compare(label: str, sync: str, stragglers: bool, policy: dict, epochs: int, repeat: int) -> float:
+    cluster, job, plan = imagenet64(sync, stragglers)
+    plain, watched = with_policy(cluster, job, plan, epochs, None), with_policy(cluster, job, plan, epochs, policy)
+    best = {"plain": float("inf"), "policy": float("inf")}
+    results = {}
+    for _ in range(repeat):
+        for key, p in (("plain", plain), ("policy", watched)):
+            t0 = time.process_time()
+            results[key] = simulate(cluster, job, p)
+            best[key] = min(best[key], time.process_time() - t0)
+    same = results["plain"].makespan_s == results["policy"].makespan_s
+    ratio = best["policy"] / best["plain"]
+    print(f"{label}: {results['plain'].counters.exchanges:,} exchanges; CPU without policy {best['plain']:.2f} s, "
+          f"with {best['policy']:.2f} s = {ratio:.2f}x (target {TARGET_RATIO}x: {'met' if ratio <= TARGET_RATIO else 'missed'}"
+          f"); same makespan: {same}; actions {results['policy'].counters.policy_actions}", flush=True)
+    return ratio
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--epochs", type=int, default=30, help="epochs of the 90-epoch case to run (default 30)")
+    args = ap.parse_args()
+    print(f"64 workers, ImageNet-1k, {args.epochs} epochs, best of {args.repeat}")
+    compare("(a) bsp, greedy", "bsp", False, {"kind": "sync-switch-greedy"}, args.epochs, args.repeat)
+    compare("(b) asp + stragglers, watcher", "asp", True, {"kind": "python", "target": "policy_overhead:Watcher"},
+            args.epochs, args.repeat)
+
+
+if __name__ == "__main__":
+    main()

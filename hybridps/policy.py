@@ -1,0 +1,347 @@
+"""Online policies (issue 10; docs/policies.md): at every update the parameter server is
+about to apply (a bsp round, or a push applied on its own) a policy sees what a real PS
+can see and may change how the rest of the phase runs.
+
+- `Observation`: an immutable record of plain numbers and tuples, built by an `Observer`
+  that the PS feeds with plain values (an interval's compute time, an exchange's
+  duration). The simulator's PS (sim/ps.py) feeds it; the runtime's PhaseServer can feed
+  the same observer from what it receives, so one policy object runs in both.
+- `Action`: switch the phase's sync mode (bsp <-> asp), take a worker out of the bsp
+  barrier or bring it back. What an action does to the rounds is
+  `hybridps.semantics.Barrier`'s rule (docs/semantics.md, "Policies").
+- `Policy.decide(obs) -> list[Action]`: a deterministic function of what it observed.
+- `make_policy(spec)`: the built-ins and a user's `{"kind": "python", "target": "m:C"}`.
+
+Standard library only: no torch, no SimPy.
+"""
+
+from __future__ import annotations
+
+import importlib
+import math
+from collections import deque
+from dataclasses import dataclass
+from typing import AbstractSet, Any, Callable, NamedTuple, Sequence
+
+from hybridps.errors import UserError
+
+SYNCS = ("bsp", "asp")
+ACTION_KINDS = ("set_sync", "exclude", "include")
+
+
+class PolicyError(UserError):
+    """A bad policy spec or a bad action: `field` names the spec field (`threshold`,
+    `target`) or `action`. The spec's loader turns it into a SpecError naming the path."""
+
+    def __init__(self, field: str, message: str):
+        self.field = field
+        self.message = message
+        super().__init__(f"policy {field}: {message}")
+
+
+class Observation(NamedTuple):
+    """What the PS sees at an update it is about to apply: a bsp round once its last push
+    is in, or a push applied on its own. `pushed`: the workers whose pushes it carries (in
+    arrival order; `worker` is the last, whose arrival completed it). Compute figures are
+    means over a worker's last `window` intervals of the phase.
+
+    Immutable and typed, a NamedTuple rather than a frozen dataclass: one is built at every
+    update, and a frozen dataclass costs five times as much to build. For the same reason
+    the per-worker figures are read from the observer when asked for: `workers` (the
+    phase's workers, global indices ascending) and the tuples aligned with it,
+    `compute_s_per_iteration`, `compute_s_per_sample`, `exchange_s` (the exchange before
+    each one's latest push, push start to pull end, waits included; 0.0 for none), or one
+    worker's with `compute_s_per_sample_of(w)`. Read them inside `decide`."""
+
+    t_s: float
+    phase: int
+    pushed: tuple[int, ...]
+    sync: str  # "bsp" or "asp", now
+    planned_sync: str  # the plan's
+    staleness: int  # of the last applied update (0 under bsp)
+    source: "Observer"
+    barrier_members: AbstractSet[int]  # the workers a bsp round waits for
+
+    @property
+    def worker(self) -> int:
+        return self.pushed[-1]
+
+    @property
+    def phase_fraction(self) -> float:
+        """Share of the phase's samples (or mini-epochs, under DBSL's rule) applied, 0..1."""
+        return self.source.phase_fraction()
+
+    @property
+    def barrier(self) -> tuple[int, ...]:
+        return tuple(sorted(self.barrier_members))
+
+    @property
+    def workers(self) -> tuple[int, ...]:
+        return self.source.workers
+
+    def compute_s_per_sample_of(self, worker: int) -> float:
+        return self.source.per_sample_s(self.source.slot[worker])
+
+    def compute_s_per_iteration_of(self, worker: int) -> float:
+        return self.source.per_iteration_s(self.source.slot[worker])
+
+    @property
+    def compute_s_per_sample(self) -> tuple[float, ...]:
+        return tuple(self.source.per_sample_s(i) for i in range(len(self.workers)))
+
+    @property
+    def compute_s_per_iteration(self) -> tuple[float, ...]:
+        return tuple(self.source.per_iteration_s(i) for i in range(len(self.workers)))
+
+    @property
+    def exchange_s(self) -> tuple[float, ...]:
+        return tuple(self.source.exchange_s)
+
+    def as_record(self, names: Sequence[str]) -> dict[str, Any]:
+        """The trace's `observed` object: worker names for indices."""
+        def by_name(values: tuple[float, ...]) -> dict[str, float]:
+            return {names[w]: v for w, v in zip(self.workers, values)}
+
+        return {"worker": names[self.worker], "pushed": [names[w] for w in self.pushed], "sync": self.sync,
+                "compute_s_per_iteration": by_name(self.compute_s_per_iteration),
+                "exchange_s": by_name(self.exchange_s), "staleness": self.staleness,
+                "phase_fraction": self.phase_fraction, "barrier": [names[w] for w in self.barrier]}
+
+
+@dataclass(frozen=True)
+class Action:
+    """`set_sync` to `sync`; `exclude` / `include` `worker` (a global index) from / in the
+    bsp barrier. Build with Action.set_sync("asp"), Action.exclude(w), Action.include(w)."""
+
+    kind: str
+    sync: str | None = None
+    worker: int | None = None
+
+    @classmethod
+    def set_sync(cls, sync: str) -> "Action":
+        return cls("set_sync", sync=sync)
+
+    @classmethod
+    def exclude(cls, worker: int) -> "Action":
+        return cls("exclude", worker=worker)
+
+    @classmethod
+    def include(cls, worker: int) -> "Action":
+        return cls("include", worker=worker)
+
+    def check(self, workers: Sequence[int]) -> None:
+        """Raise PolicyError unless this action makes sense in a phase of `workers`."""
+        if self.kind not in ACTION_KINDS:
+            raise PolicyError("action", f"unknown action kind {self.kind!r} (known: {', '.join(ACTION_KINDS)})")
+        if self.kind == "set_sync" and self.sync not in SYNCS:
+            raise PolicyError("action", f"set_sync needs sync 'bsp' or 'asp', got {self.sync!r}")
+        if self.kind != "set_sync" and self.worker not in workers:
+            raise PolicyError("action", f"{self.kind} needs a worker of the phase, got {self.worker!r}")
+
+    def as_record(self, names: Sequence[str]) -> dict[str, Any]:
+        if self.kind == "set_sync":
+            return {"kind": self.kind, "sync": self.sync}
+        return {"kind": self.kind, "worker": names[self.worker]}
+
+
+class Policy:
+    """Base class. Subclasses set `window` (intervals the observer averages over) and
+    override `decide`; they may keep state, as long as it comes from what they observed
+    (decisions must be deterministic). A new instance runs each phase; `acts_on` says
+    whether to consult it at all in a phase planned with that sync mode."""
+
+    window: int = 5
+
+    def acts_on(self, planned_sync: str) -> bool:
+        return True
+
+    def decide(self, obs: Observation) -> Sequence[Action]:
+        return ()
+
+
+class Observer:
+    """Per worker of a phase, its last `window` intervals (compute seconds, iterations,
+    samples) and its last exchange's duration, fed with plain numbers by whoever sees them:
+    the simulator's PS, or the runtime's from its records. Running sums keep each push's
+    update O(1) whatever the number of workers; means are divided out when read."""
+
+    def __init__(self, workers: Sequence[int], window: int, phase_fraction: Callable[[], float] = lambda: 0.0):
+        self.workers = tuple(sorted(workers))
+        self.phase_fraction = phase_fraction  # how much of the phase is applied (Ledger.phase_fraction)
+        self.slot = {w: i for i, w in enumerate(self.workers)}
+        n = len(self.workers)
+        self.window = window
+        self.intervals: list[deque] = [deque() for _ in range(n)]
+        self.sum_s = [0.0] * n  # compute seconds in each worker's window
+        self.sum_iterations = [0] * n
+        self.sum_samples = [0] * n
+        self.exchange_s = [0.0] * n
+        self.missing = n  # workers with no interval yet: no observation until 0
+
+    def interval(self, worker: int, compute_s: float, iterations: int, samples: int,
+                 last_exchange_s: float = 0.0) -> None:
+        """`worker`'s push arrived with an interval of `iterations` (`samples`) computed in
+        `compute_s`; `last_exchange_s`: its previous exchange, push start to pull end (0.0
+        for none)."""
+        i = self.slot[worker]
+        win = self.intervals[i]
+        if not win:
+            self.missing -= 1
+        win.append((compute_s, iterations, samples))
+        if len(win) > self.window:
+            old_s, old_iterations, old_samples = win.popleft()
+            compute_s -= old_s
+            iterations -= old_iterations
+            samples -= old_samples
+        self.sum_s[i] += compute_s
+        self.sum_iterations[i] += iterations
+        self.sum_samples[i] += samples
+        self.exchange_s[i] = last_exchange_s
+
+    def per_sample_s(self, i: int) -> float:
+        """Mean compute seconds per sample of the worker in slot `i` (its window)."""
+        return self.sum_s[i] / self.sum_samples[i]
+
+    def per_iteration_s(self, i: int) -> float:
+        return self.sum_s[i] / self.sum_iterations[i]
+
+    @property
+    def ready(self) -> bool:
+        """A policy is consulted only once every worker of the phase has an interval."""
+        return self.missing == 0
+
+    def observe(self, t_s: float, phase: int, pushed: tuple[int, ...], sync: str, planned_sync: str,
+                staleness: int, barrier: AbstractSet[int]) -> Observation:
+        # tuple.__new__ is Observation(...) without its Python-level __new__: once an update, it counts
+        return tuple.__new__(Observation, (t_s, phase, pushed, sync, planned_sync, staleness, self, barrier))
+
+
+# --------------------------------------------------------------------------- built-ins
+
+
+class _Detector(Policy):
+    """Shared detection: a worker is slowed when its compute time per sample over the last
+    `window` intervals exceeds `threshold` times its own best such mean in the phase, and
+    counts as recovered below `threshold - hysteresis` (so one noisy interval does not
+    flip it). Each worker is its own reference: a plan's slower devices are not
+    stragglers, and it holds however many workers are slowed at once. A worker's mean
+    changes only when it pushes, so each decision looks at the update's workers alone."""
+
+    PARAMS = {"threshold": (float, 1.0, 1e6), "window": (int, 1, 10_000), "hysteresis": (float, 0.0, 1e6)}
+
+    def __init__(self, threshold: float = 1.5, window: int = 5, hysteresis: float = 0.2):
+        self.threshold = threshold
+        self.window = window
+        self.hysteresis = hysteresis
+        self.best_s: dict[int, float] = {}  # worker -> its lowest windowed time per sample
+        self.slowed: set[int] = set()
+
+    def acts_on(self, planned_sync: str) -> bool:
+        return planned_sync == "bsp"
+
+    def update(self, obs: Observation) -> None:
+        """Update the state of the workers whose pushes the update carries."""
+        best_s, slowed = self.best_s, self.slowed
+        src = obs.source  # its sums read directly: a bsp round asks for every worker's mean
+        sum_s, sum_samples, slot = src.sum_s, src.sum_samples, src.slot
+        for w in obs.pushed:
+            i = slot[w]
+            t = sum_s[i] / sum_samples[i]
+            best = best_s.get(w)
+            if best is None or t < best:
+                best_s[w] = best = t
+            ratio = t / best if best > 0 else 1.0
+            if ratio > self.threshold:
+                slowed.add(w)
+            elif ratio < self.threshold - self.hysteresis and w in slowed:
+                slowed.discard(w)
+
+
+class SyncSwitchGreedy(_Detector):
+    """Sync-Switch's greedy policy for transient stragglers (Li et al., "Sync-Switch:
+    Hybrid Parameterized Synchronization for Distributed Deep Learning", ICDCS 2021): a
+    bsp phase switches to asp while a straggler is present and back to bsp once none is,
+    so the fast workers never wait on a barrier held by a slowed one."""
+
+    def decide(self, obs: Observation) -> Sequence[Action]:
+        self.update(obs)
+        want = "asp" if self.slowed else "bsp"
+        return (Action.set_sync(want),) if want != obs.sync else ()
+
+
+class SyncSwitchElastic(_Detector):
+    """The elastic variant (after Sync-Switch's online policies for transient stragglers,
+    Li et al., ICDCS 2021): the phase stays bsp, but a slowed worker leaves the barrier
+    (its pushes are applied on arrival, asp-style) and rejoins once it has recovered, so
+    the others keep their synchronous rounds."""
+
+    def __init__(self, threshold: float = 1.5, window: int = 5, hysteresis: float = 0.2):
+        super().__init__(threshold, window, hysteresis)
+        self.excluded: set[int] = set()
+
+    def decide(self, obs: Observation) -> Sequence[Action]:
+        self.update(obs)
+        out = []
+        for w in obs.pushed:
+            if w in self.slowed and w in obs.barrier_members:
+                self.excluded.add(w)
+                out.append(Action.exclude(w))
+            elif w in self.excluded and w not in self.slowed:
+                self.excluded.discard(w)
+                out.append(Action.include(w))
+        return out
+
+
+BUILT_INS: dict[str, type[_Detector]] = {"sync-switch-greedy": SyncSwitchGreedy,
+                                         "sync-switch-elastic": SyncSwitchElastic}
+
+
+def _checked_params(cls: type[_Detector], params: dict[str, Any]) -> dict[str, Any]:
+    out = {}
+    for name, value in params.items():
+        if name not in cls.PARAMS:
+            raise PolicyError(name, f"unknown parameter; allowed here: kind, {', '.join(cls.PARAMS)}")
+        kind, lo, hi = cls.PARAMS[name]
+        numeric = isinstance(value, (int, float)) and not isinstance(value, bool)
+        if not numeric or (kind is int and not isinstance(value, int)):
+            raise PolicyError(name, f"expected {'an integer' if kind is int else 'a number'}, got {value!r}")
+        if not (lo <= value <= hi) or (isinstance(value, float) and not math.isfinite(value)):
+            raise PolicyError(name, f"expected {lo} to {hi}, got {value!r}")
+        out[name] = kind(value)
+    return out
+
+
+def _python_policy(params: dict[str, Any]) -> Policy:
+    """Import `target` ("module:Class") and build it with the other parameters."""
+    params = dict(params)
+    target = params.pop("target", None)
+    if not isinstance(target, str) or target.count(":") != 1:
+        raise PolicyError("target", f"expected 'module:Class', got {target!r}")
+    module_name, class_name = target.split(":")
+    try:
+        cls = getattr(importlib.import_module(module_name), class_name)
+    except (ImportError, AttributeError, SyntaxError) as e:
+        raise PolicyError("target", f"cannot import {target!r}: {e}") from None
+    if not (isinstance(cls, type) and issubclass(cls, Policy)):
+        raise PolicyError("target", f"{target!r} is not a subclass of hybridps.policy.Policy")
+    try:
+        policy = cls(**params)
+    except (TypeError, ValueError) as e:
+        raise PolicyError("target", f"{target}({', '.join(params)}): {e}") from None
+    window = getattr(policy, "window", None)
+    if not isinstance(window, int) or isinstance(window, bool) or window < 1:
+        raise PolicyError("target", f"{target}: window must be a positive integer, got {window!r}")
+    return policy
+
+
+def make_policy(spec: dict[str, Any]) -> Policy:
+    """A new policy from a plan's `policy` object (`kind` and its parameters); raises
+    PolicyError naming the field at fault."""
+    params = dict(spec)
+    kind = params.pop("kind", None)
+    if kind == "python":
+        return _python_policy(params)
+    cls = BUILT_INS.get(kind) if isinstance(kind, str) else None
+    if cls is None:
+        raise PolicyError("kind", f"unknown policy kind {kind!r} (known: {', '.join(BUILT_INS)}, python)")
+    return cls(**_checked_params(cls, params))

@@ -64,6 +64,21 @@ class Ledger:
             ended.append(len(ends))
         return tuple(ended)
 
+    def end_phase(self, now_s: float) -> Sequence[int]:
+        """The phase is over (every worker stopped). Under the mini-epoch rule the phase's
+        epochs are its workers' mini-epochs, whatever their shares sum to (the plan may round
+        them up to a sample per worker below the dataset): epochs the applied samples did not
+        end yet end now, and the count moves up to the phase's nominal end, so the next
+        phase's epochs stay where the plan puts them. Returns the epochs it ended."""
+        if self.commits is None:
+            return ()
+        nominal = (self.epochs_before[self.phase] + self.phase_epochs[self.phase]) * self.dataset_samples
+        if self.applied_total >= nominal:
+            return ()
+        self.applied_in_phase += nominal - self.applied_total
+        self.applied_total = nominal
+        return self.apply(0, now_s)
+
     def commit(self, workers: Iterable[int]) -> None:
         """The pushes of `workers` were applied: under the mini-epoch rule, one mini-epoch each."""
         if self.commits is None:

@@ -8,6 +8,7 @@ import importlib
 import pkgutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from hybridps.semantics import Ledger, SSPGate, VersionClock
@@ -52,6 +53,25 @@ def test_ssp_gate_without_bound_never_holds_and_releases_in_waiting_order():
     gate.hold(0)
     gate.exchanged(1)
     assert gate.release() == [2, 0]
+
+
+def test_ssp_gate_kept_minimum_equals_the_definition():
+    """The gate keeps the slowest active worker's count instead of recomputing it: checked
+    against `c - min over active` on seeded random exchange/leave sequences."""
+    rng = np.random.default_rng(7)
+    for _ in range(200):
+        n = int(rng.integers(1, 8))
+        gate = SSPGate(int(rng.integers(0, 4)), range(n))
+        for _ in range(60):
+            w = int(rng.integers(0, n))
+            if rng.random() < 0.08:
+                gate.leave(w)
+            else:
+                gate.exchanged(w)
+            active = [v for v in range(n) if v in gate.active]
+            for v in range(n):
+                want = gate.counts[v] - min(gate.counts[a] for a in active) if active else 0
+                assert gate.ahead(v) == want
 
 
 def test_version_clock_phase_start_counts_as_a_pull():

@@ -12,7 +12,7 @@ less, (c) in 1.5 s or less; each is printed with its ratio to its target.
 
     python bench/sim_speed.py --scaling  # cost per worker-iteration against cluster size
 
-(d) scaling: 16 to 1,024 RTX 3090 workers, bsp and asp, equal NICs (all 25 Gbps) and
+(d) scaling: 16 to 1,024 RTX 3090 workers, bsp, asp and ssp (bound 3), equal NICs (all 25 Gbps) and
     mixed NICs (half 25, half 10 Gbps), about the same number of worker-iterations per
     run; each figure is printed relative to a bare SimPy loop timed in the same process
     (N generator processes, each `yield env.timeout(t)` then a `simpy.Resource` request
@@ -63,7 +63,7 @@ def imagenet64(sync: str, stragglers: bool):
     n = job.data.samples
     shares = [n // N_WORKERS + (1 if i < n % N_WORKERS else 0) for i in range(N_WORKERS)]
     plan = plan_from_dict({"format": "hybridps.plan/1", "phases": [{
-        "epochs": 90, "resolution": RESOLUTION, "sync": sync, "staleness": None, "exchange": "gradient",
+        "epochs": 90, "resolution": RESOLUTION, "sync": sync, "staleness": 3 if sync == "ssp" else None, "exchange": "gradient",
         "local_steps": None, "lr": 0.1, "compression": {"kind": "none"},
         "workers": [{"name": f"rtx{i}", "batch": BATCH, "samples": s} for i, s in enumerate(shares)]}]},
         cluster=cluster, job=job)
@@ -158,7 +158,7 @@ def scaled(n_workers: int, sync: str, mixed: bool, worker_iterations: int, strag
     job = job_from_dict(job_d)
     names = [w.name for w in cluster.worker_list]
     plan = plan_from_dict({"format": "hybridps.plan/1", "phases": [{
-        "epochs": epochs, "resolution": RESOLUTION, "sync": sync, "staleness": None, "exchange": "gradient",
+        "epochs": epochs, "resolution": RESOLUTION, "sync": sync, "staleness": 3 if sync == "ssp" else None, "exchange": "gradient",
         "local_steps": None, "lr": 0.1, "compression": {"kind": "none"},
         "workers": [{"name": n, "batch": BATCH, "samples": BATCH} for n in names]}]}, cluster=cluster, job=job)
     return cluster, job, plan
@@ -178,7 +178,7 @@ def scaling(sizes: list[int], worker_iterations: int, repeat: int, reference: bo
           f"load average {os.getloadavg()[0]:.2f}")
     print(f"{'sync':<5}{'workers':>8}{'NICs':>7}{'us/w-it':>9}{'vs bare':>9}{'mixed/eq':>9}{'events/w-it':>12}"
           + (f"{'ref vs bare':>12}" if reference else ""))
-    for sync in ("bsp", "asp"):
+    for sync in ("bsp", "asp", "ssp"):  # ssp with staleness bound 3
         for n in sizes:
             iters = max(1, worker_iterations // n)
             bare = best_wall_s(repeat, lambda: bare_loop_s(n, iters)) / (n * iters)

@@ -68,6 +68,21 @@ class Ledger:
             ended.append(len(ends))
         return tuple(ended)
 
+    def end_phase(self, now_s: float) -> Sequence[int]:
+        """The phase is over (every worker stopped). Under the mini-epoch rule the phase's
+        epochs are its workers' mini-epochs, whatever their shares sum to (the plan may round
+        them up to a sample per worker below the dataset): epochs the applied samples did not
+        end yet end now, and the count moves up to the phase's nominal end, so the next
+        phase's epochs stay where the plan puts them. Returns the epochs it ended."""
+        if self.commits is None:
+            return ()
+        nominal = (self.epochs_before[self.phase] + self.phase_epochs[self.phase]) * self.dataset_samples
+        if self.applied_total >= nominal:
+            return ()
+        self.applied_in_phase += nominal - self.applied_total
+        self.applied_total = nominal
+        return self.apply(0, now_s)
+
     def commit(self, workers: Iterable[int]) -> None:
         """The pushes of `workers` were applied: under the mini-epoch rule, one mini-epoch each."""
         if self.commits is None:
@@ -105,22 +120,43 @@ class Ledger:
 class SSPGate:
     """ssp's bound: a worker with `c` exchanges in the phase may start its next interval
     while `c - min_v c_v <= bound` over the workers still in the phase. An exchange
-    counts when its pull reaches the worker (docs/semantics.md). bound None: never holds."""
+    counts when its pull reaches the worker (docs/semantics.md). bound None: never holds.
+
+    The minimum is kept, not recomputed: counts only grow by one, so it moves up when the
+    last active worker at it exchanges (or leaves). Each check is O(1), which keeps a
+    256-worker ssp simulation linear in its exchanges (recomputing it made `release`
+    O(workers x waiting) per exchange)."""
 
     def __init__(self, bound: int | None, workers: Iterable[int]):
         self.bound = bound
         self.counts = {w: 0 for w in workers}
         self.active = set(self.counts)
         self.waiting: list[int] = []
+        self.at_count = {0: len(self.active)} if self.active else {}  # active workers per count
+        self.min_count = 0
 
     def exchanged(self, worker: int) -> None:
-        self.counts[worker] += 1
+        c = self.counts[worker]
+        self.counts[worker] = c + 1
+        if worker in self.active:
+            self._move(c, c + 1)
+
+    def _move(self, old: int, new: int | None) -> None:
+        """An active worker's count goes from `old` to `new` (None: it left)."""
+        at = self.at_count
+        at[old] -= 1
+        if not at[old]:
+            del at[old]
+        if new is not None:
+            at[new] = at.get(new, 0) + 1
+        if old == self.min_count and old not in at and at:
+            self.min_count = min(at) if new is None else new  # a leave may skip counts; an exchange moves one up
 
     def ahead(self, worker: int) -> int:
         """How many exchanges `worker` is ahead of the slowest worker still in the phase."""
         if not self.active:
             return 0
-        return self.counts[worker] - min(self.counts[v] for v in self.active)
+        return self.counts[worker] - self.min_count
 
     def may_start(self, worker: int) -> bool:
         return self.bound is None or self.ahead(worker) <= self.bound
@@ -131,7 +167,9 @@ class SSPGate:
 
     def leave(self, worker: int) -> None:
         """`worker` stopped for the phase (or was lost): it no longer holds anyone back."""
-        self.active.discard(worker)
+        if worker in self.active:
+            self.active.discard(worker)
+            self._move(self.counts[worker], None)
         if worker in self.waiting:
             self.waiting.remove(worker)
 
@@ -141,7 +179,7 @@ class SSPGate:
             return []
         go = [w for w in self.waiting if self.may_start(w)]
         if go:
-            self.waiting = [w for w in self.waiting if w not in go]
+            self.waiting = [w for w in self.waiting if not self.may_start(w)]
         return go
 
 

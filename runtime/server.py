@@ -726,6 +726,7 @@ class PhaseServer:
         self._start(alive)
         self._serve(alive)
         t_end = ctx.now()
+        self.ledger.end_phase(t_end)  # mini-epochs whose shares fall short of the dataset end their epochs
         shard.phase_times.append((t_phase, t_end))
         if shard.lead:
             shard.record({"kind": "phase", "index": p, "start_s": t_phase, "end_s": t_end})

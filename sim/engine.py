@@ -73,6 +73,9 @@ class Simulation:
             self.ps.start_phase(p, self.costs[p], phase.sync, policy)
             yield env.all_of([env.process(worker_phase(self.context, w, self.names[w], p, phase.resolution, wp, gate))
                               for w, wp in workers.items()])
+            for e in self.ledger.end_phase(env.now):  # mini-epochs whose shares fall short of the dataset
+                if self.ps.progress is not None:
+                    self.ps.progress(e)
             self._phase_done(p, start_s)
             if p + 1 < len(plan.phases) and self.cluster.ps.phase_overhead_s > 0:
                 yield env.timeout(self.cluster.ps.phase_overhead_s)  # phase-end evaluation, checkpoint

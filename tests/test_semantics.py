@@ -8,6 +8,7 @@ import importlib
 import pkgutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from hybridps.semantics import Ledger, SSPGate, VersionClock
@@ -52,6 +53,25 @@ def test_ssp_gate_without_bound_never_holds_and_releases_in_waiting_order():
     gate.hold(0)
     gate.exchanged(1)
     assert gate.release() == [2, 0]
+
+
+def test_ssp_gate_kept_minimum_equals_the_definition():
+    """The gate keeps the slowest active worker's count instead of recomputing it: checked
+    against `c - min over active` on seeded random exchange/leave sequences."""
+    rng = np.random.default_rng(7)
+    for _ in range(200):
+        n = int(rng.integers(1, 8))
+        gate = SSPGate(int(rng.integers(0, 4)), range(n))
+        for _ in range(60):
+            w = int(rng.integers(0, n))
+            if rng.random() < 0.08:
+                gate.leave(w)
+            else:
+                gate.exchanged(w)
+            active = [v for v in range(n) if v in gate.active]
+            for v in range(n):
+                want = gate.counts[v] - min(gate.counts[a] for a in active) if active else 0
+                assert gate.ahead(v) == want
 
 
 def test_version_clock_phase_start_counts_as_a_pull():
@@ -103,6 +123,19 @@ def test_ledger_mini_epoch_rule_stops_each_worker_after_its_own_commits():
             ledger.apply(share, 1.0)
             ledger.commit([w])
     assert ledger.applied_in_phase == 198 and ledger.worker_done(0) and ledger.worker_done(1)
+    assert ledger.epoch_end_s == [1.0]  # 198 samples end one epoch on samples ...
+    assert ledger.end_phase(2.0) == (2,) and ledger.epoch_end_s == [1.0, 2.0]  # ... the phase ends the 2nd
+    assert ledger.applied_total == 200 and ledger.end_phase(3.0) == ()
+
+
+def test_ledger_end_phase_leaves_sample_phases_and_full_shares_alone():
+    ledger = Ledger(100, [1, 1])
+    ledger.start_phase(0, [0, 1])  # the sample rule: the phase ran to its target
+    ledger.apply(99, 1.0)
+    assert ledger.end_phase(1.0) == () and ledger.applied_total == 99
+    ledger.start_phase(1, [0, 1], mini_epochs=True)
+    ledger.apply(102, 2.0)  # shares one over per worker: the samples already ended the epoch
+    assert ledger.end_phase(3.0) == () and ledger.epoch_end_s == [2.0, 2.0] and ledger.applied_total == 201
 
 
 def test_ledger_mini_epoch_rule_a_fast_worker_stops_while_the_slow_one_goes_on():
@@ -242,6 +275,24 @@ def test_dbsl_plan_with_shares_one_short_runs_no_extra_mini_epochs():
     assert sum(exact.values()) == 560
     for (p, _), n in exact.items():
         assert n == plan.phases[p].epochs
+
+
+def test_shares_one_short_still_end_every_epoch_at_its_phase_end():
+    """Shares summing to N - 1 under the mini-epoch rule: on samples the last epoch of the
+    run never ended (139 of 140 epoch ends); each phase's last epoch now ends with it."""
+    from hybridps.spec import load_cluster, load_job, load_plan
+    from sim import simulate
+
+    cluster, job = load_cluster("gtx1080x4"), load_job("cifar100-resnet18")
+    plan = _short_by_one(load_plan("gtx1080x4-cifar100-dbsl", cluster, job), cluster, job)
+    res = simulate(cluster, job, plan)
+    ends = res.counters.epoch_end_s
+    assert len(ends) == sum(ph.epochs for ph in plan.phases) == 140
+    first_epoch = 0
+    for (start_s, end_s), ph in zip(res.counters.phases, plan.phases):
+        first_epoch += ph.epochs
+        assert ends[first_epoch - 1] == end_s  # the phase's last epoch ends with the phase
+        assert all(start_s <= t <= end_s for t in ends[first_epoch - ph.epochs:first_epoch])
 
 
 def test_bsp_mini_epochs_with_shares_one_short_run_exactly_epochs_rounds():

@@ -125,3 +125,23 @@ def test_transient_stragglers_are_recovered_from_a_simulated_trace(sync, seed):
     err = compare(predicted, measured_summary(trace))["makespan"]["rel_error"]
     print("makespan error", err)
     assert abs(err) < 0.03
+
+
+def test_a_mini_epoch_plan_with_shares_one_short_validates_without_mismatch(tmp_path):
+    """Shares summing to N - 1 under DBSL's mini-epoch rule: the PS ends each phase's last
+    epoch with the phase (Ledger.end_phase); the measured summary of the trace must count
+    the epochs the same way (it did not: 139 against 140, the README loop's CI failure of
+    2026-12-06 when its second plan was such a DBSL plan)."""
+    c, j = load_cluster(CLUSTER), load_job(JOB)
+    d = load_plan("gtx1080x4-cifar100-dbsl", c, j).to_json_dict()
+    for ph in d["phases"]:
+        ph["workers"][0]["samples"] -= 1
+    plan = plan_from_dict(d, "short", c, j)
+    res = simulate(c, j, plan, record=True)
+    with TraceWriter(tmp_path / "t.jsonl", res.header) as w:
+        w.write_many(res.records)
+    measured = measured_summary(read_trace(tmp_path / "t.jsonl"))
+    cmp = compare(res.summary(), measured)
+    assert len(measured["epoch_end_s"]) == len(res.summary()["epoch_end_s"]) == 140
+    assert not cmp["mismatched_counts"]
+    assert all(abs(r["rel_error"]) < 1e-9 for r in cmp["epochs"])

@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import math
 from collections import defaultdict
+from types import SimpleNamespace
 from typing import Any
 
-from hybridps.semantics import Ledger
+from hybridps.semantics import Ledger, ends_on_mini_epochs
 from traces.calibrate import _effective_records as effective_records  # the same gap rule as calibrate
 from traces.jsonl import Trace
 from traces.summary import summarize, wait_s
@@ -83,13 +84,28 @@ def measured_summary(trace: Trace) -> dict[str, Any]:
 
 
 def _epoch_ends(trace: Trace) -> list[float]:
-    """When the applied count first reached each multiple of the dataset (header's job)."""
+    """When the applied count first reached each multiple of the dataset (header's job),
+    with each phase's end closing a mini-epoch phase's epochs as the PS's ledger does
+    (`Ledger.end_phase`: shares summing below the dataset)."""
     plan, job = trace.header.get("plan") or {}, trace.header.get("job") or {}
     samples_per_epoch = (job.get("data") or {}).get("samples")
     if not samples_per_epoch:
         return []
-    ledger = Ledger(samples_per_epoch, [p.get("epochs", 0) for p in plan.get("phases", [])])
-    for t, n in _applied_pushes(trace):
+    phases = plan.get("phases", [])
+    ledger = Ledger(samples_per_epoch, [p.get("epochs", 0) for p in phases])
+    ends = {int(r["index"]): float(r["end_s"]) for r in trace.of_kind("phase")}
+    pushes = _applied_pushes(trace)
+    i = 0
+    for p, ph in enumerate(phases):
+        mini = ends_on_mini_epochs(SimpleNamespace(exchange=ph.get("exchange"), local_steps=ph.get("local_steps")))
+        ledger.start_phase(p, range(len(ph.get("workers", []))), mini_epochs=mini)
+        end_s = ends.get(p, math.inf)
+        while i < len(pushes) and (pushes[i][0] <= end_s or p == len(phases) - 1):
+            ledger.apply(pushes[i][1], pushes[i][0])
+            i += 1
+        if p in ends:
+            ledger.end_phase(end_s)
+    for t, n in pushes[i:]:  # a trace without phase records or plan phases
         ledger.apply(n, t)
     return ledger.epoch_end_s
 

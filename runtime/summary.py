@@ -14,7 +14,11 @@ def summarize_trace(path) -> dict:
 
 
 def _summary_of(tr) -> dict:
-    return dict(summarize(tr), events=len(tr.records), evals=tr.of_kind("eval"))
+    actions: dict[str, int] = {}  # online policies' actions by kind, as `simulate --json` has them
+    for rec in tr.of_kind("policy"):
+        kind = rec["action"]["kind"]
+        actions[kind] = actions.get(kind, 0) + 1
+    return dict(summarize(tr), events=len(tr.records), evals=tr.of_kind("eval"), policy_actions=actions)
 
 
 def first_step_s(computes: list[dict], zero_s: float) -> float:

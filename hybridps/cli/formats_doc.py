@@ -139,7 +139,7 @@ MEANINGS = {
     "phases[].workers[].batch": "batch size; at most the device's max_batch at this resolution",
     "phases[].workers[].samples": "this worker's share of one epoch; the shares sum to data.samples",
     "meta": "free-form; ignored by the simulator and the runtime",
-    "phases[].policy": "an online policy (docs/policies.md), simulator only so far; absent: the phase runs as planned",
+    "phases[].policy": "an online policy (docs/policies.md): in `simulate`, and in `run` with one PS shard; absent: the phase runs as planned",
     "phases[].policy.kind": "`sync-switch-greedy`, `sync-switch-elastic` or `python` (with `target` = "
                             "\"module:Class\"); other keys are the kind's parameters",
 }
@@ -260,6 +260,8 @@ RUN_SUMMARY_ADDED = {
     "eval.samples": ("int", "held-out samples per evaluation (`--eval-samples`, default all)"),
     "eval.split_samples": ("int", "size of the held-out split"),
     "eval.mode": ("str", "`eval`: batch norm uses the merged running statistics"),
+    "policy_actions": ("object", "online policies' actions by kind (`set_sync`, `exclude`, `include`), counted "
+                                 "from the trace's policy records as `simulate --json` has them; {} without a policy"),
     "parameters": ("object", "the model's size"),
     "parameters.model": ("int", "parameters of the model the run built"),
     "parameters.job": ("int", "the job's `model.parameters`"),

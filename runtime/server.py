@@ -38,11 +38,11 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
-from hybridps.errors import EXIT_INTERRUPTED, EXIT_IO_ERROR, EXIT_WORKER_LOST
+from hybridps.errors import EXIT_INTERRUPTED, EXIT_IO_ERROR, EXIT_USER_ERROR, EXIT_WORKER_LOST
 from hybridps.exchange_cost import shard_apply_s
 from hybridps.fileio import atomic_write_bytes, atomic_write_json
 from hybridps.progress import progress_bar
-from hybridps.policy import Observer, consult, make_policy
+from hybridps.policy import Observer, PolicyError, consult, make_policy
 from hybridps.semantics import Barrier, Ledger, SSPGate, VersionClock, ends_on_mini_epochs
 from runtime import protocol as P
 from runtime.checkpoint import CHECKPOINT_FORMAT, checkpoint_path, load_checkpoint, spec_digests
@@ -885,6 +885,8 @@ def run_server(ctx: RunContext) -> int:
             name = signal.Signals(shard.stop_signal).name
             return stop("interrupted", EXIT_INTERRUPTED, f"hybridps: interrupted by {name} at {rank}")
         return stop("worker-lost", EXIT_WORKER_LOST, f"hybridps: error: {e}")
+    except PolicyError as e:  # an invalid action: stops the run with one line, as it stops a simulation
+        return stop("policy-error", EXIT_USER_ERROR, f"hybridps: error: phase {shard.abort_state[0]}: {e}")
     except OSError as e:  # a full disk, a read-only or vanished --out: keep the last consistent checkpoint
         what = e.filename or ctx.opts.out_dir
         return stop("io-error", EXIT_IO_ERROR, f"hybridps: error: {rank} cannot write {what}: "

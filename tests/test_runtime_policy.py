@@ -199,6 +199,29 @@ def test_a_worker_out_of_the_barrier_has_its_pushes_applied_on_their_own(tmp_pat
     assert after and all(len(g) == 3 for g in after[1:])  # rounds of all three again (the first may be w2's rejoin)
 
 
+STRANGER = '''
+from hybridps.policy import Action, Policy
+
+
+class ExcludesAStranger(Policy):
+    def decide(self, obs):
+        return [Action.exclude(99)]
+'''
+
+
+def test_an_invalid_action_stops_the_run_with_one_line(tmp_path, monkeypatch):
+    (tmp_path / "stranger.py").write_text(STRANGER)
+    monkeypatch.setenv("PYTHONPATH", f"{tmp_path}:{__import__('os').environ.get('PYTHONPATH', '')}")
+    _specs(tmp_path, {"kind": "python", "target": "stranger:ExcludesAStranger"}, epochs=1)
+    out = tmp_path / "out"
+    r = run_cli(["run", *spec_args(tmp_path), "--out", out, "--local", "--eval-every", "0", "--worker-timeout", "30"],
+                timeout_s=300)
+    assert r.returncode == 2, r.stderr
+    errors = [line for line in r.stderr.splitlines() if "error" in line]
+    assert len(errors) == 1 and "phase 0: policy action: exclude needs a worker of the phase, got 99" in errors[0]
+    assert json.loads((out / "summary.json").read_text())["status"] == "policy-error"
+
+
 def test_run_refuses_a_policy_with_two_ps_shards(tmp_path):
     _specs(tmp_path, {"kind": "sync-switch-greedy"}, epochs=1, ps_count=2)
     r = run_cli(["run", *spec_args(tmp_path), "--out", tmp_path / "out", "--local"])

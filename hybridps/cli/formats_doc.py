@@ -245,7 +245,8 @@ RUN_SUMMARY_ADDED = {
     "events": ("int", "records in the trace"),
     "evals": ("list of objects", "every eval record of the trace"),
     "epoch_end_s": ("list[number]", "when the PS had applied each epoch's samples"),
-    "status": ("str", "`complete`; a stopped run's summary says why: `interrupted`, `worker-lost`, `io-error`"),
+    "status": ("str", "`complete`; a stopped run's summary says why: `interrupted`, `worker-lost`, `io-error`, "
+                         "`policy-error` (a policy's invalid action)"),
     "startup_s": ("number", "from the launcher's start to the first training step (ready_s plus the first "
                             "compute record's start)"),
     "ready_s": ("number", "from the launcher's start until every process was ready: time zero (imports, model, "

@@ -4,12 +4,15 @@ can see and may change how the rest of the phase runs.
 
 - `Observation`: an immutable record of plain numbers and tuples, built by an `Observer`
   that the PS feeds with plain values (an interval's compute time, an exchange's
-  duration). The simulator's PS (sim/ps.py) feeds it; the runtime's PhaseServer can feed
-  the same observer from what it receives, so one policy object runs in both.
+  duration). The simulator's PS (sim/ps.py) feeds it, and the runtime's PhaseServer
+  (runtime/server.py) from the records that come with the pushes, so one policy object
+  runs in both.
 - `Action`: switch the phase's sync mode (bsp <-> asp), take a worker out of the bsp
   barrier or bring it back. What an action does to the rounds is
   `hybridps.semantics.Barrier`'s rule (docs/semantics.md, "Policies").
 - `Policy.decide(obs) -> list[Action]`: a deterministic function of what it observed.
+- `consult(...)`: the PS's side, written once for both PSs: observe, decide, carry out
+  the actions through the Barrier, build the trace records.
 - `make_policy(spec)`: the built-ins and a user's `{"kind": "python", "target": "m:C"}`.
 
 Standard library only: no torch, no SimPy.

@@ -11,6 +11,11 @@ evaluates, and writes checkpoints and summary.json; it also holds the model's bu
 (batch-norm statistics, docs/semantics.md) and writes each gradient phase's noise record
 (runtime/noise.py). Other shards only apply and serve.
 
+A phase with an online policy (docs/policies.md; one shard only) has it consulted at each
+update about to be applied, fed from the records that come with the pushes, through the
+simulator's rule (hybridps.policy.consult); its rounds are then formed by
+hybridps.semantics.Barrier.
+
 Liveness: each worker publishes a heartbeat in the rendezvous store (see
 `runtime.worker.Heartbeat`). A worker is lost when its heartbeat stops (dead) or its
 progress stops while the shard waits for its message (hung) for `worker_timeout_s`, or

@@ -52,6 +52,8 @@ def final_message(ctx, summary: dict) -> str:
     as more than it is."""
     text = (f"hybridps run: {len(ctx.plan.phases)} phase(s), {summary['updates']} updates in "
             f"{summary['makespan_s']:.1f} s after {summary['startup_s']:.1f} s of start-up")
+    if summary.get("policy_actions"):  # as `simulate`'s human summary says them
+        text += "; policy actions: " + ", ".join(f"{k} {n}" for k, n in sorted(summary["policy_actions"].items()))
     ev, split = summary.get("final_eval"), summary.get("eval")
     if ev and split:
         part = "all" if split["samples"] == split["split_samples"] else f"the first {split['samples']:,} of"

@@ -40,6 +40,7 @@ def _run(tmp_path):
     r = run_cli(["run", *spec_args(tmp_path), "--out", out, "--local", "--eval-every", "0", "--worker-timeout", "30"],
                 timeout_s=300)
     assert r.returncode == 0, r.stderr
+    (tmp_path / "stdout.txt").write_text(r.stdout)
     tr = read_trace(out / "trace.jsonl")
     assert all(validate_record(x) is None for x in tr.records)
     return tr, json.loads((out / "summary.json").read_text())
@@ -187,6 +188,7 @@ def test_a_worker_out_of_the_barrier_has_its_pushes_applied_on_their_own(tmp_pat
     _specs(tmp_path, {"kind": "python", "target": "outback:OutAndBackIn", "worker": 2}, epochs=2)
     tr, summary = _run(tmp_path)
     assert summary["policy_actions"] == {"exclude": 1, "include": 1}
+    assert "policy actions: exclude 1, include 1" in (tmp_path / "stdout.txt").read_text()
     out, back = [r for r in tr.records if r["kind"] == "policy"]
     assert out["action"] == {"kind": "exclude", "worker": "w2"} and back["action"] == {"kind": "include", "worker": "w2"}
     assert back["observed"]["barrier"] == ["w0", "w1"]

@@ -4,12 +4,15 @@ can see and may change how the rest of the phase runs.
 
 - `Observation`: an immutable record of plain numbers and tuples, built by an `Observer`
   that the PS feeds with plain values (an interval's compute time, an exchange's
-  duration). The simulator's PS (sim/ps.py) feeds it; the runtime's PhaseServer can feed
-  the same observer from what it receives, so one policy object runs in both.
+  duration). The simulator's PS (sim/ps.py) feeds it, and the runtime's PhaseServer
+  (runtime/server.py) from the records that come with the pushes, so one policy object
+  runs in both.
 - `Action`: switch the phase's sync mode (bsp <-> asp), take a worker out of the bsp
   barrier or bring it back. What an action does to the rounds is
   `hybridps.semantics.Barrier`'s rule (docs/semantics.md, "Policies").
 - `Policy.decide(obs) -> list[Action]`: a deterministic function of what it observed.
+- `consult(...)`: the PS's side, written once for both PSs: observe, decide, carry out
+  the actions through the Barrier, build the trace records.
 - `make_policy(spec)`: the built-ins and a user's `{"kind": "python", "target": "m:C"}`.
 
 Standard library only: no torch, no SimPy.
@@ -21,7 +24,7 @@ import importlib
 import math
 from collections import deque
 from dataclasses import dataclass
-from typing import AbstractSet, Any, Callable, NamedTuple, Sequence
+from typing import AbstractSet, Any, Callable, Iterator, NamedTuple, Sequence
 
 from hybridps.errors import UserError
 
@@ -214,6 +217,40 @@ class Observer:
                 staleness: int, barrier: AbstractSet[int]) -> Observation:
         # tuple.__new__ is Observation(...) without its Python-level __new__: once an update, it counts
         return tuple.__new__(Observation, (t_s, phase, pushed, sync, planned_sync, staleness, self, barrier))
+
+
+def consult(policy: Policy, observer: Observer, barrier, t_s: float, phase: int, pushed: tuple[int, ...],
+            planned_sync: str, staleness: int,
+            names: Sequence[str] | None = None) -> Iterator[tuple[Action, list[int], dict | None]]:
+    """Ask `policy` at an update the PS is about to apply (the pushes of `pushed`, the last
+    arriving at `t_s`) and carry out its actions through `barrier` (a
+    hybridps.semantics.Barrier): from the next push on; the update at hand is applied as it
+    was formed (docs/semantics.md, "Policies"). The rule both PSs follow, the simulator's
+    (sim/ps.py) and the runtime's (runtime/server.py).
+
+    Yields the actions taken (no-ops left out) one by one, each carried out as it is
+    yielded, with the round it completed ([]: none) for the PS to apply before the update
+    at hand, and its trace record (`names` given: worker names by index; else None).
+    Nothing until every worker of the phase has pushed once. An invalid action raises
+    PolicyError."""
+    if observer.missing:
+        return
+    seen = observer.observe(t_s, phase, pushed, "bsp" if barrier.bsp else "asp", planned_sync, staleness,
+                            barrier.members)
+    actions = policy.decide(seen)
+    if not actions:
+        return
+    observed = seen.as_record(names) if names is not None else None  # before any action changes the barrier
+    for action in actions:
+        action.check(observer.workers)
+        done = barrier.act(action)
+        if done is None:
+            continue  # a no-op: not recorded
+        record = None
+        if names is not None:
+            record = {"kind": "policy", "t_s": t_s, "phase": phase, "observed": observed,
+                      "action": action.as_record(names)}
+        yield action, done, record
 
 
 # --------------------------------------------------------------------------- built-ins

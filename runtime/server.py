@@ -11,6 +11,11 @@ evaluates, and writes checkpoints and summary.json; it also holds the model's bu
 (batch-norm statistics, docs/semantics.md) and writes each gradient phase's noise record
 (runtime/noise.py). Other shards only apply and serve.
 
+A phase with an online policy (docs/policies.md; one shard only) has it consulted at each
+update about to be applied, fed from the records that come with the pushes, through the
+simulator's rule (hybridps.policy.consult); its rounds are then formed by
+hybridps.semantics.Barrier.
+
 Liveness: each worker publishes a heartbeat in the rendezvous store (see
 `runtime.worker.Heartbeat`). A worker is lost when its heartbeat stops (dead) or its
 progress stops while the shard waits for its message (hung) for `worker_timeout_s`, or
@@ -38,11 +43,12 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
-from hybridps.errors import EXIT_INTERRUPTED, EXIT_IO_ERROR, EXIT_WORKER_LOST
+from hybridps.errors import EXIT_INTERRUPTED, EXIT_IO_ERROR, EXIT_USER_ERROR, EXIT_WORKER_LOST
 from hybridps.exchange_cost import shard_apply_s
 from hybridps.fileio import atomic_write_bytes, atomic_write_json
 from hybridps.progress import progress_bar
-from hybridps.semantics import Ledger, SSPGate, VersionClock, ends_on_mini_epochs
+from hybridps.policy import Observer, PolicyError, consult, make_policy
+from hybridps.semantics import Barrier, Ledger, SSPGate, VersionClock, ends_on_mini_epochs
 from runtime import protocol as P
 from runtime.checkpoint import CHECKPOINT_FORMAT, checkpoint_path, load_checkpoint, spec_digests
 from runtime.codecs import Codec
@@ -257,18 +263,18 @@ class Shard:
             return None
         return {k: v.detach().clone() for k, v in self._load_model(params).state_dict().items()}
 
-    def _merge_buffers(self, ph, items: list, share: dict[int, int], max_share: int) -> None:
+    def _merge_buffers(self, ph, items: list, share: dict[int, int], max_share: int, bsp: bool) -> None:
         """Shard 0's copy of the buffers after an apply. Model exchange: the parameters'
         rule (bsp: samples-weighted average of the round's; asp/ssp: the DBSL merge).
         Gradient exchange: the share-weighted average of every worker's latest. A no-op
-        for models without buffers."""
+        for models without buffers. `bsp`: the update is a round (else a push on its own)."""
         if not self.worker_buffers:
             return
         if ph.exchange == "model":
             got = [(pos, n) for pos, n, _ in items if pos in self.worker_buffers]
             if not got:
                 return
-            if ph.sync == "bsp":
+            if bsp:
                 self.buffers = merge_sync([(n, self.worker_buffers[pos]) for pos, n in got])
             else:
                 pos = got[0][0]
@@ -433,9 +439,10 @@ class Shard:
         if self.bar is not None:
             self.bar.close()
 
-    def _take_records(self, pos: int, records: torch.Tensor) -> None:
+    def _take_records(self, pos: int, records: torch.Tensor) -> list[dict]:
         """The records a worker shipped with its message: its batch-norm statistics, and
-        trace records to write."""
+        trace records to write (returned, for a phase's policy observer)."""
+        taken = []
         for line in bytes(records.numpy()).decode().splitlines():
             rec = json.loads(line)
             if rec["kind"] == "_buffers":
@@ -443,6 +450,8 @@ class Shard:
                 self.worker_buffers[pos] = torch.frombuffer(raw, dtype=torch.float64)
             else:
                 self.record(rec)
+                taken.append(rec)
+        return taken
 
     def _record_noise(self, noise: NoiseMeter, p: int) -> None:
         """The phase's gradient noise scale (runtime/noise.py): shard 0 sums the shards'
@@ -527,11 +536,22 @@ class PhaseServer:
         self.keep_pulled = not self.gradient and ph.compression.lossy
         self.apply_s = shard_apply_s(ctx.cluster.ps, hi - lo)
         self.pulled: dict[int, torch.Tensor] = {}  # lossy model exchange: what each worker last pulled
-        self.noise = NoiseMeter(ph.sync) if measures_noise(ph, ctx.shards) else None
         self.ledger, self.clock = shard.ledger, shard.clock
         mini_epochs = ends_on_mini_epochs(ph)
         self.ledger.start_phase(p, self.participants, mini_epochs, applied,
                                 self._resumed_commits() if mini_epochs and applied else None)
+        # an online policy (docs/policies.md): a new one each phase, as in the simulator; with
+        # one PS shard only (`run` refuses more: the workers' records reach shard 0 alone)
+        policy = make_policy(ph.policy.as_dict()) if ph.policy is not None and ctx.shards == 1 else None
+        self.policy = policy if policy is not None and policy.acts_on(ph.sync) else None
+        self.observer = self.barrier = None
+        if self.policy is not None:
+            self.observer = Observer(self.participants, self.policy.window, self.ledger.phase_fraction)
+            self.barrier = Barrier(self.participants, ph.sync == "bsp")  # rounds go through it
+        self.last_staleness = 0
+        self.stopping: list[int] = []  # with a policy: workers told to stop, to leave the barrier
+        # the noise estimators assume one mode for the phase: none when a policy may switch it
+        self.noise = NoiseMeter(ph.sync) if measures_noise(ph, ctx.shards) and self.policy is None else None
         self.gate = SSPGate(ph.staleness if ph.sync == "ssp" else None, self.participants)
         self.done: set[int] = set()
         self.bsp_round: dict[int, tuple[int, torch.Tensor]] = {}
@@ -556,6 +576,8 @@ class PhaseServer:
         go = 1
         if stop:
             gate.leave(pos)
+            if self.barrier is not None:
+                self.stopping.append(pos)
         elif shard.lead and not gate.may_start(pos):
             go = 0
             gate.hold(pos)
@@ -580,13 +602,13 @@ class PhaseServer:
             P.send(self.ctx.worker_rank(q), P.header(P.MSG_GO, phase=self.p, go=1, stop=int(stop),
                                                       lost=self.shard._lost_mask()))
 
-    def _step(self, items: list[tuple[int, int, torch.Tensor]]) -> None:
-        """The optimizer step or the model merge of one version."""
+    def _step(self, items: list[tuple[int, int, torch.Tensor]], bsp: bool) -> None:
+        """The optimizer step or the model merge of one version (`bsp`: of a round)."""
         shard, ph = self.shard, self.ph
         if self.gradient:
             g = weighted_gradient([(n, v) for _, n, v in items], out=shard.g_buf)
             if self.noise is not None:  # one dot product per pushed vector, before the step
-                if ph.sync == "bsp":
+                if bsp:
                     self.noise.add_round([(n, v) for _, n, v in items], g)
                 else:
                     self.noise.add_push(items[0][1], g)
@@ -594,29 +616,34 @@ class PhaseServer:
             return
         models = [(pos, n, (self.pulled[pos] + v) if self.keep_pulled else v) for pos, n, v in items]
         with torch.no_grad():
-            if ph.sync == "bsp":
+            if bsp:
                 shard.w.copy_(merge_sync([(n, m) for _, n, m in models]))
             else:
                 pos, _, m = models[0]
                 shard.w.copy_(merge_async(shard.w, m, self.share[pos], self.max_share))
 
-    def apply(self, items: list[tuple[int, int, torch.Tensor]]) -> None:
-        """items: (worker position, samples, decoded vector); one version step."""
+    def apply(self, items: list[tuple[int, int, torch.Tensor]], bsp: bool | None = None) -> None:
+        """items: (worker position, samples, decoded vector); one version step. `bsp`: a
+        round (staleness 0, the sync merge) or a push applied on its own; default: the
+        phase's planned mode (a policy may switch it)."""
         shard, ctx, ph, p = self.shard, self.ctx, self.ph, self.p
+        if bsp is None:
+            bsp = ph.sync == "bsp"
         t = ctx.now()
         wall0 = time.perf_counter()
-        self._step(items)
+        self._step(items, bsp)
         if shard.lead:
-            shard._merge_buffers(ph, items, self.share, self.max_share)
+            shard._merge_buffers(ph, items, self.share, self.max_share, bsp)
         if ctx.opts.emulate:  # the cluster's PS apply cost, when the real one was faster
             left = self.apply_s - (time.perf_counter() - wall0)
             if left > 0:
                 time.sleep(left)
-        if ph.sync == "bsp":
+        if bsp:
             version = self.clock.apply_round(pos for pos, _, _ in items)
             updates = [(pos, version, 0) for pos, _, _ in items]
         else:
             updates = [(items[0][0], *self.clock.apply_push(items[0][0]))]
+        self.last_staleness = updates[-1][2]
         total = sum(n for _, n, _ in items)
         self.ledger.commit(pos for pos, _, _ in items)
         ended = self.ledger.apply(total, ctx.now())
@@ -632,13 +659,19 @@ class PhaseServer:
             if ctx.shards == 1 and self.ledger.evaluation_due(e):
                 shard.evaluate(float(e), p, ph.resolution, ctx.cluster.ps.eval_s)
 
-    def apply_round(self) -> None:
-        """Apply a complete bsp round and reply to all its workers at once (as in the
+    def apply_round(self, workers: list[int] | None = None) -> None:
+        """Apply a complete bsp round (all of bsp_round, or with a policy the pushes of
+        `workers` that the Barrier formed) and reply to all its workers at once (as in the
         simulator). The round is cleared before the replies, so a worker lost while they
         are sent cannot get the round applied twice."""
-        items = [(pos, n, v) for pos, (n, v) in sorted(self.bsp_round.items())]
-        self.apply(items)
-        self.bsp_round.clear()
+        if workers is None:
+            items = [(pos, n, v) for pos, (n, v) in sorted(self.bsp_round.items())]
+            self.bsp_round.clear()
+        else:  # a lost worker's push left the round (on_lost)
+            items = [(pos, *self.bsp_round.pop(pos)) for pos in sorted(workers) if pos in self.bsp_round]
+            if not items:
+                return
+        self.apply(items, bsp=True)
         works = []
         for pos, _, _ in items:
             works += self.reply(pos, wait=False)
@@ -650,7 +683,9 @@ class PhaseServer:
     def on_push(self, pos: int, hdr: torch.Tensor, body: torch.Tensor) -> None:
         vec = self.codec.decode(body[:int(hdr[P.PAYLOAD])])
         samples = int(hdr[P.SAMPLES])
-        if self.ph.sync == "bsp":
+        if self.barrier is not None:
+            self._on_push_policy(pos, samples, vec)
+        elif self.ph.sync == "bsp":
             self.bsp_round[pos] = (samples, vec)
             if self._round_complete():
                 self.apply_round()
@@ -659,9 +694,66 @@ class PhaseServer:
             self.reply(pos)
             self.release()
 
+    # ------------------------------------------------------------------ online policy
+
+    def observe_interval(self, pos: int, samples: int, records: list[dict]) -> None:
+        """Feed the policy's observer from a push's records (they travel with it to shard
+        0): the interval's compute records (their durations, slowdown and straggler
+        episodes included), and the worker's previous exchange (its push and pull records,
+        shipped with the next push: push start to pull end)."""
+        compute_s, iterations, push_start, pull_end = 0.0, 0, None, None
+        for rec in records:
+            if rec.get("phase") != self.p:
+                continue
+            kind = rec["kind"]
+            if kind == "compute":
+                compute_s += rec["end_s"] - rec["start_s"]
+                iterations += 1
+            elif kind == "push":
+                push_start = rec["start_s"]
+            elif kind == "pull":
+                pull_end = rec["end_s"]
+        exchange_s = pull_end - push_start if push_start is not None and pull_end is not None else 0.0
+        self.observer.interval(pos, compute_s, iterations, samples, exchange_s)
+
+    def _consult(self, pushed: tuple[int, ...]) -> None:
+        """The policy at an update about to be applied (hybridps.policy.consult, the rule
+        the simulator follows): its actions recorded (summary.json counts them from the
+        trace), and a round one of them completes applied before the update at hand."""
+        for _action, done, record in consult(self.policy, self.observer, self.barrier, self.ctx.now(), self.p,
+                                             pushed, self.ph.sync, self.last_staleness, self.ctx.workers):
+            self.shard.record(record)
+            if done:
+                self.apply_round(done)
+
+    def _on_push_policy(self, pos: int, samples: int, vec: torch.Tensor) -> None:
+        """A push in a phase with a policy: the Barrier says whether it waits for a round,
+        completes one, or is applied on its own; the policy is consulted first."""
+        done = self.barrier.push(pos)
+        if done is None:  # asp now, or a worker outside the barrier
+            self._consult((pos,))
+            self.apply([(pos, samples, vec)], bsp=False)
+            self.reply(pos)
+        else:
+            self.bsp_round[pos] = (samples, vec)
+            if done:
+                self._consult(tuple(done))
+                self.apply_round(done)
+        self._leave_stopped()
+
+    def _leave_stopped(self) -> None:
+        """Workers told to stop leave the barrier; a round that waited on them is applied."""
+        while self.stopping:
+            done = self.barrier.leave(self.stopping.pop(0))
+            if done:
+                self.apply_round(done)
+
     def on_done(self, pos: int) -> None:
         self.done.add(pos)
         self.gate.leave(pos)
+        if self.barrier is not None:
+            self.stopping.append(pos)
+            self._leave_stopped()
         self.release()
 
     def on_lost(self, e: WorkerLost) -> None:
@@ -672,7 +764,10 @@ class PhaseServer:
         self.shard._drop_worker(e, self.p)
         self.bsp_round.pop(e.pos, None)
         self.gate.leave(e.pos)
-        if self.ph.sync == "bsp" and self._round_complete():  # the round it held up
+        if self.barrier is not None:
+            self.stopping.append(e.pos)
+            self._leave_stopped()
+        elif self.ph.sync == "bsp" and self._round_complete():  # the round it held up
             self.apply_round()
         self.release()
 
@@ -695,6 +790,8 @@ class PhaseServer:
         for pos in self.participants:
             if pos in shard.lost:
                 self.gate.leave(pos)
+                if self.barrier is not None:
+                    self.barrier.leave(pos)
         shard._wait_sends(works)
 
     def _serve(self, alive: set[int]) -> None:
@@ -705,13 +802,14 @@ class PhaseServer:
             expecting = watch - set(self.gate.waiting) - set(self.bsp_round)
             try:
                 pos, hdr, (body, records) = shard._next_message(watch, expecting)
-                if records.numel() and shard.lead:
-                    shard._take_records(pos, records)
+                taken = shard._take_records(pos, records) if records.numel() and shard.lead else []
                 kind = int(hdr[P.TYPE])
                 if kind == P.MSG_DONE:
                     self.on_done(pos)
                     continue
                 assert kind == P.MSG_PUSH, P.NAMES.get(kind, kind)
+                if self.observer is not None:
+                    self.observe_interval(pos, int(hdr[P.SAMPLES]), taken)
                 self.on_push(pos, hdr, body)
                 if time.perf_counter() - shard.last_ckpt > self.ctx.opts.checkpoint_every_s:
                     shard.save_checkpoint(self.p, self.ledger.applied_in_phase)
@@ -792,6 +890,8 @@ def run_server(ctx: RunContext) -> int:
             name = signal.Signals(shard.stop_signal).name
             return stop("interrupted", EXIT_INTERRUPTED, f"hybridps: interrupted by {name} at {rank}")
         return stop("worker-lost", EXIT_WORKER_LOST, f"hybridps: error: {e}")
+    except PolicyError as e:  # an invalid action: stops the run with one line, as it stops a simulation
+        return stop("policy-error", EXIT_USER_ERROR, f"hybridps: error: phase {shard.abort_state[0]}: {e}")
     except OSError as e:  # a full disk, a read-only or vanished --out: keep the last consistent checkpoint
         what = e.filename or ctx.opts.out_dir
         return stop("io-error", EXIT_IO_ERROR, f"hybridps: error: {rank} cannot write {what}: "

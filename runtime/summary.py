@@ -14,7 +14,11 @@ def summarize_trace(path) -> dict:
 
 
 def _summary_of(tr) -> dict:
-    return dict(summarize(tr), events=len(tr.records), evals=tr.of_kind("eval"))
+    actions: dict[str, int] = {}  # online policies' actions by kind, as `simulate --json` has them
+    for rec in tr.of_kind("policy"):
+        kind = rec["action"]["kind"]
+        actions[kind] = actions.get(kind, 0) + 1
+    return dict(summarize(tr), events=len(tr.records), evals=tr.of_kind("eval"), policy_actions=actions)
 
 
 def first_step_s(computes: list[dict], zero_s: float) -> float:
@@ -48,6 +52,8 @@ def final_message(ctx, summary: dict) -> str:
     as more than it is."""
     text = (f"hybridps run: {len(ctx.plan.phases)} phase(s), {summary['updates']} updates in "
             f"{summary['makespan_s']:.1f} s after {summary['startup_s']:.1f} s of start-up")
+    if summary.get("policy_actions"):  # as `simulate`'s human summary says them
+        text += "; policy actions: " + ", ".join(f"{k} {n}" for k, n in sorted(summary["policy_actions"].items()))
     ev, split = summary.get("final_eval"), summary.get("eval")
     if ev and split:
         part = "all" if split["samples"] == split["split_samples"] else f"the first {split['samples']:,} of"

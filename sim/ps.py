@@ -23,7 +23,7 @@ from typing import Any, Callable
 import simpy
 from simpy.core import NORMAL
 
-from hybridps.policy import Observer, Policy
+from hybridps.policy import Observer, Policy, consult
 from hybridps.semantics import Barrier, Ledger, VersionClock
 from hybridps.spec import Cluster
 from sim.metrics import Counters
@@ -144,26 +144,14 @@ class ParameterServer:
     # policy ---------------------------------------------------------------------
     def _consult(self, pushed: tuple[int, ...], arrival_s: float) -> None:
         """Ask the policy at an update about to be applied (the pushes of `pushed`, the last
-        arriving at `arrival_s`) and carry out its actions: from the next push on; the
-        update at hand is applied as it was formed (docs/semantics.md, "Policies")."""
-        obs, b = self.observer, self.barrier
-        if obs.missing:  # not every worker has pushed in the phase yet
-            return
-        seen = obs.observe(arrival_s, self.phase, pushed, "bsp" if b.bsp else "asp", self.sync,
-                           self.last_staleness, b.members)
-        actions = self.policy.decide(seen)
-        if not actions:
-            return
-        observed = seen.as_record(self.names) if self.recorder is not None else None  # before any action
-        for action in actions:
-            action.check(obs.workers)
-            done = b.act(action)
-            if done is None:
-                continue  # a no-op: not recorded
+        arriving at `arrival_s`) and carry out its actions (hybridps.policy.consult): from
+        the next push on; the update at hand is applied as it was formed."""
+        names = self.names if self.recorder is not None else None
+        for action, done, record in consult(self.policy, self.observer, self.barrier, arrival_s, self.phase, pushed,
+                                            self.sync, self.last_staleness, names):
             self.policy_actions[action.kind] = self.policy_actions.get(action.kind, 0) + 1
-            if self.recorder is not None:
-                self.recorder.add({"kind": "policy", "t_s": arrival_s, "phase": self.phase, "observed": observed,
-                                   "action": action.as_record(self.names)})
+            if record is not None:
+                self.recorder.add(record)
             if done:
                 self._apply_now(done, arrival_s)
 

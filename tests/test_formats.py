@@ -60,8 +60,8 @@ def test_every_documented_field_is_in_the_code_and_every_field_is_documented():
     assert {"phases[].compression.ratio", "phases[].workers[].batch", "meta"} <= code["plan.json"]
     assert {"compute.start_s", "eval.accuracy", "header.plan"} <= code["trace.jsonl"]
     assert {"makespan_s", "workers.NAME.wait_s", "phases[].end_s", "staleness.p99"} <= code["simulate --json"]
-    # the run shares them (policies run in the simulator only so far: docs/policies.md)
-    assert code["simulate --json"] - {"events", "wall_s", "policy_actions"} <= code["RUN/summary.json"]
+    # the run shares them
+    assert code["simulate --json"] - {"events", "wall_s"} <= code["RUN/summary.json"]
     assert {"status", "final_eval.accuracy", "evals[].t_s", "parameters.model"} <= code["RUN/summary.json"]
     assert {"best.quality.time_to_target_s", "ranked[].how", "ranked[].baseline", "output"} <= code["plan --json"]
     assert not [p for p in code["plan --json"] if p.startswith(("best.parameters.", "ranked[].parameters."))]

@@ -1,6 +1,7 @@
 """Online policies (issue 10, docs/policies.md): the interface, the Sync-Switch built-ins
 on a cluster with transient stragglers, a user's own policy through `simulate --json`,
-bad specs, the Barrier rule of a mid-phase switch, and `run` refusing a policy."""
+bad specs, the Barrier rule of a mid-phase switch, and `run` refusing a policy with several
+PS shards (tests/test_runtime_policy.py runs policies on real processes)."""
 
 from __future__ import annotations
 
@@ -320,11 +321,13 @@ def test_make_policy_gives_a_fresh_built_in_with_its_parameters():
 
 
 @pytest.mark.torch
-def test_run_refuses_a_plan_with_a_policy(tmp_path, capsys):
+def test_run_refuses_a_policy_with_several_ps_shards(tmp_path, capsys):
     pytest.importorskip("torch")
     args = _files(tmp_path, {"kind": "sync-switch-greedy"})
+    cluster = CLUSTER | {"ps": {**CLUSTER["ps"], "count": 2}}
+    (tmp_path / "c.toml").write_text(_toml(cluster))
     assert main(["run", *args, "--out", str(tmp_path / "out"), "--local", "--device", "cpu"]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1
-    assert "phase 0: policies run in the simulator only so far" in err and "remove `policy`" in err
+    assert "phase 0: an online policy runs with one PS shard only" in err and "ps.count = 2" in err
     assert not (tmp_path / "out").exists()

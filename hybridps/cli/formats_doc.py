@@ -139,7 +139,7 @@ MEANINGS = {
     "phases[].workers[].batch": "batch size; at most the device's max_batch at this resolution",
     "phases[].workers[].samples": "this worker's share of one epoch; the shares sum to data.samples",
     "meta": "free-form; ignored by the simulator and the runtime",
-    "phases[].policy": "an online policy (docs/policies.md), simulator only so far; absent: the phase runs as planned",
+    "phases[].policy": "an online policy (docs/policies.md): in `simulate`, and in `run` with one PS shard; absent: the phase runs as planned",
     "phases[].policy.kind": "`sync-switch-greedy`, `sync-switch-elastic` or `python` (with `target` = "
                             "\"module:Class\"); other keys are the kind's parameters",
 }
@@ -245,7 +245,8 @@ RUN_SUMMARY_ADDED = {
     "events": ("int", "records in the trace"),
     "evals": ("list of objects", "every eval record of the trace"),
     "epoch_end_s": ("list[number]", "when the PS had applied each epoch's samples"),
-    "status": ("str", "`complete`; a stopped run's summary says why: `interrupted`, `worker-lost`, `io-error`"),
+    "status": ("str", "`complete`; a stopped run's summary says why: `interrupted`, `worker-lost`, `io-error`, "
+                         "`policy-error` (a policy's invalid action)"),
     "startup_s": ("number", "from the launcher's start to the first training step (ready_s plus the first "
                             "compute record's start)"),
     "ready_s": ("number", "from the launcher's start until every process was ready: time zero (imports, model, "
@@ -260,6 +261,8 @@ RUN_SUMMARY_ADDED = {
     "eval.samples": ("int", "held-out samples per evaluation (`--eval-samples`, default all)"),
     "eval.split_samples": ("int", "size of the held-out split"),
     "eval.mode": ("str", "`eval`: batch norm uses the merged running statistics"),
+    "policy_actions": ("object", "online policies' actions by kind (`set_sync`, `exclude`, `include`), counted "
+                                 "from the trace's policy records as `simulate --json` has them; {} without a policy"),
     "parameters": ("object", "the model's size"),
     "parameters.model": ("int", "parameters of the model the run built"),
     "parameters.job": ("int", "the job's `model.parameters`"),

@@ -102,18 +102,20 @@ def _specs(args: argparse.Namespace):
     cluster, job = load_cluster(args.cluster), load_job(args.job)
     plan = load_plan(args.plan, cluster, job)
     check_plan(plan, cluster, job, args.plan)
-    _no_policies(plan)
+    _policies_runnable(plan, cluster)
     return cluster, job, plan
 
 
-def _no_policies(plan) -> None:
-    """Issue 10's runtime side is not built: refuse a policy rather than ignore it."""
+def _policies_runnable(plan, cluster) -> None:
+    """A phase's online policy runs at the PS (docs/policies.md) with one shard only: the
+    workers' records, which feed its observer, reach shard 0 alone, and several shards
+    would have to agree on every decision. Refuse rather than ignore it."""
     from hybridps.errors import UserError
 
     for p, phase in enumerate(plan.phases):
-        if phase.policy is not None:
-            raise UserError(f"phase {p}: policies run in the simulator only so far (the runtime side of issue 10 "
-                            f"is not built); remove `policy` to run this plan")
+        if phase.policy is not None and cluster.ps.count > 1:
+            raise UserError(f"phase {p}: an online policy runs with one PS shard only, the cluster has "
+                            f"ps.count = {cluster.ps.count}; set ps.count = 1 or remove the phase's `policy`")
 
 
 def run(args: argparse.Namespace) -> int:

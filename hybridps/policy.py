@@ -8,8 +8,9 @@ can see and may change how the rest of the phase runs.
   (runtime/server.py) from the records that come with the pushes, so one policy object
   runs in both.
 - `Action`: switch the phase's sync mode (bsp <-> asp), take a worker out of the bsp
-  barrier or bring it back. What an action does to the rounds is
-  `hybridps.semantics.Barrier`'s rule (docs/semantics.md, "Policies").
+  barrier or bring it back, re-split the batches. What an action does to the rounds is
+  `hybridps.semantics.Barrier`'s rule, what a rebalance does `semantics.Rebalance`'s
+  (docs/semantics.md, "Policies").
 - `Policy.decide(obs) -> list[Action]`: a deterministic function of what it observed.
 - `consult(...)`: the PS's side, written once for both PSs: observe, decide, carry out
   the actions through the Barrier, build the trace records.
@@ -20,6 +21,7 @@ Standard library only: no torch, no SimPy.
 
 from __future__ import annotations
 
+import heapq
 import importlib
 import math
 from collections import deque
@@ -29,7 +31,7 @@ from typing import AbstractSet, Any, Callable, Iterator, NamedTuple, Sequence
 from hybridps.errors import UserError
 
 SYNCS = ("bsp", "asp")
-ACTION_KINDS = ("set_sync", "exclude", "include")
+ACTION_KINDS = ("set_sync", "exclude", "include", "rebalance")
 
 
 class PolicyError(UserError):
@@ -88,6 +90,10 @@ class Observation(NamedTuple):
     def compute_s_per_iteration_of(self, worker: int) -> float:
         return self.source.per_iteration_s(self.source.slot[worker])
 
+    def batch_of(self, worker: int) -> int:
+        """The batch of `worker`'s latest interval (a rebalance shows here once in effect)."""
+        return self.source.batch[self.source.slot[worker]]
+
     @property
     def compute_s_per_sample(self) -> tuple[float, ...]:
         return tuple(self.source.per_sample_s(i) for i in range(len(self.workers)))
@@ -119,6 +125,7 @@ class Action:
     kind: str
     sync: str | None = None
     worker: int | None = None
+    batches: tuple[tuple[int, int], ...] | None = None  # rebalance: (worker, batch) pairs
 
     @classmethod
     def set_sync(cls, sync: str) -> "Action":
@@ -132,18 +139,37 @@ class Action:
     def include(cls, worker: int) -> "Action":
         return cls("include", worker=worker)
 
+    @classmethod
+    def rebalance(cls, batches: dict[int, int]) -> "Action":
+        """New batches for every worker of the phase (global index -> batch), summing to
+        the plan's global batch; each worker takes its up at its next worker-epoch."""
+        return cls("rebalance", batches=tuple(sorted(batches.items())))
+
     def check(self, workers: Sequence[int]) -> None:
         """Raise PolicyError unless this action makes sense in a phase of `workers`."""
         if self.kind not in ACTION_KINDS:
             raise PolicyError("action", f"unknown action kind {self.kind!r} (known: {', '.join(ACTION_KINDS)})")
         if self.kind == "set_sync" and self.sync not in SYNCS:
             raise PolicyError("action", f"set_sync needs sync 'bsp' or 'asp', got {self.sync!r}")
-        if self.kind != "set_sync" and self.worker not in workers:
+        if self.kind == "rebalance":
+            self._check_batches(workers)
+        elif self.kind != "set_sync" and self.worker not in workers:
             raise PolicyError("action", f"{self.kind} needs a worker of the phase, got {self.worker!r}")
+
+    def _check_batches(self, workers: Sequence[int]) -> None:
+        got = dict(self.batches or ())
+        if sorted(got) != sorted(workers):
+            raise PolicyError("action", f"rebalance needs a batch for every worker of the phase {sorted(workers)}, "
+                                        f"got workers {sorted(got)}")
+        for w, b in got.items():
+            if not isinstance(b, int) or isinstance(b, bool) or b < 1:
+                raise PolicyError("action", f"rebalance needs integer batches >= 1, got {b!r} for worker {w}")
 
     def as_record(self, names: Sequence[str]) -> dict[str, Any]:
         if self.kind == "set_sync":
             return {"kind": self.kind, "sync": self.sync}
+        if self.kind == "rebalance":
+            return {"kind": self.kind, "batches": {names[w]: b for w, b in self.batches}}
         return {"kind": self.kind, "worker": names[self.worker]}
 
 
@@ -179,14 +205,16 @@ class Observer:
         self.sum_iterations = [0] * n
         self.sum_samples = [0] * n
         self.exchange_s = [0.0] * n
+        self.batch = [0] * n  # the batch of each worker's latest interval
         self.missing = n  # workers with no interval yet: no observation until 0
 
     def interval(self, worker: int, compute_s: float, iterations: int, samples: int,
-                 last_exchange_s: float = 0.0) -> None:
+                 last_exchange_s: float = 0.0, batch: int = 0) -> None:
         """`worker`'s push arrived with an interval of `iterations` (`samples`) computed in
-        `compute_s`; `last_exchange_s`: its previous exchange, push start to pull end (0.0
-        for none)."""
+        `compute_s` at batch `batch`; `last_exchange_s`: its previous exchange, push start to
+        pull end (0.0 for none)."""
         i = self.slot[worker]
+        self.batch[i] = batch
         win = self.intervals[i]
         if not win:
             self.missing -= 1
@@ -220,8 +248,8 @@ class Observer:
 
 
 def consult(policy: Policy, observer: Observer, barrier, t_s: float, phase: int, pushed: tuple[int, ...],
-            planned_sync: str, staleness: int,
-            names: Sequence[str] | None = None) -> Iterator[tuple[Action, list[int], dict | None]]:
+            planned_sync: str, staleness: int, names: Sequence[str] | None = None,
+            rebalance=None) -> Iterator[tuple[Action, list[int], dict | None]]:
     """Ask `policy` at an update the PS is about to apply (the pushes of `pushed`, the last
     arriving at `t_s`) and carry out its actions through `barrier` (a
     hybridps.semantics.Barrier): from the next push on; the update at hand is applied as it
@@ -232,7 +260,8 @@ def consult(policy: Policy, observer: Observer, barrier, t_s: float, phase: int,
     yielded, with the round it completed ([]: none) for the PS to apply before the update
     at hand, and its trace record (`names` given: worker names by index; else None).
     Nothing until every worker of the phase has pushed once. An invalid action raises
-    PolicyError."""
+    PolicyError. `rebalance` (a hybridps.semantics.Rebalance) carries out `rebalance`
+    actions: they reach each worker with its next pull."""
     if observer.missing:
         return
     seen = observer.observe(t_s, phase, pushed, "bsp" if barrier.bsp else "asp", planned_sync, staleness,
@@ -243,7 +272,7 @@ def consult(policy: Policy, observer: Observer, barrier, t_s: float, phase: int,
     observed = seen.as_record(names) if names is not None else None  # before any action changes the barrier
     for action in actions:
         action.check(observer.workers)
-        done = barrier.act(action)
+        done = barrier.act(action) if action.kind != "rebalance" else _rebalance(rebalance, action)
         if done is None:
             continue  # a no-op: not recorded
         record = None
@@ -251,6 +280,13 @@ def consult(policy: Policy, observer: Observer, barrier, t_s: float, phase: int,
             record = {"kind": "policy", "t_s": t_s, "phase": phase, "observed": observed,
                       "action": action.as_record(names)}
         yield action, done, record
+
+
+def _rebalance(rebalance, action: Action) -> list[int] | None:
+    try:
+        return rebalance.set(dict(action.batches))
+    except ValueError as e:
+        raise PolicyError("action", str(e)) from None
 
 
 # --------------------------------------------------------------------------- built-ins
@@ -329,11 +365,81 @@ class SyncSwitchElastic(_Detector):
         return out
 
 
-BUILT_INS: dict[str, type[_Detector]] = {"sync-switch-greedy": SyncSwitchGreedy,
-                                         "sync-switch-elastic": SyncSwitchElastic}
+class LBRebalance(Policy):
+    """LB-BSP-style batch re-balancing (S. Chen et al., "Semi-Dynamic Load Balancing:
+    Efficient Distributed Learning in Non-Dedicated Environments", SoCC 2020; see also
+    Cannikin, Middleware 2024): in a bsp phase every round waits for the slowest worker, so
+    each worker's batch is re-sized in proportion to its measured speed (samples/s over its
+    last `window` intervals), the global batch kept, to make the rounds' intervals equal.
+
+    It looks once per `window` rounds (fresh windows, not overlapping ones) and acts only
+    when the predicted round compute time (the slowest worker's interval, s_w x batch_w,
+    which the barrier waits for) would fall by more than `min_gain` of what it is now, so
+    noise does not make it oscillate. After a decision it waits until every worker computes
+    at its new batch. A fixed per-iteration cost makes a small batch slower per sample than
+    predicted; the next decisions correct that (the split is iterated to equal times)."""
+
+    PARAMS = {"min_gain": (float, 0.0, 1.0), "window": (int, 1, 10_000)}
+
+    def __init__(self, min_gain: float = 0.05, window: int = 5):
+        self.min_gain = min_gain
+        self.window = window
+        self.decided: dict[int, int] | None = None  # batches decided, until every worker runs them
+        self.rounds = 0  # consultations since the batches in effect last changed
+
+    def acts_on(self, planned_sync: str) -> bool:
+        return planned_sync == "bsp"
+
+    def decide(self, obs: Observation) -> Sequence[Action]:
+        if obs.sync != "bsp":
+            return ()
+        if self.decided is not None:
+            if any(obs.batch_of(w) != b for w, b in self.decided.items()):
+                return ()  # not in effect everywhere yet (it starts at each worker's next epoch)
+            self.decided, self.rounds = None, 0
+        self.rounds += 1
+        if self.rounds % self.window:
+            return ()  # look at fresh windows only, every one all at the current batches
+        workers = obs.workers
+        per_sample_s = [obs.compute_s_per_sample_of(w) for w in workers]
+        if min(per_sample_s) <= 0.0:
+            return ()
+        now = [obs.batch_of(w) for w in workers]
+        new = balanced_batches(sum(now), per_sample_s)
+        now_s = max(t * b for t, b in zip(per_sample_s, now))
+        new_s = max(t * b for t, b in zip(per_sample_s, new))
+        if new == now or new_s >= (1.0 - self.min_gain) * now_s:
+            return ()
+        self.decided = dict(zip(workers, new))
+        return (Action.rebalance(self.decided),)
 
 
-def _checked_params(cls: type[_Detector], params: dict[str, Any]) -> dict[str, Any]:
+def balanced_batches(total: int, per_sample_s: Sequence[float]) -> list[int]:
+    """Integer batches >= 1 summing to `total`, in proportion to each worker's speed
+    (1 / per_sample_s): the floors first, then the units left one by one to the worker whose
+    interval would stay shortest (ties: the lower index). Deterministic."""
+    n = len(per_sample_s)
+    speed = [1.0 / t for t in per_sample_s]
+    scale = total / sum(speed)
+    out = [max(1, math.floor(v * scale)) for v in speed]
+    while sum(out) > total:  # the floor of 1 overshot: take from the longest interval
+        i = max((i for i in range(n) if out[i] > 1), key=lambda i: (per_sample_s[i] * out[i], -i))
+        out[i] -= 1
+    heap = [(t * (b + 1), i) for i, (t, b) in enumerate(zip(per_sample_s, out))]
+    heapq.heapify(heap)
+    for _ in range(total - sum(out)):  # fewer than n units
+        _, i = heapq.heappop(heap)
+        out[i] += 1
+        heapq.heappush(heap, (per_sample_s[i] * (out[i] + 1), i))
+    return out
+
+
+BUILT_INS: dict[str, type[Policy]] = {"sync-switch-greedy": SyncSwitchGreedy,
+                                      "sync-switch-elastic": SyncSwitchElastic,
+                                      "lb-rebalance": LBRebalance}
+
+
+def _checked_params(cls: type[Policy], params: dict[str, Any]) -> dict[str, Any]:
     out = {}
     for name, value in params.items():
         if name not in cls.PARAMS:

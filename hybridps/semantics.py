@@ -7,12 +7,15 @@ record. Standard library only: no torch, no SimPy.
 - `SSPGate`: who may start an interval, who waits, who is released;
 - `VersionClock`: model versions and the staleness of each update;
 - `Barrier`: which pushes a round combines, and what a policy's mid-phase switch does
-  to the round in progress (docs/semantics.md, "Policies").
+  to the round in progress (docs/semantics.md, "Policies");
+- `equal_step_shares` and `Rebalance`: a re-split of the batches (a policy's `rebalance`)
+  and the shares that keep every worker at the same steps per epoch (also the runtime's
+  re-split after a worker loss).
 """
 
 from __future__ import annotations
 
-from typing import Iterable, Sequence
+from typing import Iterable, Mapping, Sequence
 
 
 def ends_on_mini_epochs(phase) -> bool:
@@ -287,3 +290,58 @@ class Barrier:
         """`worker` stopped for the phase: no round waits for it any more."""
         self.stopped.add(worker)
         return self.exclude(worker) or []
+
+
+def equal_step_shares(total: int, batches: Sequence[int]) -> list[int]:
+    """Per-epoch shares for `batches` that give every worker the same steps per epoch, as
+    bsp with gradient exchange needs: k = ceil(total / sum of the batches), share_i =
+    k * batch_i, less what the last batches can give up (at most batch_i - 1 each, the
+    largest first, ties in order) to sum to `total`; if they cannot, the shares sum to a
+    little more and a few samples repeat (wrap)."""
+    steps = -(-total // sum(batches))
+    out = [steps * b for b in batches]
+    excess = sum(out) - total
+    for i in sorted(range(len(batches)), key=lambda i: -batches[i]):  # trim the largest last batches first
+        cut = min(excess, batches[i] - 1)
+        out[i] -= cut
+        excess -= cut
+    return out
+
+
+class Rebalance:
+    """A policy's re-split of the phase's batches (docs/semantics.md, "Policies"). Decided at
+    an update, it reaches each worker with its pull of that update and the worker takes it
+    up at the start of its next worker-epoch: its new batch and its share of
+    `equal_step_shares`, so a bsp phase keeps equal steps per epoch. The global batch (the
+    sum) stays the plan's."""
+
+    def __init__(self, workers: Sequence[int], batches: Sequence[int], total_samples: int):
+        self.workers = tuple(workers)  # plan order: the order of the shares in an epoch
+        self.batches = tuple(batches)  # the latest decided
+        self.total_samples = total_samples  # the plan's shares summed
+        self.waiting: dict[int, tuple[int, ...]] = {}  # worker -> batches decided, not pulled yet
+        self._shares: tuple[tuple[int, ...], list[int]] | None = None
+
+    def set(self, batches: Mapping[int, int]) -> list[int] | None:
+        """Decide `batches` (worker -> batch, every worker of the phase); [] when decided,
+        None when it changes nothing. ValueError when the sum is not the plan's."""
+        new = tuple(batches[w] for w in self.workers)
+        if sum(new) != sum(self.batches):
+            raise ValueError(f"rebalance must keep the global batch {sum(self.batches)}, got {sum(new)}")
+        if new == self.batches:
+            return None
+        self.batches = new
+        for w in self.workers:
+            self.waiting[w] = new
+        return []
+
+    def pulled(self, worker: int) -> tuple[int, ...] | None:
+        """`worker` pulls: the batches decided since its last pull (None: none)."""
+        return self.waiting.pop(worker, None)
+
+    def assignment(self, batches: tuple[int, ...], worker: int) -> tuple[int, int]:
+        """(batch, share) of `worker` under `batches`."""
+        if self._shares is None or self._shares[0] != batches:
+            self._shares = (batches, equal_step_shares(self.total_samples, batches))
+        i = self.workers.index(worker)
+        return batches[i], self._shares[1][i]

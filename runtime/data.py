@@ -30,6 +30,7 @@ import torch
 import torch.nn.functional as F
 
 from hybridps.errors import UserError
+from hybridps.semantics import equal_step_shares
 
 _CIFAR_MEAN = np.array([0.4914, 0.4822, 0.4465], dtype=np.float32).reshape(1, 3, 1, 1)
 _CIFAR_STD = np.array([0.2470, 0.2435, 0.2616], dtype=np.float32).reshape(1, 3, 1, 1)
@@ -333,27 +334,23 @@ def share_indices(perm: np.ndarray, shares: list[int], position: int) -> np.ndar
 
 
 def effective_shares(shares: list[int], lost: set[int], positions: list[int],
-                     batches: list[int] | None = None) -> list[int]:
+                     batches: list[int] | None = None, resplit: bool = False) -> list[int]:
     """The plan's shares re-split over the workers still alive (the lost ones get 0), so
     an epoch still covers the whole permutation after a worker loss. With `batches`
-    (bsp) every live worker keeps the same number of steps per epoch, k = ceil(N / sum of
-    the live batches): share_i = k * batch_i, less what the last batches can give up (at
-    most batch_i - 1 each) to sum to N; if they cannot, a few samples repeat (wrap)."""
+    (bsp) every live worker keeps the same number of steps per epoch
+    (hybridps.semantics.equal_step_shares). `resplit`: `batches` are a policy's
+    rebalance, so the shares are re-split even with every worker alive."""
     total = sum(shares)
     alive = [i for i, pos in enumerate(positions) if pos not in lost]
-    if len(alive) == len(shares) or not alive:
-        return list(shares) if alive else [0] * len(shares)
+    if not alive:
+        return [0] * len(shares)
+    if len(alive) == len(shares) and not resplit:
+        return list(shares)
     if batches is None:
         alive_total = sum(shares[i] for i in alive)
         return [max(1, round(shares[i] * total / alive_total)) if i in alive else 0 for i in range(len(shares))]
-    steps = -(-total // sum(batches[i] for i in alive))
-    out = [steps * batches[i] if i in alive else 0 for i in range(len(shares))]
-    excess = sum(out) - total
-    for i in sorted(alive, key=lambda i: -batches[i]):  # trim the largest last batches first
-        cut = min(excess, batches[i] - 1)
-        out[i] -= cut
-        excess -= cut
-    return out
+    split = iter(equal_step_shares(total, [batches[i] for i in alive]))
+    return [next(split) if i in alive else 0 for i in range(len(shares))]
 
 
 def check_data(name: str, data_dir: str | None = None) -> None:

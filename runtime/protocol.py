@@ -11,7 +11,8 @@ Header slots:
   SAMPLES   samples computed since the last exchange (PUSH); samples already applied in
             the phase (PHASE message on resume)
   PAYLOAD   data bytes in the payload (a compressed slice, or fp32 parameters)
-  RECORDS   JSON bytes after the data
+  RECORDS   JSON bytes after the data (REPLY: a policy's `_rebalance` line, the phase's
+            new batches in plan order, which the worker takes up at its next worker-epoch)
   VERSION   the shard's model version after the apply (REPLY)
   STOP      1: the phase target is reached, stop after this exchange (REPLY, GO)
   GO        1: start the next interval now; 0: wait for a GO message (ssp bound)

@@ -48,7 +48,7 @@ from hybridps.exchange_cost import shard_apply_s
 from hybridps.fileio import atomic_write_bytes, atomic_write_json
 from hybridps.progress import progress_bar
 from hybridps.policy import Observer, PolicyError, consult, make_policy
-from hybridps.semantics import Barrier, Ledger, SSPGate, VersionClock, ends_on_mini_epochs
+from hybridps.semantics import Barrier, Ledger, Rebalance, SSPGate, VersionClock, ends_on_mini_epochs
 from runtime import protocol as P
 from runtime.checkpoint import CHECKPOINT_FORMAT, checkpoint_path, load_checkpoint, spec_digests
 from runtime.codecs import Codec
@@ -544,10 +544,12 @@ class PhaseServer:
         # one PS shard only (`run` refuses more: the workers' records reach shard 0 alone)
         policy = make_policy(ph.policy.as_dict()) if ph.policy is not None and ctx.shards == 1 else None
         self.policy = policy if policy is not None and policy.acts_on(ph.sync) else None
-        self.observer = self.barrier = None
+        self.observer = self.barrier = self.rebalance = None
         if self.policy is not None:
             self.observer = Observer(self.participants, self.policy.window, self.ledger.phase_fraction)
             self.barrier = Barrier(self.participants, ph.sync == "bsp")  # rounds go through it
+            self.rebalance = Rebalance(self.participants, [wa.batch for wa in ph.workers],
+                                       sum(wa.samples for wa in ph.workers))
         self.last_staleness = 0
         self.stopping: list[int] = []  # with a policy: workers told to stop, to leave the barrier
         # the noise estimators assume one mode for the phase: none when a policy may switch it
@@ -581,9 +583,11 @@ class PhaseServer:
         elif shard.lead and not gate.may_start(pos):
             go = 0
             gate.hold(pos)
+        batches = self._rebalance_for(pos)
         hdr = P.header(P.MSG_REPLY, phase=self.p, version=shard.version, stop=int(stop), go=go,
-                       payload=self.params_bytes.numel(), lost=shard._lost_mask())
-        works = [(w, pos) for w in P.isend(self.ctx.worker_rank(pos), hdr, self.params_bytes)]
+                       payload=self.params_bytes.numel(), lost=shard._lost_mask(),
+                       records=0 if batches is None else batches.numel())
+        works = [(w, pos) for w in P.isend(self.ctx.worker_rank(pos), hdr, self.params_bytes, batches)]
         self.clock.pulled(pos)
         if self.keep_pulled:
             self.pulled[pos] = shard.w.detach().clone()
@@ -701,7 +705,7 @@ class PhaseServer:
         0): the interval's compute records (their durations, slowdown and straggler
         episodes included), and the worker's previous exchange (its push and pull records,
         shipped with the next push: push start to pull end)."""
-        compute_s, iterations, push_start, pull_end = 0.0, 0, None, None
+        compute_s, iterations, push_start, pull_end, batch = 0.0, 0, None, None, 0
         for rec in records:
             if rec.get("phase") != self.p:
                 continue
@@ -709,20 +713,35 @@ class PhaseServer:
             if kind == "compute":
                 compute_s += rec["end_s"] - rec["start_s"]
                 iterations += 1
+                batch = rec["batch"]
             elif kind == "push":
                 push_start = rec["start_s"]
             elif kind == "pull":
                 pull_end = rec["end_s"]
         exchange_s = pull_end - push_start if push_start is not None and pull_end is not None else 0.0
-        self.observer.interval(pos, compute_s, iterations, samples, exchange_s)
+        self.observer.interval(pos, compute_s, iterations, samples, exchange_s, batch)
+
+    def _rebalance_for(self, pos: int) -> torch.Tensor | None:
+        """A policy's rebalance reaches a worker with its reply (the pull): the phase's
+        batches, in plan order, as a `_rebalance` JSON line after the parameters."""
+        batches = self.rebalance.pulled(pos) if self.rebalance is not None else None
+        if batches is None:
+            return None
+        raw = json.dumps({"kind": "_rebalance", "batches": list(batches)}).encode()
+        return torch.frombuffer(bytearray(raw), dtype=torch.uint8)
 
     def _consult(self, pushed: tuple[int, ...]) -> None:
         """The policy at an update about to be applied (hybridps.policy.consult, the rule
         the simulator follows): its actions recorded (summary.json counts them from the
         trace), and a round one of them completes applied before the update at hand."""
-        for _action, done, record in consult(self.policy, self.observer, self.barrier, self.ctx.now(), self.p,
-                                             pushed, self.ph.sync, self.last_staleness, self.ctx.workers):
+        for action, done, record in consult(self.policy, self.observer, self.barrier, self.ctx.now(), self.p,
+                                            pushed, self.ph.sync, self.last_staleness, self.ctx.workers,
+                                            self.rebalance):
             self.shard.record(record)
+            if action.kind == "rebalance":  # the model merges' share weights follow
+                batches = self.rebalance.batches
+                self.share = {pos: self.rebalance.assignment(batches, pos)[1] for pos in self.participants}
+                self.max_share = max(self.share.values())
             if done:
                 self.apply_round(done)
 

@@ -265,6 +265,7 @@ class WorkerProcess:
         self.data.batch([0], ph.resolution)  # prepares the resolution once, outside the compute records
         worker_epoch, it, step = max(0, start[0] - epochs_before), start[1], start[2]
         indices, k = None, 0  # it: iteration within the worker-epoch
+        self.rebalanced, resplit = None, False
         while True:
             # ---------------------------------------------------------- one interval
             interval_samples, iters, loss_sum = 0, 0, 0.0
@@ -272,10 +273,15 @@ class WorkerProcess:
                 self.flat_grad.zero_()
             while iters < every:
                 while it == 0 or indices is None:
-                    shares = effective_shares(plan_shares, self.lost, positions, batches)
+                    if it == 0 and self.rebalanced is not None:  # a policy's, pulled: from this worker-epoch on
+                        batches, self.rebalanced, resplit = self.rebalanced, None, True
+                        B = batches[my_index]
+                    shares = effective_shares(plan_shares, self.lost, positions, batches, resplit)
                     perm = epoch_permutation(n_data, epochs_before + worker_epoch, ctx.data_seed)
                     indices = share_indices(perm, shares, my_index)
                     k = math.ceil(len(indices) / B)
+                    if resplit:
+                        every = ph.exchange_every(wa.model_copy(update={"batch": B, "samples": len(indices)}))
                     if it < k:
                         break
                     worker_epoch, it = worker_epoch + 1, 0  # resumed at the end of a worker-epoch
@@ -349,6 +355,9 @@ class WorkerProcess:
             h0 = hdr_bufs[0]
             if h0[P.TYPE] == P.MSG_ABORT:
                 raise Aborted()
+            if int(h0[P.RECORDS]):  # a policy's rebalance comes with the reply
+                raw = P.recv_payload(0, int(h0[P.RECORDS]), tag=P.TAG_RECORDS)
+                self.rebalanced = json.loads(bytes(raw.numpy()))["batches"]
             t_pull = ctx.now()
             wall0 = time.perf_counter()
             pulled_bytes = []

@@ -5,9 +5,10 @@ phase, so the event loop only does arithmetic."""
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from hybridps import exchange_cost
+from hybridps.semantics import ends_on_mini_epochs
 from hybridps.spec import Cluster, Job, Phase
 
 
@@ -25,10 +26,23 @@ class WorkerPhase:
     a_s: float  # seconds per sample, times the persistent slowdown (with c: the chord through B and L)
     b_s: float  # seconds per iteration, times the persistent slowdown
     exchange_overhead_s: float = 0.0  # worker-local, between an interval's compute and its push
+    c_s: float = 0.0  # the profile's bend c, times the persistent slowdown (a_s, b_s hold its chord)
+    every_epoch: bool = False  # exchanges once per worker-epoch (DBSL's mini-epoch rule)
 
     def iteration_s(self, samples: int) -> float:
         """Compute time of one iteration before transient stragglers."""
         return self.a_s * samples + self.b_s
+
+    def rebatched(self, batch: int, share: int) -> "WorkerPhase":
+        """The same worker at a policy's new batch and share (docs/semantics.md,
+        "Policies"): its iterations per epoch, last batch, chord and exchange interval."""
+        k = math.ceil(share / batch)
+        last = share - (k - 1) * batch
+        a0 = self.a_s - self.c_s * (self.batch + self.last_batch)  # the profile's own a, b (times slowdown)
+        b0 = self.b_s + self.c_s * self.batch * self.last_batch
+        return replace(self, batch=batch, share=share, iters_per_epoch=k, last_batch=last,
+                       exchange_every=k if self.every_epoch else self.exchange_every,
+                       a_s=a0 + self.c_s * (batch + last), b_s=b0 - self.c_s * batch * last)
 
 
 @dataclass(frozen=True)
@@ -58,7 +72,8 @@ def phase_costs(cluster: Cluster, job: Job, phase: Phase) -> PhaseCosts:
         workers.append(WorkerPhase(
             index=w.index, name=w.name, batch=wa.batch, share=wa.samples, iters_per_epoch=k,
             last_batch=last, exchange_every=phase.exchange_every(wa),
-            a_s=a_s, b_s=b_s, exchange_overhead_s=w.exchange_overhead_s))
+            a_s=a_s, b_s=b_s, exchange_overhead_s=w.exchange_overhead_s, c_s=prof.c * w.slowdown,
+            every_epoch=ends_on_mini_epochs(phase)))
     return PhaseCosts(
         workers=tuple(workers),
         target_samples=phase.epochs * job.data.samples,

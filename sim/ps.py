@@ -24,7 +24,7 @@ import simpy
 from simpy.core import NORMAL
 
 from hybridps.policy import Observer, Policy, consult
-from hybridps.semantics import Barrier, Ledger, VersionClock
+from hybridps.semantics import Barrier, Ledger, Rebalance, VersionClock
 from hybridps.spec import Cluster
 from sim.metrics import Counters
 from sim.network import make_link
@@ -60,7 +60,8 @@ class ParameterServer:
         n = len(names)
         self.push_samples = [0] * n  # samples carried by each worker's in-flight push
         self.push_compute_s = [0.0] * n  # a policy's observer: the compute time behind each push,
-        self.push_iterations = [0] * n  # its iterations,
+        self.push_iterations = [0] * n  # its iterations, its batch,
+        self.push_batch = [0] * n
         self.exchange_s = [0.0] * n  # and each worker's last exchange, push start to pull end
         self.push_start_s = [0.0] * n
         self.done_event: list[simpy.Event | None] = [None] * n
@@ -73,6 +74,8 @@ class ParameterServer:
         self.observer: Observer | None = None
         self.last_staleness = 0
         self.policy_actions: dict[str, int] = {}  # action kind -> count, over the run
+        self.rebalance: Rebalance | None = None  # a policy's re-split of the batches, while it reaches the workers
+        self.assigned: list[tuple[int, int] | None] = [None] * n  # (batch, share) pulled, for the next worker-epoch
 
     def start_phase(self, phase_index: int, costs, sync: str, policy: Policy | None = None) -> None:
         self.phase = phase_index
@@ -85,19 +88,24 @@ class ParameterServer:
         active = policy is not None and policy.acts_on(sync)
         self.policy = policy if active else None
         self.observer = Observer(workers, policy.window, self.ledger.phase_fraction) if active else None
+        self.rebalance = Rebalance(workers, [wp.batch for wp in costs.workers],
+                                   sum(wp.share for wp in costs.workers)) if active else None
+        self.assigned = [None] * len(self.names)
         self.last_staleness = 0
         self.exchange_s = [0.0] * len(self.names)  # none yet in this phase
 
     # worker side ------------------------------------------------------------------
-    def exchange(self, worker: int, samples: int, compute_s: float = 0.0, iterations: int = 0) -> simpy.Event:
-        """Push `samples` worth of work (computed in `iterations` taking `compute_s`), then
-        pull; the event fires when the pull is in."""
+    def exchange(self, worker: int, samples: int, compute_s: float = 0.0, iterations: int = 0,
+                 batch: int = 0) -> simpy.Event:
+        """Push `samples` worth of work (computed in `iterations` of batch `batch` taking
+        `compute_s`), then pull; the event fires when the pull is in."""
         ev = Arrival(self.env)
         self.done_event[worker] = ev
         self.push_samples[worker] = samples
         if self.observer is not None:
             self.push_compute_s[worker] = compute_s
             self.push_iterations[worker] = iterations
+            self.push_batch[worker] = batch
         self.push_link.send(worker, self.costs.push_wire_bytes, self.latency_s[worker])
         return ev
 
@@ -114,7 +122,7 @@ class ParameterServer:
         if self.observer is not None:
             self.push_start_s[worker] = start_s
             self.observer.interval(worker, self.push_compute_s[worker], self.push_iterations[worker],
-                                   self.push_samples[worker], self.exchange_s[worker])
+                                   self.push_samples[worker], self.exchange_s[worker], self.push_batch[worker])
         done = self.barrier.push(worker)
         if done is None:
             if self.observer is not None:
@@ -148,7 +156,7 @@ class ParameterServer:
         the next push on; the update at hand is applied as it was formed."""
         names = self.names if self.recorder is not None else None
         for action, done, record in consult(self.policy, self.observer, self.barrier, arrival_s, self.phase, pushed,
-                                            self.sync, self.last_staleness, names):
+                                            self.sync, self.last_staleness, names, self.rebalance):
             self.policy_actions[action.kind] = self.policy_actions.get(action.kind, 0) + 1
             if record is not None:
                 self.recorder.add(record)
@@ -232,6 +240,9 @@ class ParameterServer:
         c.exchanges += 1
         if self.observer is not None:
             self.exchange_s[worker] = end_s - self.push_start_s[worker]
+            batches = self.rebalance.pulled(worker)  # a rebalance reaches the worker with its pull
+            if batches is not None:
+                self.assigned[worker] = self.rebalance.assignment(batches, worker)
         if self.recorder is not None:
             self.recorder.add({"kind": "pull", "worker": self.names[worker], "phase": self.phase, "start_s": start_s,
                               "end_s": end_s, "bytes": self.costs.pull_bytes})

@@ -58,18 +58,27 @@ class WorkerContext:
     jitter: Callable[[str], float] | None
 
 
+def _loop_numbers(wp: WorkerPhase) -> tuple[int, int, int, int, float, float]:
+    """The loop's plain numbers: batch, iterations per epoch, last batch, exchange interval,
+    and the compute seconds of a full and of the last iteration."""
+    return (wp.batch, wp.iters_per_epoch, wp.last_batch, wp.exchange_every,
+            wp.a_s * wp.batch + wp.b_s, wp.a_s * wp.last_batch + wp.b_s)
+
+
 def worker_phase(ctx: WorkerContext, w: int, name: str, p: int, resolution: int, wp: WorkerPhase,
                  gate: SimGate | None) -> Generator:
     """Worker `w`'s part of phase `p`; `gate` is None unless the phase is ssp."""
     env, ps, ledger, c, rec = ctx.env, ctx.ps, ctx.ledger, ctx.counters, ctx.recorder
     factor_at, jitter = ctx.factor_at, ctx.jitter
-    batch, share, k, last, every = wp.batch, wp.share, wp.iters_per_epoch, wp.last_batch, wp.exchange_every
-    a_s, b_s, overhead_s = wp.a_s, wp.b_s, wp.exchange_overhead_s
-    full_s = a_s * batch + b_s
-    last_s = a_s * last + b_s
+    batch, k, last, every, full_s, last_s = _loop_numbers(wp)
+    overhead_s = wp.exchange_overhead_s
     pos = 0  # iterations done in the current worker-epoch
-    computed = 0  # samples computed in this phase
+    epoch = ledger.epochs_before[p]  # the current worker-epoch, counted across phases
     while True:
+        if pos == 0 and ps.assigned[w] is not None:  # a policy's rebalance, pulled: from this worker-epoch on
+            wp = wp.rebatched(*ps.assigned[w])
+            ps.assigned[w] = None
+            batch, k, last, every, full_s, last_s = _loop_numbers(wp)
         if gate is not None:
             while not gate.gate.may_start(w):
                 yield gate.wait(w)
@@ -88,7 +97,7 @@ def worker_phase(ctx: WorkerContext, w: int, name: str, p: int, resolution: int,
             if jitter is not None:
                 dt *= jitter(name)
             if rec is not None:
-                r = {"kind": "compute", "worker": name, "phase": p, "epoch": ledger.worker_epoch(computed, share),
+                r = {"kind": "compute", "worker": name, "phase": p, "epoch": epoch,
                      "step": pos, "batch": batch, "resolution": resolution, "start_s": t, "end_s": t + dt}
                 if n != batch:
                     r["samples"] = n
@@ -97,9 +106,9 @@ def worker_phase(ctx: WorkerContext, w: int, name: str, p: int, resolution: int,
             pos += 1
             iterations += 1
             interval_samples += n
-            computed += n
             if pos == k:
                 pos = 0
+                epoch += 1
                 break
             if pos % every == 0:
                 break
@@ -107,7 +116,7 @@ def worker_phase(ctx: WorkerContext, w: int, name: str, p: int, resolution: int,
         c.samples[w] += interval_samples
         c.compute_s[w] += t - t0
         yield env.timeout(t - t0 + overhead_s)  # the exchange overhead ends the interval, before the push
-        yield ps.exchange(w, interval_samples, t - t0, iterations)
+        yield ps.exchange(w, interval_samples, t - t0, iterations, batch)
         if gate is not None:
             gate.exchanged(w)  # an exchange counts when its pull reaches the worker
         if ledger.worker_done(w):

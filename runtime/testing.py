@@ -49,16 +49,21 @@ def write_specs(d: Path, workers: list[tuple[str, int, int]], *, sync: str = "bs
 
 def reference_bsp_sgd(workers: list[tuple[str, int, int]], epochs: int, lr: float, momentum: float,
                       weight_decay: float, seed: int = 0, model: str = "mlp", data: str = "synthetic",
-                      resolution: int = 8, losses: list[float] | None = None) -> torch.Tensor:
+                      resolution: int = 8, losses: list[float] | None = None,
+                      rebalanced: tuple[int, list[tuple[str, int, int]]] | None = None) -> torch.Tensor:
     """Single-process SGD where each step uses the union of the workers' batches of that
     step (what a bsp gradient-exchange run must reproduce). Returns the flat parameters;
-    appends each step's mean loss on the union to `losses` when given."""
+    appends each step's mean loss on the union to `losses` when given. `rebalanced`:
+    (epoch, workers) -- from that epoch on, these batches and shares (a policy's rebalance)."""
     samples = sum(s for _, _, s in workers)
     ds = load_dataset(data, samples, seed)
     net = build_model(model, ds.num_classes, seed=seed)
     opt = torch.optim.SGD(net.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay)
-    shares = [s for _, _, s in workers]
+    plan_workers = workers
     for epoch in range(epochs):
+        if rebalanced is not None:
+            workers = rebalanced[1] if epoch >= rebalanced[0] else plan_workers
+        shares = [s for _, _, s in workers]
         perm = epoch_permutation(samples, epoch, seed)
         own = [share_indices(perm, shares, i) for i in range(len(workers))]
         steps = math.ceil(workers[0][2] / workers[0][1])

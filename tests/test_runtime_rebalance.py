@@ -78,3 +78,72 @@ def test_lb_rebalance_resizes_the_slowed_workers_batch_from_its_next_epoch(tmp_p
           f"({after.rounds} rounds); decisions {[d['action']['batches'] for d in decisions]}")
     assert after.rounds > 0 and before.rounds > 0
     assert after.fraction < 0.75 * before.fraction
+
+
+REBALANCE_AT = '''
+from hybridps.policy import Action, Policy
+
+
+class RebalanceAt(Policy):
+    """Re-splits the batches once, when `at` of the phase is applied: deterministic,
+    whatever the timing."""
+
+    window = 1
+
+    def __init__(self, at: float = 0.25, batches: list = (24, 16, 8)):
+        self.at, self.batches, self.done = at, list(batches), False
+
+    def decide(self, obs):
+        if self.done or obs.phase_fraction < self.at:
+            return []
+        self.done = True
+        return [Action.rebalance(dict(zip(obs.workers, self.batches)))]
+'''
+
+
+def _batches_by_epoch(records: list[dict]) -> dict[int, dict[str, int]]:
+    out: dict[int, dict[str, int]] = defaultdict(dict)
+    for r in records:
+        if r["kind"] == "compute":
+            out[r["epoch"]][r["worker"]] = r["batch"]
+    return dict(out)
+
+
+def test_a_rebalance_runs_alike_in_simulate_and_run_and_each_round_is_sgd_on_the_union(tmp_path, monkeypatch):
+    # 3 workers, batch 16, 8 rounds an epoch, 4 epochs: the policy re-splits to 24/16/8
+    # once a quarter is applied (consulted at the 9th round, in epoch 1), so from epoch 2
+    # on the shares are 192/128/64 (hybridps.semantics.equal_step_shares: still 8 steps)
+    from hybridps.semantics import equal_step_shares
+    from runtime.server import load_checkpoint
+    from runtime.testing import reference_bsp_sgd
+    from traces.jsonl import read_trace as read
+
+    (tmp_path / "rebalance_at.py").write_text(REBALANCE_AT)
+    monkeypatch.setenv("PYTHONPATH", f"{tmp_path}:{__import__('os').environ.get('PYTHONPATH', '')}")
+    workers = [("w0", 16, 128), ("w1", 16, 128), ("w2", 16, 128)]
+    lr, mom, wd = 0.05, 0.9, 1e-3
+    write_specs(tmp_path, workers, sync="bsp", epochs=4, lr=lr, momentum=mom, weight_decay=wd)
+    plan = json.loads((tmp_path / "plan.json").read_text())
+    plan["phases"][0]["policy"] = {"kind": "python", "target": "rebalance_at:RebalanceAt"}
+    (tmp_path / "plan.json").write_text(json.dumps(plan, indent=1))
+    r = run_cli(["simulate", *spec_args(tmp_path), "--json", "--trace", tmp_path / "sim.jsonl"])
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["policy_actions"] == {"rebalance": 1}
+    out = tmp_path / "out"
+    r = run_cli(["run", *spec_args(tmp_path), "--out", out, "--local", "--eval-every", "0", "--worker-timeout", "30"],
+                timeout_s=300)
+    assert r.returncode == 0, r.stderr
+    sim, run = read(tmp_path / "sim.jsonl").records, read(out / "trace.jsonl").records
+    plan_b, new_b = dict.fromkeys(["w0", "w1", "w2"], 16), {"w0": 24, "w1": 16, "w2": 8}
+    expected = {0: plan_b, 1: plan_b, 2: new_b, 3: new_b}
+    assert _batches_by_epoch(sim) == expected and _batches_by_epoch(run) == expected
+    for records in (sim, run):
+        (p,) = [x for x in records if x["kind"] == "policy"]
+        assert p["action"] == {"kind": "rebalance", "batches": new_b}
+    # the PS weights each push by its samples: every round is one SGD step on the union
+    shares = equal_step_shares(384, [24, 16, 8])
+    after = [(n, b, s) for (n, b), s in zip(new_b.items(), shares)]
+    ref = reference_bsp_sgd(workers, 4, lr, mom, wd, rebalanced=(2, after))
+    got = load_checkpoint(out / "checkpoint.pt")["params"]
+    assert float((got - ref).abs().max()) < 1e-5
+    assert float((ref - reference_bsp_sgd(workers, 4, lr, mom, wd)).abs().max()) > 1e-4  # the split mattered

@@ -140,7 +140,7 @@ MEANINGS = {
     "phases[].workers[].samples": "this worker's share of one epoch; the shares sum to data.samples",
     "meta": "free-form; ignored by the simulator and the runtime",
     "phases[].policy": "an online policy (docs/policies.md): in `simulate`, and in `run` with one PS shard; absent: the phase runs as planned",
-    "phases[].policy.kind": "`sync-switch-greedy`, `sync-switch-elastic` or `python` (with `target` = "
+    "phases[].policy.kind": "`sync-switch-greedy`, `sync-switch-elastic`, `lb-rebalance` or `python` (with `target` = "
                             "\"module:Class\"); other keys are the kind's parameters",
 }
 

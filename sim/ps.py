@@ -13,7 +13,8 @@ worker pulls at once. Which pushes make a round is `hybridps.semantics.Barrier`'
 A phase with an online policy (hybridps/policy.py) has it consulted at each update the PS
 is about to apply (a round once complete, a push applied on its own); the PS feeds its
 observer plain numbers as pushes arrive, as the runtime's PS would, and carries out the
-actions through the Barrier.
+actions through the Barrier; a rebalance reaches each worker with its pull (`assigned`,
+which the worker takes up at its next worker-epoch).
 """
 
 from __future__ import annotations

@@ -135,7 +135,7 @@ def test_balanced_batches_are_integers_proportional_to_speed_with_the_sum_kept()
     assert balanced_batches(4, [1.0, 2.0, 3.0, 4.0]) == [1, 1, 1, 1]
 
 
-def _consult_once(action: Action, batches=(32, 32)) -> list:
+def _consult_once(action: Action, batches=(32, 32)) -> tuple[list, Rebalance]:
     class Once(Policy):
         window = 1
 
@@ -178,7 +178,8 @@ def _files(tmp_path: Path, policy: dict) -> list[str]:
     (tmp_path / "c.toml").write_text(tomli_w.dumps(CLUSTER))
     (tmp_path / "j.toml").write_text(tomli_w.dumps(JOB))
     (tmp_path / "p.json").write_text(json.dumps(_plan(policy)))
-    return ["--cluster", str(tmp_path / "c.toml"), "--job", str(tmp_path / "j.toml"), "--plan", str(tmp_path / "p.json")]
+    return ["--cluster", str(tmp_path / "c.toml"), "--job", str(tmp_path / "j.toml"),
+            "--plan", str(tmp_path / "p.json")]
 
 
 @pytest.mark.parametrize("policy, field, words", [

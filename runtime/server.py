@@ -203,7 +203,7 @@ class Shard:
                          "applied_in_phase": self.start_applied})
         else:
             meta = {"model": ctx.model_name, "data": ctx.data_name, "parameters": self.n_params,
-                    "world_size": ctx.world_size, "workers": ctx.workers}
+                    "world_size": ctx.world_size, "workers": ctx.workers, "eval_every": ctx.opts.eval_every}
             hdr = trace_header("runtime", cluster=ctx.cluster.model_dump(mode="json"),
                                job=ctx.job.model_dump(mode="json"), plan=ctx.plan.model_dump(mode="json"),
                                seed=ctx.opts.seed, meta=meta)

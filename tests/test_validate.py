@@ -145,3 +145,22 @@ def test_a_mini_epoch_plan_with_shares_one_short_validates_without_mismatch(tmp_
     assert len(measured["epoch_end_s"]) == len(res.summary()["epoch_end_s"]) == 140
     assert not cmp["mismatched_counts"]
     assert all(abs(r["rel_error"]) < 1e-9 for r in cmp["epochs"])
+
+
+@pytest.mark.parametrize("eval_every", [0, 2])
+def test_validate_resimulates_with_the_runs_eval_every(tmp_path, capsys, eval_every):
+    """A run's --eval-every is in its header (meta.eval_every); validate re-simulates with
+    it, so the PS's evaluations (`ps.eval_s`, 5 s here) are charged as often as the run
+    paid them. A trace of eval_every 0 or 2 validates with zero error."""
+    data = load_cluster(CLUSTER).model_dump(mode="json")
+    data["ps"]["eval_s"] = 5.0
+    c, j = cluster_from_dict(data), load_job(JOB)
+    plan = load_plan("gtx1080x4-cifar100-uniform", c, j)
+    res = simulate(c, j, plan, record=True, eval_every=eval_every)
+    assert res.makespan_s != simulate(c, j, plan, eval_every=1).makespan_s  # the evaluations matter
+    path = tmp_path / "t.jsonl"
+    with TraceWriter(path, {**res.header, "meta": {"eval_every": eval_every}}) as w:
+        w.write_many(res.records)
+    assert main(["validate", "--trace", str(path), "--json"]) == 0  # on the header's cluster
+    cmp = json.loads(capsys.readouterr().out)["comparison"]
+    assert abs(cmp["makespan"]["rel_error"]) < 1e-9, cmp["makespan"]

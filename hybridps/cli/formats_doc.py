@@ -158,7 +158,7 @@ TRACE_MEANINGS = {
     "header.job": "the job, as loaded",
     "header.plan": "the plan that ran",
     "header.seed": "the straggler seed used",
-    "header.meta": "free-form",
+    "header.meta": "free-form; the runtime writes model, data, parameters, world_size, workers and eval_every (its --eval-every, which validate re-simulates with)",
     "compute": "one training iteration of one worker",
     "compute.worker": "worker name",
     "compute.phase": "phase index",

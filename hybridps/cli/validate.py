@@ -101,7 +101,10 @@ def run(args: argparse.Namespace) -> int:
     # the run's own episodes are reproduced exactly by its seed; fitted ones are a
     # statistical model, so their prediction is the mean over several seeds
     seeds = [seed] if same_episodes else [(seed or 0) + k for k in range(args.repeats)]
-    runs = [simulate(cluster, job, plan, seed=s, log_updates=job.convergence is not None) for s in seeds]
+    # the run's --eval-every (in its header since 2026-12-06; older runtime traces: the default, 1)
+    eval_every = int((trace.header.get("meta") or {}).get("eval_every", 1))
+    runs = [simulate(cluster, job, plan, seed=s, log_updates=job.convergence is not None, eval_every=eval_every)
+            for s in seeds]
     predicted = mean_summary([r.summary() for r in runs])
     measured = measured_summary(trace)
     result = compare(predicted, measured)

@@ -224,10 +224,9 @@ def progress_curve(stream: Stream, plan: Plan, spec: ConvergenceSpec) -> np.ndar
 def _segments(lo: int, hi: int, cuts: np.ndarray) -> list[tuple[int, int, bool]]:
     """The updates [lo, hi) of a phase split at the policy's switches: (start, end, whether
     a switch precedes the segment)."""
-    inner = cuts[(cuts >= lo) & (cuts < hi)].tolist()
-    bounds = [lo, *inner, hi] if not inner or inner[0] > lo else [*inner, hi]
-    first_charged = bool(inner) and inner[0] == lo
-    return [(a, b, k > 0 or first_charged) for k, (a, b) in enumerate(zip(bounds, bounds[1:]))]
+    inner = set(cuts[(cuts >= lo) & (cuts < hi)].tolist())
+    starts = sorted(inner | {lo})
+    return [(a, b, a in inner) for a, b in zip(starts, starts[1:] + [hi])]
 
 
 def phase_gains(stream: Stream, plan: Plan, spec: ConvergenceSpec,

@@ -209,3 +209,37 @@ def test_without_stragglers_the_search_is_unchanged(capsys, tmp_path, cluster_na
     assert (report["counts"], report["best"]["predicted_makespan_s"], report["uniform_makespan_s"]) == \
         (counts, best_s, uniform_s)
     assert _digest(report) == digest
+
+
+def test_switch_points_are_the_first_own_push_after_each_switch_once_each():
+    import numpy as np
+
+    from hybridps.spec import ConvergenceSpec
+
+    phase = {"epochs": 1, "resolution": 32, "sync": "bsp", "exchange": "gradient", "lr": 0.1,
+             "workers": [{"name": f"w{i}", "batch": 32, "samples": 3200} for i in range(2)]}
+    plan = plan_from_dict({"format": "hybridps.plan/1", "phases": [phase, {**phase, "exchange": "model"}]})
+    # phase 0: rounds at 1, 2; own pushes at 3, 4; a round at 5; own pushes at 6, 7; phase 1: own pushes at 8, 9
+    t = np.array([1, 2, 3, 4, 5, 6, 7, 8, 9], float)
+    stream = Stream(t, np.array([0] * 7 + [1, 1]), np.array([-1, -1, 0, 1, -1, 0, 1, 0, 1]), np.zeros(9),
+                    np.full(9, 32.0), ("w0", "w1"),
+                    ((2.5, 0, "asp"), (4.5, 0, "bsp"), (5.5, 0, "asp"), (5.6, 0, "bsp"), (5.7, 0, "asp"),
+                     (7.5, 1, "asp")))  # the last: a model-exchange phase, not a switch into stale gradients
+    assert policy_switch_updates(stream, plan).tolist() == [2, 5]
+    spec = ConvergenceSpec(**{**CONVERGENCE, "switch_progress_kept": 0.5})
+    delta = update_progress(stream, plan, spec)
+    curve = progress_curve(stream, plan, spec)
+    expected = 0.5 * (0.5 * delta[:2].sum() + delta[2:5].sum()) + delta[5:7].sum()
+    assert curve[6] == pytest.approx(expected)
+    gain, kept = phase_gains(stream, plan, spec, delta)
+    assert kept.tolist() == [0.25, 1.0] and gain[0] == pytest.approx(expected)
+    assert gain[1] == pytest.approx(delta[7:].sum())
+
+
+def test_the_proxy_repeats_a_switching_phase_geometrically():
+    from solver.search import _repeat
+
+    assert _repeat(8.0, 3.0, 1.0, 2.5) == 11.0  # no switch: the plain sum
+    once = 0.5 * 8.0 + 3.0 / 2
+    assert _repeat(8.0, 3.0, 0.5, 2.0) == pytest.approx(0.5 * once + 3.0 / 2)  # two copies of the proxy phase
+    assert _repeat(8.0, 3.0, 0.0, 4.0) == pytest.approx(3.0 / 4)  # nothing survives: the last copy's gain

@@ -180,6 +180,9 @@ class Policy:
     whether to consult it at all in a phase planned with that sync mode."""
 
     window: int = 5
+    # may it switch a bsp phase to asp (set_sync)? The convergence model charges such a switch
+    # and `plan` marks it as a risk; a user's policy is assumed to (docs/convergence.md)
+    switches_sync: bool = True
 
     def acts_on(self, planned_sync: str) -> bool:
         return True
@@ -348,6 +351,8 @@ class SyncSwitchElastic(_Detector):
     (its pushes are applied on arrival, asp-style) and rejoins once it has recovered, so
     the others keep their synchronous rounds."""
 
+    switches_sync = False
+
     def __init__(self, threshold: float = 1.5, window: int = 5, hysteresis: float = 0.2):
         super().__init__(threshold, window, hysteresis)
         self.excluded: set[int] = set()
@@ -380,6 +385,7 @@ class LBRebalance(Policy):
     predicted; the next decisions correct that (the split is iterated to equal times)."""
 
     PARAMS = {"min_gain": (float, 0.0, 1.0), "window": (int, 1, 10_000)}
+    switches_sync = False  # it re-sizes batches; the phase stays bsp
 
     def __init__(self, min_gain: float = 0.05, window: int = 5):
         self.min_gain = min_gain
@@ -475,6 +481,13 @@ def _python_policy(params: dict[str, Any]) -> Policy:
     if not isinstance(window, int) or isinstance(window, bool) or window < 1:
         raise PolicyError("target", f"{target}: window must be a positive integer, got {window!r}")
     return policy
+
+
+def switches_sync(kind: str) -> bool:
+    """Whether a policy of this kind may switch a bsp phase to asp (a built-in says; a
+    user's `python` policy is assumed to)."""
+    cls = BUILT_INS.get(kind)
+    return True if cls is None else cls.switches_sync
 
 
 def make_policy(spec: dict[str, Any]) -> Policy:

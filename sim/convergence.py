@@ -20,6 +20,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from hybridps.policy import switches_sync
 from hybridps.spec import CONVERGENCE_FORMAT, Compression, ConvergenceSpec, Job, Plan
 
 # Stated conservative defaults (used where the traces cannot identify a parameter).
@@ -51,11 +52,14 @@ class Stream:
     staleness: np.ndarray
     samples: np.ndarray
     names: tuple[str, ...]
+    # an online policy's switches of the sync mode inside a phase: (t_s, phase, new sync)
+    sync_changes: tuple[tuple[float, int, str], ...] = ()
 
     @classmethod
     def from_update_log(cls, log, names: list[str]) -> "Stream":
         return cls(np.asarray(log.t_s, float), np.asarray(log.phase, np.int64), np.asarray(log.worker, np.int64),
-                   np.asarray(log.staleness, float), np.asarray(log.samples, float), tuple(names))
+                   np.asarray(log.staleness, float), np.asarray(log.samples, float), tuple(names),
+                   tuple(log.sync_changes))
 
 
 def compression_efficiency(c: Compression, spec: ConvergenceSpec | None) -> float:
@@ -160,13 +164,19 @@ def cumulative_progress(delta: np.ndarray, start: float = 0.0) -> np.ndarray:
     return total - np.minimum(0.0, np.minimum.accumulate(total))
 
 
+def drops_progress(before: str, after: str, exchange: str) -> bool:
+    """A switch from bsp to stale gradients (asp/ssp, gradient exchange): the Sync-Switch
+    transition, where the measured accuracy falls back. The same rule between a plan's
+    phases and inside a phase (an online policy's switch): it keeps `switch_progress_kept`."""
+    return before == "bsp" and after in ("asp", "ssp") and exchange == "gradient"
+
+
 def is_sync_switch(plan: Plan, p: int) -> bool:
-    """Phase p runs stale gradients (asp/ssp, gradient exchange) right after a bsp phase:
-    the Sync-Switch transition, where the measured accuracy falls back."""
+    """Phase p runs stale gradients (asp/ssp, gradient exchange) right after a bsp phase."""
     if p == 0:
         return False
     prev, ph = plan.phases[p - 1], plan.phases[p]
-    return prev.sync == "bsp" and ph.sync in ("asp", "ssp") and ph.exchange == "gradient"
+    return drops_progress(prev.sync, ph.sync, ph.exchange)
 
 
 def kept_at_phase_start(plan: Plan, p: int, spec: ConvergenceSpec) -> float:
@@ -174,20 +184,73 @@ def kept_at_phase_start(plan: Plan, p: int, spec: ConvergenceSpec) -> float:
     return spec.switch_progress_kept if is_sync_switch(plan, p) else 1.0
 
 
+def policy_switch_updates(stream: Stream, plan: Plan) -> np.ndarray:
+    """Where a policy's switches into stale gradients inside a phase take effect: for each
+    (a set_sync from bsp, drops_progress), the index of the first update of its phase
+    applied on its own (worker >= 0) at or after it; sorted, each index once (a switch
+    and back with no such update between made no stale step, and is not charged).
+    Exclusions (sync-switch-elastic) are not switches: docs/convergence.md says why."""
+    own = np.flatnonzero(stream.worker >= 0)
+    out: set[int] = set()
+    for t_s, p, sync in stream.sync_changes:
+        if not drops_progress("bsp", sync, plan.phases[p].exchange):
+            continue
+        j = np.searchsorted(own, np.searchsorted(stream.t_s, t_s, side="left"))
+        if j < own.size and stream.phase[own[j]] == p:
+            out.add(int(own[j]))
+    return np.array(sorted(out), dtype=np.int64)
+
+
 def progress_curve(stream: Stream, plan: Plan, spec: ConvergenceSpec) -> np.ndarray:
     """Cumulative progress after every update of the stream (in time order, so phases in
-    order), with the progress each phase start keeps (kept_at_phase_start)."""
+    order), with the progress each phase start keeps (kept_at_phase_start) and each
+    policy's switch inside a phase keeps (policy_switch_updates)."""
     delta = update_progress(stream, plan, spec)
     starts = np.searchsorted(stream.phase, np.arange(len(plan.phases) + 1), side="left")
+    cuts = policy_switch_updates(stream, plan)
     out = np.empty(delta.size)
     carried = 0.0
     for p in range(len(plan.phases)):
-        lo, hi = starts[p], starts[p + 1]
+        lo, hi = int(starts[p]), int(starts[p + 1])
         carried *= kept_at_phase_start(plan, p, spec)
-        if hi > lo:
-            out[lo:hi] = cumulative_progress(delta[lo:hi], carried)
-            carried = float(out[hi - 1])
+        for a, b, charged in _segments(lo, hi, cuts):
+            carried *= spec.switch_progress_kept if charged else 1.0
+            if b > a:
+                out[a:b] = cumulative_progress(delta[a:b], carried)
+                carried = float(out[b - 1])
     return out
+
+
+def _segments(lo: int, hi: int, cuts: np.ndarray) -> list[tuple[int, int, bool]]:
+    """The updates [lo, hi) of a phase split at the policy's switches: (start, end, whether
+    a switch precedes the segment)."""
+    inner = set(cuts[(cuts >= lo) & (cuts < hi)].tolist())
+    starts = sorted(inner | {lo})
+    return [(a, b, a in inner) for a, b in zip(starts, starts[1:] + [hi])]
+
+
+def phase_gains(stream: Stream, plan: Plan, spec: ConvergenceSpec,
+                delta: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Per phase, linear in the progress P entering it: P_end = kept·P + gain, kept the
+    share its policy's switches keep (1: none), gain its updates' progress with the later
+    switches' drops applied (no floor at 0). What the planner's proxy scales up to a
+    phase's full length (solver.search.proxy_quality)."""
+    delta = update_progress(stream, plan, spec) if delta is None else delta
+    n = len(plan.phases)
+    gain = np.bincount(stream.phase, weights=delta, minlength=n)
+    kept = np.ones(n)
+    cuts = policy_switch_updates(stream, plan)
+    starts = np.searchsorted(stream.phase, np.arange(n + 1), side="left")
+    rho = spec.switch_progress_kept
+    for p in np.unique(stream.phase[cuts]).tolist():
+        g = 0.0
+        for a, b, charged in _segments(int(starts[p]), int(starts[p + 1]), cuts):
+            if charged:
+                g *= rho
+                kept[p] *= rho
+            g += float(delta[a:b].sum())
+        gain[p] = g
+    return gain, kept
 
 
 def accuracy_at(progress: np.ndarray | float, spec: ConvergenceSpec) -> np.ndarray:
@@ -280,9 +343,10 @@ def risks(plan: Plan, spec: ConvergenceSpec | None) -> list[str]:
         found = []
         if ph.sync in ("asp", "ssp") and ph.exchange == "gradient":
             found.append(f"{ph.sync} (stale gradients)")
+        kept = DEFAULT_SWITCH_PROGRESS_KEPT if spec is None else spec.switch_progress_kept
         if is_sync_switch(plan, p):
-            kept = DEFAULT_SWITCH_PROGRESS_KEPT if spec is None else spec.switch_progress_kept
             found.append(f"bsp -> {ph.sync} switch (keeps {kept:g} of the progress made before it)")
+        found += _policy_risks(ph, kept)
         if ph.exchange == "model" and ph.sync != "bsp" and len(ph.workers) > 1:
             if len({wa.batch for wa in ph.workers}) == 1:
                 found.append("model exchange with no small-batch worker")
@@ -295,6 +359,20 @@ def risks(plan: Plan, spec: ConvergenceSpec | None) -> list[str]:
             phases_of.setdefault(what, []).append(p)
     return [f"{'phase' if len(ps) == 1 else 'phases'} {', '.join(map(str, ps))}: {what}"
             for what, ps in phases_of.items()]
+
+
+def _policy_risks(ph, kept: float) -> list[str]:
+    """What an online policy on a bsp phase may do to quality: switch to stale gradients
+    (charged like a switch between phases), or take slowed workers out of the barrier."""
+    if ph.policy is None or ph.sync != "bsp":
+        return []
+    kind = ph.policy.kind
+    if switches_sync(kind) and drops_progress("bsp", "asp", ph.exchange):
+        return [f"policy {kind}: bsp -> asp switches inside the phase (each keeps {kept:g} of the progress "
+                "made before it)"]
+    if ph.exchange == "gradient":
+        return [f"policy {kind}: slowed workers' pushes are applied on their own (stale gradients)"]
+    return []
 
 
 def default_spec(job: Job) -> dict:

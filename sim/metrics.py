@@ -12,7 +12,10 @@ from traces.summary import staleness_stats, worker_row
 class UpdateLog:
     """Every applied update, in order, as plain parallel lists (what the convergence model
     reads; kept only when asked for). A bsp round is one entry with `worker` = -1 and the
-    round's total samples; an asp/ssp push is one entry with its staleness."""
+    round's total samples; an asp/ssp push is one entry with its staleness. An online
+    policy's switches of the sync mode inside a phase are kept beside the updates (when,
+    which phase, to which mode): the convergence model charges a switch into stale
+    gradients as it charges one between phases."""
 
     def __init__(self) -> None:
         self.t_s: list[float] = []
@@ -20,6 +23,7 @@ class UpdateLog:
         self.worker: list[int] = []  # global worker index, -1 for a bsp round
         self.staleness: list[int] = []
         self.samples: list[int] = []
+        self.sync_changes: list[tuple[float, int, str]] = []  # (t_s, phase, new sync) of a policy's set_sync
 
     def add(self, t_s: float, phase: int, worker: int, staleness: int, samples: int) -> None:
         self.t_s.append(t_s)
@@ -27,6 +31,10 @@ class UpdateLog:
         self.worker.append(worker)
         self.staleness.append(staleness)
         self.samples.append(samples)
+
+    def set_sync(self, t_s: float, phase: int, sync: str) -> None:
+        """A policy switched the phase to `sync` at `t_s` (from the next push on)."""
+        self.sync_changes.append((t_s, phase, sync))
 
     def __len__(self) -> int:
         return len(self.t_s)

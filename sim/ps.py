@@ -159,6 +159,8 @@ class ParameterServer:
         for action, done, record in consult(self.policy, self.observer, self.barrier, arrival_s, self.phase, pushed,
                                             self.sync, self.last_staleness, names, self.rebalance):
             self.policy_actions[action.kind] = self.policy_actions.get(action.kind, 0) + 1
+            if action.kind == "set_sync" and self.counters.update_log is not None:
+                self.counters.update_log.set_sync(arrival_s, self.phase, action.sync)
             if record is not None:
                 self.recorder.add(record)
             if done:

@@ -50,10 +50,8 @@ def simulate_summary(cluster: Cluster, job: Job, plan: Plan, seed: int | None, t
                      target_loss: float | None = None) -> dict:
     """The default scorer: the discrete-event simulator; with the job's [convergence]
     model also "quality": final accuracy/loss, time to the target, and the progress each
-    phase made (what the proxy stage scales up)."""
-    import numpy as np
-
-    from sim.convergence import predict_sim, quality, update_progress, Stream
+    phase made and what a policy's switches inside it kept (what the proxy stage scales up)."""
+    from sim.convergence import phase_gains, predict_sim, quality, update_progress, Stream
     from sim.engine import Simulation
 
     spec = job.convergence
@@ -63,8 +61,9 @@ def simulate_summary(cluster: Cluster, job: Job, plan: Plan, seed: int | None, t
         pred = predict_sim(res, plan, spec)
         q = quality(pred, spec, target_accuracy, target_loss)
         stream = Stream.from_update_log(res.counters.update_log, res.worker_names)
-        delta = update_progress(stream, plan, spec)
-        q["phase_progress"] = [float(v) for v in np.bincount(stream.phase, weights=delta, minlength=len(plan.phases))]
+        gain, kept = phase_gains(stream, plan, spec, update_progress(stream, plan, spec))
+        q["phase_progress"] = [float(v) for v in gain]
+        q["phase_kept"] = [float(v) for v in kept]  # what a policy's switches inside each phase keep
         out["quality"] = q
     return out
 
@@ -160,7 +159,9 @@ def proxy_quality(cluster: Cluster, job: Job, plan: Plan, short: Plan, summary: 
     """Quality of the full plan from its proxy, scaled like the time: every full phase
     makes its proxy phase's progress per epoch (scaled by `_lr_ratio` when its LR differs)
     times its epochs, over the duration `scale_up` gives it; progress is linear inside a
-    phase, so the time to the target is interpolated there (docs/solver.md)."""
+    phase, so the time to the target is interpolated there (docs/solver.md). A phase whose
+    policy switched to stale gradients in the proxy repeats the proxy phase's pattern
+    instead (`_repeat`)."""
     from sim.convergence import accuracy_at, kept_at_phase_start, loss_at, progress_for_accuracy, progress_for_loss
 
     spec = job.convergence
@@ -168,11 +169,11 @@ def proxy_quality(cluster: Cluster, job: Job, plan: Plan, short: Plan, summary: 
     model = _phase_time_model(short, summary)
     if spec is None or q is None or model is None or "phase_progress" not in q:
         return None
-    rate = {}
-    cuts = {}
-    for cut, prog in zip(short.phases, q["phase_progress"]):
+    rate, cuts, kept = {}, {}, {}
+    for cut, prog, k in zip(short.phases, q["phase_progress"], q.get("phase_kept", [1.0] * len(short.phases))):
         rate[_phase_key(cut)] = prog / cut.epochs
         cuts[_phase_key(cut)] = cut
+        kept[_phase_key(cut)] = k
     want = (progress_for_accuracy(target_accuracy, spec) if target_accuracy is not None
             else progress_for_loss(target_loss, spec) if target_loss is not None else None)
     t, P, hit = 0.0, 0.0, None
@@ -183,7 +184,7 @@ def proxy_quality(cluster: Cluster, job: Job, plan: Plan, short: Plan, summary: 
         key = _phase_key(full)
         dur = _full_phase_s(model, full)
         gain = rate[key] * full.epochs * _lr_ratio(full, cuts[key], spec)
-        new = max(P + gain, 0.0)
+        new = max(_repeat(P, gain, kept[key], full.epochs / cuts[key].epochs), 0.0)
         if want is not None and hit is None and new >= want:
             hit = t + (dur * (want - P) / (new - P) if new > P else 0.0)
         t += dur
@@ -192,6 +193,17 @@ def proxy_quality(cluster: Cluster, job: Job, plan: Plan, short: Plan, summary: 
         hit = 0.0
     return {"final_accuracy": float(accuracy_at(P, spec)), "final_loss": float(loss_at(P, spec)),
             "time_to_target_s": hit}
+
+
+def _repeat(P: float, gain: float, kept: float, repeats: float) -> float:
+    """Progress at the end of a full phase entered with P: `gain` is its progress without
+    switches (the proxy's rate times its epochs). With a policy's switches the phase is
+    `repeats` copies of the proxy phase, each mapping P to kept·P + gain/repeats: the
+    geometric sum."""
+    if kept == 1.0:
+        return P + gain
+    k = kept ** repeats
+    return k * P + gain / repeats * (1.0 - k) / (1.0 - kept)
 
 
 _epoch_sink: Callable[[], None] | None = None  # set while a plan is scored: counts its simulated epochs
@@ -372,7 +384,7 @@ def _terminate(pool: ProcessPoolExecutor) -> None:
         p.join()
 
 
-@dataclass
+@dataclass(eq=False)  # compared by identity: a policy candidate points to its parent
 class Ranked:
     candidate: Candidate
     index: int
@@ -381,6 +393,14 @@ class Ranked:
     proxy_q: dict | None = None  # predicted quality from the proxy (sim.convergence), when modelled
     full_q: dict | None = None  # ... from the full simulation's exact update stream
     risks: list[str] = field(default_factory=list)  # known quality risks (sim.convergence.risks)
+    parent: "Ranked | None" = None  # a policy candidate's static parent (solver.policies)
+    proxy_actions: dict | None = None  # the policy's decisions by kind, in the proxy run
+    full_actions: dict | None = None  # ... in the full run
+
+    @property
+    def policy_actions(self) -> dict | None:
+        """The policy's decisions in the run best_s rests on (None: not simulated)."""
+        return self.full_actions if self.full_s is not None else self.proxy_actions
 
     @property
     def how(self) -> str:
@@ -438,20 +458,37 @@ def _confirm_reaching(scoring: Scoring, ranked: list[Ranked], cons: Constraints,
                 and (best_full is None or r.quality["time_to_target_s"] < best_full.quality["time_to_target_s"])]
         if not todo:
             return
-        r = todo[0]
-        s = scoring.score([r.candidate.plan], "full")[0]
-        r.full_s, r.full_q = float(s["makespan_s"]), _quality_of(s)
+        _score_full(scoring, _with_parent(todo[:1]))
+
+
+def _record_full(r: Ranked, summary: dict) -> None:
+    r.full_s, r.full_q = float(summary["makespan_s"]), _quality_of(summary)
+    r.full_actions = summary.get("policy_actions")
+
+
+def _score_full(scoring: Scoring, rs: list[Ranked]) -> None:
+    for r, s in zip(rs, scoring.score([r.candidate.plan for r in rs], "full")):
+        _record_full(r, s)
+
+
+def _with_parent(rs: list[Ranked]) -> list[Ranked]:
+    """`rs` and the static parents of the policy candidates among them that have no full
+    run yet: what a policy buys is measured against its parent's full run."""
+    extra = [r.parent for r in rs if r.parent is not None and r.parent.full_s is None and r.parent not in rs]
+    return rs + list(dict.fromkeys(extra))
 
 
 def _proxy_stage(scoring: Scoring, cluster: Cluster, job: Job, ranked: list[Ranked], cons: Constraints,
                  proxy_epochs: int, proxy_count: int, targets: tuple[float | None, float | None]) -> list[Ranked]:
-    """Simulate the picked candidates on the shortened horizon; returns them, proxy_s set."""
+    """Simulate the picked candidates on the shortened horizon; returns them, proxy_s set.
+    Policy candidates and their parents are always picked; they take no static one's place."""
     base = ranked[0]
-    allowed = [r for r in ranked if r.candidate.strategy in cons.strategies]
+    allowed = [r for r in ranked if r.candidate.strategy in cons.strategies and r.parent is None]
     by_est = sorted(allowed, key=lambda r: (r.candidate.estimate_s, r.index))
     # quality has no closed-form estimate: with a target every candidate gets a proxy run
     targeted = targets != (None, None)
     pick = {r.index for r in (by_est if targeted else by_est[:proxy_count])} | {base.index}
+    pick |= {i for r in ranked if r.parent is not None for i in (r.index, r.parent.index)}  # policy candidates
     seen: set[str] = set()
     for r in by_est:  # the best-estimated candidate of every strategy gets simulated too
         if r.candidate.strategy not in seen:
@@ -463,7 +500,30 @@ def _proxy_stage(scoring: Scoring, cluster: Cluster, job: Job, ranked: list[Rank
     for r, short, s in zip(proxied, shorts, summaries):
         r.proxy_s = scale_up(r.candidate.plan, short, s) + phase_overheads_s(cluster, r.candidate.plan)
         r.proxy_q = proxy_quality(cluster, job, r.candidate.plan, short, s, *targets)
+        r.proxy_actions = s.get("policy_actions")
     return proxied
+
+
+def _policy_variants(cluster: Cluster, job: Job, ranked: list[Ranked], cons: Constraints) -> list[Ranked]:
+    """With transient stragglers (solver.policies): the best POLICY_PARENTS all-bsp
+    candidates by estimate, each with every built-in of POLICY_SPECS. Appended to
+    `ranked` (the proxy stage then simulates them, and their parents, with the others)
+    and returned; none without stragglers."""
+    from sim.convergence import risks
+    from solver.policies import POLICY_PARENTS, POLICY_SPECS, is_static_bsp, searches_policies, with_policy
+
+    if not searches_policies(cluster, cons):
+        return []
+    allowed = [r for r in ranked if r.candidate.strategy in cons.strategies and is_static_bsp(r.candidate.plan)]
+    parents = sorted(allowed, key=lambda r: (r.candidate.estimate_s, r.index))[:POLICY_PARENTS]
+    variants = []
+    for parent in parents:
+        for spec in POLICY_SPECS:
+            cand = with_policy(cluster, job, parent.candidate, spec)
+            variants.append(Ranked(cand, len(ranked) + len(variants), risks=risks(cand.plan, job.convergence),
+                                   parent=parent))
+    ranked.extend(variants)
+    return variants
 
 
 def _full_stage(scoring: Scoring, ranked: list[Ranked], proxied: list[Ranked], cons: Constraints,
@@ -473,7 +533,7 @@ def _full_stage(scoring: Scoring, ranked: list[Ranked], proxied: list[Ranked], c
     base = ranked[0]
     pool = [r for r in proxied if r.candidate.strategy in cons.strategies]
     by_proxy = sorted(pool, key=_target_key if targeted else (lambda r: (r.proxy_s, r.index)))
-    full_pick = {r.index for r in by_proxy[:full_count]}
+    full_pick = {r.index for r in _with_parent(by_proxy[:full_count])}
     best_proxy = by_proxy[0].proxy_s if by_proxy else base.proxy_s
     # The baseline is the costliest plan to simulate (small batches, many rounds). When the
     # proxy says it is clearly beaten, its full run is skipped and its proxy figure reported.
@@ -482,14 +542,10 @@ def _full_stage(scoring: Scoring, ranked: list[Ranked], proxied: list[Ranked], c
         full_pick.add(base.index)
     fulls = [ranked[i] for i in sorted(full_pick)]
     if full_count > 0 and fulls:
-        summaries = scoring.score([r.candidate.plan for r in fulls], "full")
-        for r, s in zip(fulls, summaries):
-            r.full_s = float(s["makespan_s"])
-            r.full_q = _quality_of(s)
+        _score_full(scoring, fulls)
         best_full = min(r.full_s for r in fulls)
         if skip_base and best_full > BASELINE_MARGIN * base.proxy_s:  # the proxy was too hopeful
-            s = scoring.score([base.candidate.plan], "full")[0]
-            base.full_s, base.full_q = float(s["makespan_s"]), _quality_of(s)
+            _record_full(base, scoring.score([base.candidate.plan], "full")[0])
     if targeted and full_count > 0:
         _confirm_reaching(scoring, ranked, cons, limit=2 * full_count)
 
@@ -529,6 +585,7 @@ def search(cluster: Cluster, job: Job, cons: Constraints, scorer: Scorer = simul
         if not any(r.candidate.strategy in cons.strategies for r in ranked):
             raise UserError("no candidate plan satisfies the constraints (--strategy, --sync, --min-bsp-fraction); "
                             "relax one of them")
+        variants = _policy_variants(cluster, job, ranked, cons)
         proxied = _proxy_stage(scoring, cluster, job, ranked, cons, proxy_epochs, proxy_count,
                                (target_accuracy, target_loss))
         t_proxy = time.perf_counter()
@@ -539,9 +596,11 @@ def search(cluster: Cluster, job: Job, cons: Constraints, scorer: Scorer = simul
                 and {ph.sync for ph in r.candidate.plan.phases} <= set(cons.sync_modes)]  # the bsp baseline too
     best = eligible[0] if eligible else base
     plan = best.candidate.plan.model_copy(update={"meta": _best_meta(
-        best, base, objective, seed, proxy_epochs, len(cands), (target_accuracy, target_loss))})
-    counts = {"candidates": len(cands), "proxy": len(proxied),
+        best, base, objective, seed, proxy_epochs, len(ranked), (target_accuracy, target_loss))})
+    counts = {"candidates": len(ranked), "proxy": len(proxied),
               "full": sum(r.full_s is not None for r in ranked)}
+    if variants:
+        counts["policy"] = len(variants)  # candidates with an online policy (among `candidates`)
     stages = {"generate_s": t_gen - t0, "proxy_s": t_proxy - t_gen, "full_s": t_full - t_proxy}
     return SearchResult(best, base, ordered, plan, time.perf_counter() - t0, counts, stages)
 
@@ -622,7 +681,53 @@ def table(result: SearchResult, top: int) -> str:
                     f"{r.best_s / base:>9.3f}x  {r.candidate.label}{mark}")
         for risk in r.risks:
             rows.append(f"{'':>4}  {'':>10} {'':<8} {'':>9} {'':>11} {'':>10}  risk: {risk}")
+        if r.parent is not None:
+            line = _gain_line(policy_gain(r), result.ranked.index(r.parent) + 1)
+            rows.append(f"{'':>4}  {'':>10} {'':<8} {'':>9} {'':>11} {'':>10}  policy: {line}")
     return "\n".join(rows)
+
+
+def policy_gain(r: Ranked) -> dict[str, Any]:
+    """What a policy candidate buys against its static parent, on the same footing (their
+    full runs when both have one, else their proxies): `gain_s` = the parent's time minus
+    its own (> 0: faster); with quality modelled, `final_accuracy_change` (its own minus
+    the parent's) and `gain_to_target_s` (the parent's time to the target minus its own;
+    null when either misses or there is no target); and the policy's decisions."""
+    p = r.parent
+    full = r.full_s is not None and p.full_s is not None
+    mine, theirs = (r.full_s, p.full_s) if full else (r.proxy_s, p.proxy_s)
+    q, pq = (r.full_q, p.full_q) if full else (r.proxy_q, p.proxy_q)
+    out = {"policy": r.candidate.plan.meta["policy"], "parent": p.candidate.label,
+           "policy_actions": r.policy_actions or {}, "gain_s": theirs - mine, "gain_basis": "full" if full else "proxy"}
+    if q is not None and pq is not None:
+        out["final_accuracy_change"] = q["final_accuracy"] - pq["final_accuracy"]
+        t, pt = q["time_to_target_s"], pq["time_to_target_s"]
+        out["gain_to_target_s"] = None if t is None or pt is None else pt - t
+    return out
+
+
+def _gain_line(g: dict[str, Any], parent_rank: int) -> str:
+    """The table's line under a policy candidate: what it buys against its parent."""
+    faster = f"{abs(g['gain_s']):.1f} s {'faster' if g['gain_s'] >= 0 else 'slower'}"
+    line = f"{faster} than rank {parent_rank} ({g['gain_basis']})"
+    if "final_accuracy_change" in g:
+        line += f", final accuracy {g['final_accuracy_change']:+.3f}"
+        if g["gain_to_target_s"] is not None:
+            gt = g["gain_to_target_s"]
+            line += f", to target {abs(gt):.1f} s {'sooner' if gt >= 0 else 'later'}"
+    actions = g["policy_actions"]
+    n = sum(actions.values())
+    return line + f"; {n} decision(s)" + (f" ({', '.join(f'{k} {v}' for k, v in actions.items())})" if n else "")
+
+
+def _row(r: Ranked, result: SearchResult) -> dict[str, Any]:
+    """One candidate of the JSON ranking; a policy candidate adds `policy_gain`'s fields."""
+    row = {"label": r.candidate.label, "strategy": r.candidate.strategy, "parameters": r.candidate.params,
+           "estimate_s": r.candidate.estimate_s, "proxy_s": r.proxy_s, "full_s": r.full_s, "how": r.how,
+           "quality": r.quality, "risks": r.risks, "baseline": r is result.baseline}
+    if r.parent is not None:
+        row.update(policy_gain(r))
+    return row
 
 
 def summary_json(result: SearchResult, top: int | None) -> dict[str, Any]:
@@ -634,10 +739,7 @@ def summary_json(result: SearchResult, top: int | None) -> dict[str, Any]:
         "objective": result.plan.meta.get("objective", "time"),
         "uniform_makespan_s": result.baseline.best_s,
         "ratio_to_uniform": result.best.best_s / result.baseline.best_s,
-        "ranked": [{"label": r.candidate.label, "strategy": r.candidate.strategy, "parameters": r.candidate.params,
-                    "estimate_s": r.candidate.estimate_s, "proxy_s": r.proxy_s, "full_s": r.full_s, "how": r.how,
-                    "quality": r.quality, "risks": r.risks, "baseline": r is result.baseline}
-                   for r in picked],
+        "ranked": [_row(r, result) for r in picked],
         "counts": result.counts,
         "stage_s": result.stage_s,
         "wall_s": result.wall_s,

@@ -41,7 +41,7 @@ def _code_paths() -> dict[str, set[str]]:
         "simulate --json": {r["path"] for r in formats_doc.summary_rows(summary, names)},
         "RUN/summary.json": {r["path"] for r in formats_doc.run_summary_rows(summary, names)},
         "plan --json": {r["path"] for r in formats_doc.summary_rows(formats_doc.ranking_example(), [], {},
-                                                                     ("best.parameters", "ranked[].parameters"))},
+                                                                     formats_doc.RANKING_OPAQUE)},
     }
 
 

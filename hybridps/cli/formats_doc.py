@@ -268,6 +268,7 @@ RUN_SUMMARY_ADDED = {
     "parameters.job": ("int", "the job's `model.parameters`"),
 }
 
+RANKING_OPAQUE = ("best.parameters", "ranked[].parameters", "ranked[].policy_actions")  # keys that vary
 RANKING_MEANINGS = {
     "best": "the plan written to -o", "best.strategy": "its strategy",
     "best.parameters": "its strategy's parameters (as in its label)",
@@ -292,9 +293,24 @@ RANKING_MEANINGS = {
     "ranked[].quality.time_to_target_s": "predicted time to the target (null: missed, or no target)",
     "ranked[].risks": "known quality risks, one line each",
     "ranked[].baseline": "true for the uniform baseline",
+    "ranked[].policy": "a policy candidate only (docs/solver.md, \"Policies as candidates\"): the online policy "
+                       "on its bsp phases, as in plan.json",
+    "ranked[].policy.kind": "the policy's kind",
+    "ranked[].parent": "a policy candidate only: the label of the static candidate it adds the policy to",
+    "ranked[].policy_actions": "a policy candidate only: the policy's decisions by kind in the run its time rests on",
+    "ranked[].gain_s": "a policy candidate only: its parent's predicted time minus its own (> 0: the policy is "
+                       "faster)",
+    "ranked[].gain_basis": "what both figures of gain_s (and of the quality changes) come from: `full` when both "
+                           "were simulated in full, else `proxy`",
+    "ranked[].final_accuracy_change": "a policy candidate only, with a [convergence] table: its predicted final "
+                                      "accuracy minus its parent's",
+    "ranked[].gain_to_target_s": "a policy candidate only, with a [convergence] table: its parent's predicted time "
+                                 "to the target minus its own (null: either misses it, or no target)",
     "counts": "how many candidates each stage saw",
     "counts.candidates": "generated", "counts.proxy": "simulated on the shortened horizon",
     "counts.full": "simulated in full",
+    "counts.policy": "candidates with an online policy, among `candidates` (only when the cluster has transient "
+                     "stragglers)",
     "stage_s": "wall-clock time per stage", "stage_s.generate_s": "generating and estimating",
     "stage_s.proxy_s": "proxy simulations", "stage_s.full_s": "full simulations",
     "wall_s": "wall-clock time of the search",
@@ -526,7 +542,7 @@ def summary_rows(summary: dict[str, Any], worker_names: list[str], meanings: dic
         else:
             path_of = lambda key: f"{path}.{key}" if path else key  # noqa: E731
         items = value.items() if isinstance(value, dict) else (
-            ((f"[].{k}", v) for k, v in value[0].items()) if isinstance(value, list) and value and
+            ((f"[].{k}", v) for k, v in _item_keys(value).items()) if isinstance(value, list) and value and
             isinstance(value[0], dict) else ())
         for key, sub in items:
             sub_path = f"{path}{key}" if key.startswith("[]") else path_of(key)
@@ -539,6 +555,17 @@ def summary_rows(summary: dict[str, Any], worker_names: list[str], meanings: dic
 
     walk(summary, "")
     return rows
+
+
+def _item_keys(items: list[dict[str, Any]]) -> dict[str, Any]:
+    """Every key of a list's objects, with its first non-null value: keys that only some
+    items have (a policy candidate's in `ranked`) are documented too."""
+    out: dict[str, Any] = {}
+    for item in items:
+        for k, v in item.items():
+            if out.get(k) is None:
+                out[k] = v
+    return out
 
 
 def _json_type(value: Any) -> str:
@@ -688,7 +715,7 @@ def render() -> str:
         "are those of a real search (the bundled `digits-cnn` job on `digits-cpu3`, `--target-accuracy "
         "0.95`); without a `[convergence]` table every `quality` is null.",
         "",
-        _table(summary_rows(ranking_example(), [], RANKING_MEANINGS, ("best.parameters", "ranked[].parameters")),
+        _table(summary_rows(ranking_example(), [], RANKING_MEANINGS, RANKING_OPAQUE),
                SUMMARY_COLUMNS),
         "",
     ]

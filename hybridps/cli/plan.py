@@ -181,7 +181,9 @@ def _print_table(args: argparse.Namespace, result, output: str, targeted: bool) 
 
     m = result.plan.meta
     print(table(result, args.top))
-    print(f"\n{result.counts['candidates']} candidates, {result.counts['proxy']} simulated on a "
+    policies = (f" ({result.counts['policy']} with an online policy: the cluster has transient stragglers)"
+                if "policy" in result.counts else "")
+    print(f"\n{result.counts['candidates']} candidates{policies}, {result.counts['proxy']} simulated on a "
           f"{args.proxy_epochs}-epoch-per-phase horizon, {result.counts['full']} in full; "
           f"{result.wall_s:.1f} s (generate {result.stage_s['generate_s']:.1f} s, proxy "
           f"{result.stage_s['proxy_s']:.1f} s, full {result.stage_s['full_s']:.1f} s)")

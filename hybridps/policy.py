@@ -183,6 +183,8 @@ class Policy:
     # may it switch a bsp phase to asp (set_sync)? The convergence model charges such a switch
     # and `plan` marks it as a risk; a user's policy is assumed to (docs/convergence.md)
     switches_sync: bool = True
+    # may it take a worker out of the barrier (its pushes then stale)? A risk `plan` marks
+    excludes_workers: bool = True
 
     def acts_on(self, planned_sync: str) -> bool:
         return True
@@ -385,7 +387,8 @@ class LBRebalance(Policy):
     predicted; the next decisions correct that (the split is iterated to equal times)."""
 
     PARAMS = {"min_gain": (float, 0.0, 1.0), "window": (int, 1, 10_000)}
-    switches_sync = False  # it re-sizes batches; the phase stays bsp
+    switches_sync = False  # it re-sizes batches; the phase stays bsp, every push in its round
+    excludes_workers = False
 
     def __init__(self, min_gain: float = 0.05, window: int = 5):
         self.min_gain = min_gain
@@ -488,6 +491,13 @@ def switches_sync(kind: str) -> bool:
     user's `python` policy is assumed to)."""
     cls = BUILT_INS.get(kind)
     return True if cls is None else cls.switches_sync
+
+
+def excludes_workers(kind: str) -> bool:
+    """Whether a policy of this kind may take a worker out of the bsp barrier (a built-in
+    says; a user's `python` policy is assumed to)."""
+    cls = BUILT_INS.get(kind)
+    return True if cls is None else cls.excludes_workers
 
 
 def make_policy(spec: dict[str, Any]) -> Policy:

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from hybridps.policy import switches_sync
+from hybridps.policy import excludes_workers, switches_sync
 from hybridps.spec import CONVERGENCE_FORMAT, Compression, ConvergenceSpec, Job, Plan
 
 # Stated conservative defaults (used where the traces cannot identify a parameter).
@@ -370,7 +370,7 @@ def _policy_risks(ph, kept: float) -> list[str]:
     if switches_sync(kind) and drops_progress("bsp", "asp", ph.exchange):
         return [f"policy {kind}: bsp -> asp switches inside the phase (each keeps {kept:g} of the progress "
                 "made before it)"]
-    if ph.exchange == "gradient":
+    if ph.exchange == "gradient" and excludes_workers(kind):
         return [f"policy {kind}: slowed workers' pushes are applied on their own (stale gradients)"]
     return []
 

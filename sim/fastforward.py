@@ -68,6 +68,7 @@ class FastForward:
         period_s = now_s - start_s
         k = min(repeats, quiet_rounds)
         if k > 0 and self.next_change_s is not None:
-            # every skipped round ends at least one period before the next factor change
-            k = min(k, int((self.next_change_s(start_s) - now_s) / period_s) - 1)
+            # the last skipped round ends by the next factor change (its iterations start a
+            # compute, a push and an apply earlier); none since the template's pulls either
+            k = min(k, int((self.next_change_s(start_s) - now_s) / period_s))
         return max(k, 0), period_s

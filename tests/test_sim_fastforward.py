@@ -106,6 +106,20 @@ def test_fast_forward_equals_every_round_simulated(mixed, shards, stragglers, ji
         assert skipped > (0.3 if stragglers else 0.5) * fast.summary()["updates"] / N_WORKERS
 
 
+@pytest.mark.parametrize("seed", range(8))
+def test_fast_forward_between_dense_straggler_episodes(seed):
+    # episodes every few rounds on some worker: skipped windows end right at factor changes
+    c = cluster(mixed=True, shards=2, stragglers=True)
+    c = c.model_copy(update={"stragglers": c.stragglers.model_copy(update={"rate_per_hour": 900.0,
+                                                                           "mean_duration_s": 1.0})})
+    j = job(epochs=10)
+    p = plan(c, j, "gradient")
+    (fast, skipped), (full, _) = run(c, j, p, True, seed=seed), run(c, j, p, False, seed=seed)
+    assert 0 < skipped < fast.summary()["updates"] / N_WORKERS
+    assert_same(fast.summary(), full.summary())
+    assert_same(update_log(fast), update_log(full))
+
+
 def uniform(n_workers: int, k: int, epochs: int, sync: str = "bsp", policy: dict | None = None):
     """n equal workers, k full iterations of 100 samples per worker-epoch and no partial one."""
     c = cluster(n=n_workers)

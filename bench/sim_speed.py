@@ -13,6 +13,13 @@ the steady-state fast-forward (the default) and, in the same run, without it
 (`simulate(..., fast_forward=False)`): both times, their ratio, and the largest relative
 difference between the two summaries.
 
+    python bench/sim_speed.py --baseline256  # the 256-worker search's uniform baseline
+
+(e) the uniform baseline `hybridps plan --strategy all` simulates in full on the 256-worker
+    cluster of `bench/plan_speed.py --large` (bsp, 105 epochs, transient stragglers on
+    every worker): CPU seconds with and without fast-forward, same run, and how many of
+    its rounds were skipped (between straggler episodes only).
+
     python bench/sim_speed.py --scaling  # cost per worker-iteration against cluster size
 
 (d) scaling: 16 to 1,024 RTX 3090 workers, bsp, asp and ssp (bound 3), equal NICs (all 25 Gbps) and
@@ -38,6 +45,7 @@ from pathlib import Path
 import simpy
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # plan_speed, for (e)
 
 from hybridps.spec import cluster_from_dict, job_from_dict, load_cluster, load_job, load_plan, plan_from_dict  # noqa: E402
 from sim import simulate  # noqa: E402
@@ -213,6 +221,32 @@ def scaling(sizes: list[int], worker_iterations: int, repeat: int, reference: bo
                 print(line, flush=True)
 
 
+def baseline256() -> None:
+    """(e): the 256-worker uniform baseline, fast-forward on and off, CPU seconds."""
+    import tomllib
+
+    from plan_speed import mixed_cluster_toml
+    from sim import Simulation
+    from solver.candidates import uniform_plan
+
+    cluster = cluster_from_dict(tomllib.loads(mixed_cluster_toml(256)), "<mixed256>")
+    job = load_job("imagenet-resnet18")
+    plan, _ = uniform_plan(cluster, job)
+    cpu, summaries = {}, {}
+    for on in (True, False):
+        t0 = time.process_time()
+        sim = Simulation(cluster, job, plan, seed=0, fast_forward=on)
+        summaries[on] = sim.run().summary()
+        cpu[on] = time.process_time() - t0
+        rounds = summaries[on]["updates"] // len(cluster.worker_list)
+        print(f"(e) 256 workers, uniform bsp baseline, {sum(p.epochs for p in plan.phases)} epochs, fast_forward={on}: "
+              f"cpu {cpu[on]:.2f} s, {sim.ps.rounds_skipped:,} of {rounds:,} rounds skipped; makespan "
+              f"{summaries[on]['makespan_s']:,.1f} s", flush=True)
+    print(f"    on/off cpu {cpu[True] / cpu[False]:.2f}x; summaries differ by "
+          f"{largest_difference(summaries[True], summaries[False]):.1e} relative at most; load average "
+          f"{os.getloadavg()[0]:.2f}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--profile", action="store_true", help="cProfile case (b) and print the top functions")
@@ -221,7 +255,11 @@ def main() -> None:
     ap.add_argument("--worker-iterations", type=int, default=40_960)
     ap.add_argument("--repeat", type=int, default=3, help="best of N for (d)")
     ap.add_argument("--reference", action="store_true", help="(d) also times the reference path (fast=False)")
+    ap.add_argument("--baseline256", action="store_true", help="only case (e): the 256-worker uniform baseline")
     args = ap.parse_args()
+    if args.baseline256:
+        baseline256()
+        return
     if args.scaling:
         scaling(args.sizes, args.worker_iterations, args.repeat, args.reference)
         return

@@ -13,12 +13,14 @@ the steady-state fast-forward (the default) and, in the same run, without it
 (`simulate(..., fast_forward=False)`): both times, their ratio, and the largest relative
 difference between the two summaries.
 
-    python bench/sim_speed.py --baseline256  # the 256-worker search's uniform baseline
+    python bench/sim_speed.py --stragglers  # bsp fast-forward under transient stragglers
 
-(e) the uniform baseline `hybridps plan --strategy all` simulates in full on the 256-worker
-    cluster of `bench/plan_speed.py --large` (bsp, 105 epochs, transient stragglers on
-    every worker): CPU seconds with and without fast-forward, same run, and how many of
-    its rounds were skipped (between straggler episodes only).
+(e) bsp with transient stragglers on every worker, fast-forward on and off in the same
+    run: CPU seconds, rounds skipped (between episodes only) and the largest relative
+    difference between the summaries. mixed16: the bundled 16-worker uniform ImageNet plan,
+    105 epochs, seed 3 (the `hybridps simulate` example of docs/simulator.md); mixed256:
+    the uniform baseline `hybridps plan --strategy all` simulates in full on the
+    256-worker cluster of `bench/plan_speed.py --large`.
 
     python bench/sim_speed.py --scaling  # cost per worker-iteration against cluster size
 
@@ -221,30 +223,33 @@ def scaling(sizes: list[int], worker_iterations: int, repeat: int, reference: bo
                 print(line, flush=True)
 
 
-def baseline256() -> None:
-    """(e): the 256-worker uniform baseline, fast-forward on and off, CPU seconds."""
+def with_stragglers() -> None:
+    """(e): bsp under transient stragglers, fast-forward on and off, CPU seconds."""
     import tomllib
 
     from plan_speed import mixed_cluster_toml
     from sim import Simulation
     from solver.candidates import uniform_plan
 
-    cluster = cluster_from_dict(tomllib.loads(mixed_cluster_toml(256)), "<mixed256>")
+    mixed16 = load_cluster("mixed16")
     job = load_job("imagenet-resnet18")
-    plan, _ = uniform_plan(cluster, job)
-    cpu, summaries = {}, {}
-    for on in (True, False):
-        t0 = time.process_time()
-        sim = Simulation(cluster, job, plan, seed=0, fast_forward=on)
-        summaries[on] = sim.run().summary()
-        cpu[on] = time.process_time() - t0
-        rounds = summaries[on]["updates"] // len(cluster.worker_list)
-        print(f"(e) 256 workers, uniform bsp baseline, {sum(p.epochs for p in plan.phases)} epochs, fast_forward={on}: "
-              f"cpu {cpu[on]:.2f} s, {sim.ps.rounds_skipped:,} of {rounds:,} rounds skipped; makespan "
-              f"{summaries[on]['makespan_s']:,.1f} s", flush=True)
-    print(f"    on/off cpu {cpu[True] / cpu[False]:.2f}x; summaries differ by "
-          f"{largest_difference(summaries[True], summaries[False]):.1e} relative at most; load average "
-          f"{os.getloadavg()[0]:.2f}")
+    mixed256 = cluster_from_dict(tomllib.loads(mixed_cluster_toml(256)), "<mixed256>")
+    cases = [("mixed16, uniform plan, seed 3", mixed16, load_plan("mixed16-imagenet-uniform", mixed16, job), 3),
+             ("mixed256, uniform baseline, seed 0", mixed256, uniform_plan(mixed256, job)[0], 0)]
+    for label, cluster, plan, seed in cases:
+        cpu, summaries = {}, {}
+        for on in (True, False):
+            t0 = time.process_time()
+            sim = Simulation(cluster, job, plan, seed=seed, fast_forward=on)
+            summaries[on] = sim.run().summary()
+            cpu[on] = time.process_time() - t0
+            rounds = summaries[on]["updates"] // len(cluster.worker_list)
+            print(f"(e) {label}, bsp, {sum(p.epochs for p in plan.phases)} epochs, fast_forward={on}: "
+                  f"cpu {cpu[on]:.2f} s, {sim.ps.rounds_skipped:,} of {rounds:,} rounds skipped; makespan "
+                  f"{summaries[on]['makespan_s']:,.1f} s", flush=True)
+        print(f"    on/off cpu {cpu[True] / cpu[False]:.2f}x; summaries differ by "
+              f"{largest_difference(summaries[True], summaries[False]):.1e} relative at most; load average "
+              f"{os.getloadavg()[0]:.2f}", flush=True)
 
 
 def main() -> None:
@@ -255,10 +260,10 @@ def main() -> None:
     ap.add_argument("--worker-iterations", type=int, default=40_960)
     ap.add_argument("--repeat", type=int, default=3, help="best of N for (d)")
     ap.add_argument("--reference", action="store_true", help="(d) also times the reference path (fast=False)")
-    ap.add_argument("--baseline256", action="store_true", help="only case (e): the 256-worker uniform baseline")
+    ap.add_argument("--stragglers", action="store_true", help="only case (e): bsp fast-forward under stragglers")
     args = ap.parse_args()
-    if args.baseline256:
-        baseline256()
+    if args.stragglers:
+        with_stragglers()
         return
     if args.scaling:
         scaling(args.sizes, args.worker_iterations, args.repeat, args.reference)

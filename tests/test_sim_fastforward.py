@@ -3,7 +3,8 @@
 A grid of small clusters (equal and mixed NICs, 1 or 2 PS shards, transient stragglers,
 jitter and in-phase evaluations each on and off, one worker with an exchange overhead)
 and bsp plans (gradient and model exchange, exchange every 1, 2 or 3 iterations, top-k
-compression, DBSL mini-epochs, three phases) is simulated with fast-forward on and off:
+compression, DBSL mini-epochs, three phases; asp and ssp phases between bsp ones) is
+simulated with fast-forward on and off:
 the summaries and update logs agree, integers exactly and times to 1e-9 relative
 (skipped rounds are counted by multiplication, not by K additions). Then: fast-forward
 engages (rounds skipped, counted by hand; SimPy events), and it stays off where it must.
@@ -65,16 +66,21 @@ PHASES = {  # bsp phases; shares 5 short of the dataset put epoch ends one round
                          samples=[1000, 800, 1000, 1200, 1000, 1000]),
     "dbsl-mini-epochs": dict(exchange="model", batch=[200, 50, 100, 200, 100, 100],
                              samples=[1500, 700, 1000, 1300, 900, 599]),
+    "asp": dict(sync="asp", exchange="gradient", batch=[100] * N_WORKERS, samples=EVEN),
+    "ssp": dict(sync="ssp", staleness=1, exchange="gradient", batch=[100] * N_WORKERS, samples=EVEN),
 }
-PLANS = {name: [name] for name in PHASES} | {"three-phases": ["gradient", "model-local3", "gradient-local2-topk"]}
+PLANS = {name: [name] for name in PHASES if name not in ("asp", "ssp")} | {
+    "three-phases": ["gradient", "model-local3", "gradient-local2-topk"],
+    "asp-bsp-ssp-bsp": ["asp", "gradient", "ssp", "model-local3"]}
 
 
-def plan(c, j, name: str, epochs_per_phase: int = 2):
+def plan(c, j, name: str):
+    """The plan `name` of PLANS, the job's epochs split evenly over its phases."""
     phases = []
     for kind in PLANS[name]:
         spec = dict(PHASES[kind])
         batch, samples = spec.pop("batch"), spec.pop("samples")
-        phases.append({"epochs": epochs_per_phase if len(PLANS[name]) > 1 else j.train.epochs, "resolution": 32,
+        phases.append({"epochs": j.train.epochs // len(PLANS[name]), "resolution": 32,
                        "sync": "bsp", "staleness": None, "local_steps": None, "lr": 0.1,
                        "compression": {"kind": "none"}, **spec,
                        "workers": [{"name": f"w{i}", "batch": b, "samples": s}
@@ -94,7 +100,7 @@ GRID = list(itertools.product([False, True], [1, 2], [False, True], [False, True
     f"{'mixed' if m else 'equal'}-{s}shard-{'strag' if st else 'calm'}-{'jitter' if ji else 'steady'}-"
     f"{'eval' if ev else 'noeval'}-{p}" for m, s, st, ji, ev, p in GRID])
 def test_fast_forward_equals_every_round_simulated(mixed, shards, stragglers, jitter, evaluate, plan_name):
-    c, j = cluster(mixed, shards, stragglers, jitter, evaluate), job(epochs=4 if plan_name == "three-phases" else 6)
+    c, j = cluster(mixed, shards, stragglers, jitter, evaluate), job(epochs=max(6, 2 * len(PLANS[plan_name])))
     p = plan(c, j, plan_name)
     (fast, skipped), (full, none) = run(c, j, p, True), run(c, j, p, False)
     assert none == 0 and fast.summary()["updates"] > 0

@@ -54,19 +54,19 @@ class FastForward:
             self.repeats = repeats
 
     def pulls_sent(self, now_s: float) -> None:
-        """A round's pulls left together now: the next round may be a template."""
+        """A round's pulls left together now: the next round, whose pushes all come after
+        them, may be a template."""
         self.pulls_at_s = now_s
+        self.repeats = ALWAYS
 
     def rounds(self, now_s: float, quiet_rounds: int) -> tuple[int, float]:
         """At the apply of a round (now): (rounds to skip after it, the round's period).
         `quiet_rounds`: how many the ledger allows (Ledger.quiet_rounds)."""
-        repeats, self.repeats = self.repeats, ALWAYS
         start_s = self.pulls_at_s
-        self.pulls_at_s = None  # set again when this round's pulls are sent
         if start_s is None:
             return 0, 0.0
         period_s = now_s - start_s
-        k = min(repeats, quiet_rounds)
+        k = min(self.repeats, quiet_rounds)
         if k > 0 and self.next_change_s is not None:
             # the last skipped round ends by the next factor change (its iterations start a
             # compute, a push and an apply earlier); none since the template's pulls either

@@ -16,6 +16,11 @@ predicted and uniform makespans. It also times candidate generation in-process w
 DBSL pruning the search uses (`generate(..., dbsl_keep=12)`) against the unpruned
 generation.
 
+It also times, interleaved with the others, the same `hybridps plan` with the simulator's
+bsp fast-forward off (`simulate(..., fast_forward=False)` everywhere, as before it
+existed) and stops unless that chose the same plan with the same predictions.
+`--no-old-path` skips the old path (about a minute of CPU on this machine).
+
     python bench/plan_speed.py --timeline   # where the 256-worker search's time goes
 """
 
@@ -52,10 +57,13 @@ def mixed_cluster_toml(n_workers: int) -> str:
     return head + body + strag
 
 
-def time_plan(cluster: str, job: str, jobs: int | None, out_dir: Path, *extra: str) -> tuple[float, float, str]:
-    """Wall and CPU seconds of `hybridps plan` (plan.json into `out_dir`), and what it wrote."""
-    cmd = [sys.executable, "-m", "hybridps", "plan", "--cluster", cluster, "--job", job, "--strategy", "all",
-           "-o", str(out_dir / "plan.json"), *extra]
+def time_plan(cluster: str, job: str, jobs: int | None, out_dir: Path, *extra: str,
+              fast_forward: bool = True) -> tuple[float, float, str]:
+    """Wall and CPU seconds of `hybridps plan` (plan.json into `out_dir`; with fast_forward
+    False, plan-noff.json and the simulator's bsp fast-forward off), and what it wrote."""
+    head = [sys.executable, "-m", "hybridps"] if fast_forward else [sys.executable, __file__, "--no-fast-forward"]
+    out = out_dir / ("plan.json" if fast_forward else "plan-noff.json")
+    cmd = [*head, "plan", "--cluster", cluster, "--job", job, "--strategy", "all", "-o", str(out), *extra]
     if jobs:
         cmd += ["--jobs", str(jobs)]
     wall, cpu, out = timed(cmd, "plan")
@@ -84,6 +92,21 @@ def time_old_path(cluster: str, job: str, jobs: int | None, out: Path) -> tuple[
     return wall, cpu
 
 
+def plan_without_fast_forward(argv: list[str]) -> int:
+    """--no-fast-forward: `hybridps plan` with every simulation's bsp fast-forward off
+    (the search's pool processes are forked, so they inherit it)."""
+    import sim.engine
+    from hybridps.cli import main as cli_main
+
+    init = sim.engine.Simulation.__init__
+
+    def every_round(self, *args, **kw):
+        init(self, *args, **{**kw, "fast_forward": False})
+
+    sim.engine.Simulation.__init__ = every_round
+    return cli_main(argv)
+
+
 def old_path(cluster: str, job: str, out: str, jobs: int | None) -> None:
     """--old-path: the search as before the shared scoring pool, its plan written to `out`."""
     from hybridps.fileio import atomic_write_json
@@ -96,15 +119,20 @@ def old_path(cluster: str, job: str, out: str, jobs: int | None) -> None:
     atomic_write_json(out, result.plan.to_json_dict())
 
 
-def same_plan(new: Path, old: Path) -> str:
-    """Stop unless the two plan.json files have the same phases and predictions."""
+def same_plan(new: Path, old: Path, exact: bool = True) -> str:
+    """Stop unless the two plan.json files have the same phases and predictions (exact=False:
+    makespans to 1e-9 relative, the simulator's fast-forward bound)."""
     import json
+    import math
 
     a, b = json.loads(new.read_text()), json.loads(old.read_text())
-    keys = ("predicted_makespan_s", "uniform_makespan_s", "strategy", "parameters")
-    if a["phases"] != b["phases"] or any(a["meta"][k] != b["meta"][k] for k in keys):
-        raise SystemExit(f"the new and the old path chose different plans: {new} vs {old}")
-    return "same plan (phases, predicted and uniform makespans identical)"
+    keys = ("strategy", "parameters") if not exact else ("predicted_makespan_s", "uniform_makespan_s", "strategy",
+                                                          "parameters")
+    close = exact or all(math.isclose(a["meta"][k], b["meta"][k], rel_tol=1e-9)
+                         for k in ("predicted_makespan_s", "uniform_makespan_s"))
+    if a["phases"] != b["phases"] or any(a["meta"][k] != b["meta"][k] for k in keys) or not close:
+        raise SystemExit(f"the two paths chose different plans: {new} vs {old}")
+    return "same plan (phases, predicted and uniform makespans " + ("identical)" if exact else "to 1e-9)")
 
 
 def time_milp(n_workers: int, resolution: int = 224, solver: str = "highs") -> tuple[float, object]:
@@ -211,7 +239,10 @@ def main() -> None:
     ap.add_argument("--xl", action="store_true", help="with --large: also 1,024 workers (report; no old-path run)")
     ap.add_argument("--timeline", action="store_true",
                     help="256 workers: cProfile of candidate generation, then when and where each simulation ran")
+    ap.add_argument("--no-old-path", action="store_true", help="with --large: skip the old path's run")
     ap.add_argument("--old-path", nargs=3, metavar=("CLUSTER", "JOB", "OUT"), help=argparse.SUPPRESS)
+    if sys.argv[1:2] == ["--no-fast-forward"]:
+        raise SystemExit(plan_without_fast_forward(sys.argv[2:]))
     args = ap.parse_args()
     if args.old_path:
         old_path(*args.old_path, args.jobs)
@@ -250,14 +281,19 @@ def large(args) -> None:
         for n in (256, 1024) if args.xl else (256,):
             path = tmp / f"mixed{n}.toml"
             path.write_text(mixed_cluster_toml(n))
-            runs, old = [], []
-            for _ in range(args.repeat):  # interleaved, so that both paths see the same load
+            runs, old, noff = [], [], []
+            for _ in range(args.repeat):  # interleaved, so that all paths see the same load
                 runs.append(time_plan(str(path), "imagenet-resnet18", args.jobs, tmp))
-                if n <= 256:  # the old path takes about a minute at 1,024; the issue asks only for the figure
+                noff.append(time_plan(str(path), "imagenet-resnet18", args.jobs, tmp, fast_forward=False))
+                if n <= 256 and not args.no_old_path:  # about a minute at 1,024; the issue asks only for the figure
                     old.append(time_old_path(str(path), "imagenet-resnet18", args.jobs, tmp / "old.json"))
             wall, cpu, last = min(runs)
             print(f"plan --strategy all, mixed{n} ({n} workers) {wall:8.2f} s   {wall / 10.0:5.2f}x of the 10 s target   "
                   f"cpu {cpu:.1f} s; {last[:110]}   (load average {os.getloadavg()[0]:.1f})", flush=True)
+            noff_wall, noff_cpu, _ = min(noff)
+            print(f"  fast-forward off, same run        {noff_wall:8.2f} s   cpu {noff_cpu:.1f} s; on/off: wall "
+                  f"{wall / noff_wall:.2f}x, cpu {cpu / noff_cpu:.2f}x; "
+                  f"{same_plan(tmp / 'plan.json', tmp / 'plan-noff.json', exact=False)}", flush=True)
             if not old:
                 continue
             old_wall, old_cpu = min(old)

@@ -8,7 +8,19 @@
     gradient exchange: 79 iterations x 64 workers x 90 epochs = 455,040 worker-iterations;
 (c) the same with asp and transient stragglers.
 Targets (issue 14, goal 3), with the full network model on and no trace: (b) in 0.2 s or
-less, (c) in 1.5 s or less; each is printed with its ratio to its target.
+less, (c) in 1.5 s or less; each is printed with its ratio to its target. (b) runs with
+the steady-state fast-forward (the default) and, in the same run, without it
+(`simulate(..., fast_forward=False)`): both times, their ratio, and the largest relative
+difference between the two summaries.
+
+    python bench/sim_speed.py --stragglers  # bsp fast-forward under transient stragglers
+
+(e) bsp with transient stragglers on every worker, fast-forward on and off in the same
+    run: CPU seconds, rounds skipped (between episodes only) and the largest relative
+    difference between the summaries. mixed16: the bundled 16-worker uniform ImageNet plan,
+    105 epochs, seed 3 (the `hybridps simulate` example of docs/simulator.md); mixed256:
+    the uniform baseline `hybridps plan --strategy all` simulates in full on the
+    256-worker cluster of `bench/plan_speed.py --large`.
 
     python bench/sim_speed.py --scaling  # cost per worker-iteration against cluster size
 
@@ -35,6 +47,7 @@ from pathlib import Path
 import simpy
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # plan_speed, for (e)
 
 from hybridps.spec import cluster_from_dict, job_from_dict, load_cluster, load_job, load_plan, plan_from_dict  # noqa: E402
 from sim import simulate  # noqa: E402
@@ -76,9 +89,10 @@ def cifar_dbsl():
     return cluster, job, load_plan("gtx1080x4-cifar100-dbsl", cluster, job)
 
 
-def run_case(label: str, cluster, job, plan, events: bool = False) -> float:
+def run_case(label: str, cluster, job, plan, events: bool = False, **kw) -> tuple[float, dict]:
+    """Simulate once, print the figures; returns (wall seconds, summary)."""
     t0 = time.perf_counter()
-    result = simulate(cluster, job, plan)
+    result = simulate(cluster, job, plan, **kw)
     wall_s = time.perf_counter() - t0
     s = result.summary()
     iterations = sum(w["iterations"] for w in s["workers"].values())
@@ -86,9 +100,20 @@ def run_case(label: str, cluster, job, plan, events: bool = False) -> float:
           f"{s['makespan_s'] / 3600:.2f} h; wall {wall_s:.2f} s = {iterations / wall_s:,.0f} worker-iterations/s",
           flush=True)
     if events:
-        n = count_events(cluster, job, plan)
+        n = count_events(cluster, job, plan, **kw)
         print(f"    {n:,} SimPy events = {n / iterations:.2f} per worker-iteration", flush=True)
-    return wall_s
+    return wall_s, s
+
+
+def largest_difference(a, b) -> float:
+    """The largest relative difference between two summaries' numbers (wall_s aside)."""
+    if isinstance(a, dict):
+        return max((largest_difference(a[k], b[k]) for k in a if k != "wall_s"), default=0.0)
+    if isinstance(a, list):
+        return max((largest_difference(x, y) for x, y in zip(a, b)), default=0.0)
+    if isinstance(a, (int, float)) and a != b:
+        return abs(a - b) / max(abs(a), abs(b))
+    return 0.0
 
 
 def target_line(case: str, wall_s: float, target_s: float) -> str:
@@ -198,6 +223,35 @@ def scaling(sizes: list[int], worker_iterations: int, repeat: int, reference: bo
                 print(line, flush=True)
 
 
+def with_stragglers() -> None:
+    """(e): bsp under transient stragglers, fast-forward on and off, CPU seconds."""
+    import tomllib
+
+    from plan_speed import mixed_cluster_toml
+    from sim import Simulation
+    from solver.candidates import uniform_plan
+
+    mixed16 = load_cluster("mixed16")
+    job = load_job("imagenet-resnet18")
+    mixed256 = cluster_from_dict(tomllib.loads(mixed_cluster_toml(256)), "<mixed256>")
+    cases = [("mixed16, uniform plan, seed 3", mixed16, load_plan("mixed16-imagenet-uniform", mixed16, job), 3),
+             ("mixed256, uniform baseline, seed 0", mixed256, uniform_plan(mixed256, job)[0], 0)]
+    for label, cluster, plan, seed in cases:
+        cpu, summaries = {}, {}
+        for on in (True, False):
+            t0 = time.process_time()
+            sim = Simulation(cluster, job, plan, seed=seed, fast_forward=on)
+            summaries[on] = sim.run().summary()
+            cpu[on] = time.process_time() - t0
+            rounds = summaries[on]["updates"] // len(cluster.worker_list)
+            print(f"(e) {label}, bsp, {sum(p.epochs for p in plan.phases)} epochs, fast_forward={on}: "
+                  f"cpu {cpu[on]:.2f} s, {sim.ps.rounds_skipped:,} of {rounds:,} rounds skipped; makespan "
+                  f"{summaries[on]['makespan_s']:,.1f} s", flush=True)
+        print(f"    on/off cpu {cpu[True] / cpu[False]:.2f}x; summaries differ by "
+              f"{largest_difference(summaries[True], summaries[False]):.1e} relative at most; load average "
+              f"{os.getloadavg()[0]:.2f}", flush=True)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--profile", action="store_true", help="cProfile case (b) and print the top functions")
@@ -206,15 +260,23 @@ def main() -> None:
     ap.add_argument("--worker-iterations", type=int, default=40_960)
     ap.add_argument("--repeat", type=int, default=3, help="best of N for (d)")
     ap.add_argument("--reference", action="store_true", help="(d) also times the reference path (fast=False)")
+    ap.add_argument("--stragglers", action="store_true", help="only case (e): bsp fast-forward under stragglers")
     args = ap.parse_args()
+    if args.stragglers:
+        with_stragglers()
+        return
     if args.scaling:
         scaling(args.sizes, args.worker_iterations, args.repeat, args.reference)
         return
     run_case("(a) gtx1080x4 CIFAR-100 DBSL, 140 epochs", *cifar_dbsl())
     print(f"load average {os.getloadavg()[0]:.2f}")
-    wall_b = run_case("(b) 64 x rtx3090 ImageNet-1k bsp/gradient, 90 epochs", *imagenet64("bsp", False), events=True)
+    case_b = imagenet64("bsp", False)
+    wall_b, summary_b = run_case("(b) 64 x rtx3090 ImageNet-1k bsp/gradient, 90 epochs", *case_b, events=True)
     print(target_line("b", wall_b, TARGET_B_S))
-    wall_c = run_case("(c) same, asp with transient stragglers", *imagenet64("asp", True), events=True)
+    wall_full, summary_full = run_case("    same, fast_forward=False", *case_b, events=True, fast_forward=False)
+    print(f"    fast-forward: {wall_b:.3f} s against {wall_full:.2f} s without = {wall_full / wall_b:.1f}x faster; "
+          f"summaries differ by {largest_difference(summary_b, summary_full):.1e} relative at most", flush=True)
+    wall_c, _ = run_case("(c) same, asp with transient stragglers", *imagenet64("asp", True), events=True)
     print(target_line("c", wall_c, TARGET_C_S) + f"; (c) / (b) wall time: {wall_c / wall_b:.2f}x")
     if args.profile:
         cluster, job, plan = imagenet64("bsp", False)

@@ -86,6 +86,30 @@ class Ledger:
         self.applied_total = nominal
         return self.apply(0, now_s)
 
+    def quiet_rounds(self, round_samples: int, workers: Iterable[int]) -> int:
+        """How many more bsp rounds of `round_samples`, each committing every one of
+        `workers`, can be applied with none of them ending an epoch or reaching a worker's
+        stop rule (the rounds the simulator may fast-forward; docs/simulator.md)."""
+        if round_samples <= 0:
+            return 0
+        limit = (self.target - self.applied_in_phase - 1) // round_samples
+        if len(self.epoch_end_s) < self.total_epochs:
+            next_end = (len(self.epoch_end_s) + 1) * self.dataset_samples
+            limit = min(limit, (next_end - self.applied_total - 1) // round_samples)
+        if self.commits is not None:
+            limit = min(limit, self.phase_epochs[self.phase] - 1 - max(self.commits[w] for w in workers))
+        return max(0, limit)
+
+    def apply_rounds(self, round_samples: int, workers: Iterable[int], rounds: int) -> None:
+        """Count `rounds` bsp rounds at once, each `round_samples` and one commit per worker;
+        `quiet_rounds` said that none of them ends an epoch."""
+        self.applied_in_phase += rounds * round_samples
+        self.applied_total += rounds * round_samples
+        if self.commits is not None:
+            for w in workers:
+                self.commits[w] += rounds
+                self.commits_total += rounds
+
     def commit(self, workers: Iterable[int]) -> None:
         """The pushes of `workers` were applied: under the mini-epoch rule, one mini-epoch each."""
         if self.commits is None:
@@ -205,10 +229,10 @@ class VersionClock:
         self.version += 1
         return self.version, staleness
 
-    def apply_round(self, workers: Iterable[int]) -> int:
-        """One bsp round of `workers`' pushes (staleness 0 for all): the new version, which
-        they all pull."""
-        self.version += 1
+    def apply_round(self, workers: Iterable[int], rounds: int = 1) -> int:
+        """One bsp round of `workers`' pushes (staleness 0 for all), or `rounds` of them in a
+        row: the new version, which they all pull."""
+        self.version += rounds
         for w in workers:
             self.read[w] = self.version
         return self.version

@@ -37,6 +37,7 @@ class StragglerSchedule:
         self._ends: dict[str, list[float]] = {}
         self._max_end: dict[str, list[float]] = {}  # running max of ends: episodes may overlap
         self._horizon: dict[str, float] = {}
+        self._next_change = (0.0, -1.0)  # next_change_s's last answer: (asked at, change time)
         self.jitter_cv = spec.jitter_cv
         self._jitter_rngs = {w.name: np.random.default_rng([self.seed, w.index, 1]) for w in cluster.worker_list} \
             if self.jitter_cv > 0 else {}
@@ -79,6 +80,28 @@ class StragglerSchedule:
         i = bisect.bisect_right(self._starts[worker], t_s) - 1
         # inside an episode iff some episode that started before t_s ends after it
         return self.factor if i >= 0 and self._max_end[worker][i] > t_s else 1.0
+
+    def next_change_s(self, t_s: float) -> float:
+        """The earliest time after `t_s` at which some worker's factor may change: the next
+        episode start, or the end of the episode a worker is in (inf if none). The
+        simulator fast-forwards no round past it. The answer holds until that time, so it
+        is kept: one pass over the workers per change, not per call."""
+        since_s, change_s = self._next_change
+        if since_s <= t_s < change_s:
+            return change_s
+        change_s = float("inf")
+        for worker in self._rngs:
+            if t_s >= self._horizon[worker]:
+                self._extend(worker, t_s + 3600.0)
+            starts = self._starts[worker]
+            i = bisect.bisect_right(starts, t_s)  # starts[i] exists: drawn past the horizon
+            nxt = starts[i]
+            if i > 0 and t_s < self._max_end[worker][i - 1] < nxt:
+                nxt = self._max_end[worker][i - 1]
+            if nxt < change_s:
+                change_s = nxt
+        self._next_change = (t_s, change_s)
+        return change_s
 
     def jitter(self, worker: str) -> float:
         """The next iteration's noise factor for `worker` (mean 1; 1.0 when jitter_cv is 0)."""

@@ -14,6 +14,7 @@ from hybridps.policy import make_policy
 from hybridps.semantics import Ledger, SSPGate, ends_on_mini_epochs
 from hybridps.spec import Cluster, Job, Plan, check_plan
 from hybridps.stragglers import StragglerSchedule
+from sim.fastforward import FastForward
 from sim.metrics import Counters, Recorder, SimResult
 from sim.predictor import WorkerPhase, phase_costs
 from sim.ps import ParameterServer
@@ -32,7 +33,8 @@ class Simulation:
     """One run of a plan. `run()` returns the SimResult; use `simulate()` normally."""
 
     def __init__(self, cluster: Cluster, job: Job, plan: Plan, seed: int | None = None, record: bool = False,
-                 trace: Any | None = None, log_updates: bool = False, fast: bool = True, eval_every: int = 1):
+                 trace: Any | None = None, log_updates: bool = False, fast: bool = True, eval_every: int = 1,
+                 fast_forward: bool = True):
         check_plan(plan, cluster, job)  # a SpecError naming the field beats a KeyError deep inside
         self.cluster, self.job, self.plan = cluster, job, plan
         self.seed = cluster.stragglers.seed if seed is None else seed
@@ -52,8 +54,14 @@ class Simulation:
         self.eval_s = cluster.ps.eval_s if eval_every > 0 else 0.0
         self.ledger = Ledger(job.data.samples, [ph.epochs for ph in plan.phases], eval_every,
                              epoch_end_s=self.counters.epoch_end_s)
-        self.ps = ParameterServer(self.env, cluster, self.ledger, self.counters, self.recorder, self.names, fast,
-                                  eval_in_phase_s=self.eval_s if cluster.ps.count == 1 else 0.0)
+        # steady bsp rounds are skipped (sim/fastforward.py) unless every round must be
+        # simulated: the reference path, a trace (written record for record), or jitter
+        skip = fast and fast_forward and self.recorder is None and self.stragglers.jitter_cv == 0
+        self.ps = ParameterServer(
+            self.env, cluster, self.ledger, self.counters, self.recorder, self.names, fast,
+            eval_in_phase_s=self.eval_s if cluster.ps.count == 1 else 0.0,
+            fast_forward=FastForward(self.stragglers.next_change_s if self.stragglers.active else None)
+            if skip else None)
         self.context = WorkerContext(
             self.env, self.ps, self.ledger, self.counters, self.recorder,
             self.stragglers.factor_at if self.stragglers.active else None,
@@ -110,7 +118,8 @@ class Simulation:
 
 
 def simulate(cluster: Cluster, job: Job, plan: Plan, seed: int | None = None, record: bool = False,
-             trace: Any | None = None, log_updates: bool = False, fast: bool = True, eval_every: int = 1) -> SimResult:
+             trace: Any | None = None, log_updates: bool = False, fast: bool = True, eval_every: int = 1,
+             fast_forward: bool = True) -> SimResult:
     """Simulate `plan` on `cluster` for `job`.
 
     seed: transient-straggler seed (default: cluster.stragglers.seed). record: keep the
@@ -121,6 +130,8 @@ def simulate(cluster: Cluster, job: Job, plan: Plan, seed: int | None = None, re
     the per-flow water-fill (the fast paths are checked against it by
     tests/test_sim_equivalence.py). eval_every: the PS evaluates every this many epochs,
     `ps.eval_s` each (default 1, the runtime's --eval-every default; 0: never).
+    fast_forward=False: simulate every steady bsp round event by event too (on by default
+    with fast=True and no trace; tests/test_sim_fastforward.py checks the two agree).
     """
     return Simulation(cluster, job, plan, seed=seed, record=record, trace=trace, log_updates=log_updates,
-                      fast=fast, eval_every=eval_every).run()
+                      fast=fast, eval_every=eval_every, fast_forward=fast_forward).run()

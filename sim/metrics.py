@@ -36,6 +36,15 @@ class UpdateLog:
         """A policy switched the phase to `sync` at `t_s` (from the next push on)."""
         self.sync_changes.append((t_s, phase, sync))
 
+    def add_rounds(self, t0_s: float, period_s: float, rounds: int, phase: int, samples: int) -> None:
+        """`rounds` bsp rounds of `samples` each, applied every `period_s` after `t0_s`
+        (what a fast-forward skipped)."""
+        self.t_s.extend(t0_s + j * period_s for j in range(1, rounds + 1))
+        self.phase.extend([phase] * rounds)
+        self.worker.extend([-1] * rounds)
+        self.staleness.extend([0] * rounds)
+        self.samples.extend([samples] * rounds)
+
     def __len__(self) -> int:
         return len(self.t_s)
 

@@ -9,6 +9,9 @@ NIC is the S shard NICs together (docs/simulator.md says why this is exact).
 bsp: pushes of a round are collected; when the last one arrives, one combined update is
 applied and every worker pulls. asp/ssp: each push is applied on arrival and that
 worker pulls at once. Which pushes make a round is `hybridps.semantics.Barrier`'s rule.
+A bsp round that later rounds would repeat exactly lets the server skip them at its
+apply (`_skip_rounds`; when, sim/fastforward.py): it counts them at once and sends the
+pulls of the last one when it would have.
 
 A phase with an online policy (hybridps/policy.py) has it consulted at each update the PS
 is about to apply (a round once complete, a push applied on its own); the PS feeds its
@@ -27,6 +30,7 @@ from simpy.core import NORMAL
 from hybridps.policy import Observer, Policy, consult
 from hybridps.semantics import Barrier, Ledger, Rebalance, VersionClock
 from hybridps.spec import Cluster
+from sim.fastforward import FastForward
 from sim.metrics import Counters
 from sim.network import make_link
 from sim.predictor import message_latency_s, nic_caps_bytes_per_s
@@ -36,9 +40,9 @@ class Arrival(simpy.Event):
     """An event that fires at a known future time (what `Timeout` does), created before
     that time is known: the worker waits on it from its push until its pull arrives."""
 
-    def succeed_at(self, t_s: float) -> None:
+    def succeed_at(self, t_s: float, value: int = 0) -> None:
         self._ok = True
-        self._value = None
+        self._value = value
         self.env.schedule(self, NORMAL, t_s - self.env.now)
 
 
@@ -47,7 +51,8 @@ class ParameterServer:
     versions in its clock (hybridps/semantics.py)."""
 
     def __init__(self, env: simpy.Environment, cluster: Cluster, ledger: Ledger, counters: Counters,
-                 recorder: Any, names: list[str], fast: bool = True, eval_in_phase_s: float = 0.0):
+                 recorder: Any, names: list[str], fast: bool = True, eval_in_phase_s: float = 0.0,
+                 fast_forward: FastForward | None = None):
         self.env = env
         self.ledger, self.counters, self.recorder, self.names = ledger, counters, recorder, names
         ps_cap, worker_caps = nic_caps_bytes_per_s(cluster)
@@ -65,6 +70,12 @@ class ParameterServer:
         self.push_batch = [0] * n
         self.exchange_s = [0.0] * n  # and each worker's last exchange, push start to pull end
         self.push_start_s = [0.0] * n
+        self.push_s = [0.0] * n  # each worker's last push and pull, start to arrival (fast-forward)
+        self.pull_s = [0.0] * n
+        self.fast_forward = fast_forward
+        self.ff_on = False  # this phase may skip steady bsp rounds (sim/fastforward.py)
+        self.skipped = 0  # rounds skipped before the pulls in flight: the workers learn it with them
+        self.rounds_skipped = 0  # over the run
         self.done_event: list[simpy.Event | None] = [None] * n
         self.barrier = Barrier((), False)
         self.round_ready_s = 0.0  # bsp: when the round's last push arrives
@@ -94,12 +105,18 @@ class ParameterServer:
         self.assigned = [None] * len(self.names)
         self.last_staleness = 0
         self.exchange_s = [0.0] * len(self.names)  # none yet in this phase
+        self.ff_on = self.fast_forward is not None and sync == "bsp" and policy is None
+        self.skipped = 0
+        if self.ff_on:
+            self.fast_forward.start_phase()
 
     # worker side ------------------------------------------------------------------
     def exchange(self, worker: int, samples: int, compute_s: float = 0.0, iterations: int = 0,
-                 batch: int = 0) -> simpy.Event:
+                 batch: int = 0, repeats: int = 0) -> simpy.Event:
         """Push `samples` worth of work (computed in `iterations` of batch `batch` taking
-        `compute_s`), then pull; the event fires when the pull is in."""
+        `compute_s`), then pull; the event fires when the pull is in, its value the number
+        of whole rounds fast-forwarded meanwhile (the worker's next `repeats` intervals
+        equal this one)."""
         ev = Arrival(self.env)
         self.done_event[worker] = ev
         self.push_samples[worker] = samples
@@ -107,6 +124,8 @@ class ParameterServer:
             self.push_compute_s[worker] = compute_s
             self.push_iterations[worker] = iterations
             self.push_batch[worker] = batch
+        if self.ff_on:
+            self.fast_forward.pushed(repeats)
         self.push_link.send(worker, self.costs.push_wire_bytes, self.latency_s[worker])
         return ev
 
@@ -114,6 +133,7 @@ class ParameterServer:
     def _on_push_delivered(self, worker: int, start_s: float, end_s: float) -> None:
         """The push's last byte has left (now); it arrives at the server at `end_s`."""
         c = self.counters
+        self.push_s[worker] = end_s - start_s
         c.comm_s[worker] += end_s - start_s
         c.bytes_pushed[worker] += self.costs.push_bytes
         if self.recorder is not None:
@@ -229,15 +249,45 @@ class ParameterServer:
                                    "t_s": now, "version": version, "staleness": 0})
         self.ledger.commit(workers)
         eval_s = self._applied(samples)
-        if eval_s > 0:  # an evaluation at this epoch end: the pulls wait for it
-            self.env.timeout(eval_s).callbacks.append(
-                lambda _ev: self.pull_link.send_many(workers, self.costs.pull_wire_bytes, self.latency_s))
+        self.skipped = 0
+        wait_s = eval_s if eval_s > 0 or not self.ff_on else self._skip_rounds(workers, samples)
+        if wait_s > 0:  # an evaluation at this epoch end, or skipped rounds: the pulls wait for it
+            self.env.timeout(wait_s).callbacks.append(lambda _ev: self._send_pulls(workers))
         else:
-            self.pull_link.send_many(workers, self.costs.pull_wire_bytes, self.latency_s)
+            self._send_pulls(workers)
+
+    def _send_pulls(self, workers: list[int]) -> None:
+        if self.ff_on:
+            self.fast_forward.pulls_sent(self.env.now)
+        self.pull_link.send_many(workers, self.costs.pull_wire_bytes, self.latency_s)
+
+    def _skip_rounds(self, workers: list[int], samples: int) -> float:
+        """Fast-forward the whole rounds that repeat the one just applied (sim/fastforward.py):
+        count their pulls, pushes and applies here (the workers count their compute when
+        the pull arrives); returns how long they take."""
+        k, period_s = self.fast_forward.rounds(self.env.now, self.ledger.quiet_rounds(samples, workers))
+        if k == 0:
+            return 0.0
+        c, costs = self.counters, self.costs
+        for w in workers:
+            c.comm_s[w] += k * (self.push_s[w] + self.pull_s[w])
+            c.bytes_pushed[w] += k * costs.push_bytes
+            c.bytes_pulled[w] += k * costs.pull_bytes
+        c.exchanges += k * len(workers)
+        c.add_staleness(0, k * len(workers))
+        if c.update_log is not None:
+            c.update_log.add_rounds(self.env.now, period_s, k, self.phase, samples)
+        self.clock.apply_round(workers, k)
+        self.ledger.apply_rounds(samples, workers, k)
+        self.skipped = k
+        self.rounds_skipped += k
+        self.busy_until_s = self.env.now + k * period_s
+        return k * period_s
 
     def _on_pull_delivered(self, worker: int, start_s: float, end_s: float) -> None:
         """The pull's last byte has left the server; the worker has it at `end_s`."""
         c = self.counters
+        self.pull_s[worker] = end_s - start_s
         c.comm_s[worker] += end_s - start_s
         c.bytes_pulled[worker] += self.costs.pull_bytes
         c.exchanges += 1
@@ -249,4 +299,4 @@ class ParameterServer:
         if self.recorder is not None:
             self.recorder.add({"kind": "pull", "worker": self.names[worker], "phase": self.phase, "start_s": start_s,
                               "end_s": end_s, "bytes": self.costs.pull_bytes})
-        self.done_event[worker].succeed_at(end_s)
+        self.done_event[worker].succeed_at(end_s, self.skipped)

@@ -3,7 +3,8 @@
 Compute an interval of `E` iterations (one timeout for the whole interval: nothing else
 touches the worker meanwhile, and each iteration's straggler factor is still taken at its
 own start), push and pull (one event), then stop if the ledger says so. Under ssp the
-worker first waits while the gate holds it. The worker gets its collaborators as
+worker first waits while the gate holds it. When the PS fast-forwards bsp rounds, the pull
+tells the worker how many intervals like its last one it skipped, and it counts them. The worker gets its collaborators as
 arguments and returns at the end of the phase; it knows nothing of the engine.
 """
 
@@ -15,6 +16,7 @@ from typing import Any, Callable, Generator
 import simpy
 
 from hybridps.semantics import Ledger, SSPGate
+from sim.fastforward import repeats_after
 from sim.metrics import Counters
 from sim.predictor import WorkerPhase
 
@@ -72,6 +74,7 @@ def worker_phase(ctx: WorkerContext, w: int, name: str, p: int, resolution: int,
     factor_at, jitter = ctx.factor_at, ctx.jitter
     batch, k, last, every, full_s, last_s = _loop_numbers(wp)
     overhead_s = wp.exchange_overhead_s
+    skipping = ps.ff_on  # the PS may fast-forward whole bsp rounds (sim/fastforward.py)
     pos = 0  # iterations done in the current worker-epoch
     epoch = ledger.epochs_before[p]  # the current worker-epoch, counted across phases
     while True:
@@ -116,7 +119,16 @@ def worker_phase(ctx: WorkerContext, w: int, name: str, p: int, resolution: int,
         c.samples[w] += interval_samples
         c.compute_s[w] += t - t0
         yield env.timeout(t - t0 + overhead_s)  # the exchange overhead ends the interval, before the push
-        yield ps.exchange(w, interval_samples, t - t0, iterations, batch)
+        repeats = repeats_after(pos, iterations, k, every) if skipping else 0
+        skipped = yield ps.exchange(w, interval_samples, t - t0, iterations, batch, repeats)
+        if skipped:  # that many more intervals like this one were fast-forwarded: count them
+            c.iterations[w] += skipped * iterations
+            c.samples[w] += skipped * interval_samples
+            c.compute_s[w] += skipped * (t - t0)
+            if pos:
+                pos += skipped * iterations
+            else:  # whole-epoch intervals (DBSL's mini-epochs): each skipped one is an epoch
+                epoch += skipped
         if gate is not None:
             gate.exchanged(w)  # an exchange counts when its pull reaches the worker
         if ledger.worker_done(w):

@@ -186,16 +186,29 @@ def test_bundled_digits_plan_does_not_pick_greedy_with_a_target(capsys):
     assert greedy["quality"]["time_to_target_s"] is None and greedy["final_accuracy_change"] < -0.5
 
 
+def _rounded(x):
+    """Floats to 9 significant digits: bsp fast-forward (sim/fastforward.py) moves times in
+    their last bits (1e-9 relative at most), nothing a ranking shows."""
+    if isinstance(x, float):
+        return float(f"{x:.9g}")
+    if isinstance(x, dict):
+        return {k: _rounded(v) for k, v in x.items()}
+    if isinstance(x, list):
+        return [_rounded(v) for v in x]
+    return x
+
+
 def _digest(report: dict) -> str:
-    return hashlib.sha256(json.dumps(report["ranked"], sort_keys=True).encode()).hexdigest()[:16]
+    return hashlib.sha256(json.dumps(_rounded(report["ranked"]), sort_keys=True).encode()).hexdigest()[:16]
 
 
 @pytest.mark.parametrize("cluster_name, job_name, extra, expected", [
     # recorded by the code before policies were searched (577eacf): counts, best and baseline, the whole ranking
+    # (its floats to 9 significant digits)
     ("gtx1080x4", "cifar100-resnet18", (), ({"candidates": 51, "proxy": 14, "full": 3}, 838.0910852017107,
-                                           1946.0421547135602, "959386a0f5c48a20")),
+                                           1946.0421547135602, "06ce1d75bd0c1647")),
     ("digits-nostrag", "digits-cnn", ("--target-accuracy", "0.95"),
-     ({"candidates": 25, "proxy": 25, "full": 2}, 5.852373439563211, 6.271363895207732, "8b7b43e236aa44bb")),
+     ({"candidates": 25, "proxy": 25, "full": 2}, 5.852373439563211, 6.271363895207732, "9ff0cb8724d8084f")),
 ])
 def test_without_stragglers_the_search_is_unchanged(capsys, tmp_path, cluster_name, job_name, extra, expected):
     if cluster_name == "digits-nostrag":  # the bundled digits cluster without its [stragglers] table
@@ -206,8 +219,9 @@ def test_without_stragglers_the_search_is_unchanged(capsys, tmp_path, cluster_na
         (tmp_path / "c.toml").write_text(text[:text.index("[stragglers]")])
     report = _plan_json(capsys, "--cluster", cluster_name, "--job", job_name, "--seed", "0", *extra)
     counts, best_s, uniform_s, digest = expected
-    assert (report["counts"], report["best"]["predicted_makespan_s"], report["uniform_makespan_s"]) == \
-        (counts, best_s, uniform_s)
+    assert report["counts"] == counts
+    assert report["best"]["predicted_makespan_s"] == pytest.approx(best_s, rel=1e-9)
+    assert report["uniform_makespan_s"] == pytest.approx(uniform_s, rel=1e-9)
     assert _digest(report) == digest
 
 

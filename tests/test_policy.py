@@ -41,19 +41,22 @@ def _plan_dict(policy: dict | None = None, sync: str = "bsp") -> dict:
     return {"format": "hybridps.plan/1", "phases": [phase]}
 
 
-def _sim(policy: dict | None = None, seed: int = 3, sync: str = "bsp", record: bool = False):
+def _sim(policy: dict | None = None, seed: int = 3, sync: str = "bsp", record: bool = False, **kw):
     cluster, job = cluster_from_dict(CLUSTER), job_from_dict(JOB)
-    return simulate(cluster, job, plan_from_dict(_plan_dict(policy, sync)), seed=seed, record=record)
+    return simulate(cluster, job, plan_from_dict(_plan_dict(policy, sync)), seed=seed, record=record, **kw)
 
 
 # --------------------------------------------------------------------------- built-ins in the simulator
 
 
 def test_plans_without_a_policy_keep_their_makespans():
-    # computed by the code before policies existed (commit 9ac02cb), to the last bit
-    assert _sim(seed=3).makespan_s == 201.96799999999422
+    # computed by the code before policies existed (commit 9ac02cb), to the last bit, with
+    # every round simulated; fast-forwarded bsp rounds (the default) to 1e-12 relative
+    assert _sim(seed=3, fast_forward=False).makespan_s == 201.96799999999422
     assert _sim(seed=3, sync="asp").makespan_s == 116.95967316647265
-    assert _sim(seed=5).makespan_s == 134.70160000000152
+    assert _sim(seed=5, fast_forward=False).makespan_s == 134.70160000000152
+    assert _sim(seed=3).makespan_s == pytest.approx(201.96799999999422, rel=1e-12)
+    assert _sim(seed=5).makespan_s == pytest.approx(134.70160000000152, rel=1e-12)
     assert _sim(seed=3).summary()["policy_actions"] == {}
 
 

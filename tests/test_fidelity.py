@@ -302,6 +302,43 @@ def test_calibrate_flags_a_drifting_worker_and_reports_the_spread(tmp_path):
     assert s.p90_s - s.p10_s < 0.04  # 1% noise: p10-p90 is about 2.6%
 
 
+def test_a_resolution_the_slowdown_misfits_is_not_drift(tmp_path):
+    """Phase 0 at 16 px, phase 1 at 32 px (what a cyclic plan does), with w1 1.25x slower
+    than the fit at 16 px and exactly on it at 32 px: one slowdown per worker cannot fit
+    both, but nothing changed during the run. Only a change within a resolution is drift."""
+    import numpy as np
+
+    from traces import TraceWriter, read_trace
+    from traces.calibrate import calibrate
+    from traces.records import header
+
+    def trace(path, w1_factor_at):
+        rng = np.random.default_rng(1)
+        cluster = {"format": "hybridps.cluster/1",
+                   "devices": {"dev": {"resolutions": {str(r): {"a": 0.001 * r / 16, "b": 0.01, "max_batch": 100}
+                                                       for r in (16, 32)}}},
+                   "workers": [{"name": "w0", "device": "dev"}, {"name": "w1", "device": "dev"}]}
+        with TraceWriter(path, header("runtime", cluster=cluster)) as w:
+            for wi in range(2):
+                t = 0.0
+                for k in range(120):
+                    res, n = (16 if k < 60 else 32), (10 if k % 2 else 20)
+                    f = w1_factor_at(k, res) if wi == 1 else 1.0
+                    dt = (0.001 * res / 16 * n + 0.01) * f * (1 + 0.01 * rng.standard_normal())
+                    w.write({"kind": "compute", "worker": f"w{wi}", "phase": int(res == 32), "epoch": 0, "step": k,
+                             "batch": 20, "resolution": res, "start_s": t, "end_s": t + dt, "samples": n})
+                    t += dt
+        return read_trace(path)
+
+    misfit = calibrate([trace(tmp_path / "misfit.jsonl", lambda k, res: 1.25 if res == 16 else 1.0)])
+    assert not [w for w in misfit.warnings if "drift" in w]
+    assert all(abs(d.change) < 0.03 for d in misfit.drift)
+    # the same misfit, and w1 slowed 1.4x in the last quarter (inside the 32 px phase): drift
+    busy = calibrate([trace(tmp_path / "busy.jsonl",
+                            lambda k, res: (1.25 if res == 16 else 1.0) * (1.4 if k >= 90 else 1.0))])
+    assert [w for w in busy.warnings if "worker w1's iterations drift" in w]
+
+
 # --------------------------------------------------------------------------- nonlinear compute
 
 

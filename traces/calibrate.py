@@ -581,19 +581,26 @@ def _residual_spread(obs: list[_Obs], fits: dict[tuple[str, int], ComputeFit], s
 def _fit_drift(sources: list[str], obs: list[_Obs], ab, slow, min_iterations: int = 30) -> list[DriftFit]:
     """Per (trace, worker) with at least `min_iterations` run iterations, the drift of its
     measured/fitted ratio from the first third to the last (medians: transient stragglers
-    do not move them)."""
-    series: dict[tuple[int, str], list[tuple[float, float]]] = defaultdict(list)
+    do not move them). Each ratio is taken relative to the worker's median at its
+    resolution first: one slowdown per worker cannot fit every resolution alike (on shared
+    cores the emulated slowdowns differ by a few percent per resolution), and a plan that
+    changes resolution between phases would otherwise show that misfit as drift."""
+    series: dict[tuple[int, str], list[tuple[float, float, int]]] = defaultdict(list)
     for o in obs:
         if o.worker:
             a, b = ab[(o.device, o.resolution)]
             pred = slow[o.worker] * (a * o.n + b)
             if pred > 0:
-                series[(o.trace, o.worker)].append((o.start_s, o.t_s / pred))
+                series[(o.trace, o.worker)].append((o.start_s, o.t_s / pred, o.resolution))
     out = []
     for (ti, worker), pts in sorted(series.items()):
         if len(pts) < min_iterations:
             continue
-        r = np.array([v for _, v in sorted(pts)])
+        by_resolution = defaultdict(list)
+        for _, v, res in pts:
+            by_resolution[res].append(v)
+        median_at = {res: float(np.median(vs)) for res, vs in by_resolution.items()}
+        r = np.array([v / median_at[res] for _, v, res in sorted(pts)])
         third = len(r) // 3
         out.append(DriftFit(sources[ti], worker, float(np.median(r[:third])), float(np.median(r[-third:])),
                             len(r)))

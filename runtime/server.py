@@ -544,15 +544,15 @@ class PhaseServer:
         # one PS shard only (`run` refuses more: the workers' records reach shard 0 alone)
         policy = make_policy(ph.policy.as_dict()) if ph.policy is not None and ctx.shards == 1 else None
         self.policy = policy if policy is not None and policy.acts_on(ph.sync) else None
+        self.gate = SSPGate(ph.staleness if ph.sync == "ssp" else None, self.participants)
         self.observer = self.barrier = None
         if self.policy is not None:
             self.observer = Observer(self.participants, self.policy.window, self.ledger.phase_fraction)
-            self.barrier = Barrier(self.participants, ph.sync == "bsp")  # rounds go through it
+            self.barrier = Barrier(self.participants, ph.sync == "bsp", self.gate)  # rounds go through it
         self.last_staleness = 0
         self.stopping: list[int] = []  # with a policy: workers told to stop, to leave the barrier
         # the noise estimators assume one mode for the phase: none when a policy may switch it
         self.noise = NoiseMeter(ph.sync) if measures_noise(ph, ctx.shards) and self.policy is None else None
-        self.gate = SSPGate(ph.staleness if ph.sync == "ssp" else None, self.participants)
         self.done: set[int] = set()
         self.bsp_round: dict[int, tuple[int, torch.Tensor]] = {}
         self.params_bytes = P.as_bytes(shard.w.detach())  # a view: every send has the current parameters
@@ -719,12 +719,14 @@ class PhaseServer:
     def _consult(self, pushed: tuple[int, ...]) -> None:
         """The policy at an update about to be applied (hybridps.policy.consult, the rule
         the simulator follows): its actions recorded (summary.json counts them from the
-        trace), and a round one of them completes applied before the update at hand."""
+        trace), a round one of them completes applied before the update at hand, and the
+        workers a new ssp bound (or leaving ssp) lets go released at once."""
         for _action, done, record in consult(self.policy, self.observer, self.barrier, self.ctx.now(), self.p,
                                              pushed, self.ph.sync, self.last_staleness, self.ctx.workers):
             self.shard.record(record)
             if done:
                 self.apply_round(done)
+            self.release()
 
     def _on_push_policy(self, pos: int, samples: int, vec: torch.Tensor) -> None:
         """A push in a phase with a policy: the Barrier says whether it waits for a round,
@@ -740,6 +742,7 @@ class PhaseServer:
                 self._consult(tuple(done))
                 self.apply_round(done)
         self._leave_stopped()
+        self.release()  # the replies moved the ssp gate's counts (a policy may have set a bound)
 
     def _leave_stopped(self) -> None:
         """Workers told to stop leave the barrier; a round that waited on them is applied."""

@@ -68,9 +68,13 @@ class Simulation:
             start_s = float(env.now)
             workers = self.phase_workers[p]
             self.ledger.start_phase(p, workers, mini_epochs=ends_on_mini_epochs(phase))
-            gate = SimGate(env, SSPGate(phase.staleness, workers)) if phase.sync == "ssp" else None
             policy = make_policy(phase.policy.as_dict()) if phase.policy is not None else None  # new each phase
-            self.ps.start_phase(p, self.costs[p], phase.sync, policy)
+            if policy is not None and not policy.acts_on(phase.sync):
+                policy = None  # not consulted at all in such a phase
+            # a policy may turn the phase ssp: its gate counts exchanges from the start, unbounded till then
+            ssp_gate = phase.sync == "ssp" or policy is not None
+            gate = SimGate(env, SSPGate(phase.staleness, workers)) if ssp_gate else None
+            self.ps.start_phase(p, self.costs[p], phase.sync, policy, gate)
             yield env.all_of([env.process(worker_phase(self.context, w, self.names[w], p, phase.resolution, wp, gate))
                               for w, wp in workers.items()])
             for e in self.ledger.end_phase(env.now):  # mini-epochs whose shares fall short of the dataset

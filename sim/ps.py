@@ -65,6 +65,7 @@ class ParameterServer:
         self.push_start_s = [0.0] * n
         self.done_event: list[simpy.Event | None] = [None] * n
         self.barrier = Barrier((), False)
+        self.gate = None  # the phase's sim.worker.SimGate, if any
         self.round_ready_s = 0.0  # bsp: when the round's last push arrives
         self.costs = None
         self.phase = 0
@@ -74,17 +75,19 @@ class ParameterServer:
         self.last_staleness = 0
         self.policy_actions: dict[str, int] = {}  # action kind -> count, over the run
 
-    def start_phase(self, phase_index: int, costs, sync: str, policy: Policy | None = None) -> None:
+    def start_phase(self, phase_index: int, costs, sync: str, policy: Policy | None = None, gate=None) -> None:
+        """`policy`: consulted in this phase (None: none); `gate`: the phase's
+        sim.worker.SimGate (ssp, or a policy that may set a bound), else None."""
         self.phase = phase_index
         self.costs = costs
         self.sync = sync
         workers = [wp.index for wp in costs.workers]
-        self.barrier = Barrier(workers, sync == "bsp")
+        self.gate = gate
+        self.barrier = Barrier(workers, sync == "bsp", gate.gate if gate is not None else None)
         self.round_ready_s = 0.0
         self.clock.start_phase(range(len(self.names)))
-        active = policy is not None and policy.acts_on(sync)
-        self.policy = policy if active else None
-        self.observer = Observer(workers, policy.window, self.ledger.phase_fraction) if active else None
+        self.policy = policy
+        self.observer = Observer(workers, policy.window, self.ledger.phase_fraction) if policy is not None else None
         self.last_staleness = 0
         self.exchange_s = [0.0] * len(self.names)  # none yet in this phase
 
@@ -145,7 +148,8 @@ class ParameterServer:
     def _consult(self, pushed: tuple[int, ...], arrival_s: float) -> None:
         """Ask the policy at an update about to be applied (the pushes of `pushed`, the last
         arriving at `arrival_s`) and carry out its actions (hybridps.policy.consult): from
-        the next push on; the update at hand is applied as it was formed."""
+        the next push on; the update at hand is applied as it was formed. Workers that a
+        new ssp bound (or leaving ssp) lets go start at `arrival_s`."""
         names = self.names if self.recorder is not None else None
         for action, done, record in consult(self.policy, self.observer, self.barrier, arrival_s, self.phase, pushed,
                                             self.sync, self.last_staleness, names):
@@ -154,6 +158,7 @@ class ParameterServer:
                 self.recorder.add(record)
             if done:
                 self._apply_now(done, arrival_s)
+            self.gate.release_at(arrival_s)
 
     def _apply(self, fn, arg, arrival_s: float) -> None:
         """Run `fn(arg)` when the server has applied this update (FIFO, one at a time).

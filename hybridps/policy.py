@@ -88,7 +88,9 @@ class Observation(NamedTuple):
         return self.source.workers
 
     def compute_s_per_sample_of(self, worker: int) -> float:
-        return self.source.per_sample_s(self.source.slot[worker])
+        src = self.source
+        i = src.slot[worker]
+        return src.sum_s[i] / src.sum_samples[i]  # per_sample_s's, without a call: read at every update
 
     def compute_s_per_iteration_of(self, worker: int) -> float:
         return self.source.per_iteration_s(self.source.slot[worker])
@@ -194,13 +196,25 @@ class Policy:
     """Base class. Subclasses set `window` (intervals the observer averages over) and
     override `decide`; they may keep state, as long as it comes from what they observed
     (decisions must be deterministic). A new instance runs each phase; `acts_on` says
-    whether to consult it at all in a phase planned with that sync mode."""
+    whether to consult it at all in a phase planned with that sync mode.
+
+    `uses_ssp = True` declares that it may switch a phase planned bsp or asp to ssp: the
+    PS then keeps the ssp gate's count of every worker's exchanges from the phase's start
+    (docs/semantics.md, "Policies"), which a policy that never does is spared (on a phase
+    planned ssp the gate is there anyway)."""
 
     window: int = 5
+    uses_ssp: bool = False
     PARAMS: dict[str, tuple[type, float, float]] = {}  # a built-in's parameters: name -> (type, min, max)
 
     def acts_on(self, planned_sync: str) -> bool:
         return True
+
+
+def has_ssp_gate(planned_sync: str, policy: Policy | None) -> bool:
+    """Does a phase run an ssp gate? Planned ssp, or a policy that may switch it to ssp
+    (both PSs ask: the simulator's engine and the runtime's PhaseServer)."""
+    return planned_sync == "ssp" or (policy is not None and policy.uses_ssp)
 
     def decide(self, obs: Observation) -> Sequence[Action]:
         return ()
@@ -269,7 +283,8 @@ class Observer:
 
     def observe(self, t_s: float, phase: int, pushed: tuple[int, ...], sync: str, planned_sync: str,
                 staleness: int, barrier: AbstractSet[int], staleness_bound: int | None = None) -> Observation:
-        # tuple.__new__ is Observation(...) without its Python-level __new__: once an update, it counts
+        """The Observation of an update (`consult` builds the same in place: a call less at
+        every update). tuple.__new__ is Observation(...) without its Python-level __new__."""
         return tuple.__new__(Observation, (t_s, phase, pushed, sync, planned_sync, staleness, self, barrier,
                                            staleness_bound))
 
@@ -295,8 +310,8 @@ def consult(policy: Policy, observer: Observer, barrier, t_s: float, phase: int,
     if observer.missing:
         return ()
     gate = barrier.gate
-    seen = observer.observe(t_s, phase, pushed, barrier.sync, planned_sync, staleness, barrier.members,
-                            gate.bound if gate is not None else None)
+    seen = tuple.__new__(Observation, (t_s, phase, pushed, barrier.sync, planned_sync, staleness, observer,
+                                       barrier.members, gate.bound if gate is not None else None))  # observe()
     actions = policy.decide(seen)
     if not actions:
         return ()
@@ -310,6 +325,10 @@ def _carry_out(actions: Sequence[Action], seen: Observation, observer: Observer,
     observed = seen.as_record(names) if names is not None else None  # before any action changes the barrier
     for action in actions:
         action.check(observer.workers, barrier.sync)
+        if barrier.gate is None and action.kind == "set_sync" and action.sync == "ssp":
+            raise PolicyError("action", f"set_sync('ssp') on a phase planned {seen.planned_sync} needs a policy "
+                                        f"that declares uses_ssp = True (the PS then counts exchanges for the "
+                                        f"ssp gate from the phase's start)")
         done = barrier.act(action)
         if done is None:
             continue  # a no-op: not recorded
@@ -331,16 +350,21 @@ class _OwnBest(Policy):
 
     def __init__(self) -> None:
         self.best_s: dict[int, float] = {}  # worker -> its lowest windowed time per sample
+        self.slowdowns: dict[int, float] = {}  # worker -> its slowdown at its latest push
 
-    def slowdown(self, src: Observer, w: int) -> float:
-        """`w`'s slowdown now (its best updated); its sums read directly from the observer:
-        a bsp round asks for every worker's."""
-        i = src.slot[w]
-        t = src.sum_s[i] / src.sum_samples[i]
-        best = self.best_s.get(w)
-        if best is None or t < best:
-            self.best_s[w] = best = t
-        return t / best if best > 0 else 1.0
+    def update_slowdowns(self, obs: Observation) -> None:
+        """The slowdowns (and bests) of the workers whose pushes the update carries; their
+        sums read directly from the observer: a bsp round asks for every worker's."""
+        best_s, slowdowns = self.best_s, self.slowdowns
+        src = obs.source
+        sum_s, sum_samples, slot = src.sum_s, src.sum_samples, src.slot
+        for w in obs.pushed:
+            i = slot[w]
+            t = sum_s[i] / sum_samples[i]
+            best = best_s.get(w)
+            if best is None or t < best:
+                best_s[w] = best = t
+            slowdowns[w] = t / best if best > 0 else 1.0
 
 
 class _Detector(_OwnBest):
@@ -362,9 +386,10 @@ class _Detector(_OwnBest):
 
     def update(self, obs: Observation) -> None:
         """Update the state of the workers whose pushes the update carries."""
-        slowed, src = self.slowed, obs.source
+        self.update_slowdowns(obs)
+        slowed, slowdowns = self.slowed, self.slowdowns
         for w in obs.pushed:
-            ratio = self.slowdown(src, w)
+            ratio = slowdowns[w]
             if ratio > self.threshold:
                 slowed.add(w)
             elif ratio < self.threshold - self.hysteresis and w in slowed:
@@ -418,7 +443,8 @@ class AdaptiveSSP(_OwnBest):
     build grows by `f - 1` exchanges per slowed interval. The bound is set to
     `min_staleness + ceil(gain x (f - 1))` (at most max_staleness): room for `gain` of the
     slowed worker's intervals before anyone waits, and back to min_staleness once no worker
-    is slowed. The reference is each worker's own best, not the fastest worker's, because
+    is slowed, i.e. none above `threshold` (as the Sync-Switch detectors: a partial last
+    batch costs more per sample and must not count). The reference is each worker's own best, not the fastest worker's, because
     only a transient spread is worth absorbing: under a lasting one every bound ends with
     the fast workers paced by the slowest, and a larger bound would only add staleness.
     The bound rises to a larger target at once and falls only to one more than
@@ -426,46 +452,43 @@ class AdaptiveSSP(_OwnBest):
     Consulted on phases planned ssp only."""
 
     PARAMS = {"min_staleness": (int, 0, MAX_STALENESS), "max_staleness": (int, 0, MAX_STALENESS),
-              "gain": (float, 0.0, 1e6), "window": (int, 1, 10_000), "hysteresis": (int, 0, MAX_STALENESS)}
+              "gain": (float, 0.0, 1e6), "threshold": (float, 1.0, 1e6), "window": (int, 1, 10_000),
+              "hysteresis": (int, 0, MAX_STALENESS)}
 
-    def __init__(self, min_staleness: int = 2, max_staleness: int = 32, gain: float = 4.0, window: int = 1,
-                 hysteresis: int = 2):
+    def __init__(self, min_staleness: int = 2, max_staleness: int = 32, gain: float = 4.0, threshold: float = 1.5,
+                 window: int = 1, hysteresis: int = 2):
         if max_staleness < min_staleness:
             raise PolicyError("max_staleness", f"expected at least min_staleness ({min_staleness}), "
                                                f"got {max_staleness}")
         super().__init__()
         self.min_staleness, self.max_staleness = min_staleness, max_staleness
-        self.gain, self.window, self.hysteresis = gain, window, hysteresis
-        self.slowdowns: dict[int, float] = {}  # worker -> its slowdown at its latest push
-        self.slowest: int | None = None  # the worker with the largest one
+        self.gain, self.threshold, self.window, self.hysteresis = gain, threshold, window, hysteresis
+        self.slowest: int | None = None  # the worker with the largest slowdown
 
     def acts_on(self, planned_sync: str) -> bool:
         return planned_sync == "ssp"
 
     def target(self, slowdown: float) -> int:
-        """The bound for the largest slowdown."""
+        """The bound for the largest slowdown, once above `threshold`."""
         k = self.min_staleness + math.ceil(self.gain * (slowdown - 1.0) - 1e-9)  # 1e-9: float noise adds no step
         return min(self.max_staleness, k)
 
-    def _spread(self, obs: Observation) -> float:
-        """The largest slowdown, kept as pushes come: O(1) a push but when the slowest
-        worker itself speeds up (then one pass over the workers)."""
-        slowdowns, src = self.slowdowns, obs.source
+    def decide(self, obs: Observation) -> Sequence[Action]:
+        # the largest slowdown, kept as pushes come: O(1) a push but when the slowest worker
+        # itself speeds up (then one pass over the workers); consulted at every push
+        self.update_slowdowns(obs)
+        slowdowns = self.slowdowns
         for w in obs.pushed:
-            f = slowdowns[w] = self.slowdown(src, w)
             top = self.slowest
-            if top is None or f >= slowdowns[top]:
+            if top is None or slowdowns[w] >= slowdowns[top]:
                 self.slowest = w
             elif w == top:
                 self.slowest = max(slowdowns, key=slowdowns.__getitem__)
-        return slowdowns[self.slowest]
-
-    def decide(self, obs: Observation) -> Sequence[Action]:
-        spread = self._spread(obs)
         bound = obs.staleness_bound
         if bound is None:  # another policy took the phase out of ssp: not this one's business
             return ()
-        want = self.target(spread)
+        spread = slowdowns[self.slowest]
+        want = self.target(spread) if spread > self.threshold else self.min_staleness
         if want > bound or want < bound - self.hysteresis:
             return (Action.set_staleness(want),)
         return ()

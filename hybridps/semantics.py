@@ -246,6 +246,7 @@ class Barrier:
     def __init__(self, workers: Iterable[int], bsp: bool, gate: SSPGate | None = None):
         self.bsp = bsp
         self.gate = gate  # the phase's ssp gate: a switch into or out of ssp sets its bound
+        self.sync = self._mode()  # bsp, ssp (the gate has a bound) or asp: kept, read at every update
         self.members = set(workers)
         self.stopped: set[int] = set()
         self.round: list[int] = []  # pushes in, in arrival order
@@ -267,9 +268,7 @@ class Barrier:
         self.missing = set(self.members)
         return done
 
-    @property
-    def sync(self) -> str:
-        """The mode now: bsp, ssp (the gate has a bound) or asp."""
+    def _mode(self) -> str:
         if self.bsp:
             return "bsp"
         return "ssp" if self.gate is not None and self.gate.bound is not None else "asp"
@@ -290,7 +289,9 @@ class Barrier:
             gate.set_bound(bound)
         elif bound is not None:
             raise ValueError("a Barrier without an SSPGate cannot switch to ssp")
-        return self.set_sync(sync == "bsp") or []
+        done = self.set_sync(sync == "bsp")
+        self.sync = sync
+        return done or []
 
     def set_sync(self, bsp: bool) -> list[int] | None:
         """Switch mode. bsp -> asp: the round in progress is applied as it stands (one
@@ -299,6 +300,7 @@ class Barrier:
         if bsp == self.bsp:
             return None
         self.bsp = bsp
+        self.sync = self._mode()
         done, self.round = self.round, []
         self.missing = set(self.members)
         return done

@@ -47,7 +47,7 @@ from hybridps.errors import EXIT_INTERRUPTED, EXIT_IO_ERROR, EXIT_USER_ERROR, EX
 from hybridps.exchange_cost import shard_apply_s
 from hybridps.fileio import atomic_write_bytes, atomic_write_json
 from hybridps.progress import progress_bar
-from hybridps.policy import Observer, PolicyError, consult, make_policy
+from hybridps.policy import Observer, PolicyError, consult, has_ssp_gate, make_policy
 from hybridps.semantics import Barrier, Ledger, SSPGate, VersionClock, ends_on_mini_epochs
 from runtime import protocol as P
 from runtime.checkpoint import CHECKPOINT_FORMAT, checkpoint_path, load_checkpoint, spec_digests
@@ -548,7 +548,8 @@ class PhaseServer:
         self.observer = self.barrier = None
         if self.policy is not None:
             self.observer = Observer(self.participants, self.policy.window, self.ledger.phase_fraction)
-            self.barrier = Barrier(self.participants, ph.sync == "bsp", self.gate)  # rounds go through it
+            gate = self.gate if has_ssp_gate(ph.sync, self.policy) else None  # (only then may it turn ssp)
+            self.barrier = Barrier(self.participants, ph.sync == "bsp", gate)  # rounds go through it
         self.last_staleness = 0
         self.stopping: list[int] = []  # with a policy: workers told to stop, to leave the barrier
         # the noise estimators assume one mode for the phase: none when a policy may switch it

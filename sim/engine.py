@@ -10,7 +10,7 @@ from typing import Any, Callable, Generator
 
 import simpy
 
-from hybridps.policy import make_policy
+from hybridps.policy import has_ssp_gate, make_policy
 from hybridps.semantics import Ledger, SSPGate, ends_on_mini_epochs
 from hybridps.spec import Cluster, Job, Plan, check_plan
 from hybridps.stragglers import StragglerSchedule
@@ -72,8 +72,7 @@ class Simulation:
             if policy is not None and not policy.acts_on(phase.sync):
                 policy = None  # not consulted at all in such a phase
             # a policy may turn the phase ssp: its gate counts exchanges from the start, unbounded till then
-            ssp_gate = phase.sync == "ssp" or policy is not None
-            gate = SimGate(env, SSPGate(phase.staleness, workers)) if ssp_gate else None
+            gate = SimGate(env, SSPGate(phase.staleness, workers)) if has_ssp_gate(phase.sync, policy) else None
             self.ps.start_phase(p, self.costs[p], phase.sync, policy, gate)
             yield env.all_of([env.process(worker_phase(self.context, w, self.names[w], p, phase.resolution, wp, gate))
                               for w, wp in workers.items()])

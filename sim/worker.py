@@ -34,17 +34,19 @@ class SimGate:
         return ev
 
     def exchanged(self, w: int) -> None:
-        self.gate.exchanged(w)
-        self._release()
+        gate = self.gate
+        gate.exchanged(w)
+        if gate.waiting:
+            self._release()
 
     def leave(self, w: int) -> None:
         self.gate.leave(w)
-        self._release()
+        if self.gate.waiting:
+            self._release()
 
     def _release(self) -> None:
-        if self.gate.waiting:
-            for w in self.gate.release():
-                self.events.pop(w).succeed()
+        for w in self.gate.release():
+            self.events.pop(w).succeed()
 
     def release_at(self, t_s: float) -> None:
         """A policy decided at `t_s` (now or later: when the push it saw arrives) to move the
@@ -81,11 +83,12 @@ def worker_phase(ctx: WorkerContext, w: int, name: str, p: int, resolution: int,
     a_s, b_s, overhead_s = wp.a_s, wp.b_s, wp.exchange_overhead_s
     full_s = a_s * batch + b_s
     last_s = a_s * last + b_s
+    may_start = gate.gate.may_start if gate is not None else None
     pos = 0  # iterations done in the current worker-epoch
     computed = 0  # samples computed in this phase
     while True:
-        if gate is not None:
-            while not gate.gate.may_start(w):
+        if may_start is not None:
+            while not may_start(w):
                 yield gate.wait(w)
             if ledger.worker_done(w):  # the target was reached while it waited
                 break

@@ -216,6 +216,7 @@ class SspSteps(Policy):
     decisions of the phase's progress, so they fall at the same update in any run."""
 
     window = 1
+    uses_ssp = True  # it takes a bsp phase to ssp: the PS counts exchanges from the start
 
     def __init__(self, first: int = 2, then: int = 0):
         self.first, self.then = first, then
@@ -250,6 +251,11 @@ class SetsABadBound(Policy):
         return [Action.set_staleness(-1)]
 
 
+class SspUndeclared(Policy):
+    def decide(self, obs):
+        return [Action.set_sync("ssp", staleness=1)]
+
+
 def _files(tmp_path, policy: dict) -> list[str]:
     import tomli_w
 
@@ -266,6 +272,18 @@ def test_a_bad_bound_from_a_policy_stops_the_simulation_with_one_line(tmp_path, 
     assert len(err.splitlines()) == 1 and "policy action: set_staleness needs staleness=k" in err
 
 
+def test_a_switch_to_ssp_needs_a_policy_that_declares_it(tmp_path, capsys):
+    # without uses_ssp the PS keeps no exchange counts on a bsp phase: a clear error, not a wrong gate
+    files = _files(tmp_path, {"kind": "python", "target": "tests.test_policy_ssp:SspUndeclared"})
+    plan = json.loads((tmp_path / "p.json").read_text())
+    plan["phases"][0].update(sync="bsp", staleness=None)
+    (tmp_path / "p.json").write_text(json.dumps(plan))
+    assert main(["simulate", *files, "--json"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1
+    assert "set_sync('ssp') on a phase planned bsp needs a policy that declares uses_ssp = True" in err
+
+
 @pytest.mark.parametrize("policy, field, words", [
     ({"kind": "adaptive-ssp", "min_staleness": 8, "max_staleness": 4}, "phases[0].policy.max_staleness",
      "expected at least min_staleness (8), got 4"),
@@ -273,7 +291,8 @@ def test_a_bad_bound_from_a_policy_stops_the_simulation_with_one_line(tmp_path, 
     ({"kind": "adaptive-ssp", "gain": "wide"}, "phases[0].policy.gain", "expected a number"),
     ({"kind": "adaptive-ssp", "window": 0}, "phases[0].policy.window", "expected 1 to 10000"),
     ({"kind": "adaptive-ssp", "hysteresis": 1.5}, "phases[0].policy.hysteresis", "expected an integer"),
-    ({"kind": "adaptive-ssp", "threshold": 2}, "phases[0].policy.threshold", "unknown parameter"),
+    ({"kind": "adaptive-ssp", "patience": 2}, "phases[0].policy.patience", "unknown parameter"),
+    ({"kind": "adaptive-ssp", "threshold": 0.5}, "phases[0].policy.threshold", "expected 1.0 to"),
 ])
 def test_bad_adaptive_ssp_parameters_exit_2_naming_the_field(tmp_path, capsys, policy, field, words):
     assert main(["simulate", *_files(tmp_path, policy), "--json"]) == 2
@@ -301,6 +320,7 @@ from hybridps.policy import Action, Policy
 
 class SspSteps(Policy):
     window = 1
+    uses_ssp = True
 
     def decide(self, obs):
         if obs.sync == "bsp" and obs.phase_fraction >= 0.25:

@@ -274,9 +274,9 @@ class Barrier:
         return "ssp" if self.gate is not None and self.gate.bound is not None else "asp"
 
     def switch(self, sync: str, staleness: int | None = None) -> list[int] | None:
-        """A policy's set_sync (or set_staleness: `sync` "ssp" with a new bound). Pushes
-        outside bsp are applied on arrival, so ssp is asp's rounds (`set_sync`) plus the
-        gate's bound: the gate counts every worker's exchanges from the phase's start
+        """A policy's set_sync (or set_staleness: `sync` "ssp" with a new bound). Outside
+        bsp every push is applied on arrival (`set_sync`), so ssp is asp plus the gate's
+        bound: the gate counts every worker's exchanges from the phase's start
         whatever the mode, and a new bound holds, at its next exchange, a worker then more
         than `staleness` ahead of the slowest (an interval in progress is never cut
         short); leaving ssp, or a larger bound, lets the waiting workers go at once (the

@@ -203,8 +203,10 @@ def test_the_target_bound_follows_the_largest_slowdown_with_hysteresis():
     assert push(1, 3.0, 1) == [Action.set_staleness(5)]  # 3x slowed: 1 + ceil(2 x 2)
     assert push(1, 9.0, 5) == [Action.set_staleness(10)]  # capped at max_staleness
     assert push(1, 2.0, 10) == [Action.set_staleness(3)]  # 1 + 2 = 3, more than 2 below 10
-    assert push(1, 1.5, 3) == []  # target 2: within the hysteresis
-    assert push(1, 1.0, 3) == []  # target 1, 2 below: still within it
+    assert push(1, 1.6, 3) == []  # target 1 + ceil(2 x 0.6) = 3: the bound it has
+    assert push(1, 1.5, 3) == []  # not above threshold (1.5): target 1, but only 2 below 3
+    assert push(1, 1.0, 3) == []  # the same: within the hysteresis
+    assert push(1, 1.0, 4) == [Action.set_staleness(1)]  # 3 below 4: back to min_staleness
     assert push(0, 1.0, None) == []  # not in ssp now: not its business
 
 

@@ -69,10 +69,7 @@ class Observation(NamedTuple):
     source: "Observer"
     barrier_members: AbstractSet[int]  # the workers a bsp round waits for
     staleness_bound: int | None = None  # the ssp gate's bound now; None outside ssp
-
-    @property
-    def worker(self) -> int:
-        return self.pushed[-1]
+    worker: int = -1  # pushed[-1], a field rather than a property: most policies read it at every update
 
     @property
     def phase_fraction(self) -> float:
@@ -286,7 +283,7 @@ class Observer:
         """The Observation of an update (`consult` builds the same in place: a call less at
         every update). tuple.__new__ is Observation(...) without its Python-level __new__."""
         return tuple.__new__(Observation, (t_s, phase, pushed, sync, planned_sync, staleness, self, barrier,
-                                           staleness_bound))
+                                           staleness_bound, pushed[-1]))
 
 
 def consult(policy: Policy, observer: Observer, barrier, t_s: float, phase: int, pushed: tuple[int, ...],
@@ -311,7 +308,8 @@ def consult(policy: Policy, observer: Observer, barrier, t_s: float, phase: int,
         return ()
     gate = barrier.gate
     seen = tuple.__new__(Observation, (t_s, phase, pushed, barrier.sync, planned_sync, staleness, observer,
-                                       barrier.members, gate.bound if gate is not None else None))  # observe()
+                                       barrier.members, gate.bound if gate is not None else None,
+                                       pushed[-1]))  # observe()
     actions = policy.decide(seen)
     if not actions:
         return ()

@@ -71,7 +71,7 @@ class Simulation:
             policy = make_policy(phase.policy.as_dict()) if phase.policy is not None else None  # new each phase
             if policy is not None and not policy.acts_on(phase.sync):
                 policy = None  # not consulted at all in such a phase
-            # a policy may turn the phase ssp: its gate counts exchanges from the start, unbounded till then
+            # a policy that may turn the phase ssp: its gate counts exchanges from the start, unbounded till then
             gate = SimGate(env, SSPGate(phase.staleness, workers)) if has_ssp_gate(phase.sync, policy) else None
             self.ps.start_phase(p, self.costs[p], phase.sync, policy, gate)
             yield env.all_of([env.process(worker_phase(self.context, w, self.names[w], p, phase.resolution, wp, gate))

@@ -3,8 +3,8 @@
 Compute an interval of `E` iterations (one timeout for the whole interval: nothing else
 touches the worker meanwhile, and each iteration's straggler factor is still taken at its
 own start), push and pull (one event), then stop if the ledger says so. Under ssp the
-worker first waits while the gate holds it (a phase with a policy has a gate too, without
-a bound until the policy sets one). The worker gets its collaborators as
+worker first waits while the gate holds it (so does a phase whose policy may switch it
+to ssp: a gate without a bound until the policy sets one). The worker gets its collaborators as
 arguments and returns at the end of the phase; it knows nothing of the engine.
 """
 
@@ -76,7 +76,7 @@ class WorkerContext:
 
 def worker_phase(ctx: WorkerContext, w: int, name: str, p: int, resolution: int, wp: WorkerPhase,
                  gate: SimGate | None) -> Generator:
-    """Worker `w`'s part of phase `p`; `gate` is None unless the phase is ssp or has a policy."""
+    """Worker `w`'s part of phase `p`; `gate` is None unless the phase is ssp or its policy may make it ssp."""
     env, ps, ledger, c, rec = ctx.env, ctx.ps, ctx.ledger, ctx.counters, ctx.recorder
     factor_at, jitter = ctx.factor_at, ctx.jitter
     batch, share, k, last, every = wp.batch, wp.share, wp.iters_per_epoch, wp.last_batch, wp.exchange_every

@@ -370,3 +370,40 @@ def test_the_runtime_switches_to_ssp_and_keeps_each_new_bound(tmp_path, monkeypa
     # 4 epochs x 8 rounds: a quarter of the samples are in after 8 rounds, the 9th is consulted
     assert index["sim"][0] == 8
     assert all(abs(a - b) <= 1 for a, b in zip(index["run"], index["sim"])), index
+
+
+@pytest.mark.torch
+@pytest.mark.slow
+def test_adaptive_ssp_in_the_runtime_widens_the_bound_for_a_straggler_and_keeps_it(tmp_path):
+    # w2 has transient episodes 8x slower (as in tests/test_runtime_policy.py's greedy test):
+    # adaptive-ssp widens the bound while it is slowed; every bound it sets is kept.
+    # Which updates it decides at follows the run's clock: only the behaviour is asserted.
+    pytest.importorskip("torch")
+    from runtime.testing import run_cli, spec_args, write_specs
+    from traces import read_trace
+
+    write_specs(tmp_path, [("w0", 16, 128), ("w1", 16, 128), ("w2", 16, 128)], sync="ssp", staleness=2, epochs=12,
+                lr=0.05, slowdown={"w0": 10.0, "w1": 10.0, "w2": 10.0})
+    text = (tmp_path / "cluster.toml").read_text().replace("slowdown = 10.0\n",
+                                                           "slowdown = 10.0\nexchange_overhead_s = 0.01\n")
+    (tmp_path / "cluster.toml").write_text(text + '[stragglers]\nrate_per_hour = 7200.0\nslowdown = 8.0\n'
+                                           'mean_duration_s = 0.25\nworkers = ["w2"]\nseed = 4\n')
+    plan = json.loads((tmp_path / "plan.json").read_text())
+    plan["phases"][0]["policy"] = {"kind": "adaptive-ssp"}
+    (tmp_path / "plan.json").write_text(json.dumps(plan, indent=1))
+    out = tmp_path / "out"
+    r = run_cli(["run", *spec_args(tmp_path), "--out", out, "--local", "--eval-every", "0", "--worker-timeout", "30"],
+                timeout_s=300)
+    assert r.returncode == 0, r.stderr
+    records = read_trace(out / "trace.jsonl").records
+    policy = [x for x in records if x["kind"] == "policy"]
+    assert policy and {p["action"]["kind"] for p in policy} == {"set_staleness"}
+    assert max(p["action"]["staleness"] for p in policy) > 2  # widened while w2 was slowed
+    before = 2
+    for p in policy:
+        assert p["observed"]["sync"] == "ssp" and p["observed"]["staleness_bound"] == before
+        before = p["action"]["staleness"]
+        assert 2 <= before <= 32
+        check_bound_after(records, p, before)
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["status"] == "complete" and summary["policy_actions"] == {"set_staleness": len(policy)}

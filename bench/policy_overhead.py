@@ -1,18 +1,21 @@
 """What consulting an online policy at every update costs the simulator (issue 10).
 
-    python bench/policy_overhead.py            # best of 3, the two cases below
-    python bench/policy_overhead.py --repeat 5 --epochs 90
+    python bench/policy_overhead.py            # best of 5, the three cases below
+    python bench/policy_overhead.py --repeat 9 --epochs 90 --cases ab
 
 The large case of bench/sim_speed.py: 64 RTX 3090 workers, ImageNet-1k at 224 px, batch
 256, gradient exchange, full network model, no trace. Each case is timed with and without
-a policy in the same process, alternately, best of `--repeat`, in CPU seconds of this
-process (time.process_time: on a shared machine wall time swings with the neighbours'
-load, which would drown a 15 % difference):
+a policy in the same process, alternately (each repeat swaps which goes first, after a
+garbage collection, so neither inherits the other's garbage), best of `--repeat`, in CPU
+seconds of this process (time.process_time: on a shared machine wall time swings with
+the neighbours' load, which would drown a 15 % difference):
 
 (a) bsp, no stragglers, `sync-switch-greedy`: consulted at every round, it never acts, so
     the schedule is the same and the difference is the policy's cost alone;
 (b) asp with transient stragglers and a policy that watches every push (consulted at each
-    one, reading the pushing worker's figures) and never acts.
+    one, reading the pushing worker's figures) and never acts;
+(c) ssp (bound 3), no stragglers, `adaptive-ssp` with min_staleness 3: consulted at every
+    push, it tracks every worker's slowdown and never acts (the workers are alike).
 
 A policy that does act changes the schedule (greedy under stragglers runs asp stretches,
 whose pushes cost the simulator more than bsp rounds), so its time is not an overhead.
@@ -22,6 +25,7 @@ Target: at most about 1.15x.
 from __future__ import annotations
 
 import argparse
+import gc
 import sys
 import time
 from pathlib import Path
@@ -64,8 +68,10 @@ def compare(label: str, sync: str, stragglers: bool, policy: dict, epochs: int, 
     plain, watched = with_policy(cluster, job, plan, epochs, None), with_policy(cluster, job, plan, epochs, policy)
     best = {"plain": float("inf"), "policy": float("inf")}
     results = {}
-    for _ in range(repeat):
-        for key, p in (("plain", plain), ("policy", watched)):
+    for i in range(repeat):
+        order = (("plain", plain), ("policy", watched))
+        for key, p in order if i % 2 == 0 else order[::-1]:
+            gc.collect()
             t0 = time.process_time()
             results[key] = simulate(cluster, job, p)
             best[key] = min(best[key], time.process_time() - t0)
@@ -79,13 +85,19 @@ def compare(label: str, sync: str, stragglers: bool, policy: dict, epochs: int, 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--repeat", type=int, default=5)
     ap.add_argument("--epochs", type=int, default=30, help="epochs of the 90-epoch case to run (default 30)")
+    ap.add_argument("--cases", default="abc", help="which cases to run (default abc)")
     args = ap.parse_args()
     print(f"64 workers, ImageNet-1k, {args.epochs} epochs, best of {args.repeat}")
-    compare("(a) bsp, greedy", "bsp", False, {"kind": "sync-switch-greedy"}, args.epochs, args.repeat)
-    compare("(b) asp + stragglers, watcher", "asp", True, {"kind": "python", "target": "policy_overhead:Watcher"},
-            args.epochs, args.repeat)
+    if "a" in args.cases:
+        compare("(a) bsp, greedy", "bsp", False, {"kind": "sync-switch-greedy"}, args.epochs, args.repeat)
+    if "b" in args.cases:
+        compare("(b) asp + stragglers, watcher", "asp", True, {"kind": "python", "target": "policy_overhead:Watcher"},
+                args.epochs, args.repeat)
+    if "c" in args.cases:
+        compare("(c) ssp, adaptive-ssp", "ssp", False, {"kind": "adaptive-ssp", "min_staleness": 3}, args.epochs,
+                args.repeat)
 
 
 if __name__ == "__main__":

@@ -7,14 +7,16 @@ can see and may change how the rest of the phase runs.
   duration). The simulator's PS (sim/ps.py) feeds it, and the runtime's PhaseServer
   (runtime/server.py) from the records that come with the pushes, so one policy object
   runs in both.
-- `Action`: switch the phase's sync mode (bsp <-> asp), take a worker out of the bsp
-  barrier or bring it back, re-split the batches. What an action does to the rounds is
+- `Action`: switch the phase's sync mode (bsp, asp, ssp with a bound), change a running
+  ssp phase's bound, take a worker out of the bsp barrier or bring it back, re-split the
+  batches. What an action does to the rounds and to the ssp gate is
   `hybridps.semantics.Barrier`'s rule, what a rebalance does `semantics.Rebalance`'s
   (docs/semantics.md, "Policies").
 - `Policy.decide(obs) -> list[Action]`: a deterministic function of what it observed.
 - `consult(...)`: the PS's side, written once for both PSs: observe, decide, carry out
   the actions through the Barrier, build the trace records.
-- `make_policy(spec)`: the built-ins and a user's `{"kind": "python", "target": "m:C"}`.
+- `make_policy(spec)`: the built-ins (Sync-Switch's greedy and elastic, adaptive-ssp)
+  and a user's `{"kind": "python", "target": "m:C"}`.
 
 Standard library only: no torch, no SimPy.
 """
@@ -26,12 +28,13 @@ import importlib
 import math
 from collections import deque
 from dataclasses import dataclass
-from typing import AbstractSet, Any, Callable, Iterator, NamedTuple, Sequence
+from typing import AbstractSet, Any, Callable, Iterable, Iterator, NamedTuple, Sequence
 
 from hybridps.errors import UserError
 
-SYNCS = ("bsp", "asp")
-ACTION_KINDS = ("set_sync", "exclude", "include", "rebalance")
+SYNCS = ("bsp", "asp", "ssp")
+ACTION_KINDS = ("set_sync", "set_staleness", "exclude", "include", "rebalance")
+MAX_STALENESS = 10**9  # an ssp bound's largest value (the plan's own bound has the same cap)
 
 
 class PolicyError(UserError):
@@ -54,22 +57,21 @@ class Observation(NamedTuple):
     update, and a frozen dataclass costs five times as much to build. For the same reason
     the per-worker figures are read from the observer when asked for: `workers` (the
     phase's workers, global indices ascending) and the tuples aligned with it,
-    `compute_s_per_iteration`, `compute_s_per_sample`, `exchange_s` (the exchange before
-    each one's latest push, push start to pull end, waits included; 0.0 for none), or one
-    worker's with `compute_s_per_sample_of(w)`. Read them inside `decide`."""
+    `compute_s_per_iteration`, `compute_s_per_sample`, `compute_s_per_interval`,
+    `exchange_s` (the exchange before each one's latest push, push start to pull end,
+    waits included; 0.0 for none), or one worker's with `compute_s_per_sample_of(w)`;
+    `compute_spread`, slowest over fastest per interval. Read them inside `decide`."""
 
     t_s: float
     phase: int
     pushed: tuple[int, ...]
-    sync: str  # "bsp" or "asp", now
+    sync: str  # "bsp", "asp" or "ssp", now
     planned_sync: str  # the plan's
     staleness: int  # of the last applied update (0 under bsp)
     source: "Observer"
     barrier_members: AbstractSet[int]  # the workers a bsp round waits for
-
-    @property
-    def worker(self) -> int:
-        return self.pushed[-1]
+    staleness_bound: int | None = None  # the ssp gate's bound now; None outside ssp
+    worker: int = -1  # pushed[-1], a field rather than a property: most policies read it at every update
 
     @property
     def phase_fraction(self) -> float:
@@ -85,7 +87,9 @@ class Observation(NamedTuple):
         return self.source.workers
 
     def compute_s_per_sample_of(self, worker: int) -> float:
-        return self.source.per_sample_s(self.source.slot[worker])
+        src = self.source
+        i = src.slot[worker]
+        return src.sum_s[i] / src.sum_samples[i]  # per_sample_s's, without a call: read at every update
 
     def compute_s_per_iteration_of(self, worker: int) -> float:
         return self.source.per_iteration_s(self.source.slot[worker])
@@ -103,6 +107,17 @@ class Observation(NamedTuple):
         return tuple(self.source.per_iteration_s(i) for i in range(len(self.workers)))
 
     @property
+    def compute_s_per_interval(self) -> tuple[float, ...]:
+        return tuple(self.source.per_interval_s(i) for i in range(len(self.workers)))
+
+    @property
+    def compute_spread(self) -> float:
+        """Slowest over fastest of the workers' mean compute time per interval (1.0: all
+        alike): how many intervals the fastest runs while the slowest runs one, what an
+        ssp bound must allow for the fastest not to wait (AdaptiveSSP)."""
+        return self.source.spread()
+
+    @property
     def exchange_s(self) -> tuple[float, ...]:
         return tuple(self.source.exchange_s)
 
@@ -114,22 +129,30 @@ class Observation(NamedTuple):
         return {"worker": names[self.worker], "pushed": [names[w] for w in self.pushed], "sync": self.sync,
                 "compute_s_per_iteration": by_name(self.compute_s_per_iteration),
                 "exchange_s": by_name(self.exchange_s), "staleness": self.staleness,
-                "phase_fraction": self.phase_fraction, "barrier": [names[w] for w in self.barrier]}
+                "phase_fraction": self.phase_fraction, "barrier": [names[w] for w in self.barrier],
+                "staleness_bound": self.staleness_bound}
 
 
 @dataclass(frozen=True)
 class Action:
-    """`set_sync` to `sync`; `exclude` / `include` `worker` (a global index) from / in the
-    bsp barrier. Build with Action.set_sync("asp"), Action.exclude(w), Action.include(w)."""
+    """`set_sync` to `sync` (ssp with bound `staleness`); `set_staleness`: a new bound for
+    the running ssp phase; `exclude` / `include` `worker` (a global index) from / in the
+    bsp barrier. Build with Action.set_sync("asp"), Action.set_sync("ssp", staleness=2),
+    Action.set_staleness(4), Action.exclude(w), Action.include(w)."""
 
     kind: str
     sync: str | None = None
     worker: int | None = None
     batches: tuple[tuple[int, int], ...] | None = None  # rebalance: (worker, batch) pairs
+    staleness: int | None = None
 
     @classmethod
-    def set_sync(cls, sync: str) -> "Action":
-        return cls("set_sync", sync=sync)
+    def set_sync(cls, sync: str, staleness: int | None = None) -> "Action":
+        return cls("set_sync", sync=sync, staleness=staleness)
+
+    @classmethod
+    def set_staleness(cls, staleness: int) -> "Action":
+        return cls("set_staleness", staleness=staleness)
 
     @classmethod
     def exclude(cls, worker: int) -> "Action":
@@ -145,16 +168,31 @@ class Action:
         the plan's global batch; each worker takes its up at its next worker-epoch."""
         return cls("rebalance", batches=tuple(sorted(batches.items())))
 
-    def check(self, workers: Sequence[int]) -> None:
-        """Raise PolicyError unless this action makes sense in a phase of `workers`."""
-        if self.kind not in ACTION_KINDS:
-            raise PolicyError("action", f"unknown action kind {self.kind!r} (known: {', '.join(ACTION_KINDS)})")
-        if self.kind == "set_sync" and self.sync not in SYNCS:
-            raise PolicyError("action", f"set_sync needs sync 'bsp' or 'asp', got {self.sync!r}")
-        if self.kind == "rebalance":
+    def check(self, workers: Sequence[int], sync_now: str = "bsp") -> None:
+        """Raise PolicyError unless this action makes sense in a phase of `workers` whose
+        mode is `sync_now`."""
+        kind = self.kind
+        if kind not in ACTION_KINDS:
+            raise PolicyError("action", f"unknown action kind {kind!r} (known: {', '.join(ACTION_KINDS)})")
+        if kind == "set_sync":
+            if self.sync not in SYNCS:
+                raise PolicyError("action", f"set_sync needs sync 'bsp', 'asp' or 'ssp', got {self.sync!r}")
+            if self.sync != "ssp" and self.staleness is not None:
+                raise PolicyError("action", f"staleness applies to set_sync('ssp') only, got set_sync({self.sync!r}, "
+                                            f"staleness={self.staleness!r})")
+        elif kind == "set_staleness" and sync_now != "ssp":
+            raise PolicyError("action", f"set_staleness changes the bound of an ssp phase, and the phase is "
+                                        f"{sync_now} now: use Action.set_sync('ssp', staleness=k)")
+        elif kind == "rebalance":
             self._check_batches(workers)
-        elif self.kind != "set_sync" and self.worker not in workers:
-            raise PolicyError("action", f"{self.kind} needs a worker of the phase, got {self.worker!r}")
+        elif kind in ("exclude", "include") and self.worker not in workers:
+            raise PolicyError("action", f"{kind} needs a worker of the phase, got {self.worker!r}")
+        if kind == "set_staleness" or self.sync == "ssp":
+            k = self.staleness
+            if not isinstance(k, int) or isinstance(k, bool) or not 0 <= k <= MAX_STALENESS:
+                what = "set_staleness" if kind == "set_staleness" else "set_sync('ssp')"
+                raise PolicyError("action", f"{what} needs staleness=k, an integer from 0 to {MAX_STALENESS}, "
+                                            f"got {k!r}")
 
     def _check_batches(self, workers: Sequence[int]) -> None:
         got = dict(self.batches or ())
@@ -167,9 +205,13 @@ class Action:
 
     def as_record(self, names: Sequence[str]) -> dict[str, Any]:
         if self.kind == "set_sync":
+            if self.sync == "ssp":
+                return {"kind": self.kind, "sync": self.sync, "staleness": self.staleness}
             return {"kind": self.kind, "sync": self.sync}
         if self.kind == "rebalance":
             return {"kind": self.kind, "batches": {names[w]: b for w, b in self.batches}}
+        if self.kind == "set_staleness":
+            return {"kind": self.kind, "staleness": self.staleness}
         return {"kind": self.kind, "worker": names[self.worker]}
 
 
@@ -177,7 +219,12 @@ class Policy:
     """Base class. Subclasses set `window` (intervals the observer averages over) and
     override `decide`; they may keep state, as long as it comes from what they observed
     (decisions must be deterministic). A new instance runs each phase; `acts_on` says
-    whether to consult it at all in a phase planned with that sync mode."""
+    whether to consult it at all in a phase planned with that sync mode.
+
+    `uses_ssp = True` declares that it may switch a phase planned bsp or asp to ssp: the
+    PS then keeps the ssp gate's count of every worker's exchanges from the phase's start
+    (docs/semantics.md, "Policies"), which a policy that never does is spared (on a phase
+    planned ssp the gate is there anyway)."""
 
     window: int = 5
     # may it switch a bsp phase to asp (set_sync)? The convergence model charges such a switch
@@ -185,9 +232,17 @@ class Policy:
     switches_sync: bool = True
     # may it take a worker out of the barrier (its pushes then stale)? A risk `plan` marks
     excludes_workers: bool = True
+    uses_ssp: bool = False
+    PARAMS: dict[str, tuple[type, float, float]] = {}  # a built-in's parameters: name -> (type, min, max)
 
     def acts_on(self, planned_sync: str) -> bool:
         return True
+
+
+def has_ssp_gate(planned_sync: str, policy: Policy | None) -> bool:
+    """Does a phase run an ssp gate? Planned ssp, or a policy that may switch it to ssp
+    (both PSs ask: the simulator's engine and the runtime's PhaseServer)."""
+    return planned_sync == "ssp" or (policy is not None and policy.uses_ssp)
 
     def decide(self, obs: Observation) -> Sequence[Action]:
         return ()
@@ -241,20 +296,32 @@ class Observer:
     def per_iteration_s(self, i: int) -> float:
         return self.sum_s[i] / self.sum_iterations[i]
 
+    def per_interval_s(self, i: int) -> float:
+        return self.sum_s[i] / len(self.intervals[i])
+
+    def spread(self) -> float:
+        """Slowest over fastest mean compute time per interval (1.0 when the fastest's is 0)."""
+        sum_s, intervals = self.sum_s, self.intervals
+        means = [sum_s[i] / len(intervals[i]) for i in range(len(sum_s))]
+        fastest = min(means)
+        return max(means) / fastest if fastest > 0 else 1.0
+
     @property
     def ready(self) -> bool:
         """A policy is consulted only once every worker of the phase has an interval."""
         return self.missing == 0
 
     def observe(self, t_s: float, phase: int, pushed: tuple[int, ...], sync: str, planned_sync: str,
-                staleness: int, barrier: AbstractSet[int]) -> Observation:
-        # tuple.__new__ is Observation(...) without its Python-level __new__: once an update, it counts
-        return tuple.__new__(Observation, (t_s, phase, pushed, sync, planned_sync, staleness, self, barrier))
+                staleness: int, barrier: AbstractSet[int], staleness_bound: int | None = None) -> Observation:
+        """The Observation of an update (`consult` builds the same in place: a call less at
+        every update). tuple.__new__ is Observation(...) without its Python-level __new__."""
+        return tuple.__new__(Observation, (t_s, phase, pushed, sync, planned_sync, staleness, self, barrier,
+                                           staleness_bound, pushed[-1]))
 
 
 def consult(policy: Policy, observer: Observer, barrier, t_s: float, phase: int, pushed: tuple[int, ...],
             planned_sync: str, staleness: int, names: Sequence[str] | None = None,
-            rebalance=None) -> Iterator[tuple[Action, list[int], dict | None]]:
+            rebalance=None) -> Iterable[tuple[Action, list[int], dict | None]]:
     """Ask `policy` at an update the PS is about to apply (the pushes of `pushed`, the last
     arriving at `t_s`) and carry out its actions through `barrier` (a
     hybridps.semantics.Barrier): from the next push on; the update at hand is applied as it
@@ -263,20 +330,38 @@ def consult(policy: Policy, observer: Observer, barrier, t_s: float, phase: int,
 
     Yields the actions taken (no-ops left out) one by one, each carried out as it is
     yielded, with the round it completed ([]: none) for the PS to apply before the update
-    at hand, and its trace record (`names` given: worker names by index; else None).
-    Nothing until every worker of the phase has pushed once. An invalid action raises
-    PolicyError. `rebalance` (a hybridps.semantics.Rebalance) carries out `rebalance`
-    actions: they reach each worker with its next pull."""
+    at hand, and its trace record (`names` given: worker names by index; else None). A
+    switch into or out of ssp, or a new bound, may let workers held by the ssp gate go:
+    the PS releases them after the actions. Nothing until every worker of the phase has
+    pushed once. An invalid action raises PolicyError. `rebalance` (a
+    hybridps.semantics.Rebalance) carries out `rebalance` actions: they reach each worker
+    with its next pull.
+
+    The common case, no action, returns an empty tuple without building a generator: the
+    PS may consult at every push."""
     if observer.missing:
-        return
-    seen = observer.observe(t_s, phase, pushed, "bsp" if barrier.bsp else "asp", planned_sync, staleness,
-                            barrier.members)
+        return ()
+    gate = barrier.gate
+    seen = tuple.__new__(Observation, (t_s, phase, pushed, barrier.sync, planned_sync, staleness, observer,
+                                       barrier.members, gate.bound if gate is not None else None,
+                                       pushed[-1]))  # observe()
     actions = policy.decide(seen)
     if not actions:
-        return
+        return ()
+    return _carry_out(actions, seen, observer, barrier, names, rebalance)
+
+
+def _carry_out(actions: Sequence[Action], seen: Observation, observer: Observer, barrier,
+               names: Sequence[str] | None, rebalance) -> Iterator[tuple[Action, list[int], dict | None]]:
+    """consult's actions, one by one through the Barrier (see there)."""
+    t_s, phase = seen.t_s, seen.phase
     observed = seen.as_record(names) if names is not None else None  # before any action changes the barrier
     for action in actions:
-        action.check(observer.workers)
+        action.check(observer.workers, barrier.sync)
+        if barrier.gate is None and action.kind == "set_sync" and action.sync == "ssp":
+            raise PolicyError("action", f"set_sync('ssp') on a phase planned {seen.planned_sync} needs a policy "
+                                        f"that declares uses_ssp = True (the PS then counts exchanges for the "
+                                        f"ssp gate from the phase's start)")
         done = barrier.act(action) if action.kind != "rebalance" else _rebalance(rebalance, action)
         if done is None:
             continue  # a no-op: not recorded
@@ -297,30 +382,21 @@ def _rebalance(rebalance, action: Action) -> list[int] | None:
 # --------------------------------------------------------------------------- built-ins
 
 
-class _Detector(Policy):
-    """Shared detection: a worker is slowed when its compute time per sample over the last
-    `window` intervals exceeds `threshold` times its own best such mean in the phase, and
-    counts as recovered below `threshold - hysteresis` (so one noisy interval does not
-    flip it). Each worker is its own reference: a plan's slower devices are not
-    stragglers, and it holds however many workers are slowed at once. A worker's mean
-    changes only when it pushes, so each decision looks at the update's workers alone."""
+class _OwnBest(Policy):
+    """A worker's slowdown: its compute time per sample over the last `window` intervals
+    against its own best such mean in the phase. Each worker is its own reference, so a
+    plan's slower devices are not stragglers. A worker's mean changes only when it pushes,
+    so each decision looks at the update's workers alone."""
 
-    PARAMS = {"threshold": (float, 1.0, 1e6), "window": (int, 1, 10_000), "hysteresis": (float, 0.0, 1e6)}
-
-    def __init__(self, threshold: float = 1.5, window: int = 5, hysteresis: float = 0.2):
-        self.threshold = threshold
-        self.window = window
-        self.hysteresis = hysteresis
+    def __init__(self) -> None:
         self.best_s: dict[int, float] = {}  # worker -> its lowest windowed time per sample
-        self.slowed: set[int] = set()
+        self.slowdowns: dict[int, float] = {}  # worker -> its slowdown at its latest push
 
-    def acts_on(self, planned_sync: str) -> bool:
-        return planned_sync == "bsp"
-
-    def update(self, obs: Observation) -> None:
-        """Update the state of the workers whose pushes the update carries."""
-        best_s, slowed = self.best_s, self.slowed
-        src = obs.source  # its sums read directly: a bsp round asks for every worker's mean
+    def update_slowdowns(self, obs: Observation) -> None:
+        """The slowdowns (and bests) of the workers whose pushes the update carries; their
+        sums read directly from the observer: a bsp round asks for every worker's."""
+        best_s, slowdowns = self.best_s, self.slowdowns
+        src = obs.source
         sum_s, sum_samples, slot = src.sum_s, src.sum_samples, src.slot
         for w in obs.pushed:
             i = slot[w]
@@ -328,7 +404,32 @@ class _Detector(Policy):
             best = best_s.get(w)
             if best is None or t < best:
                 best_s[w] = best = t
-            ratio = t / best if best > 0 else 1.0
+            slowdowns[w] = t / best if best > 0 else 1.0
+
+
+class _Detector(_OwnBest):
+    """Shared detection: a worker is slowed when its slowdown (_OwnBest) exceeds
+    `threshold`, and counts as recovered below `threshold - hysteresis` (so one noisy
+    interval does not flip it). It holds however many workers are slowed at once."""
+
+    PARAMS = {"threshold": (float, 1.0, 1e6), "window": (int, 1, 10_000), "hysteresis": (float, 0.0, 1e6)}
+
+    def __init__(self, threshold: float = 1.5, window: int = 5, hysteresis: float = 0.2):
+        super().__init__()
+        self.threshold = threshold
+        self.window = window
+        self.hysteresis = hysteresis
+        self.slowed: set[int] = set()
+
+    def acts_on(self, planned_sync: str) -> bool:
+        return planned_sync == "bsp"
+
+    def update(self, obs: Observation) -> None:
+        """Update the state of the workers whose pushes the update carries."""
+        self.update_slowdowns(obs)
+        slowed, slowdowns = self.slowed, self.slowdowns
+        for w in obs.pushed:
+            ratio = slowdowns[w]
             if ratio > self.threshold:
                 slowed.add(w)
             elif ratio < self.threshold - self.hysteresis and w in slowed:
@@ -443,9 +544,73 @@ def balanced_batches(total: int, per_sample_s: Sequence[float]) -> list[int]:
     return out
 
 
+class AdaptiveSSP(_OwnBest):
+    """SSP with a staleness bound adapted to the observed spread of the workers' speeds,
+    after DSSP (X. Zhao, A. An, J. Liu, B. X. Chen, "Dynamic Stale Synchronous Parallel
+    Distributed Training for Deep Learning", ICDCS 2019), whose bound floats within a range
+    by the workers' observed push intervals; here the range is [min_staleness,
+    max_staleness] and the bound is the phase's, one for all workers.
+
+    The spread is the largest slowdown of a worker against its own best (_OwnBest): while
+    the slowest runs one interval slowed `f` times, the others run `f`, so the lead they
+    build grows by `f - 1` exchanges per slowed interval. The bound is set to
+    `min_staleness + ceil(gain x (f - 1))` (at most max_staleness): room for `gain` of the
+    slowed worker's intervals before anyone waits, and back to min_staleness once no worker
+    is slowed, i.e. none above `threshold` (as the Sync-Switch detectors: a partial last
+    batch costs more per sample and must not count). The reference is each worker's own best, not the fastest worker's, because
+    only a transient spread is worth absorbing: under a lasting one every bound ends with
+    the fast workers paced by the slowest, and a larger bound would only add staleness.
+    The bound rises to a larger target at once and falls only to one more than
+    `hysteresis` below it, so one noisy interval does not move it back and forth.
+    Consulted on phases planned ssp only."""
+
+    PARAMS = {"min_staleness": (int, 0, MAX_STALENESS), "max_staleness": (int, 0, MAX_STALENESS),
+              "gain": (float, 0.0, 1e6), "threshold": (float, 1.0, 1e6), "window": (int, 1, 10_000),
+              "hysteresis": (int, 0, MAX_STALENESS)}
+
+    def __init__(self, min_staleness: int = 2, max_staleness: int = 32, gain: float = 4.0, threshold: float = 1.5,
+                 window: int = 1, hysteresis: int = 2):
+        if max_staleness < min_staleness:
+            raise PolicyError("max_staleness", f"expected at least min_staleness ({min_staleness}), "
+                                               f"got {max_staleness}")
+        super().__init__()
+        self.min_staleness, self.max_staleness = min_staleness, max_staleness
+        self.gain, self.threshold, self.window, self.hysteresis = gain, threshold, window, hysteresis
+        self.slowest: int | None = None  # the worker with the largest slowdown
+
+    def acts_on(self, planned_sync: str) -> bool:
+        return planned_sync == "ssp"
+
+    def target(self, slowdown: float) -> int:
+        """The bound for the largest slowdown, once above `threshold`."""
+        k = self.min_staleness + math.ceil(self.gain * (slowdown - 1.0) - 1e-9)  # 1e-9: float noise adds no step
+        return min(self.max_staleness, k)
+
+    def decide(self, obs: Observation) -> Sequence[Action]:
+        # the largest slowdown, kept as pushes come: O(1) a push but when the slowest worker
+        # itself speeds up (then one pass over the workers); consulted at every push
+        self.update_slowdowns(obs)
+        slowdowns = self.slowdowns
+        for w in obs.pushed:
+            top = self.slowest
+            if top is None or slowdowns[w] >= slowdowns[top]:
+                self.slowest = w
+            elif w == top:
+                self.slowest = max(slowdowns, key=slowdowns.__getitem__)
+        bound = obs.staleness_bound
+        if bound is None:  # another policy took the phase out of ssp: not this one's business
+            return ()
+        spread = slowdowns[self.slowest]
+        want = self.target(spread) if spread > self.threshold else self.min_staleness
+        if want > bound or want < bound - self.hysteresis:
+            return (Action.set_staleness(want),)
+        return ()
+
+
 BUILT_INS: dict[str, type[Policy]] = {"sync-switch-greedy": SyncSwitchGreedy,
                                       "sync-switch-elastic": SyncSwitchElastic,
-                                      "lb-rebalance": LBRebalance}
+                                      "lb-rebalance": LBRebalance,
+                                      "adaptive-ssp": AdaptiveSSP}
 
 
 def _checked_params(cls: type[Policy], params: dict[str, Any]) -> dict[str, Any]:

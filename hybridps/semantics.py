@@ -7,7 +7,7 @@ record. Standard library only: no torch, no SimPy.
 - `SSPGate`: who may start an interval, who waits, who is released;
 - `VersionClock`: model versions and the staleness of each update;
 - `Barrier`: which pushes a round combines, and what a policy's mid-phase switch does
-  to the round in progress (docs/semantics.md, "Policies");
+  to the round in progress and to the ssp gate's bound (docs/semantics.md, "Policies");
 - `equal_step_shares` and `Rebalance`: a re-split of the batches (a policy's `rebalance`)
   and the shares that keep every worker at the same steps per epoch (also the runtime's
   re-split after a worker loss).
@@ -147,25 +147,42 @@ class Ledger:
 class SSPGate:
     """ssp's bound: a worker with `c` exchanges in the phase may start its next interval
     while `c - min_v c_v <= bound` over the workers still in the phase. An exchange
-    counts when its pull reaches the worker (docs/semantics.md). bound None: never holds.
+    counts when its pull reaches the worker (docs/semantics.md). bound None: never holds
+    (a phase outside ssp; a policy may set a bound mid-phase with `set_bound`).
 
     The minimum is kept, not recomputed: counts only grow by one, so it moves up when the
     last active worker at it exchanges (or leaves). Each check is O(1), which keeps a
     256-worker ssp simulation linear in its exchanges (recomputing it made `release`
-    O(workers x waiting) per exchange)."""
+    O(workers x waiting) per exchange). Without a bound only the counts are kept (the
+    minimum is rebuilt when a bound is set), so a phase that may turn ssp pays one
+    addition an exchange."""
 
     def __init__(self, bound: int | None, workers: Iterable[int]):
-        self.bound = bound
+        self.bound = None
         self.counts = {w: 0 for w in workers}
         self.active = set(self.counts)
         self.waiting: list[int] = []
-        self.at_count = {0: len(self.active)} if self.active else {}  # active workers per count
+        self.at_count: dict[int, int] = {}  # active workers per count (kept while there is a bound)
         self.min_count = 0
+        self.set_bound(bound)
+
+    def set_bound(self, bound: int | None) -> None:
+        """A policy's switch into ssp, out of it, or a new bound (docs/semantics.md,
+        "Policies"): from now on; counts keep running from the phase's start. The workers
+        it now lets go are `release()`'s; nobody is stopped mid-interval."""
+        if bound is not None and self.bound is None:  # rebuild what was not kept without a bound
+            at: dict[int, int] = {}
+            for w in self.active:
+                c = self.counts[w]
+                at[c] = at.get(c, 0) + 1
+            self.at_count = at
+            self.min_count = min(at) if at else 0
+        self.bound = bound
 
     def exchanged(self, worker: int) -> None:
         c = self.counts[worker]
         self.counts[worker] = c + 1
-        if worker in self.active:
+        if self.bound is not None and worker in self.active:
             self._move(c, c + 1)
 
     def _move(self, old: int, new: int | None) -> None:
@@ -183,10 +200,12 @@ class SSPGate:
         """How many exchanges `worker` is ahead of the slowest worker still in the phase."""
         if not self.active:
             return 0
+        if self.bound is None:  # the minimum is not kept: counted (not on a hot path)
+            return self.counts[worker] - min(self.counts[w] for w in self.active)
         return self.counts[worker] - self.min_count
 
     def may_start(self, worker: int) -> bool:
-        return self.bound is None or self.ahead(worker) <= self.bound
+        return self.bound is None or self.counts[worker] - self.min_count <= self.bound or not self.active
 
     def hold(self, worker: int) -> None:
         """`worker` waits until `release` lets it go."""
@@ -196,7 +215,8 @@ class SSPGate:
         """`worker` stopped for the phase (or was lost): it no longer holds anyone back."""
         if worker in self.active:
             self.active.discard(worker)
-            self._move(self.counts[worker], None)
+            if self.bound is not None:
+                self._move(self.counts[worker], None)
         if worker in self.waiting:
             self.waiting.remove(worker)
 
@@ -250,8 +270,10 @@ class Barrier:
     The methods that change something return the workers whose pushes are applied now as
     one round ([] for none); those that change nothing return None."""
 
-    def __init__(self, workers: Iterable[int], bsp: bool):
+    def __init__(self, workers: Iterable[int], bsp: bool, gate: SSPGate | None = None):
         self.bsp = bsp
+        self.gate = gate  # the phase's ssp gate: a switch into or out of ssp sets its bound
+        self.sync = self._mode()  # bsp, ssp (the gate has a bound) or asp: kept, read at every update
         self.members = set(workers)
         self.stopped: set[int] = set()
         self.round: list[int] = []  # pushes in, in arrival order
@@ -273,6 +295,31 @@ class Barrier:
         self.missing = set(self.members)
         return done
 
+    def _mode(self) -> str:
+        if self.bsp:
+            return "bsp"
+        return "ssp" if self.gate is not None and self.gate.bound is not None else "asp"
+
+    def switch(self, sync: str, staleness: int | None = None) -> list[int] | None:
+        """A policy's set_sync (or set_staleness: `sync` "ssp" with a new bound). Outside
+        bsp every push is applied on arrival (`set_sync`), so ssp is asp plus the gate's
+        bound: the gate counts every worker's exchanges from the phase's start
+        whatever the mode, and a new bound holds, at its next exchange, a worker then more
+        than `staleness` ahead of the slowest (an interval in progress is never cut
+        short); leaving ssp, or a larger bound, lets the waiting workers go at once (the
+        PS's `release`)."""
+        bound = staleness if sync == "ssp" else None
+        gate = self.gate
+        if sync == self.sync and (gate is None or gate.bound == bound):
+            return None
+        if gate is not None:
+            gate.set_bound(bound)
+        elif bound is not None:
+            raise ValueError("a Barrier without an SSPGate cannot switch to ssp")
+        done = self.set_sync(sync == "bsp")
+        self.sync = sync
+        return done or []
+
     def set_sync(self, bsp: bool) -> list[int] | None:
         """Switch mode. bsp -> asp: the round in progress is applied as it stands (one
         combined update of the pushes it has; its workers pull it). asp -> bsp: the next
@@ -280,6 +327,7 @@ class Barrier:
         if bsp == self.bsp:
             return None
         self.bsp = bsp
+        self.sync = self._mode()
         done, self.round = self.round, []
         self.missing = set(self.members)
         return done
@@ -303,9 +351,12 @@ class Barrier:
         return []
 
     def act(self, action) -> list[int] | None:
-        """Carry out a policy's action (hybridps.policy.Action: kind set_sync, exclude or include)."""
+        """Carry out a policy's action (hybridps.policy.Action: kind set_sync, set_staleness,
+        exclude or include)."""
         if action.kind == "set_sync":
-            return self.set_sync(action.sync == "bsp")
+            return self.switch(action.sync, action.staleness)
+        if action.kind == "set_staleness":
+            return self.switch("ssp", action.staleness)
         if action.kind == "exclude":
             return self.exclude(action.worker)
         return self.include(action.worker)

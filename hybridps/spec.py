@@ -533,9 +533,6 @@ class Phase(_Spec):
         dup = {w.name for w in self.workers if w.name in seen or seen.add(w.name)}  # O(n), not names.count
         if dup:
             raise _FieldError("workers", f"worker(s) listed twice: {', '.join(sorted(dup))}")
-        if self.policy is not None and self.sync == "ssp":
-            raise _FieldError("policy", "policies switch between bsp and asp; this phase is 'ssp' (use bsp or asp, "
-                                        "or remove the policy)")
         return self
 
     def exchange_every(self, assignment: WorkerAssignment) -> int:

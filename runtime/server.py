@@ -47,7 +47,7 @@ from hybridps.errors import EXIT_INTERRUPTED, EXIT_IO_ERROR, EXIT_USER_ERROR, EX
 from hybridps.exchange_cost import shard_apply_s
 from hybridps.fileio import atomic_write_bytes, atomic_write_json
 from hybridps.progress import progress_bar
-from hybridps.policy import Observer, PolicyError, consult, make_policy
+from hybridps.policy import Observer, PolicyError, consult, has_ssp_gate, make_policy
 from hybridps.semantics import Barrier, Ledger, Rebalance, SSPGate, VersionClock, ends_on_mini_epochs
 from runtime import protocol as P
 from runtime.checkpoint import CHECKPOINT_FORMAT, checkpoint_path, load_checkpoint, spec_digests
@@ -544,17 +544,18 @@ class PhaseServer:
         # one PS shard only (`run` refuses more: the workers' records reach shard 0 alone)
         policy = make_policy(ph.policy.as_dict()) if ph.policy is not None and ctx.shards == 1 else None
         self.policy = policy if policy is not None and policy.acts_on(ph.sync) else None
+        self.gate = SSPGate(ph.staleness if ph.sync == "ssp" else None, self.participants)
         self.observer = self.barrier = self.rebalance = None
         if self.policy is not None:
             self.observer = Observer(self.participants, self.policy.window, self.ledger.phase_fraction)
-            self.barrier = Barrier(self.participants, ph.sync == "bsp")  # rounds go through it
+            gate = self.gate if has_ssp_gate(ph.sync, self.policy) else None  # (only then may it turn ssp)
+            self.barrier = Barrier(self.participants, ph.sync == "bsp", gate)  # rounds go through it
             self.rebalance = Rebalance(self.participants, [wa.batch for wa in ph.workers],
                                        sum(wa.samples for wa in ph.workers))
         self.last_staleness = 0
         self.stopping: list[int] = []  # with a policy: workers told to stop, to leave the barrier
         # the noise estimators assume one mode for the phase: none when a policy may switch it
         self.noise = NoiseMeter(ph.sync) if measures_noise(ph, ctx.shards) and self.policy is None else None
-        self.gate = SSPGate(ph.staleness if ph.sync == "ssp" else None, self.participants)
         self.done: set[int] = set()
         self.bsp_round: dict[int, tuple[int, torch.Tensor]] = {}
         self.params_bytes = P.as_bytes(shard.w.detach())  # a view: every send has the current parameters
@@ -733,7 +734,8 @@ class PhaseServer:
     def _consult(self, pushed: tuple[int, ...]) -> None:
         """The policy at an update about to be applied (hybridps.policy.consult, the rule
         the simulator follows): its actions recorded (summary.json counts them from the
-        trace), and a round one of them completes applied before the update at hand."""
+        trace), a round one of them completes applied before the update at hand, and the
+        workers a new ssp bound (or leaving ssp) lets go released at once."""
         for action, done, record in consult(self.policy, self.observer, self.barrier, self.ctx.now(), self.p,
                                             pushed, self.ph.sync, self.last_staleness, self.ctx.workers,
                                             self.rebalance):
@@ -744,6 +746,7 @@ class PhaseServer:
                 self.max_share = max(self.share.values())
             if done:
                 self.apply_round(done)
+            self.release()
 
     def _on_push_policy(self, pos: int, samples: int, vec: torch.Tensor) -> None:
         """A push in a phase with a policy: the Barrier says whether it waits for a round,
@@ -759,6 +762,7 @@ class PhaseServer:
                 self._consult(tuple(done))
                 self.apply_round(done)
         self._leave_stopped()
+        self.release()  # the replies moved the ssp gate's counts (a policy may have set a bound)
 
     def _leave_stopped(self) -> None:
         """Workers told to stop leave the barrier; a round that waited on them is applied."""

@@ -10,7 +10,7 @@ from typing import Any, Callable, Generator
 
 import simpy
 
-from hybridps.policy import make_policy
+from hybridps.policy import has_ssp_gate, make_policy
 from hybridps.semantics import Ledger, SSPGate, ends_on_mini_epochs
 from hybridps.spec import Cluster, Job, Plan, check_plan
 from hybridps.stragglers import StragglerSchedule
@@ -76,9 +76,12 @@ class Simulation:
             start_s = float(env.now)
             workers = self.phase_workers[p]
             self.ledger.start_phase(p, workers, mini_epochs=ends_on_mini_epochs(phase))
-            gate = SimGate(env, SSPGate(phase.staleness, workers)) if phase.sync == "ssp" else None
             policy = make_policy(phase.policy.as_dict()) if phase.policy is not None else None  # new each phase
-            self.ps.start_phase(p, self.costs[p], phase.sync, policy)
+            if policy is not None and not policy.acts_on(phase.sync):
+                policy = None  # not consulted at all in such a phase
+            # a policy that may turn the phase ssp: its gate counts exchanges from the start, unbounded till then
+            gate = SimGate(env, SSPGate(phase.staleness, workers)) if has_ssp_gate(phase.sync, policy) else None
+            self.ps.start_phase(p, self.costs[p], phase.sync, policy, gate)
             yield env.all_of([env.process(worker_phase(self.context, w, self.names[w], p, phase.resolution, wp, gate))
                               for w, wp in workers.items()])
             for e in self.ledger.end_phase(env.now):  # mini-epochs whose shares fall short of the dataset

@@ -78,6 +78,7 @@ class ParameterServer:
         self.rounds_skipped = 0  # over the run
         self.done_event: list[simpy.Event | None] = [None] * n
         self.barrier = Barrier((), False)
+        self.gate = None  # the phase's sim.worker.SimGate, if any
         self.round_ready_s = 0.0  # bsp: when the round's last push arrives
         self.costs = None
         self.phase = 0
@@ -89,19 +90,23 @@ class ParameterServer:
         self.rebalance: Rebalance | None = None  # a policy's re-split of the batches, while it reaches the workers
         self.assigned: list[tuple[int, int] | None] = [None] * n  # (batch, share) pulled, for the next worker-epoch
 
-    def start_phase(self, phase_index: int, costs, sync: str, policy: Policy | None = None) -> None:
+    def start_phase(self, phase_index: int, costs, sync: str, policy: Policy | None = None, gate=None) -> None:
+        """`policy`: consulted in this phase (None: none); `gate`: the phase's
+        sim.worker.SimGate (ssp, or a policy that may set a bound), else None."""
         self.phase = phase_index
         self.costs = costs
         self.sync = sync
         workers = [wp.index for wp in costs.workers]
-        self.barrier = Barrier(workers, sync == "bsp")
+        self.gate = gate
+        self.barrier = Barrier(workers, sync == "bsp", gate.gate if gate is not None else None)
         self.round_ready_s = 0.0
         self.clock.start_phase(range(len(self.names)))
-        active = policy is not None and policy.acts_on(sync)
-        self.policy = policy if active else None
-        self.observer = Observer(workers, policy.window, self.ledger.phase_fraction) if active else None
+        self.policy = policy
+        self.observer = Observer(workers, policy.window, self.ledger.phase_fraction) if policy is not None else None
+        self.policy_names = self.names if self.recorder is not None else None  # trace records built only then
+        self.alone = [(w,) for w in range(len(self.names))]  # `pushed` of a push applied on its own
         self.rebalance = Rebalance(workers, [wp.batch for wp in costs.workers],
-                                   sum(wp.share for wp in costs.workers)) if active else None
+                                   sum(wp.share for wp in costs.workers)) if policy is not None else None
         self.assigned = [None] * len(self.names)
         self.last_staleness = 0
         self.exchange_s = [0.0] * len(self.names)  # none yet in this phase
@@ -140,21 +145,27 @@ class ParameterServer:
             self.recorder.add({"kind": "push", "worker": self.names[worker], "phase": self.phase, "start_s": start_s,
                               "end_s": end_s, "bytes": self.costs.push_bytes,
                               "samples": self.push_samples[worker]})
-        if self.observer is not None:
+        observer = self.observer
+        if observer is not None:
             self.push_start_s[worker] = start_s
-            self.observer.interval(worker, self.push_compute_s[worker], self.push_iterations[worker],
-                                   self.push_samples[worker], self.exchange_s[worker], self.push_batch[worker])
+            observer.interval(worker, self.push_compute_s[worker], self.push_iterations[worker],
+                              self.push_samples[worker], self.exchange_s[worker], self.push_batch[worker])
         done = self.barrier.push(worker)
         if done is None:
-            if self.observer is not None:
-                self._consult((worker,), end_s)
+            if observer is not None:  # consulted at every push here: a call less when it does nothing
+                acted = consult(self.policy, observer, self.barrier, end_s, self.phase, self.alone[worker], self.sync,
+                                self.last_staleness, self.policy_names, self.rebalance)
+                if acted:
+                    self._carry_out(acted, end_s)
             self._apply(self._apply_one, worker, end_s)
         else:
             if end_s > self.round_ready_s:
                 self.round_ready_s = end_s
             if done:
-                if self.observer is not None:
-                    self._consult(tuple(done), end_s)
+                if observer is not None:
+                    self._carry_out(consult(self.policy, observer, self.barrier, end_s, self.phase, tuple(done),
+                                            self.sync, self.last_staleness, self.policy_names, self.rebalance),
+                                    end_s)
                 self._apply_now(done, end_s)
 
     def _apply_now(self, workers: list[int], at_s: float) -> None:
@@ -171,13 +182,12 @@ class ParameterServer:
             self._apply_now(done, self.env.now)
 
     # policy ---------------------------------------------------------------------
-    def _consult(self, pushed: tuple[int, ...], arrival_s: float) -> None:
-        """Ask the policy at an update about to be applied (the pushes of `pushed`, the last
-        arriving at `arrival_s`) and carry out its actions (hybridps.policy.consult): from
-        the next push on; the update at hand is applied as it was formed."""
-        names = self.names if self.recorder is not None else None
-        for action, done, record in consult(self.policy, self.observer, self.barrier, arrival_s, self.phase, pushed,
-                                            self.sync, self.last_staleness, names, self.rebalance):
+    def _carry_out(self, acted, arrival_s: float) -> None:
+        """The actions of a policy consulted (hybridps.policy.consult) at an update about
+        to be applied, its last push arriving at `arrival_s`: from the next push on; the
+        update at hand is applied as it was formed. Workers that a new ssp bound (or
+        leaving ssp) lets go start at `arrival_s`."""
+        for action, done, record in acted:
             self.policy_actions[action.kind] = self.policy_actions.get(action.kind, 0) + 1
             if action.kind == "set_sync" and self.counters.update_log is not None:
                 self.counters.update_log.set_sync(arrival_s, self.phase, action.sync)
@@ -185,6 +195,8 @@ class ParameterServer:
                 self.recorder.add(record)
             if done:
                 self._apply_now(done, arrival_s)
+            if self.gate is not None:
+                self.gate.release_at(arrival_s)
 
     def _apply(self, fn, arg, arrival_s: float) -> None:
         """Run `fn(arg)` when the server has applied this update (FIFO, one at a time).

@@ -3,8 +3,10 @@
 Compute an interval of `E` iterations (one timeout for the whole interval: nothing else
 touches the worker meanwhile, and each iteration's straggler factor is still taken at its
 own start), push and pull (one event), then stop if the ledger says so. Under ssp the
-worker first waits while the gate holds it. When the PS fast-forwards bsp rounds, the pull
-tells the worker how many intervals like its last one it skipped, and it counts them. The worker gets its collaborators as
+worker first waits while the gate holds it (so does a phase whose policy may switch it
+to ssp: a gate without a bound until the policy sets one). When the PS fast-forwards bsp
+rounds, the pull tells the worker how many intervals like its last one it skipped, and it
+counts them. The worker gets its collaborators as
 arguments and returns at the end of the phase; it knows nothing of the engine.
 """
 
@@ -35,17 +37,32 @@ class SimGate:
         return ev
 
     def exchanged(self, w: int) -> None:
-        self.gate.exchanged(w)
-        self._release()
+        gate = self.gate
+        gate.exchanged(w)
+        if gate.waiting:
+            self._release()
 
     def leave(self, w: int) -> None:
         self.gate.leave(w)
-        self._release()
+        if self.gate.waiting:
+            self._release()
 
     def _release(self) -> None:
-        if self.gate.waiting:
-            for w in self.gate.release():
-                self.events.pop(w).succeed()
+        for w in self.gate.release():
+            self.events.pop(w).succeed()
+
+    def release_at(self, t_s: float) -> None:
+        """A policy decided at `t_s` (now or later: when the push it saw arrives) to move the
+        bound: the workers it lets go start then."""
+        if not self.gate.waiting:
+            return
+        delay = t_s - self.env.now
+        for w in self.gate.release():
+            ev = self.events.pop(w)
+            if delay > 0:
+                self.env.timeout(delay).callbacks.append(lambda _t, ev=ev: ev.succeed())
+            else:
+                ev.succeed()
 
 
 @dataclass(frozen=True)
@@ -69,12 +86,13 @@ def _loop_numbers(wp: WorkerPhase) -> tuple[int, int, int, int, float, float]:
 
 def worker_phase(ctx: WorkerContext, w: int, name: str, p: int, resolution: int, wp: WorkerPhase,
                  gate: SimGate | None) -> Generator:
-    """Worker `w`'s part of phase `p`; `gate` is None unless the phase is ssp."""
+    """Worker `w`'s part of phase `p`; `gate` is None unless the phase is ssp or its policy may make it ssp."""
     env, ps, ledger, c, rec = ctx.env, ctx.ps, ctx.ledger, ctx.counters, ctx.recorder
     factor_at, jitter = ctx.factor_at, ctx.jitter
     batch, k, last, every, full_s, last_s = _loop_numbers(wp)
     overhead_s = wp.exchange_overhead_s
     skipping = ps.ff_on  # the PS may fast-forward whole bsp rounds (sim/fastforward.py)
+    may_start = gate.gate.may_start if gate is not None else None
     pos = 0  # iterations done in the current worker-epoch
     epoch = ledger.epochs_before[p]  # the current worker-epoch, counted across phases
     while True:
@@ -82,8 +100,8 @@ def worker_phase(ctx: WorkerContext, w: int, name: str, p: int, resolution: int,
             wp = wp.rebatched(*ps.assigned[w])
             ps.assigned[w] = None
             batch, k, last, every, full_s, last_s = _loop_numbers(wp)
-        if gate is not None:
-            while not gate.gate.may_start(w):
+        if may_start is not None:
+            while not may_start(w):
                 yield gate.wait(w)
             if ledger.worker_done(w):  # the target was reached while it waited
                 break

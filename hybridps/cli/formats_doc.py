@@ -140,7 +140,7 @@ MEANINGS = {
     "phases[].workers[].samples": "this worker's share of one epoch; the shares sum to data.samples",
     "meta": "free-form; ignored by the simulator and the runtime",
     "phases[].policy": "an online policy (docs/policies.md): in `simulate`, and in `run` with one PS shard; absent: the phase runs as planned",
-    "phases[].policy.kind": "`sync-switch-greedy`, `sync-switch-elastic`, `lb-rebalance` or `python` (with `target` = "
+    "phases[].policy.kind": "`sync-switch-greedy`, `sync-switch-elastic`, `lb-rebalance`, `adaptive-ssp` or `python` (with `target` = "
                             "\"module:Class\"); other keys are the kind's parameters",
 }
 
@@ -202,8 +202,9 @@ TRACE_MEANINGS = {
     "policy": "an online policy's action (docs/policies.md); no-ops are not recorded",
     "policy.t_s": "when the push that prompted it arrived at the PS",
     "policy.observed": "what the policy saw: worker, sync, compute_s_per_iteration and exchange_s by worker, "
-                       "staleness, phase_fraction, barrier",
-    "policy.action": "`{kind: set_sync, sync}` or `{kind: exclude|include, worker}`",
+                       "staleness, phase_fraction, barrier, staleness_bound (null outside ssp)",
+    "policy.action": "`{kind: set_sync, sync}` (with `staleness` for ssp), `{kind: set_staleness, staleness}`, "
+                     "`{kind: exclude|include, worker}` or `{kind: rebalance, batches: {worker: batch}}`",
     "profile.resolution": "input resolution", "profile.batch": "batch size",
     "profile": "one timed iteration size (`hybridps profile`)",
     "profile.device": "device type name",
@@ -233,7 +234,9 @@ SUMMARY_MEANINGS = {
     "staleness.p99": "99th percentile (nearest rank: an observed value)",
     "staleness.max": "largest",
     "bytes_total": "bytes pushed and pulled by all workers",
-    "policy_actions": "online policies' actions by kind (`set_sync`, `exclude`, `include`); {} without a policy",
+    "policy_actions": "online policies' actions by kind (`set_sync`, `set_staleness`, `exclude`, `include`, "
+                      "`rebalance`); "
+                      "{} without a policy",
     "events": "SimPy events processed", "wall_s": "wall-clock time the simulation took",
 }
 
@@ -261,7 +264,8 @@ RUN_SUMMARY_ADDED = {
     "eval.samples": ("int", "held-out samples per evaluation (`--eval-samples`, default all)"),
     "eval.split_samples": ("int", "size of the held-out split"),
     "eval.mode": ("str", "`eval`: batch norm uses the merged running statistics"),
-    "policy_actions": ("object", "online policies' actions by kind (`set_sync`, `exclude`, `include`), counted "
+    "policy_actions": ("object", "online policies' actions by kind (`set_sync`, `set_staleness`, `exclude`, "
+                                 "`include`, `rebalance`), counted "
                                  "from the trace's policy records as `simulate --json` has them; {} without a policy"),
     "parameters": ("object", "the model's size"),
     "parameters.model": ("int", "parameters of the model the run built"),

@@ -326,3 +326,31 @@ def test_run_refuses_a_policy_with_several_ps_shards(tmp_path, capsys):
     assert len(err.splitlines()) == 1
     assert "phase 0: an online policy runs with one PS shard only" in err and "ps.count = 2" in err
     assert not (tmp_path / "out").exists()
+
+
+def test_validate_pairs_predicted_and_measured_decisions(tmp_path, capsys):
+    """validate re-simulates a policy run and reports its decisions against the trace's:
+    on a simulated trace of greedy (seed 3: 2 switches) every decision comes after the
+    same update (shift 0); a trace whose decisions came later shows the shift."""
+    from hybridps.cli import main
+    from traces import TraceWriter
+    from traces.compare import compare_decisions, policy_decisions
+
+    res = _sim({"kind": "sync-switch-greedy"}, record=True)
+    path = tmp_path / "t.jsonl"
+    with TraceWriter(path, res.header) as w:
+        w.write_many(res.records)
+    assert main(["validate", "--trace", str(path), "--json"]) == 0
+    pol = json.loads(capsys.readouterr().out)["comparison"]["policy"]
+    assert pol["actions"] == {"set_sync": {"predicted": 2, "measured": 2}}
+    assert [d["shift"] for d in pol["decisions"]] == [0, 0] and all(d["same_action"] for d in pol["decisions"])
+    assert [d["measured_action"]["sync"] for d in pol["decisions"]] == ["asp", "bsp"]
+    assert main(["validate", "--trace", str(path)]) == 0
+    text = capsys.readouterr().out
+    assert "policy decisions: predicted 2, measured 2 (set_sync 2/2)" in text
+    assert "decision 0: set_sync sync=asp, phase 0: after update" in text
+
+    predicted = policy_decisions(res.records)
+    late = [dict(d, update=d["update"] + 3) for d in predicted[:1]]  # one decision, 3 updates later
+    cmp = compare_decisions(predicted, late)
+    assert cmp["max_abs_shift"] == 3 and cmp["actions"]["set_sync"] == {"predicted": 2, "measured": 1}

@@ -158,6 +158,13 @@ def test_a_user_policy_runs_unchanged_in_simulate_and_run(tmp_path, monkeypatch)
     # 2 epochs x 8 rounds: half the samples are in after 8 rounds, the 9th is consulted
     assert index["sim"] == 8
     assert abs(index["run"] - index["sim"]) <= 1, index
+    # validate says the same: the run's decision against the re-simulated one
+    r = run_cli(["validate", "--trace", tmp_path / "out" / "trace.jsonl", "--json"])
+    assert r.returncode == 0, r.stderr
+    pol = json.loads(r.stdout)["comparison"]["policy"]
+    assert pol["actions"] == {"set_sync": {"predicted": 1, "measured": 1}}
+    (d,) = pol["decisions"]
+    assert d["predicted_update"] == 8 and d["measured_update"] == index["run"] and d["same_action"]
 
 
 OUT_AND_BACK = '''

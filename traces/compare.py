@@ -175,6 +175,33 @@ def compare(predicted: dict[str, Any], measured: dict[str, Any]) -> dict[str, An
     return out
 
 
+def policy_decisions(records: list[dict]) -> list[dict[str, Any]]:
+    """A trace's policy decisions in order, each with the number of updates applied before
+    it (distinct (phase, version) pairs of the update records before it: a bsp round is
+    one): the same count for a simulated trace and a measured one."""
+    out, applied = [], set()
+    for r in records:
+        if r["kind"] == "update" and r.get("shard", 0) == 0:
+            applied.add((r["phase"], r["version"]))
+        elif r["kind"] == "policy":
+            out.append({"phase": r["phase"], "t_s": r["t_s"], "action": r["action"], "update": len(applied)})
+    return out
+
+
+def compare_decisions(predicted: list[dict[str, Any]], measured: list[dict[str, Any]]) -> dict[str, Any]:
+    """Predicted against measured policy decisions: counts by action kind, and the i-th
+    decision of each paired, with where each came (`update`, see policy_decisions) and
+    `shift` = measured − predicted (in updates); `same_action` says whether they agree."""
+    kinds = sorted({d["action"]["kind"] for d in predicted + measured})
+    actions = {k: {"predicted": sum(d["action"]["kind"] == k for d in predicted),
+                   "measured": sum(d["action"]["kind"] == k for d in measured)} for k in kinds}
+    pairs = [{"predicted_action": p["action"], "measured_action": m["action"], "same_action": p["action"] == m["action"],
+              "phase": m["phase"], "predicted_update": p["update"], "measured_update": m["update"],
+              "shift": m["update"] - p["update"]} for p, m in zip(predicted, measured)]
+    return {"actions": actions, "decisions": pairs, "predicted": len(predicted), "measured": len(measured),
+            "max_abs_shift": max((abs(d["shift"]) for d in pairs), default=0)}
+
+
 def _pct(x: float | None) -> str:
     return "n/a" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:+.1%}"
 
@@ -210,7 +237,23 @@ def format_comparison(cmp: dict[str, Any]) -> str:
                      f"before the first, {cmp['between_phases_s']:.3f} s between phases")
     for k, v in cmp["mismatched_counts"].items():
         lines.append(f"warning: {k}: predicted {v['predicted']}, measured {v['measured']}")
+    if "policy" in cmp:
+        lines += _format_decisions(cmp["policy"])
     return "\n".join(lines)
+
+
+def _format_decisions(pol: dict[str, Any]) -> list[str]:
+    def action(a: dict[str, Any]) -> str:
+        return " ".join([a["kind"], *(f"{k}={v}" for k, v in a.items() if k != "kind")])
+
+    lines = [f"policy decisions: predicted {pol['predicted']}, measured {pol['measured']} ("
+             + ", ".join(f"{k} {v['predicted']}/{v['measured']}" for k, v in pol["actions"].items()) + ")"]
+    for i, d in enumerate(pol["decisions"]):
+        what = action(d["measured_action"]) if d["same_action"] else \
+            f"{action(d['predicted_action'])} (measured: {action(d['measured_action'])})"
+        lines.append(f"  decision {i}: {what}, phase {d['phase']}: after update {d['predicted_update']} predicted, "
+                     f"{d['measured_update']} measured ({d['shift']:+d})")
+    return lines
 
 
 def compare_quality(epoch: list[float], t_s: list[float], measured_accuracy: list[float], measured_loss: list[float],

@@ -72,7 +72,7 @@ def run(args: argparse.Namespace) -> int:
     import json
 
     from sim import simulate
-    from traces.compare import compare, format_comparison, measured_summary
+    from traces.compare import compare, compare_decisions, format_comparison, measured_summary, policy_decisions
 
     from hybridps.errors import UserError
     from traces.compare import mean_summary
@@ -103,11 +103,15 @@ def run(args: argparse.Namespace) -> int:
     seeds = [seed] if same_episodes else [(seed or 0) + k for k in range(args.repeats)]
     # the run's --eval-every (in its header since 2026-12-06; older runtime traces: the default, 1)
     eval_every = int((trace.header.get("meta") or {}).get("eval_every", 1))
-    runs = [simulate(cluster, job, plan, seed=s, log_updates=job.convergence is not None, eval_every=eval_every)
-            for s in seeds]
+    # with a policy, the first seed's run keeps its records: its decisions against the run's
+    with_policy = any(ph.policy is not None for ph in plan.phases)
+    runs = [simulate(cluster, job, plan, seed=s, log_updates=job.convergence is not None, eval_every=eval_every,
+                     record=with_policy and i == 0) for i, s in enumerate(seeds)]
     predicted = mean_summary([r.summary() for r in runs])
     measured = measured_summary(trace)
     result = compare(predicted, measured)
+    if with_policy:
+        result["policy"] = compare_decisions(policy_decisions(runs[0].records), policy_decisions(trace.records))
     qual = _quality(trace, args.trace, runs[0], plan, job, args.target_accuracy) if job.convergence else None
     if args.plot is not None:
         from traces.plots import write_validate_plot

@@ -263,6 +263,9 @@ class WorkerProcess:
             opt = torch.optim.SGD(self.params, lr=phase_lr(ph), momentum=tr.momentum, weight_decay=tr.weight_decay)
         pulled = self.flat.clone() if (not gradient and lossy) else None
         self.data.batch([0], ph.resolution)  # prepares the resolution once, outside the compute records
+        # --compute-time model: an iteration lasts the cluster's t(B) (never less than the real compute)
+        model_s = self.ctx.cluster.devices[self.spec.device].resolutions[res] \
+            if self.ctx.opts.compute_time == "model" else None
         worker_epoch, it, step = max(0, start[0] - epochs_before), start[1], start[2]
         indices, k = None, 0  # it: iteration within the worker-epoch
         self.rebalanced, resplit = None, False
@@ -303,10 +306,10 @@ class WorkerProcess:
                     opt.step()
                     loss_sum += float(loss.detach()) * n
                 self._sync()
-                measured = time.perf_counter() - wall0
                 factor = (self.spec.slowdown * self.stragglers.factor_at(self.name, t_start)
                           * self.stragglers.jitter(self.name))
-                self._sleep_until(wall0, measured * factor)
+                base_s = time.perf_counter() - wall0 if model_s is None else model_s.iteration_s(n)
+                self._sleep_until(wall0, base_s * factor)
                 rec = {"kind": "compute", "worker": self.name, "phase": p, "epoch": epochs_before + worker_epoch,
                        "step": step, "batch": B, "resolution": res, "start_s": t_start, "end_s": ctx.now()}
                 if n != B:

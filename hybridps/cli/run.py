@@ -57,6 +57,10 @@ class RunArgs:
                         default="auto", choices=("auto", "cpu", "cuda"))
     threads: int = _flag("torch threads per process (default 1)", default=1, type=positive_int_arg)
     no_emulate: bool = _flag("do not enforce the cluster's slowdown, bandwidth and stragglers", default=False)
+    compute_time: str = _flag("measured (default): an iteration takes its real compute time times the worker's "
+                              "slowdown and straggler factor; model: the cluster's predicted t(B) times the same "
+                              "factors (never less than the real compute), to check a plan's or a policy's "
+                              "execution against `simulate`", default="measured", choices=("measured", "model"))
     json: bool = _flag("print summary.json on stdout at the end (progress and the human lines go to stderr)",
                        default=False, child=False)
 
@@ -144,7 +148,8 @@ def run(args: argparse.Namespace) -> int:
                       eval_every=args.eval_every, eval_samples=args.eval_samples,
                       checkpoint_every_s=args.checkpoint_every, worker_timeout_s=args.worker_timeout,
                       on_worker_loss=args.on_worker_loss, resume=args.resume is not None, device=args.device,
-                      threads=args.threads, emulate=not args.no_emulate, launch_wall_s=started_s)
+                      threads=args.threads, emulate=not args.no_emulate, compute_time=args.compute_time,
+                      launch_wall_s=started_s)
     from runtime.data import check_data
 
     data = args.data or job.data.name

@@ -139,10 +139,6 @@ class Ledger:
             return self.commits_total / (len(self.commits) * self.phase_epochs[self.phase])
         return min(1.0, self.applied_in_phase / self.target)
 
-    def worker_epoch(self, computed_samples: int, share: int) -> int:
-        """A worker's absolute epoch after computing `computed_samples` of share `share` in the phase."""
-        return self.epochs_before[self.phase] + computed_samples // share
-
 
 class SSPGate:
     """ssp's bound: a worker with `c` exchanges in the phase may start its next interval

@@ -25,6 +25,7 @@ existed) and stops unless that chose the same plan with the same predictions.
 `--no-old-path` skips the old path (about a minute of CPU on this machine).
 
     python bench/plan_speed.py --timeline   # where the 256-worker search's time goes
+    python bench/plan_speed.py --proxy-error   # the proxy's error on the 256-worker finalists
 """
 
 from __future__ import annotations
@@ -238,6 +239,35 @@ def timeline(args) -> None:
           f"(load average {os.getloadavg()[0]:.1f})")
 
 
+def proxy_error(args) -> None:
+    """--proxy-error: on the 256-worker cluster, the proxy at 2, 4 and 8 epochs per phase
+    against the full simulation, for the two finalists of the default search and the
+    uniform baseline (can a bound from the proxy skip a full run? can asp stretches be
+    simulated shorter and extrapolated?)."""
+    import tomllib
+
+    from hybridps.spec import cluster_from_dict, load_job
+    from solver.candidates import Constraints, generate, phase_overheads_s
+    from solver.search import scale_up, shorten, simulate_summary
+
+    cluster = cluster_from_dict(tomllib.loads(mixed_cluster_toml(256)), "<mixed256>")
+    job = load_job("imagenet-resnet18")
+    wanted = ("uniform(schedule=fixed, compression=none, batch=256)",
+              "sync-switch(schedule=cyclic, compression=topk, f=0.0625, bsp_epochs=7)",
+              "sync-switch(schedule=cyclic, compression=onebit, f=0.0625, bsp_epochs=7)")
+    for cand in (c for c in generate(cluster, job, Constraints(), dbsl_keep=12) if c.label in wanted):
+        c0 = time.process_time()
+        full = simulate_summary(cluster, job, cand.plan, 0)["makespan_s"]
+        row = [f"full {full:.2f} s (cpu {time.process_time() - c0:.2f} s)"]
+        for epochs in (2, 4, 8):
+            short = shorten(cand.plan, epochs)
+            c0 = time.process_time()
+            proxy = scale_up(cand.plan, short, simulate_summary(cluster, job, short, 0)) + phase_overheads_s(
+                cluster, cand.plan)
+            row.append(f"{epochs} epochs {proxy:.2f} s ({proxy / full - 1:+.2%}, cpu {time.process_time() - c0:.2f} s)")
+        print(f"{cand.label}: " + "; ".join(row), flush=True)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--repeat", type=int, default=1, help="runs per figure; the best is reported")
@@ -247,6 +277,8 @@ def main() -> None:
     ap.add_argument("--timeline", action="store_true",
                     help="256 workers: cProfile of candidate generation, then when and where each simulation ran")
     ap.add_argument("--no-old-path", action="store_true", help="with --large: skip the old path's run")
+    ap.add_argument("--proxy-error", action="store_true",
+                    help="256 workers: the proxy's error on the finalists at 2, 4 and 8 epochs per phase")
     ap.add_argument("--old-path", nargs=3, metavar=("CLUSTER", "JOB", "OUT"), help=argparse.SUPPRESS)
     if sys.argv[1:2] == ["--no-fast-forward"]:
         raise SystemExit(plan_without_fast_forward(sys.argv[2:]))
@@ -259,6 +291,9 @@ def main() -> None:
         return
     if args.timeline:
         timeline(args)
+        return
+    if args.proxy_error:
+        proxy_error(args)
         return
     print(f"cpus: {os.cpu_count()}, python {sys.version.split()[0]}, load average {os.getloadavg()[0]:.1f} "
           "(other work on the machine inflates wall times; cpu = the command's own CPU seconds)")

@@ -16,12 +16,16 @@ predicted and uniform makespans. It also times candidate generation in-process w
 DBSL pruning the search uses (`generate(..., dbsl_keep=12)`) against the unpruned
 generation.
 
-It also times, interleaved with the others, the same `hybridps plan` with the simulator's
+It also times, interleaved with the others, the same `hybridps plan` with the balanced
+batches' fixed-K problems solved as MILPs by HiGHS (`--milp-solver highs`, as before the
+default `exact` step existed), and stops unless that chose the same plan with the same
+predicted and uniform makespans; and the same `hybridps plan` with the simulator's
 bsp fast-forward off (`simulate(..., fast_forward=False)` everywhere, as before it
 existed) and stops unless that chose the same plan with the same predictions.
 `--no-old-path` skips the old path (about a minute of CPU on this machine).
 
     python bench/plan_speed.py --timeline   # where the 256-worker search's time goes
+    python bench/plan_speed.py --proxy-error   # the proxy's error on the 256-worker finalists
 """
 
 from __future__ import annotations
@@ -58,11 +62,11 @@ def mixed_cluster_toml(n_workers: int) -> str:
 
 
 def time_plan(cluster: str, job: str, jobs: int | None, out_dir: Path, *extra: str,
-              fast_forward: bool = True) -> tuple[float, float, str]:
-    """Wall and CPU seconds of `hybridps plan` (plan.json into `out_dir`; with fast_forward
+              fast_forward: bool = True, out_name: str = "plan.json") -> tuple[float, float, str]:
+    """Wall and CPU seconds of `hybridps plan` (`out_name` into `out_dir`; with fast_forward
     False, plan-noff.json and the simulator's bsp fast-forward off), and what it wrote."""
     head = [sys.executable, "-m", "hybridps"] if fast_forward else [sys.executable, __file__, "--no-fast-forward"]
-    out = out_dir / ("plan.json" if fast_forward else "plan-noff.json")
+    out = out_dir / (out_name if fast_forward else "plan-noff.json")
     cmd = [*head, "plan", "--cluster", cluster, "--job", job, "--strategy", "all", "-o", str(out), *extra]
     if jobs:
         cmd += ["--jobs", str(jobs)]
@@ -161,16 +165,17 @@ def time_generate(n_workers: int, repeat: int) -> None:
 
     cluster = cluster_from_dict(tomllib.loads(mixed_cluster_toml(n_workers)), f"<mixed{n_workers}>")
     job = load_job("imagenet-resnet18")
-    generate(cluster, job, Constraints(strategies=("uniform", "balanced")))  # warm the MILP imports
+    generate(cluster, job, Constraints(strategies=("uniform", "balanced"), milp_solver="highs"))  # warm the MILP imports
 
-    def best(**kw):
+    def best(solver: str = "exact", **kw):
         runs = []
         for _ in range(repeat):
             t0 = time.process_time()
-            cands = generate(cluster, job, Constraints(), **kw)
+            cands = generate(cluster, job, Constraints(milp_solver=solver), **kw)
             runs.append(time.process_time() - t0)
         return min(runs), cands
 
+    highs_s, highs = best("highs", dbsl_keep=12)
     pruned_s, pruned = best(dbsl_keep=12)
     unshared_s, unshared = best(dbsl_keep=12, share_milps=False)
     full_s, full = best()
@@ -180,6 +185,9 @@ def time_generate(n_workers: int, repeat: int) -> None:
     same = [c.plan for c in unshared] == [c.plan for c in pruned]
     print(f"  the same {len(unshared)} without sharing fixed-K MILPs across compressions: {unshared_s:.2f} s cpu "
           f"(shared/unshared {pruned_s / unshared_s:.2f}x; {'the same' if same else 'DIFFERENT'} plans)", flush=True)
+    same = [c.plan.phases for c in highs] == [c.plan.phases for c in pruned]
+    print(f"  the same {len(highs)} with the fixed-K MILPs solved by HiGHS (--milp-solver highs): {highs_s:.2f} s cpu "
+          f"(exact/highs {pruned_s / highs_s:.2f}x; {'the same' if same else 'DIFFERENT'} plans)", flush=True)
 
 
 START_S = [0.0]  # --timeline: when the search started (pool processes inherit it)
@@ -231,6 +239,35 @@ def timeline(args) -> None:
           f"(load average {os.getloadavg()[0]:.1f})")
 
 
+def proxy_error(args) -> None:
+    """--proxy-error: on the 256-worker cluster, the proxy at 2, 4 and 8 epochs per phase
+    against the full simulation, for the two finalists of the default search and the
+    uniform baseline (can a bound from the proxy skip a full run? can asp stretches be
+    simulated shorter and extrapolated?)."""
+    import tomllib
+
+    from hybridps.spec import cluster_from_dict, load_job
+    from solver.candidates import Constraints, generate, phase_overheads_s
+    from solver.search import scale_up, shorten, simulate_summary
+
+    cluster = cluster_from_dict(tomllib.loads(mixed_cluster_toml(256)), "<mixed256>")
+    job = load_job("imagenet-resnet18")
+    wanted = ("uniform(schedule=fixed, compression=none, batch=256)",
+              "sync-switch(schedule=cyclic, compression=topk, f=0.0625, bsp_epochs=7)",
+              "sync-switch(schedule=cyclic, compression=onebit, f=0.0625, bsp_epochs=7)")
+    for cand in (c for c in generate(cluster, job, Constraints(), dbsl_keep=12) if c.label in wanted):
+        c0 = time.process_time()
+        full = simulate_summary(cluster, job, cand.plan, 0)["makespan_s"]
+        row = [f"full {full:.2f} s (cpu {time.process_time() - c0:.2f} s)"]
+        for epochs in (2, 4, 8):
+            short = shorten(cand.plan, epochs)
+            c0 = time.process_time()
+            proxy = scale_up(cand.plan, short, simulate_summary(cluster, job, short, 0)) + phase_overheads_s(
+                cluster, cand.plan)
+            row.append(f"{epochs} epochs {proxy:.2f} s ({proxy / full - 1:+.2%}, cpu {time.process_time() - c0:.2f} s)")
+        print(f"{cand.label}: " + "; ".join(row), flush=True)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--repeat", type=int, default=1, help="runs per figure; the best is reported")
@@ -240,6 +277,8 @@ def main() -> None:
     ap.add_argument("--timeline", action="store_true",
                     help="256 workers: cProfile of candidate generation, then when and where each simulation ran")
     ap.add_argument("--no-old-path", action="store_true", help="with --large: skip the old path's run")
+    ap.add_argument("--proxy-error", action="store_true",
+                    help="256 workers: the proxy's error on the finalists at 2, 4 and 8 epochs per phase")
     ap.add_argument("--old-path", nargs=3, metavar=("CLUSTER", "JOB", "OUT"), help=argparse.SUPPRESS)
     if sys.argv[1:2] == ["--no-fast-forward"]:
         raise SystemExit(plan_without_fast_forward(sys.argv[2:]))
@@ -252,6 +291,9 @@ def main() -> None:
         return
     if args.timeline:
         timeline(args)
+        return
+    if args.proxy_error:
+        proxy_error(args)
         return
     print(f"cpus: {os.cpu_count()}, python {sys.version.split()[0]}, load average {os.getloadavg()[0]:.1f} "
           "(other work on the machine inflates wall times; cpu = the command's own CPU seconds)")
@@ -266,10 +308,10 @@ def main() -> None:
             runs = [time_plan(cluster, "imagenet-resnet18", args.jobs, tmp, *extra) for _ in range(args.repeat)]
             wall, cpu, last = min(runs)
             report(name, wall, f"cpu {cpu:.1f} s; {last}"[:100])
-        for n, solver in ((64, "highs"), (256, "highs"), (256, "cbc")):
+        for n, solver in ((64, "exact"), (64, "highs"), (256, "exact"), (256, "highs"), (256, "cbc")):
             runs = [time_milp(n, solver=solver) for _ in range(args.repeat)]
             wall, sol = min(runs, key=lambda r: r[0])
-            report(f"balanced MILP alone, {n} workers, 224 px, {solver}", wall,
+            report(f"balanced batches alone, {n} workers, 224 px, {solver}", wall,
                    f"K={sol.steps} status={sol.status} gap={sol.gap:.2e} milps={sol.milps}")
 
 
@@ -281,15 +323,21 @@ def large(args) -> None:
         for n in (256, 1024) if args.xl else (256,):
             path = tmp / f"mixed{n}.toml"
             path.write_text(mixed_cluster_toml(n))
-            runs, old, noff = [], [], []
+            runs, old, noff, milp = [], [], [], []
             for _ in range(args.repeat):  # interleaved, so that all paths see the same load
                 runs.append(time_plan(str(path), "imagenet-resnet18", args.jobs, tmp))
+                milp.append(time_plan(str(path), "imagenet-resnet18", args.jobs, tmp, "--milp-solver", "highs",
+                                      out_name="plan-highs.json"))
                 noff.append(time_plan(str(path), "imagenet-resnet18", args.jobs, tmp, fast_forward=False))
                 if n <= 256 and not args.no_old_path:  # about a minute at 1,024; the issue asks only for the figure
                     old.append(time_old_path(str(path), "imagenet-resnet18", args.jobs, tmp / "old.json"))
             wall, cpu, last = min(runs)
             print(f"plan --strategy all, mixed{n} ({n} workers) {wall:8.2f} s   {wall / 10.0:5.2f}x of the 10 s target   "
                   f"cpu {cpu:.1f} s; {last[:110]}   (load average {os.getloadavg()[0]:.1f})", flush=True)
+            milp_wall, milp_cpu, _ = min(milp)
+            print(f"  --milp-solver highs, same run      {milp_wall:8.2f} s   cpu {milp_cpu:.1f} s; exact/highs: wall "
+                  f"{wall / milp_wall:.2f}x, cpu {cpu / milp_cpu:.2f}x; "
+                  f"{same_plan(tmp / 'plan.json', tmp / 'plan-highs.json')}", flush=True)
             noff_wall, noff_cpu, _ = min(noff)
             print(f"  fast-forward off, same run        {noff_wall:8.2f} s   cpu {noff_cpu:.1f} s; on/off: wall "
                   f"{wall / noff_wall:.2f}x, cpu {cpu / noff_cpu:.2f}x; "

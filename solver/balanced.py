@@ -25,9 +25,17 @@ worker takes the largest batch whose step fits in T* (capped by max_batch and by
 share bound), so no worker idles at the barrier for more than one sample's time unless
 it is at its max_batch.
 
-Solvers: HiGHS through PuLP (`pulp.HiGHS`, highspy) by default, CBC
-(`pulp.PULP_CBC_CMD`) as fallback or on request. Always with a time limit and a relative
-gap; the status reported comes from the solution status (`LpSolutionOptimal` = proven
+Solvers. By default (`exact`) the fixed-K problem is solved without a MILP solver: for a
+step time T, worker i can take at most `cap_i(T) = min(max_batch_i, max{B : a_i·B + b_i <= T})`
+samples per step, and T is feasible iff every cap_i(T) >= 1 and Σ cap_i(T) >= ceil(N/K)
+(lower batches then meet the upper bound). Σ cap_i is a step function of T that rises by
+one at each step point `a_i·B + b_i`, so the optimum T* is found by starting from the
+caps at a T below it (the LP relaxation's T, where the sum is short) and taking the next
+step points in increasing order until the sum is reached: the last one taken is T*
+(`_solve_fixed_k_exact`, milliseconds where HiGHS took up to a second at 256 workers).
+HiGHS through PuLP (`pulp.HiGHS`, highspy) and CBC (`pulp.PULP_CBC_CMD`) solve the MILP
+on request (`--milp-solver`; CBC also as the fallback when HiGHS fails), always with a
+time limit and a relative gap; the status reported comes from the solution status (`LpSolutionOptimal` = proven
 within the gap; `LpSolutionIntegerFeasible` = the best found when the limit hit), not
 from `LpStatus` (which says "Optimal" after a time-out too), and for HiGHS also the
 model status from highspy.
@@ -35,6 +43,7 @@ model status from highspy.
 
 from __future__ import annotations
 
+import heapq
 import math
 import time
 from dataclasses import dataclass, field
@@ -45,7 +54,7 @@ from hybridps.errors import UserError, interrupts_deferred
 from hybridps.spec import Cluster, Compression, Job, WorkerAssignment
 from solver.timemodel import Coeffs, coeffs, exchange_cost
 
-SOLVERS = ("highs", "cbc")
+SOLVERS = ("exact", "highs", "cbc")  # exact: no MILP solver (module docstring)
 
 
 @dataclass(frozen=True)
@@ -159,7 +168,47 @@ def solve_with_status(prob, solver: str, time_limit_s: float, gap_rel: float) ->
     return "none", own
 
 
+def _caps(c: Coeffs, step_s: float) -> np.ndarray:
+    """Each worker's largest batch whose step fits in `step_s` (at most max_batch, at least 0)."""
+    a = np.maximum(c.a_s, 1e-15)
+    B = np.minimum(c.max_batch, np.floor((step_s - c.b_s) / a)).astype(np.int64)
+    B -= (c.step_s(B.astype(float)) > step_s)  # the float floor may land one above
+    return np.maximum(B, 0)
+
+
+def _solve_fixed_k_exact(c: Coeffs, lo: int, hi: int) -> MilpResult:
+    """The fixed-K problem by walking the step points (module docstring): batches with
+    ΣB in [lo, hi] whose slowest step T* is the least possible."""
+    t0 = time.perf_counter()
+    one_s = float(c.step_s(np.ones(len(c.names))).max())  # every batch is at least 1
+    start = max(one_s, float(lp_step_s(c, np.array([float(lo)]))[0]) * (1 - 1e-9))
+    B = _caps(c, start)
+    if B.sum() >= lo:  # the relaxation's T was not below T*: walk from the least T instead
+        start = one_s
+        B = _caps(c, start)
+    B = np.maximum(B, 1)
+    if B.sum() >= lo:  # T* = one_s: every worker fits a batch of 1 and more in the slowest one's step
+        excess = int(B.sum()) - hi  # any batches with ΣB in [lo, hi] are optimal: trim to hi
+        for i in range(len(B)):
+            take = min(int(B[i]) - 1, max(excess, 0))
+            B[i] -= take
+            excess -= take
+    else:
+        nxt = [(float(c.a_s[i] * (B[i] + 1) + c.b_s[i]), i) for i in range(len(B)) if B[i] < c.max_batch[i]]
+        heapq.heapify(nxt)
+        for _ in range(lo - int(B.sum())):  # ΣB rises by one at each step point, in increasing order
+            _, i = heapq.heappop(nxt)
+            B[i] += 1
+            if B[i] < c.max_batch[i]:
+                heapq.heappush(nxt, (float(c.a_s[i] * (B[i] + 1) + c.b_s[i]), i))
+    step = float(c.step_s(B.astype(float)).max())
+    return MilpResult(tuple(int(v) for v in B), step, "optimal", "exact", "optimal (step points walked)",
+                      time.perf_counter() - t0)
+
+
 def _solve_fixed_k(c: Coeffs, lo: int, hi: int, solver: str, time_limit_s: float, gap_rel: float) -> MilpResult:
+    if solver == "exact":
+        return _solve_fixed_k_exact(c, lo, hi)
     pulp = _pulp()
     n = len(c.names)
     t0 = time.perf_counter()
@@ -247,7 +296,7 @@ def shares_for(N: int, K: int, batches: np.ndarray) -> np.ndarray:
 
 
 def solve_balanced(cluster: Cluster, job: Job, resolution: int, compression: Compression | None = None,
-                   solver: str = "highs", time_limit_s: float = 10.0, gap_rel: float = 1e-6,
+                   solver: str = "exact", time_limit_s: float = 10.0, gap_rel: float = 1e-6,
                    max_milps: int = 50, memo: dict | None = None) -> BalancedSolution:
     """Best integer batches and common step count at one resolution (see the module docstring).
 

@@ -138,7 +138,7 @@ def dbsl_estimate_s(cache: "EstimateCache", stages: list[Stage], allocs: dict) -
 class BalancedCache:
     """One MILP per (resolution, compression kind): candidates share them."""
 
-    def __init__(self, cluster: Cluster, job: Job, solver: str = "highs", time_limit_s: float = 10.0,
+    def __init__(self, cluster: Cluster, job: Job, solver: str = "exact", time_limit_s: float = 10.0,
                  gap_rel: float = 1e-6, share_milps: bool = True):
         self.cluster, self.job = cluster, job
         self.solver, self.time_limit_s, self.gap_rel = solver, time_limit_s, gap_rel
@@ -319,7 +319,7 @@ class Constraints:
     substages: int | None = None  # cyclic sub-stages per LR stage (None: one per resolution)
     switch_fractions: tuple[float, ...] = SWITCH_FRACTIONS
     staleness: tuple[int, ...] = STALENESS
-    milp_solver: str = "highs"
+    milp_solver: str = "exact"  # the fixed-K step: exact (no MILP solver), highs or cbc (solver.balanced)
     milp_time_limit_s: float = 10.0
     extra: dict[str, Any] = field(default_factory=dict)
 

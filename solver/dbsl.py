@@ -144,5 +144,5 @@ def dbsl_allocation(cluster: Cluster, job: Job, resolution: int, t: float, s: in
                     f"and budget T1 = {T1:.3f} s; lower --time-ratio or --small-workers so that the small "
                     f"workers get more samples")
             batch[i] = min(int(b_small), int(c.max_batch[i]))
-    return DbslAllocation(resolution, tuple(c.names), tuple(int(v) for v in batch), tuple(int(v) for v in samples),
+    return DbslAllocation(resolution, tuple(c.names), tuple(batch.tolist()), tuple(samples.tolist()),
                           tuple(c.names[i] for i in idx_small), float(T1), float(T0))

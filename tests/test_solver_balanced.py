@@ -9,9 +9,9 @@ import pytest
 
 from hybridps.errors import UserError
 from hybridps.spec import check_plan, cluster_from_dict, load_job
-from solver.balanced import lp_step_s, solve_balanced, solve_with_status
+from solver.balanced import _solve_fixed_k_exact, lp_step_s, solve_balanced, solve_with_status
 from solver.candidates import BalancedCache, balanced_plan
-from solver.timemodel import coeffs
+from solver.timemodel import Coeffs, coeffs
 
 
 def three_types():
@@ -32,7 +32,7 @@ def three_types():
 @pytest.fixture(scope="module")
 def solved():
     cluster, job = three_types(), load_job("cifar100-resnet18")
-    return cluster, job, {s: solve_balanced(cluster, job, 32, solver=s) for s in ("highs", "cbc")}
+    return cluster, job, {s: solve_balanced(cluster, job, 32, solver=s) for s in ("exact", "highs", "cbc")}
 
 
 def test_step_times_balanced_as_close_as_integers_allow(solved):
@@ -166,3 +166,51 @@ def test_falls_back_to_cbc_when_highs_fails(monkeypatch, solved):
     sol = solve_balanced(cluster, job, 32, solver="highs")
     assert sol.solver == "cbc" and sol.status == "optimal"
     assert sol.epoch_s == pytest.approx(sols["highs"].epoch_s, rel=1e-9)
+
+
+def test_exact_gives_the_milps_batches(solved):
+    """The default `exact` fixed-K step (no MILP solver) gives HiGHS's answer, batch for batch."""
+    _, _, sols = solved
+    e, h = sols["exact"], sols["highs"]
+    assert e.solver == "exact" and e.status == "optimal"
+    assert (e.steps, e.workers, e.step_s, e.epoch_s, e.milps) == (h.steps, h.workers, h.step_s, h.epoch_s, h.milps)
+
+
+def many_types(n: int, seed: int):
+    """n workers of 3 device types, each with its own seeded slowdown (many distinct step times)."""
+    rng = np.random.default_rng(seed)
+    dev = lambda a, b, mb: {"resolutions": {"32": {"a": a, "b": b, "max_batch": mb}}}
+    kinds = ["fast", "mid", "slow"]
+    return cluster_from_dict({
+        "format": "hybridps.cluster/1",
+        "devices": {"fast": dev(0.00021, 0.011, 1024), "mid": dev(0.00050, 0.0156, 560),
+                    "slow": dev(0.00110, 0.024, 256)},
+        "workers": [{"name": f"w{i}", "device": kinds[i % 3], "slowdown": float(rng.uniform(1.0, 1.6))}
+                    for i in range(n)]}, "<test>")
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_exact_agrees_with_highs_on_64_workers(seed):
+    cluster, job = many_types(64, seed), load_job("cifar100-resnet18")
+    e, h = (solve_balanced(cluster, job, 32, solver=s) for s in ("exact", "highs"))
+    assert h.status == "optimal"
+    assert (e.steps, e.workers, e.step_s, e.milps) == (h.steps, h.workers, h.step_s, h.milps)
+
+
+def test_exact_fixed_k_matches_brute_force():
+    """Three workers with seeded random profiles, every feasible [lo, hi]: the least slowest
+    step over all batch vectors, and batches that meet the bounds (the smallest lo
+    included, where a batch of 1 on the slowest worker sets T*)."""
+    rng = np.random.default_rng(7)
+    for _ in range(30):
+        mb = rng.integers(1, 9, 3)
+        c = Coeffs(a_s=rng.uniform(0.001, 0.01, 3), b_s=rng.uniform(0.0, 0.05, 3), max_batch=mb, names=("x", "y", "z"))
+        grid = np.stack(np.meshgrid(*[np.arange(1, m + 1) for m in mb], indexing="ij"), -1).reshape(-1, 3)
+        steps = c.step_s(grid.astype(float)).max(axis=1)
+        sums = grid.sum(axis=1)
+        for lo in range(3, int(mb.sum()) + 1):
+            hi = int(rng.integers(lo, int(mb.sum()) + 1))
+            res = _solve_fixed_k_exact(c, lo, hi)
+            B = np.array(res.batches)
+            assert lo <= B.sum() <= hi and (B >= 1).all() and (B <= mb).all()
+            assert res.step_s == steps[(sums >= lo) & (sums <= hi)].min() == c.step_s(B.astype(float)).max()

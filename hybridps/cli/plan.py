@@ -79,7 +79,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--baseline", default="full", choices=["auto", "full"],
                    help="simulate the uniform baseline in full (full, default), or only when the shortened "
                         "horizon does not show it clearly beaten (auto: faster, the ratio is then against a proxy)")
-    p.add_argument("--milp-solver", default="highs", choices=["highs", "cbc"], help="MILP solver (default highs)")
+    p.add_argument("--milp-solver", default="exact", choices=["exact", "highs", "cbc"],
+                   help="how the balanced batches' fixed-K problems are solved: exact (default: walks the step "
+                        "times, no MILP solver) or the MILP with highs or cbc (the same batches, slower)")
     p.add_argument("--milp-time-limit", type=positive_float_arg, default=10.0, metavar="SECONDS", help="seconds per MILP (default 10)")
     p.set_defaults(func=run)
 

@@ -233,6 +233,12 @@ class Policy:
     # may it take a worker out of the barrier (its pushes then stale)? A risk `plan` marks
     excludes_workers: bool = True
     uses_ssp: bool = False
+    # does it decide on the workers' windowed compute figures, the mode and the barrier alone
+    # (not t_s, phase_fraction, exchange_s, nor how often it was asked), such that an
+    # observation it did not act on, repeated, leaves its state unchanged and gets no action?
+    # Then the simulator may fast-forward steady bsp rounds under it (sim/fastforward.py); a
+    # user's policy is assumed not to
+    decides_on_windows: bool = False
     PARAMS: dict[str, tuple[type, float, float]] = {}  # a built-in's parameters: name -> (type, min, max)
 
     def acts_on(self, planned_sync: str) -> bool:
@@ -267,6 +273,21 @@ class Observer:
         self.exchange_s = [0.0] * n
         self.batch = [0] * n  # the batch of each worker's latest interval
         self.missing = n  # workers with no interval yet: no observation until 0
+
+    def steady(self, rel_tol: float = 1e-9) -> bool:
+        """Does every worker's window hold `window` intervals alike (iterations and samples
+        equal, compute seconds to `rel_tol`)? Then more such intervals leave every windowed
+        figure as it is (fast-forward under a policy, sim/ps.py)."""
+        window = self.window
+        for win in self.intervals:
+            if len(win) < window:
+                return False
+            last_s, last_iterations, last_samples = win[-1]
+            tol_s = rel_tol * last_s
+            for compute_s, iterations, samples in win:
+                if iterations != last_iterations or samples != last_samples or abs(compute_s - last_s) > tol_s:
+                    return False
+        return True
 
     def interval(self, worker: int, compute_s: float, iterations: int, samples: int,
                  last_exchange_s: float = 0.0, batch: int = 0) -> None:
@@ -413,6 +434,9 @@ class _Detector(_OwnBest):
     interval does not flip it). It holds however many workers are slowed at once."""
 
     PARAMS = {"threshold": (float, 1.0, 1e6), "window": (int, 1, 10_000), "hysteresis": (float, 0.0, 1e6)}
+    # the same windows again: the same slowdowns, the bests and the slowed set unchanged (a
+    # ratio above threshold is in it already, one below threshold - hysteresis out of it)
+    decides_on_windows = True
 
     def __init__(self, threshold: float = 1.5, window: int = 5, hysteresis: float = 0.2):
         super().__init__()

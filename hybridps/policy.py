@@ -274,20 +274,46 @@ class Observer:
         self.batch = [0] * n  # the batch of each worker's latest interval
         self.missing = n  # workers with no interval yet: no observation until 0
 
-    def steady(self, rel_tol: float = 1e-9) -> bool:
-        """Does every worker's window hold `window` intervals alike (iterations and samples
-        equal, compute seconds to `rel_tol`)? Then more such intervals leave every windowed
-        figure as it is (fast-forward under a policy, sim/ps.py)."""
+    def changing_feeds(self, rel_tol: float = 1e-9) -> list[int]:
+        """If every worker computed more intervals like its latest (fast-forwarded rounds,
+        sim/ps.py): after which of them (1, 2, ...) would some windowed figure change? Those
+        that add to a window not yet full or drop an interval unlike the latest (iterations
+        or samples different, compute seconds beyond `rel_tol`); the others drop one alike
+        and change nothing. Past the last, every window holds only intervals alike."""
         window = self.window
+        feeds: set[int] = set()
         for win in self.intervals:
-            if len(win) < window:
-                return False
             last_s, last_iterations, last_samples = win[-1]
             tol_s = rel_tol * last_s
-            for compute_s, iterations, samples in win:
+            short = window - len(win)  # feeds that only add
+            if short:
+                feeds.update(range(1, short + 1))
+            for position, (compute_s, iterations, samples) in enumerate(win, short + 1):
                 if iterations != last_iterations or samples != last_samples or abs(compute_s - last_s) > tol_s:
-                    return False
-        return True
+                    feeds.add(position)
+        return sorted(feeds)
+
+    def again(self, workers: Iterable[int], times: int = 1) -> None:
+        """Each of `workers` computed `times` more intervals like its latest, its last
+        exchange and batch as they were (fast-forwarded rounds): `interval`'s sums, without
+        the calls."""
+        slot, intervals, window = self.slot, self.intervals, self.window
+        sum_s, sum_iterations, sum_samples = self.sum_s, self.sum_iterations, self.sum_samples
+        for w in workers:
+            i = slot[w]
+            win = intervals[i]
+            latest = win[-1]
+            for _ in range(times):
+                compute_s, iterations, samples = latest
+                win.append(latest)
+                if len(win) > window:
+                    old_s, old_iterations, old_samples = win.popleft()
+                    compute_s -= old_s
+                    iterations -= old_iterations
+                    samples -= old_samples
+                sum_s[i] += compute_s
+                sum_iterations[i] += iterations
+                sum_samples[i] += samples
 
     def interval(self, worker: int, compute_s: float, iterations: int, samples: int,
                  last_exchange_s: float = 0.0, batch: int = 0) -> None:
@@ -413,9 +439,12 @@ class _OwnBest(Policy):
         self.best_s: dict[int, float] = {}  # worker -> its lowest windowed time per sample
         self.slowdowns: dict[int, float] = {}  # worker -> its slowdown at its latest push
 
-    def update_slowdowns(self, obs: Observation) -> None:
+    def update_slowdowns(self, obs: Observation, slowed: set[int] | None = None, above: float = 0.0,
+                         below: float = 0.0) -> None:
         """The slowdowns (and bests) of the workers whose pushes the update carries; their
-        sums read directly from the observer: a bsp round asks for every worker's."""
+        sums read directly from the observer: a bsp round asks for every worker's. With
+        `slowed`, in the same pass (read at every update): a worker joins it above `above`
+        and leaves it below `below`."""
         best_s, slowdowns = self.best_s, self.slowdowns
         src = obs.source
         sum_s, sum_samples, slot = src.sum_s, src.sum_samples, src.slot
@@ -425,7 +454,12 @@ class _OwnBest(Policy):
             best = best_s.get(w)
             if best is None or t < best:
                 best_s[w] = best = t
-            slowdowns[w] = t / best if best > 0 else 1.0
+            slowdowns[w] = ratio = t / best if best > 0 else 1.0
+            if slowed is not None:
+                if ratio > above:
+                    slowed.add(w)
+                elif ratio < below and w in slowed:
+                    slowed.discard(w)
 
 
 class _Detector(_OwnBest):
@@ -450,14 +484,7 @@ class _Detector(_OwnBest):
 
     def update(self, obs: Observation) -> None:
         """Update the state of the workers whose pushes the update carries."""
-        self.update_slowdowns(obs)
-        slowed, slowdowns = self.slowed, self.slowdowns
-        for w in obs.pushed:
-            ratio = slowdowns[w]
-            if ratio > self.threshold:
-                slowed.add(w)
-            elif ratio < self.threshold - self.hysteresis and w in slowed:
-                slowed.discard(w)
+        self.update_slowdowns(obs, self.slowed, self.threshold, self.threshold - self.hysteresis)
 
 
 class SyncSwitchGreedy(_Detector):

@@ -313,30 +313,30 @@ class ParameterServer:
     def _policy_rounds(self, workers: list[int], k: int, period_s: float) -> int:
         """How many of `k` repeating rounds to skip under the phase's policy. It did not act
         on the template round (an action restarts the template) and decides on windowed
-        figures alone (Policy.decides_on_windows), so it is asked again only while its
-        windows still change: each skipped round feeds the observer the template's
-        intervals and consults it at its simulated time, as round by round; once every
-        window holds only such intervals, the later rounds show it the same observation,
-        which it does not act on. If it acts at round j, the actions are carried out and j
+        figures alone (Policy.decides_on_windows), so it is asked again only where its
+        windows change: the skipped rounds feed the observer the template's intervals, and
+        it is consulted, at the round's simulated time as round by round, after each that
+        drops an interval unlike them (Observer.changing_feeds); the other rounds show it
+        the observation it last did not act on. If it acts at round j, the actions are carried out and j
         rounds are skipped (the update at hand applied as formed; they act from the next
         push on). 0 if the round lacks a worker of the phase (one excluded)."""
         observer = self.observer
         if len(workers) != len(observer.workers):
             return 0
-        if observer.steady():
-            return k
         pushed = tuple(workers)
-        compute_s, iterations, samples, batch = self.push_compute_s, self.push_iterations, self.push_samples, \
-            self.push_batch
-        for j in range(1, min(k, observer.window) + 1):
-            for w in pushed:
-                observer.interval(w, compute_s[w], iterations[w], samples[w], self.exchange_s[w], batch[w])
+        fed = 0
+        for j in observer.changing_feeds():
+            if j > k:
+                break
+            observer.again(pushed, j - fed)
+            fed = j
             t_s = self.round_consulted_s + j * period_s
             acted = consult(self.policy, observer, self.barrier, t_s, self.phase, pushed, self.sync, 0,
                             self.policy_names, self.rebalance)
             if acted:
                 self._carry_out(acted, t_s)
                 return j
+        observer.again(pushed, min(k, observer.window) - fed)  # the rest drop intervals alike, in order
         return k
 
     def _on_pull_delivered(self, worker: int, start_s: float, end_s: float) -> None:

@@ -348,9 +348,11 @@ class ParameterServer:
         c.exchanges += 1
         if self.observer is not None:
             self.exchange_s[worker] = end_s - self.push_start_s[worker]
-            batches = self.rebalance.pulled(worker)  # a rebalance reaches the worker with its pull
-            if batches is not None:
-                self.assigned[worker] = self.rebalance.assignment(batches, worker)
+            rebalance = self.rebalance
+            if rebalance.waiting:  # a rebalance reaches the worker with its pull (no call without one)
+                batches = rebalance.pulled(worker)
+                if batches is not None:
+                    self.assigned[worker] = rebalance.assignment(batches, worker)
         if self.recorder is not None:
             self.recorder.add({"kind": "pull", "worker": self.names[worker], "phase": self.phase, "start_s": start_s,
                               "end_s": end_s, "bytes": self.costs.pull_bytes})

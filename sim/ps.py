@@ -17,7 +17,9 @@ A phase with an online policy (hybridps/policy.py) has it consulted at each upda
 is about to apply (a round once complete, a push applied on its own); the PS feeds its
 observer plain numbers as pushes arrive, as the runtime's PS would, and carries out the
 actions through the Barrier; a rebalance reaches each worker with its pull (`assigned`,
-which the worker takes up at its next worker-epoch).
+which the worker takes up at its next worker-epoch). Steady rounds are skipped under a
+policy that declares `decides_on_windows`, asked at the skipped rounds where its windows
+change (`_policy_rounds`).
 """
 
 from __future__ import annotations

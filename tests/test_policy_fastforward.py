@@ -14,6 +14,7 @@ from test_sim_fastforward import N_WORKERS, _count_with, _counting, cluster, job
 
 from hybridps.policy import Observation, Policy, SyncSwitchElastic, SyncSwitchGreedy
 from hybridps.spec import plan_from_dict
+from sim.ps import ParameterServer
 
 DECISIONS: list[tuple[float, int, tuple]] = []  # (t_s, phase, actions) of the recording policies below
 
@@ -82,16 +83,33 @@ def test_fast_forward_under_a_policy_equals_every_round_simulated(kind, straggle
         assert full_decisions == []
 
 
-@pytest.mark.parametrize("seed", range(4))
-@pytest.mark.parametrize("kind", ["sync-switch-greedy", "sync-switch-elastic"])
-def test_fast_forward_under_a_policy_between_dense_episodes(kind, seed):
+def dense(kind: str):
+    """Episodes every few rounds on some worker; window 2, so windows change often."""
     c = cluster(mixed=True, shards=2, stragglers=True)
     c = c.model_copy(update={"stragglers": c.stragglers.model_copy(update={"rate_per_hour": 900.0,
                                                                            "mean_duration_s": 1.0})})
     j = job(epochs=10)
-    p = with_policy(c, j, plan(c, j, "gradient"), {"kind": kind, "window": 2})
+    return c, j, with_policy(c, j, plan(c, j, "gradient"), {"kind": kind, "window": 2})
+
+
+@pytest.mark.parametrize("seed", range(4))
+@pytest.mark.parametrize("kind", ["sync-switch-greedy", "sync-switch-elastic"])
+def test_fast_forward_under_a_policy_between_dense_episodes(kind, seed, monkeypatch):
+    c, j, p = dense(kind)
+    in_skipped = []  # actions taken at a skipped round (ParameterServer._policy_rounds)
+    asked = ParameterServer._policy_rounds
+
+    def counting(ps, workers, k, period_s):
+        before = sum(ps.policy_actions.values())
+        out = asked(ps, workers, k, period_s)
+        in_skipped.append(sum(ps.policy_actions.values()) - before)
+        return out
+
+    monkeypatch.setattr(ParameterServer, "_policy_rounds", counting)
     (fast, skipped), (full, _) = run(c, j, p, True, seed=seed), run(c, j, p, False, seed=seed)
     assert 0 < skipped and fast.summary()["policy_actions"]
+    if seed == 1:  # this seed has decisions inside skipped rounds: carried out there, the rest not skipped
+        assert sum(in_skipped) > 0
     assert_same(fast.summary(), full.summary())
     assert_same(update_log(fast), update_log(full))
     assert_same(fast.counters.update_log.sync_changes, full.counters.update_log.sync_changes)

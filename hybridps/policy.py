@@ -233,6 +233,12 @@ class Policy:
     # may it take a worker out of the barrier (its pushes then stale)? A risk `plan` marks
     excludes_workers: bool = True
     uses_ssp: bool = False
+    # does it decide on the workers' windowed compute figures, the mode and the barrier alone
+    # (not t_s, phase_fraction, exchange_s, nor how often it was asked), such that an
+    # observation it did not act on, repeated, leaves its state unchanged and gets no action?
+    # Then the simulator may fast-forward steady bsp rounds under it (sim/fastforward.py); a
+    # user's policy is assumed not to
+    decides_on_windows: bool = False
     PARAMS: dict[str, tuple[type, float, float]] = {}  # a built-in's parameters: name -> (type, min, max)
 
     def acts_on(self, planned_sync: str) -> bool:
@@ -267,6 +273,47 @@ class Observer:
         self.exchange_s = [0.0] * n
         self.batch = [0] * n  # the batch of each worker's latest interval
         self.missing = n  # workers with no interval yet: no observation until 0
+
+    def changing_feeds(self, rel_tol: float = 1e-9) -> list[int]:
+        """If every worker computed more intervals like its latest (fast-forwarded rounds,
+        sim/ps.py): after which of them (1, 2, ...) would some windowed figure change? Those
+        that add to a window not yet full or drop an interval unlike the latest (iterations
+        or samples different, compute seconds beyond `rel_tol`); the others drop one alike
+        and change nothing. Past the last, every window holds only intervals alike."""
+        window = self.window
+        feeds: set[int] = set()
+        for win in self.intervals:
+            last_s, last_iterations, last_samples = win[-1]
+            tol_s = rel_tol * last_s
+            short = window - len(win)  # feeds that only add
+            if short:
+                feeds.update(range(1, short + 1))
+            for position, (compute_s, iterations, samples) in enumerate(win, short + 1):
+                if iterations != last_iterations or samples != last_samples or abs(compute_s - last_s) > tol_s:
+                    feeds.add(position)
+        return sorted(feeds)
+
+    def again(self, workers: Iterable[int], times: int = 1) -> None:
+        """Each of `workers` computed `times` more intervals like its latest, its last
+        exchange and batch as they were (fast-forwarded rounds): `interval`'s sums, without
+        the calls."""
+        slot, intervals, window = self.slot, self.intervals, self.window
+        sum_s, sum_iterations, sum_samples = self.sum_s, self.sum_iterations, self.sum_samples
+        for w in workers:
+            i = slot[w]
+            win = intervals[i]
+            latest = win[-1]
+            for _ in range(times):
+                compute_s, iterations, samples = latest
+                win.append(latest)
+                if len(win) > window:
+                    old_s, old_iterations, old_samples = win.popleft()
+                    compute_s -= old_s
+                    iterations -= old_iterations
+                    samples -= old_samples
+                sum_s[i] += compute_s
+                sum_iterations[i] += iterations
+                sum_samples[i] += samples
 
     def interval(self, worker: int, compute_s: float, iterations: int, samples: int,
                  last_exchange_s: float = 0.0, batch: int = 0) -> None:
@@ -392,9 +439,12 @@ class _OwnBest(Policy):
         self.best_s: dict[int, float] = {}  # worker -> its lowest windowed time per sample
         self.slowdowns: dict[int, float] = {}  # worker -> its slowdown at its latest push
 
-    def update_slowdowns(self, obs: Observation) -> None:
+    def update_slowdowns(self, obs: Observation, slowed: set[int] | None = None, above: float = 0.0,
+                         below: float = 0.0) -> None:
         """The slowdowns (and bests) of the workers whose pushes the update carries; their
-        sums read directly from the observer: a bsp round asks for every worker's."""
+        sums read directly from the observer: a bsp round asks for every worker's. With
+        `slowed`, in the same pass (read at every update): a worker joins it above `above`
+        and leaves it below `below`."""
         best_s, slowdowns = self.best_s, self.slowdowns
         src = obs.source
         sum_s, sum_samples, slot = src.sum_s, src.sum_samples, src.slot
@@ -404,7 +454,12 @@ class _OwnBest(Policy):
             best = best_s.get(w)
             if best is None or t < best:
                 best_s[w] = best = t
-            slowdowns[w] = t / best if best > 0 else 1.0
+            slowdowns[w] = ratio = t / best if best > 0 else 1.0
+            if slowed is not None:
+                if ratio > above:
+                    slowed.add(w)
+                elif ratio < below and w in slowed:
+                    slowed.discard(w)
 
 
 class _Detector(_OwnBest):
@@ -413,6 +468,9 @@ class _Detector(_OwnBest):
     interval does not flip it). It holds however many workers are slowed at once."""
 
     PARAMS = {"threshold": (float, 1.0, 1e6), "window": (int, 1, 10_000), "hysteresis": (float, 0.0, 1e6)}
+    # the same windows again: the same slowdowns, the bests and the slowed set unchanged (a
+    # ratio above threshold is in it already, one below threshold - hysteresis out of it)
+    decides_on_windows = True
 
     def __init__(self, threshold: float = 1.5, window: int = 5, hysteresis: float = 0.2):
         super().__init__()
@@ -426,14 +484,7 @@ class _Detector(_OwnBest):
 
     def update(self, obs: Observation) -> None:
         """Update the state of the workers whose pushes the update carries."""
-        self.update_slowdowns(obs)
-        slowed, slowdowns = self.slowed, self.slowdowns
-        for w in obs.pushed:
-            ratio = slowdowns[w]
-            if ratio > self.threshold:
-                slowed.add(w)
-            elif ratio < self.threshold - self.hysteresis and w in slowed:
-                slowed.discard(w)
+        self.update_slowdowns(obs, self.slowed, self.threshold, self.threshold - self.hysteresis)
 
 
 class SyncSwitchGreedy(_Detector):

@@ -5,7 +5,8 @@ next apply. Its course is a function of what each worker computes in it (iterati
 samples, compute time) and of fixed costs (bytes, NICs, latencies, apply time): the
 links are empty and the PS idle at both ends. So when the next rounds give every worker
 the same interval as this one (full batches, no epoch wrap; or DBSL's whole-epoch
-interval), with no straggler episode starting or ending, no jitter, no policy, no trace,
+interval), with no straggler episode starting or ending, no jitter, no trace, no policy
+but one whose decisions the PS can show the same over them (`ParameterServer._policy_rounds`),
 and no epoch end (hence no evaluation, no phase end) among them, each repeats this one
 shifted in time, and the PS can count them at once (`ParameterServer._skip_rounds`)
 instead of simulating them. The simulation stays event by event everywhere else.

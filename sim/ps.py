@@ -17,7 +17,9 @@ A phase with an online policy (hybridps/policy.py) has it consulted at each upda
 is about to apply (a round once complete, a push applied on its own); the PS feeds its
 observer plain numbers as pushes arrive, as the runtime's PS would, and carries out the
 actions through the Barrier; a rebalance reaches each worker with its pull (`assigned`,
-which the worker takes up at its next worker-epoch).
+which the worker takes up at its next worker-epoch). Steady rounds are skipped under a
+policy that declares `decides_on_windows`, asked at the skipped rounds where its windows
+change (`_policy_rounds`).
 """
 
 from __future__ import annotations
@@ -74,7 +76,8 @@ class ParameterServer:
         self.pull_s = [0.0] * n
         self.fast_forward = fast_forward
         self.ff_on = False  # this phase may skip steady bsp rounds (sim/fastforward.py)
-        self.skipped = 0  # rounds skipped before the pulls in flight: the workers learn it with them
+        self.round_consulted_s = 0.0  # when the policy was consulted on the round at hand
+        self.skipped = [0] * n  # per worker, rounds skipped before its pull in flight: it learns it with that pull
         self.rounds_skipped = 0  # over the run
         self.done_event: list[simpy.Event | None] = [None] * n
         self.barrier = Barrier((), False)
@@ -110,8 +113,11 @@ class ParameterServer:
         self.assigned = [None] * len(self.names)
         self.last_staleness = 0
         self.exchange_s = [0.0] * len(self.names)  # none yet in this phase
-        self.ff_on = self.fast_forward is not None and sync == "bsp" and policy is None
-        self.skipped = 0
+        # a policy may ride along if its decisions can be shown not to change over the skipped
+        # rounds (Policy.decides_on_windows, _policy_steady) and no ssp gate counts exchanges
+        self.ff_on = self.fast_forward is not None and sync == "bsp" and (
+            policy is None or (policy.decides_on_windows and gate is None))
+        self.skipped = [0] * len(self.names)
         if self.ff_on:
             self.fast_forward.start_phase()
 
@@ -163,9 +169,11 @@ class ParameterServer:
                 self.round_ready_s = end_s
             if done:
                 if observer is not None:
-                    self._carry_out(consult(self.policy, observer, self.barrier, end_s, self.phase, tuple(done),
-                                            self.sync, self.last_staleness, self.policy_names, self.rebalance),
-                                    end_s)
+                    self.round_consulted_s = end_s  # skipped rounds are consulted this long after their start
+                    acted = consult(self.policy, observer, self.barrier, end_s, self.phase, tuple(done), self.sync,
+                                    self.last_staleness, self.policy_names, self.rebalance)
+                    if acted:
+                        self._carry_out(acted, end_s)
                 self._apply_now(done, end_s)
 
     def _apply_now(self, workers: list[int], at_s: float) -> None:
@@ -186,7 +194,10 @@ class ParameterServer:
         """The actions of a policy consulted (hybridps.policy.consult) at an update about
         to be applied, its last push arriving at `arrival_s`: from the next push on; the
         update at hand is applied as it was formed. Workers that a new ssp bound (or
-        leaving ssp) lets go start at `arrival_s`."""
+        leaving ssp) lets go start at `arrival_s`. No round before the next one's pulls is a
+        fast-forward template: it would span the change (an asp stretch, an exclusion)."""
+        if self.ff_on:
+            self.fast_forward.start_phase()
         for action, done, record in acted:
             self.policy_actions[action.kind] = self.policy_actions.get(action.kind, 0) + 1
             if action.kind == "set_sync" and self.counters.update_log is not None:
@@ -261,7 +272,6 @@ class ParameterServer:
                                    "t_s": now, "version": version, "staleness": 0})
         self.ledger.commit(workers)
         eval_s = self._applied(samples)
-        self.skipped = 0
         wait_s = eval_s if eval_s > 0 or not self.ff_on else self._skip_rounds(workers, samples)
         if wait_s > 0:  # an evaluation at this epoch end, or skipped rounds: the pulls wait for it
             self.env.timeout(wait_s).callbacks.append(lambda _ev: self._send_pulls(workers))
@@ -278,6 +288,8 @@ class ParameterServer:
         count their pulls, pushes and applies here (the workers count their compute when
         the pull arrives); returns how long they take."""
         k, period_s = self.fast_forward.rounds(self.env.now, self.ledger.quiet_rounds(samples, workers))
+        if k and self.observer is not None:
+            k = self._policy_rounds(workers, k, period_s)
         if k == 0:
             return 0.0
         c, costs = self.counters, self.costs
@@ -291,10 +303,43 @@ class ParameterServer:
             c.update_log.add_rounds(self.env.now, period_s, k, self.phase, samples)
         self.clock.apply_round(workers, k)
         self.ledger.apply_rounds(samples, workers, k)
-        self.skipped = k
+        for w in workers:  # not the pulls of a push applied on its own later (a policy's asp stretch)
+            self.skipped[w] = k
         self.rounds_skipped += k
         self.busy_until_s = self.env.now + k * period_s
+        if self.observer is not None:  # the exchange before the next push is the last skipped one
+            for w in workers:
+                self.push_start_s[w] += k * period_s
         return k * period_s
+
+    def _policy_rounds(self, workers: list[int], k: int, period_s: float) -> int:
+        """How many of `k` repeating rounds to skip under the phase's policy. It did not act
+        on the template round (an action restarts the template) and decides on windowed
+        figures alone (Policy.decides_on_windows), so it is asked again only where its
+        windows change: the skipped rounds feed the observer the template's intervals, and
+        it is consulted, at the round's simulated time as round by round, after each that
+        drops an interval unlike them (Observer.changing_feeds); the other rounds show it
+        the observation it last did not act on. If it acts at round j, the actions are carried out and j
+        rounds are skipped (the update at hand applied as formed; they act from the next
+        push on). 0 if the round lacks a worker of the phase (one excluded)."""
+        observer = self.observer
+        if len(workers) != len(observer.workers):
+            return 0
+        pushed = tuple(workers)
+        fed = 0
+        for j in observer.changing_feeds():
+            if j > k:
+                break
+            observer.again(pushed, j - fed)
+            fed = j
+            t_s = self.round_consulted_s + j * period_s
+            acted = consult(self.policy, observer, self.barrier, t_s, self.phase, pushed, self.sync, 0,
+                            self.policy_names, self.rebalance)
+            if acted:
+                self._carry_out(acted, t_s)
+                return j
+        observer.again(pushed, min(k, observer.window) - fed)  # the rest drop intervals alike, in order
+        return k
 
     def _on_pull_delivered(self, worker: int, start_s: float, end_s: float) -> None:
         """The pull's last byte has left the server; the worker has it at `end_s`."""
@@ -305,10 +350,15 @@ class ParameterServer:
         c.exchanges += 1
         if self.observer is not None:
             self.exchange_s[worker] = end_s - self.push_start_s[worker]
-            batches = self.rebalance.pulled(worker)  # a rebalance reaches the worker with its pull
-            if batches is not None:
-                self.assigned[worker] = self.rebalance.assignment(batches, worker)
+            rebalance = self.rebalance
+            if rebalance.waiting:  # a rebalance reaches the worker with its pull (no call without one)
+                batches = rebalance.pulled(worker)
+                if batches is not None:
+                    self.assigned[worker] = rebalance.assignment(batches, worker)
         if self.recorder is not None:
             self.recorder.add({"kind": "pull", "worker": self.names[worker], "phase": self.phase, "start_s": start_s,
                               "end_s": end_s, "bytes": self.costs.pull_bytes})
-        self.done_event[worker].succeed_at(end_s, self.skipped)
+        skipped = self.skipped[worker]
+        if skipped:
+            self.skipped[worker] = 0
+        self.done_event[worker].succeed_at(end_s, skipped)

@@ -88,6 +88,21 @@ def _check_switches(records: list[dict]) -> list[dict]:
     return policy
 
 
+GREEDY = {"kind": "sync-switch-greedy", "threshold": 2.0, "window": 2, "hysteresis": 0.5}
+
+
+def _w2_episodes(rate_per_hour: float, mean_duration_s: float) -> str:
+    """The cluster's [stragglers]: w2 alone, 8x slower during episodes, seed 4."""
+    return textwrap.dedent(f"""\
+        [stragglers]
+        rate_per_hour = {rate_per_hour}
+        slowdown = 8.0
+        mean_duration_s = {mean_duration_s}
+        workers = ["w2"]
+        seed = 4
+        """)
+
+
 def test_greedy_switches_to_asp_while_a_worker_straggles_and_back(tmp_path):
     # w2 has transient episodes, 8x slower: with this seed the first runs from 0.5 s to
     # 0.85 s and the next from 0.91 s to 1.15 s of the run's clock. Every worker is 10x
@@ -95,16 +110,7 @@ def test_greedy_switches_to_asp_while_a_worker_straggles_and_back(tmp_path):
     # intervals) and spends a fixed 10 ms an exchange (machine-independent), so the
     # phase's 96 rounds last over a second however fast the machine: greedy takes the
     # phase to asp while w2 is slowed and back to bsp once it has recovered.
-    stragglers = textwrap.dedent("""\
-        [stragglers]
-        rate_per_hour = 7200.0
-        slowdown = 8.0
-        mean_duration_s = 0.25
-        workers = ["w2"]
-        seed = 4
-        """)
-    _specs(tmp_path, {"kind": "sync-switch-greedy", "threshold": 2.0, "window": 2, "hysteresis": 0.5}, epochs=12,
-           stragglers=stragglers, slowdown=10.0, overhead_s=0.01)
+    _specs(tmp_path, GREEDY, epochs=12, stragglers=_w2_episodes(7200.0, 0.25), slowdown=10.0, overhead_s=0.01)
     tr, summary = _run(tmp_path)
     policy = _check_switches(tr.records)
     assert len(policy) >= 2  # at least one stretch of asp and a return to bsp
@@ -247,16 +253,7 @@ def test_with_model_compute_time_the_run_makes_the_simulators_decisions(tmp_path
     emulated episodes (8x, the cluster's [stragglers], same seed) is what the simulator
     predicts: `validate` pairs the same decisions, each within two updates, and the makespan
     within 10%."""
-    stragglers = textwrap.dedent("""\
-        [stragglers]
-        rate_per_hour = 1800.0
-        slowdown = 8.0
-        mean_duration_s = 0.5
-        workers = ["w2"]
-        seed = 4
-        """)
-    _specs(tmp_path, {"kind": "sync-switch-greedy", "threshold": 2.0, "window": 2, "hysteresis": 0.5}, epochs=6,
-           stragglers=stragglers, overhead_s=0.01)
+    _specs(tmp_path, GREEDY, epochs=6, stragglers=_w2_episodes(1800.0, 0.5), overhead_s=0.01)
     text = (tmp_path / "cluster.toml").read_text()
     text = text.replace("a = 0.0001", "a = 0.004").replace("b = 0.001", "b = 0.02").replace("latency_ms = 0.0",
                                                                                           "latency_ms = 10.0")

@@ -702,18 +702,12 @@ def _python_policy(params: dict[str, Any]) -> Policy:
     return policy
 
 
-def switches_sync(kind: str) -> bool:
-    """Whether a policy of this kind may switch a bsp phase to asp (a built-in says; a
-    user's `python` policy is assumed to)."""
+def may(kind: str, trait: str) -> bool:
+    """Whether a policy of this kind may do `trait` ("switches_sync": switch a bsp phase to
+    asp; "excludes_workers": take a worker out of the bsp barrier). A built-in says, by its
+    class attribute; a user's `python` policy is assumed to."""
     cls = BUILT_INS.get(kind)
-    return True if cls is None else cls.switches_sync
-
-
-def excludes_workers(kind: str) -> bool:
-    """Whether a policy of this kind may take a worker out of the bsp barrier (a built-in
-    says; a user's `python` policy is assumed to)."""
-    cls = BUILT_INS.get(kind)
-    return True if cls is None else cls.excludes_workers
+    return True if cls is None else getattr(cls, trait)
 
 
 def make_policy(spec: dict[str, Any]) -> Policy:

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from hybridps.policy import excludes_workers, switches_sync
+from hybridps.policy import may
 from hybridps.spec import CONVERGENCE_FORMAT, Compression, ConvergenceSpec, Job, Plan
 
 # Stated conservative defaults (used where the traces cannot identify a parameter).
@@ -367,10 +367,10 @@ def _policy_risks(ph, kept: float) -> list[str]:
     if ph.policy is None or ph.sync != "bsp":
         return []
     kind = ph.policy.kind
-    if switches_sync(kind) and drops_progress("bsp", "asp", ph.exchange):
+    if may(kind, "switches_sync") and drops_progress("bsp", "asp", ph.exchange):
         return [f"policy {kind}: bsp -> asp switches inside the phase (each keeps {kept:g} of the progress "
                 "made before it)"]
-    if ph.exchange == "gradient" and excludes_workers(kind):
+    if ph.exchange == "gradient" and may(kind, "excludes_workers"):
         return [f"policy {kind}: slowed workers' pushes are applied on their own (stale gradients)"]
     return []
 

@@ -90,6 +90,8 @@ class ParameterServer:
         self.observer: Observer | None = None
         self.last_staleness = 0
         self.policy_actions: dict[str, int] = {}  # action kind -> count, over the run
+        self.policy_names = names if recorder is not None else None  # policy trace records built only then
+        self.alone = [(w,) for w in range(n)]  # `pushed` of a push applied on its own
         self.rebalance: Rebalance | None = None  # a policy's re-split of the batches, while it reaches the workers
         self.assigned: list[tuple[int, int] | None] = [None] * n  # (batch, share) pulled, for the next worker-epoch
 
@@ -106,8 +108,6 @@ class ParameterServer:
         self.clock.start_phase(range(len(self.names)))
         self.policy = policy
         self.observer = Observer(workers, policy.window, self.ledger.phase_fraction) if policy is not None else None
-        self.policy_names = self.names if self.recorder is not None else None  # trace records built only then
-        self.alone = [(w,) for w in range(len(self.names))]  # `pushed` of a push applied on its own
         self.rebalance = Rebalance(workers, [wp.batch for wp in costs.workers],
                                    sum(wp.share for wp in costs.workers)) if policy is not None else None
         self.assigned = [None] * len(self.names)

@@ -251,8 +251,8 @@ def test_with_model_compute_time_the_run_makes_the_simulators_decisions(tmp_path
     times the worker's straggler factor, as in `simulate`, and every exchange at least its
     emulated 10 ms overhead and 2 x 10 ms latency (more than this machine's real exchange under load); so a real run of bsp + greedy under w2's
     emulated episodes (8x, the cluster's [stragglers], same seed) is what the simulator
-    predicts: `validate` pairs the same decisions, each within two updates, and the makespan
-    within 10%."""
+    predicts: `validate` pairs the same decisions, each within one exchange of the worker
+    that prompted it, and the makespan within 10%."""
     _specs(tmp_path, GREEDY, epochs=6, stragglers=_w2_episodes(1800.0, 0.5), overhead_s=0.01)
     text = (tmp_path / "cluster.toml").read_text()
     text = text.replace("a = 0.0001", "a = 0.004").replace("b = 0.001", "b = 0.02").replace("latency_ms = 0.0",
@@ -269,7 +269,10 @@ def test_with_model_compute_time_the_run_makes_the_simulators_decisions(tmp_path
     cmp = json.loads(r.stdout)["comparison"]
     pol = cmp["policy"]
     assert pol["predicted"] >= 2 and pol["measured"] == pol["predicted"], pol["actions"]
-    # within 2 updates: the run's exchanges still take ~12 ms more than modelled under load, so an
-    # episode (at a fixed time on both clocks) may land a round later; measured shifts -1..+2
-    assert all(d["same_action"] for d in pol["decisions"]) and pol["max_abs_shift"] <= 2, pol["decisions"]
+    # the issue's unit: the deciding worker's exchanges, within one (measured: -1, -1, 0, 0 in runs at
+    # load 4). In updates an asp stretch counts each worker's push, so there it is looser: measured
+    # -1..+2 (the run's exchanges still take ~12 ms more than modelled under load, so an episode, at
+    # a fixed time on both clocks, may land a round earlier); allowed 3, one round of 3 workers
+    assert all(d["same_action"] for d in pol["decisions"]), pol["decisions"]
+    assert pol["max_abs_exchange_shift"] <= 1 and pol["max_abs_shift"] <= 3, pol["decisions"]
     assert abs(cmp["makespan"]["rel_error"]) <= 0.10, cmp["makespan"]

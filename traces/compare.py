@@ -7,6 +7,7 @@ and hands both summaries in. Never imports torch.
 
 from __future__ import annotations
 
+import bisect
 import math
 from collections import defaultdict
 from types import SimpleNamespace
@@ -178,13 +179,22 @@ def compare(predicted: dict[str, Any], measured: dict[str, Any]) -> dict[str, An
 def policy_decisions(records: list[dict]) -> list[dict[str, Any]]:
     """A trace's policy decisions in order, each with the number of updates applied before
     it (distinct (phase, version) pairs of the update records before it: a bsp round is
-    one): the same count for a simulated trace and a measured one."""
+    one), and the exchanges (pulls) that the worker whose push prompted it had completed
+    by then: the same counts for a simulated trace and a measured one."""
+    pull_ends: dict[str, list[float]] = defaultdict(list)
+    for r in records:
+        if r["kind"] == "pull" and r.get("shard", 0) == 0:
+            pull_ends[r["worker"]].append(r["end_s"])
+    for ends in pull_ends.values():
+        ends.sort()
     out, applied = [], set()
     for r in records:
         if r["kind"] == "update" and r.get("shard", 0) == 0:
             applied.add((r["phase"], r["version"]))
         elif r["kind"] == "policy":
-            out.append({"phase": r["phase"], "t_s": r["t_s"], "action": r["action"], "update": len(applied)})
+            worker = r["observed"]["worker"]
+            out.append({"phase": r["phase"], "t_s": r["t_s"], "action": r["action"], "update": len(applied),
+                        "worker": worker, "exchange": bisect.bisect_right(pull_ends[worker], r["t_s"])})
     return out
 
 
@@ -197,9 +207,12 @@ def compare_decisions(predicted: list[dict[str, Any]], measured: list[dict[str, 
                    "measured": sum(d["action"]["kind"] == k for d in measured)} for k in kinds}
     pairs = [{"predicted_action": p["action"], "measured_action": m["action"], "same_action": p["action"] == m["action"],
               "phase": m["phase"], "predicted_update": p["update"], "measured_update": m["update"],
-              "shift": m["update"] - p["update"]} for p, m in zip(predicted, measured)]
+              "shift": m["update"] - p["update"], "predicted_worker": p["worker"], "measured_worker": m["worker"],
+              "predicted_exchange": p["exchange"], "measured_exchange": m["exchange"],
+              "exchange_shift": m["exchange"] - p["exchange"]} for p, m in zip(predicted, measured)]
     return {"actions": actions, "decisions": pairs, "predicted": len(predicted), "measured": len(measured),
-            "max_abs_shift": max((abs(d["shift"]) for d in pairs), default=0)}
+            "max_abs_shift": max((abs(d["shift"]) for d in pairs), default=0),
+            "max_abs_exchange_shift": max((abs(d["exchange_shift"]) for d in pairs), default=0)}
 
 
 def _pct(x: float | None) -> str:
@@ -252,7 +265,8 @@ def _format_decisions(pol: dict[str, Any]) -> list[str]:
         what = action(d["measured_action"]) if d["same_action"] else \
             f"{action(d['predicted_action'])} (measured: {action(d['measured_action'])})"
         lines.append(f"  decision {i}: {what}, phase {d['phase']}: after update {d['predicted_update']} predicted, "
-                     f"{d['measured_update']} measured ({d['shift']:+d})")
+                     f"{d['measured_update']} measured ({d['shift']:+d}); at exchange {d['predicted_exchange']} of "
+                     f"{d['predicted_worker']} predicted, {d['measured_exchange']} of {d['measured_worker']} measured")
     return lines
 
 

@@ -57,10 +57,8 @@ def cases(compute_time: str) -> dict[str, tuple[dict[str, float], dict | None]]:
 
 def _wait_fraction(d: Path, slowdown: dict[str, float], policy: dict | None, compute_time: str) -> float:
     """One run; the barrier wait from the epoch it is counted from (see the docstring)."""
-    write_specs(d, WORKERS, sync="bsp", epochs=EPOCHS, lr=0.05, slowdown=slowdown)
-    if compute_time == "model":  # steps long against the exchange's jitter (see the docstring)
-        cluster = d / "cluster.toml"
-        cluster.write_text(cluster.read_text().replace("a = 0.0001", "a = 0.0004"))
+    write_specs(d, WORKERS, sync="bsp", epochs=EPOCHS, lr=0.05, slowdown=slowdown,
+                s_per_sample=0.0004)  # model steps long against the exchange's jitter (docstring)
     if policy is not None:
         plan = json.loads((d / "plan.json").read_text())
         plan["phases"][0]["policy"] = policy

@@ -19,15 +19,17 @@ def write_specs(d: Path, workers: list[tuple[str, int, int]], *, sync: str = "bs
                 epochs: int = 2, lr: float = 0.1, staleness: int | None = None, local_steps: int | None = None,
                 compression: dict | None = None, slowdown: dict[str, float] | None = None, resolution: int = 8,
                 model: str = "mlp", data: str = "synthetic", momentum: float = 0.9, weight_decay: float = 1e-4,
-                ps_count: int = 1, phases: list[dict] | None = None) -> tuple[Path, Path, Path]:
-    """workers: (name, batch, samples per epoch). Writes cluster.toml, job.toml, plan.json."""
+                ps_count: int = 1, phases: list[dict] | None = None,
+                s_per_sample: float = 0.0001) -> tuple[Path, Path, Path]:
+    """workers: (name, batch, samples per epoch). Writes cluster.toml, job.toml, plan.json;
+    the device's t(B) = s_per_sample x B + 1 ms (what `run --compute-time model` sleeps)."""
     d.mkdir(parents=True, exist_ok=True)
     slowdown = slowdown or {}
     resolutions = sorted({resolution, *(ph["resolution"] for ph in phases or [])})
     lines = ['format = "hybridps.cluster/1"', "[ps]", f"count = {ps_count}", "bandwidth_gbps = 1000.0",
              "latency_ms = 0.0"]
     for r in resolutions:
-        lines += [f"[devices.cpu.resolutions.{r}]", "a = 0.0001", "b = 0.001", "max_batch = 4096"]
+        lines += [f"[devices.cpu.resolutions.{r}]", f"a = {s_per_sample}", "b = 0.001", "max_batch = 4096"]
     for name, _, _ in workers:
         lines += ["[[workers]]", f'name = "{name}"', 'device = "cpu"', "bandwidth_gbps = 1000.0", "latency_ms = 0.0",
                   f"slowdown = {float(slowdown.get(name, 1.0))}"]

@@ -5,9 +5,11 @@ new batch and share from its next worker-epoch (equal steps, whole epochs).
 
 The decision and the data split are asserted exactly. The barrier wait is timing: the
 2-core machine is shared, and identical workers' iterations differ by ~20% from window
-to window, which no re-split can remove; so the test asks for a robust bound (the wait
-after the new batches are in effect below 0.75x the wait before, in the same run) and
-prints the figures (docs/policies.md reports them)."""
+to window, which no re-split can remove; so the first test asks for a robust bound (the
+wait after the new batches are in effect below 0.75x the wait before, in the same run)
+and prints the figures (docs/policies.md reports them). The second takes that noise out
+with `--compute-time model`: each iteration sleeps the cluster's t(B) (206 ms at batch
+512, far above this machine's jitter), so the issue's 5% bound can be asserted."""
 
 from __future__ import annotations
 
@@ -29,17 +31,17 @@ WORKERS = [(name, BATCH, STEPS * BATCH) for name in ("w0", "w1", "w2")]
 SAMPLES = 3 * STEPS * BATCH
 
 
-def _run(tmp_path, policy: dict):
-    # a small MLP whose iterations are emulated 5x (w2: 20x) slower than this machine: a
-    # few ms each, mostly sleep, so the machine's load moves them less
-    write_specs(tmp_path, WORKERS, sync="bsp", epochs=EPOCHS, lr=0.05,
-                slowdown={"w0": 5.0, "w1": 5.0, "w2": 20.0})
+def _run(tmp_path, policy: dict, slowdown: dict | None = None, compute_time: str = "measured"):
+    # default: a small MLP whose iterations are emulated 5x (w2: 20x) slower than this
+    # machine: a few ms each, mostly sleep, so the machine's load moves them less
+    write_specs(tmp_path, WORKERS, sync="bsp", epochs=EPOCHS, lr=0.05, s_per_sample=0.0004,
+                slowdown=slowdown or {"w0": 5.0, "w1": 5.0, "w2": 20.0})
     plan = json.loads((tmp_path / "plan.json").read_text())
     plan["phases"][0]["policy"] = policy
     (tmp_path / "plan.json").write_text(json.dumps(plan, indent=1))
     out = tmp_path / "out"
-    r = run_cli(["run", *spec_args(tmp_path), "--out", out, "--local", "--eval-every", "0", "--worker-timeout", "30"],
-                timeout_s=300)
+    r = run_cli(["run", *spec_args(tmp_path), "--out", out, "--local", "--eval-every", "0", "--worker-timeout", "30",
+                 "--compute-time", compute_time], timeout_s=300)
     assert r.returncode == 0, r.stderr
     tr = read_trace(out / "trace.jsonl")
     assert all(validate_record(x) is None for x in tr.records)
@@ -48,12 +50,20 @@ def _run(tmp_path, policy: dict):
 
 def test_lb_rebalance_resizes_the_slowed_workers_batch_from_its_next_epoch(tmp_path):
     records, summary = _run(tmp_path, {"kind": "lb-rebalance", "window": STEPS, "min_gain": 0.3})
+    decisions, _, _ = _check_rebalance(records, summary)
+    assert decisions[0]["action"]["batches"]["w2"] < 0.5 * min(decisions[0]["action"]["batches"]["w0"],
+                                                               decisions[0]["action"]["batches"]["w1"])  # 171 at 4x
+
+
+def _check_rebalance(records: list[dict], summary: dict):
+    """What every lb-rebalance run must show: the decision, the global batch kept, the new
+    batches from the next worker-epoch, equal steps and whole epochs; the barrier wait
+    before and after, which must fall. Returns (decisions, wait before, wait after)."""
     assert summary["status"] == "complete"
     decisions = [r for r in records if r["kind"] == "policy"]
     assert decisions and summary["policy_actions"] == {"rebalance": len(decisions)}
     first = decisions[0]["action"]["batches"]
     assert sum(first.values()) == 3 * BATCH  # the global batch kept
-    assert first["w2"] < 0.5 * min(first["w0"], first["w1"])  # the slowed worker gets less (171 at exactly 4x)
     computes = [r for r in records if r["kind"] == "compute"]
     # the batches of each epoch: the plan's or one decision's, for every worker at once
     vectors = [{"w0": BATCH, "w1": BATCH, "w2": BATCH}] + [d["action"]["batches"] for d in decisions]
@@ -78,6 +88,21 @@ def test_lb_rebalance_resizes_the_slowed_workers_batch_from_its_next_epoch(tmp_p
           f"({after.rounds} rounds); decisions {[d['action']['batches'] for d in decisions]}")
     assert after.rounds > 0 and before.rounds > 0
     assert after.fraction < 0.75 * before.fraction
+    return decisions, before, after
+
+
+def test_under_a_persistent_2x_slowdown_lb_rebalance_leaves_under_5_percent_barrier_wait(tmp_path):
+    """The issue's case: one worker 2x slower for the whole phase, iterations of the
+    model's length (`--compute-time model`). Measured 2026-12-06 (load 3.5): 32.5-33.0%
+    without a policy, 0.7-2.2% once lb-rebalance's batches are in effect
+    (`python bench/runtime_rebalance.py --compute-time model --repeat 3`)."""
+    slowdown = {"w0": 1.0, "w1": 1.0, "w2": 2.0}
+    records, summary = _run(tmp_path, {"kind": "lb-rebalance", "window": STEPS, "min_gain": 0.3}, slowdown, "model")
+    decisions, before, after = _check_rebalance(records, summary)
+    first = decisions[0]["action"]["batches"]
+    assert 300 <= first["w2"] <= 315  # a fifth of the 1,536: 307 at exactly 2x, the fast ones 2x its speed each
+    assert before.fraction > 0.25  # two workers wait half of w2's extra time in each round
+    assert after.fraction < 0.05
 
 
 REBALANCE_AT = '''
@@ -130,8 +155,8 @@ def test_a_rebalance_runs_alike_in_simulate_and_run_and_each_round_is_sgd_on_the
     assert r.returncode == 0, r.stderr
     assert json.loads(r.stdout)["policy_actions"] == {"rebalance": 1}
     out = tmp_path / "out"
-    r = run_cli(["run", *spec_args(tmp_path), "--out", out, "--local", "--eval-every", "0", "--worker-timeout", "30"],
-                timeout_s=300)
+    r = run_cli(["run", *spec_args(tmp_path), "--out", out, "--local", "--eval-every", "0", "--worker-timeout", "30",
+                 "--compute-time", compute_time], timeout_s=300)
     assert r.returncode == 0, r.stderr
     sim, run = read(tmp_path / "sim.jsonl").records, read(out / "trace.jsonl").records
     plan_b, new_b = dict.fromkeys(["w0", "w1", "w2"], 16), {"w0": 24, "w1": 16, "w2": 8}

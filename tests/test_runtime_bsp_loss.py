@@ -36,12 +36,12 @@ def test_bsp_resplit_keeps_equal_steps_and_covers_the_epoch():
     assert effective_shares([128, 128], {0, 1}, [0, 1], [32, 32]) == [0, 0]
 
 
-def _start(tmp_path, workers, slowdown, model="mlp", epochs=12, timeout_s=TIMEOUT_S):
+def _start(tmp_path, workers, slowdown, model="mlp", epochs=12, timeout_s=TIMEOUT_S, extra=()):
     write_specs(tmp_path, workers, sync="bsp", exchange="gradient", epochs=epochs, lr=0.05, slowdown=slowdown,
                 model=model)
     cmd = [sys.executable, "-m", "hybridps", "run", *map(str, spec_args(tmp_path)), "--out", str(tmp_path / "out"),
            "--local", "--eval-every", "0", "--eval-samples", "200", "--worker-timeout", str(timeout_s),
-           "--on-worker-loss", "continue"]
+           "--on-worker-loss", "continue", *extra]
     return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             env=dict(os.environ, OMP_NUM_THREADS="1"))
 

@@ -33,6 +33,12 @@ def bucket_bytes(bucket_mb: float) -> int:
     return int(bucket_mb * MB_BYTES)
 
 
+def overlaps(n_params: int, cap_bytes: int) -> bool:
+    """Buckets only pay when the gradient spans more than one: a single bucket is ready
+    when backward ends, and its extra message would be all it changed."""
+    return 0 < cap_bytes < FLOAT_BYTES * n_params
+
+
 def bucket_layout(n_params: int, bounds: list[tuple[int, int]], cap_bytes: int) -> list[Piece]:
     """The pieces of a bucketed push, in sending order: slices of `cap_bytes` (at least one
     float) taken from the END of the flat vector (backward finishes the last layers first),

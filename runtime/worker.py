@@ -7,7 +7,8 @@ per-sample gradients of its iterations (loss with reduction="sum", accumulated b
 autograd at fixed weights into one flat buffer) and pushes their mean (sum / samples)
 with the sample count (with one iteration per interval: the batch-mean loss directly);
 the PS re-weights by samples, so a bsp round equals one SGD step on the union of the
-batches and local_steps > 1 acts as a larger batch. Model exchange: the worker trains
+batches and local_steps > 1 acts as a larger batch. Under --no-emulate, with one iteration
+per exchange and no compression, the push goes in buckets during backward (runtime/buckets.py). Model exchange: the worker trains
 with a local SGD (momentum, weight decay, the phase's LR as the plan gives it) and pushes its weights; with a
 lossy codec it pushes (w_local - w_pulled) and the PS rebuilds w_local.
 
@@ -35,7 +36,7 @@ from hybridps import exchange_cost
 from hybridps.errors import EXIT_INTERRUPTED, EXIT_PS_LOST, UserError
 from hybridps.stragglers import StragglerSchedule
 from runtime import protocol as P
-from runtime.buckets import BucketPusher, bucket_bytes
+from runtime.buckets import BucketPusher, bucket_bytes, overlaps
 from runtime.codecs import ErrorFeedback
 from runtime.context import RunContext, phase_lr, shard_bounds
 from runtime.data import check_samples, effective_shares, epoch_permutation, load_dataset, share_indices
@@ -144,7 +145,7 @@ class WorkerProcess:
         # timing model pushes after compute; never staged (the pieces are views of flat_grad)
         cap = bucket_bytes(ctx.opts.bucket_mb)
         self.bucketer = BucketPusher(self.params, self.flat_grad, self.bounds, cap) \
-            if cap and not ctx.opts.emulate and not self.staged else None
+            if overlaps(n, cap) and not ctx.opts.emulate and not self.staged else None
         self.stragglers = StragglerSchedule(ctx.cluster, seed=ctx.opts.seed)
         self.records: list[dict] = []
         self.hb = Heartbeat(ctx.rank, ctx.opts.worker_timeout_s, f"worker {self.name} (rank {ctx.rank})")

@@ -4,21 +4,18 @@ in one piece."""
 
 from __future__ import annotations
 
-import os
-import signal
-
 import numpy as np
 import pytest
 
 torch = pytest.importorskip("torch")
 pytestmark = pytest.mark.torch
 
-from runtime.buckets import bucket_layout, shard_pieces  # noqa: E402
+from runtime.buckets import bucket_layout, overlaps, shard_pieces  # noqa: E402
 from runtime.context import shard_bounds  # noqa: E402
 from runtime.server import load_checkpoint  # noqa: E402
 from runtime.testing import reference_bsp_sgd, run_cli, spec_args, write_specs  # noqa: E402
 from traces.jsonl import read_trace  # noqa: E402
-from tests.test_runtime_bsp_loss import _children, _finish, _start, _wait_for_updates  # noqa: E402
+from tests.test_runtime_bsp_loss import kill_w2_mid_run  # noqa: E402
 
 LR, MOM, WD = 0.05, 0.9, 1e-3
 SMALL_MB = "0.01"  # 2,621 floats: the 13,002-parameter mlp goes in 5 slices
@@ -48,6 +45,7 @@ def test_layout_covers_the_vector_once_from_the_end_split_at_shard_bounds():
     assert [tuple(p) for p in bucket_layout(10, [(0, 6), (6, 10)], 12)] == \
         [(1, 7, 10), (1, 6, 7), (0, 4, 6), (0, 1, 4), (0, 0, 1)]
     assert len(bucket_layout(100, [(0, 100)], 10_000)) == 1  # a bucket larger than the model
+    assert not overlaps(100, 400) and overlaps(100, 396) and not overlaps(100, 0)  # ... is pushed in one piece
     rng = np.random.default_rng(3)
     for _ in range(50):
         n = int(rng.integers(1, 5_000))
@@ -98,10 +96,12 @@ def test_asp_with_buckets_ends_where_pushes_in_one_piece_end(tmp_path):
     assert float((whole - reference_bsp_sgd(workers, 0, LR, MOM, WD)).abs().max()) > 1e-2  # it did train
 
 
-def test_emulated_runs_push_after_compute_in_one_piece(tmp_path):
+@pytest.mark.parametrize("flags", [["--bucket-mb", SMALL_MB],  # emulated: pushes after compute, as simulated
+                                   ["--no-emulate"]])  # 52 KB of gradient, one 25 MB bucket: nothing to overlap
+def test_pushes_in_one_piece_when_emulated_or_the_model_fits_one_bucket(tmp_path, flags):
     write_specs(tmp_path, [("w0", 32, 64)], sync="bsp", exchange="gradient", epochs=1, lr=LR)
     r = run_cli(["run", *spec_args(tmp_path), "--out", tmp_path / "out", "--local", "--eval-every", "0",
-                 "--eval-samples", "100", "--bucket-mb", SMALL_MB])
+                 "--eval-samples", "100", *flags])
     assert r.returncode == 0, r.stderr
     pushes = read_trace(tmp_path / "out" / "trace.jsonl").of_kind("push")
     assert len(pushes) == 2 and not any("buckets" in p for p in pushes)
@@ -119,14 +119,8 @@ def test_bucket_mb_must_be_finite_and_not_negative(tmp_path, value):
 
 @pytest.mark.slow
 def test_killed_worker_in_a_bucketed_bsp_phase_the_others_finish(tmp_path):
-    workers = [("w0", 32, 256), ("w1", 32, 256), ("w2", 32, 256)]
-    launcher = _start(tmp_path, workers, {}, model="mlp:2000", epochs=40,
-                      extra=["--no-emulate", "--bucket-mb", "0.1"])  # 406,010 parameters: 16 pieces
-    trace = tmp_path / "out" / "trace.jsonl"
-    _wait_for_updates(launcher, trace, 3 * 10)
-    ranks = _children(launcher.pid)
-    os.kill(next(pid for pid, rank in ranks.items() if rank == 3), signal.SIGKILL)  # w2
-    err = _finish(launcher, ranks)
+    trace, err = kill_w2_mid_run(tmp_path, {}, model="mlp:2000", epochs=40,
+                                 extra=["--no-emulate", "--bucket-mb", "0.1"])  # 406,010 parameters: 16 pieces
     assert "worker w2 (rank 3) lost" in err and "continuing without it" in err, err
     tr = read_trace(trace)
     assert not tr.torn and len(tr.of_kind("phase")) == 1

@@ -5,7 +5,8 @@
    send/recv of the same bytes, back and forth, between two processes.
    From the run's trace, per exchange: transfers = (push + pull bytes) / (push time +
    pull time), and the whole exchange = the same bytes / (pull end - push start), which
-   adds the PS's decode and SGD step between the two. Medians over the exchanges (and
+   adds the PS's decode and SGD step between the two (pushes in one piece, `--bucket-mb 0`,
+   so that a push record holds the whole transfer). Medians over the exchanges (and
    over the raw round trips), so that other load on the machine does not decide the ratio.
 2. samples/s of a bsp run (1 PS + 2 workers, `--no-emulate`) with its gradient pushed in
    buckets during backward (`--bucket-mb`, default 25), the same without (`--bucket-mb 0`),
@@ -89,7 +90,7 @@ def ps_gbps(hidden: int, steps: int, work: Path) -> tuple[float, float, int]:
     d = work / "ps"
     write_specs(d, [("w0", 1, steps)], sync="bsp", exchange="gradient", epochs=1, lr=0.01, model=model)
     r = run_cli(["run", *spec_args(d), "--out", d / "out", "--local", "--no-emulate", "--eval-every", "0",
-                 "--eval-samples", "10"], timeout_s=600)
+                 "--eval-samples", "10", "--bucket-mb", "0"], timeout_s=600)  # the push record: the whole push
     if r.returncode:
         raise SystemExit(r.stderr)
     tr = read_trace(d / "out" / "trace.jsonl")
@@ -120,24 +121,28 @@ def bsp_run(model: str, batch: int, steps: int, resolution: int, bucket_mb: floa
 
 
 def step_breakdown(tr) -> dict[str, float]:
-    """Per worker-step mean seconds of a bsp run, from its records: compute (forward and
-    backward, the bucketed pieces' sends among it), push (after backward: the remaining
-    pieces, the header and records), wait (push end to the reply: the round's slowest
-    worker and the PS's apply), pull, and the rest (the worker's loop between a pull and its next compute)."""
-    parts = {"compute": 0.0, "push": 0.0, "wait": 0.0, "pull": 0.0, "rest": 0.0}
-    steps = 0
-    for w in tr.header["meta"]["workers"]:
-        comp = [r for r in tr.of_kind("compute") if r["worker"] == w]
-        push = [r for r in tr.of_kind("push") if r["worker"] == w]
-        pull = [r for r in tr.of_kind("pull") if r["worker"] == w]
-        for k, (c, p, q) in enumerate(zip(comp, push, pull)):
+    """Per worker-step mean seconds of a bsp run, from its records (a worker's k-th push is
+    in round k): compute (forward and backward, the bucketed pieces' sends among it), push
+    (after backward: the remaining pieces, the header and records), other (waiting for the
+    round's last push), ps (from the round's last push to the reply: the PS's hand-off,
+    apply and reply), pull, and rest (the worker's loop between a pull and its next compute).
+    A push ends when its sends have completed, which for a tiny model can be after the PS
+    answered: its ps part may then come out slightly negative."""
+    parts = {"compute": 0.0, "push": 0.0, "other": 0.0, "ps": 0.0, "pull": 0.0, "rest": 0.0}
+    rec = {w: {k: [r for r in tr.of_kind(k) if r["worker"] == w] for k in ("compute", "push", "pull")}
+           for w in tr.header["meta"]["workers"]}
+    rounds = min(len(r["pull"]) for r in rec.values())
+    for k in range(rounds):
+        last_push = max(r["push"][k]["end_s"] for r in rec.values())
+        for r in rec.values():
+            c, p, q = r["compute"][k], r["push"][k], r["pull"][k]
             parts["compute"] += c["end_s"] - c["start_s"]
             parts["push"] += p["end_s"] - p["start_s"]
-            parts["wait"] += q["start_s"] - p["end_s"]
+            parts["other"] += last_push - p["end_s"]
+            parts["ps"] += q["start_s"] - last_push
             parts["pull"] += q["end_s"] - q["start_s"]
-            parts["rest"] += (comp[k + 1]["start_s"] - q["end_s"]) if k + 1 < len(comp) else 0.0
-            steps += 1
-    return {k: v / steps for k, v in parts.items()}
+            parts["rest"] += r["compute"][k + 1]["start_s"] - q["end_s"] if k + 1 < len(r["compute"]) else 0.0
+    return {k: v / (rounds * len(rec)) for k, v in parts.items()}
 
 
 def _ddp_worker(rank: int, port: int, model: str, batch: int, steps: int, resolution: int, bucket_mb: float,
@@ -218,9 +223,10 @@ def ddp_part(args, model: str, work: Path) -> None:
     total = sum(parts.values())
     pushes = last.of_kind("push")
     early = sum(q.get("buckets_in_backward", 0) for q in pushes) / len(pushes)
+    how = f"pieces per push {pushes[0]['buckets']}, handed to gloo during backward {early:.1f} on average" \
+        if "buckets" in pushes[0] else "pushes in one piece (the gradient fits one bucket)"
     print(f"  last bucketed run, per worker-step {1e3 * total:.1f} ms: "
-          + ", ".join(f"{k} {100 * v / total:.0f}%" for k, v in parts.items())
-          + f"; pieces per push {pushes[0].get('buckets', 1)}, sent during backward {early:.1f} on average")
+          + ", ".join(f"{k} {1e3 * v:.1f} ms ({100 * v / total:.0f}%)" for k, v in parts.items()) + f"; {how}")
 
 
 def main() -> None:

@@ -27,6 +27,7 @@ class RunOptions:
     device: str = "auto"  # auto | cpu | cuda
     threads: int = 1
     emulate: bool = True  # enforce slowdown, bandwidth and stragglers
+    bucket_mb: float = 25.0  # bucketed gradient pushes during backward (runtime/buckets.py); 0: none
     compute_time: str = "measured"  # "model": each iteration lasts the cluster's t(B), times the same factors
     launch_wall_s: float = field(default_factory=time.time)  # when the run started (runtime.launch.launch_wall_s)
 

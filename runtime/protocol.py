@@ -4,6 +4,9 @@ Every message is a fixed header, an int64 tensor of `HEADER_LEN` slots, sent wit
 `TAG_HEADER`, optionally followed by a flat uint8 payload (`PAYLOAD` bytes, tag
 `TAG_PAYLOAD`) and by `RECORDS` bytes of UTF-8 JSON lines (tag `TAG_RECORDS`: the
 worker's trace records, sent to shard 0 only). Payloads are never copied to be sent.
+A bucketed push (runtime/buckets.py) sends its payload before its header: a BUCKETS
+message, then the pieces of `buckets.bucket_layout` (tag `TAG_BUCKET`) while backward
+runs, then the PUSH header with BUCKET set and no payload of its own.
 
 Header slots:
   TYPE      message type (below)
@@ -23,6 +26,8 @@ Header slots:
   WEPOCH, WITER, WSTEP  (PHASE) where this worker starts the phase: its absolute epoch,
             the iterations already applied in that worker-epoch and its next step number
             (0s at a phase's start; after a resume, the point its applied work reached)
+  BUCKET    (BUCKETS, PUSH) the bucket size in bytes the push's payload came in, before
+            the PUSH header; 0: the payload follows the header in one piece
 
 Message types:
   PHASE  PS -> worker: start phase PHASE; payload = the shard's fp32 parameters
@@ -32,6 +37,7 @@ Message types:
   GO     PS (shard 0) -> worker: the ssp bound now allows the next interval
   DONE   worker -> PS: stopped for this phase (+ its last records to shard 0)
   ABORT  PS -> worker: stop now (a worker was lost, or Ctrl-C)
+  BUCKETS  worker -> PS: the next PUSH's payload comes now, in buckets of BUCKET bytes
 """
 
 from __future__ import annotations
@@ -40,11 +46,12 @@ import torch
 import torch.distributed as dist
 
 HEADER_LEN = 16
-TYPE, PHASE, SAMPLES, PAYLOAD, RECORDS, VERSION, STOP, GO, LOST, EPOCH, OFFSET_US, WEPOCH, WITER, WSTEP = range(14)
-MSG_PHASE, MSG_END, MSG_PUSH, MSG_REPLY, MSG_GO, MSG_DONE, MSG_ABORT = range(1, 8)
-TAG_HEADER, TAG_PAYLOAD, TAG_GATHER, TAG_RECORDS = 0, 1, 2, 3
+(TYPE, PHASE, SAMPLES, PAYLOAD, RECORDS, VERSION, STOP, GO, LOST, EPOCH, OFFSET_US, WEPOCH, WITER, WSTEP,
+ BUCKET) = range(15)
+MSG_PHASE, MSG_END, MSG_PUSH, MSG_REPLY, MSG_GO, MSG_DONE, MSG_ABORT, MSG_BUCKETS = range(1, 9)
+TAG_HEADER, TAG_PAYLOAD, TAG_GATHER, TAG_RECORDS, TAG_BUCKET = 0, 1, 2, 3, 4
 NAMES = {MSG_PHASE: "PHASE", MSG_END: "END", MSG_PUSH: "PUSH", MSG_REPLY: "REPLY", MSG_GO: "GO",
-         MSG_DONE: "DONE", MSG_ABORT: "ABORT"}
+         MSG_DONE: "DONE", MSG_ABORT: "ABORT", MSG_BUCKETS: "BUCKETS"}
 
 
 def header(kind: int, **fields: int) -> torch.Tensor:

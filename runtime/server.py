@@ -50,6 +50,7 @@ from hybridps.progress import progress_bar
 from hybridps.policy import Observer, PolicyError, consult, has_ssp_gate, make_policy
 from hybridps.semantics import Barrier, Ledger, Rebalance, SSPGate, VersionClock, ends_on_mini_epochs
 from runtime import protocol as P
+from runtime.buckets import Piece, bucket_layout, recv_pieces, shard_pieces
 from runtime.checkpoint import CHECKPOINT_FORMAT, checkpoint_path, load_checkpoint, spec_digests
 from runtime.codecs import Codec
 from runtime.context import RunContext, num_classes, phase_lr, shard_bounds
@@ -118,6 +119,7 @@ class Shard:
         self.phase_times: list[tuple[float, float]] = []
         n_workers = len(ctx.workers)
         self.rx = [torch.empty(0, dtype=torch.uint8) for _ in range(n_workers)]
+        self._layouts: dict[int, list[Piece]] = {}  # bucket size -> this shard's pieces (receiver threads)
         self.hb_seen: dict[int, tuple[str, str, float]] = {}
         self._waiters: dict[int, ThreadPoolExecutor] = {}  # per worker: waits for sends (_wait_sends)
         self.last_ckpt = time.perf_counter()
@@ -381,16 +383,37 @@ class Shard:
         try:
             while True:
                 hdr = P.recv_header(rank)
-                n = int(hdr[P.PAYLOAD])
-                if self.rx[pos].numel() < n:
-                    self.rx[pos] = torch.empty(n, dtype=torch.uint8)
-                body = P.recv_payload(rank, n, self.rx[pos])
+                if int(hdr[P.TYPE]) == P.MSG_BUCKETS:  # a push's pieces come now, during its backward
+                    body = self._recv_buckets(pos, int(hdr[P.BUCKET]))
+                    hdr = P.recv_header(rank)  # the PUSH they belong to, after the backward
+                    assert int(hdr[P.TYPE]) == P.MSG_PUSH and int(hdr[P.BUCKET]), P.NAMES.get(int(hdr[P.TYPE]))
+                else:
+                    body = P.recv_payload(rank, int(hdr[P.PAYLOAD]), self._rx_buffer(pos, int(hdr[P.PAYLOAD])))
                 records = P.recv_payload(rank, int(hdr[P.RECORDS]), tag=P.TAG_RECORDS)
                 self.inbox.put((pos, hdr, (body, records)))
                 if int(hdr[P.TYPE]) == P.MSG_DONE and int(hdr[P.PHASE]) >= last_phase:
                     return
         except Exception as e:
             self.inbox.put((pos, None, e))
+
+    def _rx_buffer(self, pos: int, nbytes: int) -> torch.Tensor:
+        """The worker's receive buffer, at least `nbytes` long (a worker's next push always
+        follows the reply to its previous one, so it is free again)."""
+        if self.rx[pos].numel() < nbytes:
+            self.rx[pos] = torch.empty(nbytes, dtype=torch.uint8)
+        return self.rx[pos]
+
+    def _recv_buckets(self, pos: int, cap_bytes: int) -> torch.Tensor:
+        """Receive a bucketed push's pieces for this shard (runtime/buckets.py) into the
+        worker's receive buffer: every receive is posted at once, so each piece moves as
+        soon as the worker's backward has it ready."""
+        if cap_bytes not in self._layouts:
+            layout = bucket_layout(self.n_params, self.bounds, cap_bytes)
+            self._layouts[cap_bytes] = shard_pieces(layout, self.s)
+        lo, hi = self.bounds[self.s]
+        body = self._rx_buffer(pos, 4 * (hi - lo))[:4 * (hi - lo)]
+        recv_pieces(self.ctx.worker_rank(pos), self._layouts[cap_bytes], lo, body)
+        return body
 
     def _next_message(self, watch: set[int], expecting: set[int]) -> tuple[int, torch.Tensor, torch.Tensor]:
         """The next message; the safe point: every message before it is fully applied and

@@ -7,7 +7,8 @@ per-sample gradients of its iterations (loss with reduction="sum", accumulated b
 autograd at fixed weights into one flat buffer) and pushes their mean (sum / samples)
 with the sample count (with one iteration per interval: the batch-mean loss directly);
 the PS re-weights by samples, so a bsp round equals one SGD step on the union of the
-batches and local_steps > 1 acts as a larger batch. Model exchange: the worker trains
+batches and local_steps > 1 acts as a larger batch. Under --no-emulate, with one iteration
+per exchange and no compression, the push goes in buckets during backward (runtime/buckets.py). Model exchange: the worker trains
 with a local SGD (momentum, weight decay, the phase's LR as the plan gives it) and pushes its weights; with a
 lossy codec it pushes (w_local - w_pulled) and the PS rebuilds w_local.
 
@@ -35,6 +36,7 @@ from hybridps import exchange_cost
 from hybridps.errors import EXIT_INTERRUPTED, EXIT_PS_LOST, UserError
 from hybridps.stragglers import StragglerSchedule
 from runtime import protocol as P
+from runtime.buckets import BucketPusher, bucket_bytes, overlaps
 from runtime.codecs import ErrorFeedback
 from runtime.context import RunContext, phase_lr, shard_bounds
 from runtime.data import check_samples, effective_shares, epoch_permutation, load_dataset, share_indices
@@ -139,6 +141,11 @@ class WorkerProcess:
             self.push_buf = torch.empty(n, dtype=torch.float32, pin_memory=pin)
         else:  # pulls land directly in the parameters
             self.pull_bufs = [self.flat[lo:hi] for lo, hi in self.bounds]
+        # bucketed pushes during backward (runtime/buckets.py): never under emulation, whose
+        # timing model pushes after compute; never staged (the pieces are views of flat_grad)
+        cap = bucket_bytes(ctx.opts.bucket_mb)
+        self.bucketer = BucketPusher(self.params, self.flat_grad, self.bounds, cap) \
+            if overlaps(n, cap) and not ctx.opts.emulate and not self.staged else None
         self.stragglers = StragglerSchedule(ctx.cluster, seed=ctx.opts.seed)
         self.records: list[dict] = []
         self.hb = Heartbeat(ctx.rank, ctx.opts.worker_timeout_s, f"worker {self.name} (rank {ctx.rank})")
@@ -168,16 +175,20 @@ class WorkerProcess:
         self.records.clear()
         return raw
 
-    def _send_all(self, kind: int, phase: int, payloads: list[torch.Tensor] | None, **fields: int) -> list[int]:
-        """Send one message to every shard (records to shard 0); returns the data bytes per shard."""
+    def _send_all(self, kind: int, phase: int, payloads: list[torch.Tensor] | None,
+                  bucketed: list[int] | None = None, **fields: int) -> list[int]:
+        """Send one message to every shard (records to shard 0); returns the data bytes per
+        shard. `bucketed`: the bytes per shard the bucketed pieces already carried."""
         rec = self._records_payload()
         works, sent = [], []
         for s in range(self.ctx.shards):
             data = payloads[s] if payloads is not None else torch.empty(0, dtype=torch.uint8)
             extra = torch.frombuffer(bytearray(rec), dtype=torch.uint8) if (s == 0 and rec) else None
-            hdr = P.header(kind, phase=phase, payload=data.numel(), records=len(rec) if s == 0 else 0, **fields)
+            nbytes = data.numel() if bucketed is None else bucketed[s]
+            cap = 0 if bucketed is None else self.bucketer.cap_bytes
+            hdr = P.header(kind, phase=phase, payload=nbytes, records=len(rec) if s == 0 else 0, bucket=cap, **fields)
             works += P.isend(s, hdr, data, extra)
-            sent.append(data.numel())
+            sent.append(nbytes)
         for w in works:
             w.wait()
         self.hb.progress += 1
@@ -218,6 +229,19 @@ class WorkerProcess:
             if all(c.residual is not None for c in codecs):
                 rec["residual_norm"] = math.sqrt(sum(float(torch.dot(c.residual, c.residual)) for c in codecs))
         return rec
+
+    def _payloads(self, gradient: bool, every: int, samples: int, pulled: torch.Tensor | None,
+                  codecs: list[ErrorFeedback]) -> list[torch.Tensor]:
+        """An unbucketed push's payload per shard: the mean gradient over the interval's
+        samples, the weights, or with a lossy codec the weights' change since the pull."""
+        if gradient:
+            vec = self.flat_grad if every == 1 else self.flat_grad.div_(samples)
+        elif pulled is not None:
+            vec = self.flat - pulled
+        else:
+            vec = self.flat
+        vec = vec.detach() if self.push_buf is None else self.push_buf.copy_(vec.detach())
+        return [c.encode(vec[lo:hi]) for c, (lo, hi) in zip(codecs, self.bounds)]
 
     def _update_lost(self, mask: int) -> None:
         self.lost = {i for i in range(len(self.ctx.workers)) if mask >> i & 1}
@@ -272,6 +296,7 @@ class WorkerProcess:
         while True:
             # ---------------------------------------------------------- one interval
             interval_samples, iters, loss_sum = 0, 0, 0.0
+            bucketed = gradient and every == 1 and ph.compression.kind == "none" and self.bucketer is not None
             if gradient:
                 self.flat_grad.zero_()
             while iters < every:
@@ -294,6 +319,8 @@ class WorkerProcess:
                 wall0 = time.perf_counter()
                 x, y = self.data.batch(indices[lo: lo + n], res)
                 x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+                if bucketed:  # the shards post the pieces' receives while the forward runs
+                    self.bucketer.start(p)
                 out = self.model(x)
                 if gradient:  # accumulates in place into flat_grad
                     loss = F.cross_entropy(out, y, reduction="mean" if every == 1 else "sum")
@@ -326,14 +353,7 @@ class WorkerProcess:
                     break
             # ---------------------------------------------------------- push
             t_ready = time.perf_counter()  # the interval's compute is done: the exchange overhead starts
-            if gradient:  # the mean gradient over the interval's samples
-                vec = self.flat_grad if every == 1 else self.flat_grad.div_(interval_samples)
-            elif lossy:
-                vec = self.flat - pulled
-            else:
-                vec = self.flat
-            vec = vec.detach() if self.push_buf is None else self.push_buf.copy_(vec.detach())
-            payloads = [c.encode(vec[lo:hi]) for c, (lo, hi) in zip(codecs, self.bounds)]
+            payloads = None if bucketed else self._payloads(gradient, every, interval_samples, pulled, codecs)
             self.records.append(self._train_record(p, interval_samples, loss_sum, codecs if lossy else None))
             if self.has_buffers:  # batch-norm statistics travel to shard 0 with every push
                 raw = buffers_vector(self.model).numpy().tobytes()
@@ -348,11 +368,14 @@ class WorkerProcess:
             self._sleep_until(t_ready, self.spec.exchange_overhead_s)  # emulated; encoding counts toward it
             t_push = ctx.now()
             wall0 = time.perf_counter()
-            pushed = self._send_all(P.MSG_PUSH, p, payloads, samples=interval_samples,
-                                    epoch=epochs_before + worker_epoch)
+            pushed = self._send_all(P.MSG_PUSH, p, payloads, self.bucketer.finish() if bucketed else None,
+                                    samples=interval_samples, epoch=epochs_before + worker_epoch)
             self._sleep_until(wall0, self._link_time_s(pushed))
-            self.records.append({"kind": "push", "worker": self.name, "phase": p, "start_s": t_push,
-                                 "end_s": ctx.now(), "bytes": sum(pushed), "samples": interval_samples})
+            rec = {"kind": "push", "worker": self.name, "phase": p, "start_s": t_push, "end_s": ctx.now(),
+                   "bytes": sum(pushed), "samples": interval_samples}
+            if bucketed:
+                rec.update(buckets=len(self.bucketer.layout), buckets_in_backward=self.bucketer.in_backward)
+            self.records.append(rec)
             # ---------------------------------------------------------- pull
             reply_works[0].wait()
             h0 = hdr_bufs[0]

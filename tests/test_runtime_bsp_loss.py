@@ -36,12 +36,12 @@ def test_bsp_resplit_keeps_equal_steps_and_covers_the_epoch():
     assert effective_shares([128, 128], {0, 1}, [0, 1], [32, 32]) == [0, 0]
 
 
-def _start(tmp_path, workers, slowdown, model="mlp", epochs=12, timeout_s=TIMEOUT_S):
+def _start(tmp_path, workers, slowdown, model="mlp", epochs=12, timeout_s=TIMEOUT_S, extra=()):
     write_specs(tmp_path, workers, sync="bsp", exchange="gradient", epochs=epochs, lr=0.05, slowdown=slowdown,
                 model=model)
     cmd = [sys.executable, "-m", "hybridps", "run", *map(str, spec_args(tmp_path)), "--out", str(tmp_path / "out"),
            "--local", "--eval-every", "0", "--eval-samples", "200", "--worker-timeout", str(timeout_s),
-           "--on-worker-loss", "continue"]
+           "--on-worker-loss", "continue", *extra]
     return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             env=dict(os.environ, OMP_NUM_THREADS="1"))
 
@@ -64,15 +64,21 @@ def _finish(launcher, ranks) -> str:
     return err
 
 
-@pytest.mark.slow
-def test_killed_worker_in_bsp_phase_the_others_resplit_and_finish(tmp_path):
+def kill_w2_mid_run(tmp_path, slowdown, **start) -> tuple:
+    """Three bsp workers (batch 32, 256 samples each) under --on-worker-loss continue; w2
+    SIGKILLed after 10 rounds. Returns the trace's path and the launcher's stderr."""
     workers = [("w0", 32, 256), ("w1", 32, 256), ("w2", 32, 256)]
-    launcher = _start(tmp_path, workers, {"w0": 10.0, "w1": 10.0, "w2": 10.0})
+    launcher = _start(tmp_path, workers, slowdown, **start)
     trace = tmp_path / "out" / "trace.jsonl"
     _wait_for_updates(launcher, trace, 3 * 10)
     ranks = _children(launcher.pid)
     os.kill(next(pid for pid, rank in ranks.items() if rank == 3), signal.SIGKILL)  # w2
-    err = _finish(launcher, ranks)
+    return trace, _finish(launcher, ranks)
+
+
+@pytest.mark.slow
+def test_killed_worker_in_bsp_phase_the_others_resplit_and_finish(tmp_path):
+    trace, err = kill_w2_mid_run(tmp_path, {"w0": 10.0, "w1": 10.0, "w2": 10.0})
     assert "worker w2 (rank 3) lost" in err and "continuing without it" in err, err
     tr = read_trace(trace)  # valid JSONL from start to end
     assert not tr.torn and len(tr.of_kind("phase")) == 1

@@ -30,9 +30,11 @@ RECORD_KINDS: dict[str, tuple[dict[str, tuple[type, ...]], dict[str, tuple[type,
          "start_s": _NUM, "end_s": _NUM},
         {"samples": _INT},
     ),
+    # buckets: a push sent in pieces during backward (hybridps run --bucket-mb), how many,
+    # and how many of them were handed to the transport before backward ended
     "push": (
         {"worker": _STR, "phase": _INT, "start_s": _NUM, "end_s": _NUM, "bytes": _INT},
-        {"shard": _INT, "samples": _INT},
+        {"shard": _INT, "samples": _INT, "buckets": _INT, "buckets_in_backward": _INT},
     ),
     "pull": (
         {"worker": _STR, "phase": _INT, "start_s": _NUM, "end_s": _NUM, "bytes": _INT},

@@ -61,6 +61,7 @@ def path_arg(text: str):
         raise argparse.ArgumentTypeError("expected a path, got an empty string")
     return Path(text)
 positive_float_arg = _bounded_arg(float, 0.0, True, "a finite number > 0")  # nan and inf refused
+nonnegative_float_arg = _bounded_arg(float, 0.0, False, "a finite number >= 0")
 
 
 def unit_fraction_arg(text: str) -> float:

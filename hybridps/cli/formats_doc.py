@@ -170,6 +170,8 @@ TRACE_MEANINGS = {
     "compute.end_s": "end, from the run's start",
     "compute.samples": "samples in this iteration when less than batch (the share's last iteration)",
     "push": "a worker sends its gradient or model to the PS",
+    "push.buckets": "pieces the gradient went in, during backward (`hybridps run --bucket-mb`; absent: one piece)",
+    "push.buckets_in_backward": "of those, pieces handed to the transport before backward ended",
     "pull": "a worker receives the model from the PS",
     "update": "the PS applied one update",
     "update.t_s": "when the update was applied",

@@ -14,7 +14,8 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Callable
 
-from hybridps.cli import TORCH_INSTALL_HINT, nonnegative_int_arg, path_arg, positive_float_arg, positive_int_arg, seed_arg
+from hybridps.cli import (TORCH_INSTALL_HINT, nonnegative_float_arg, nonnegative_int_arg, path_arg, positive_float_arg,
+                          positive_int_arg, seed_arg)
 
 
 def _flag(help: str, default: Any = None, type: Callable | None = None, metavar: str | None = None,
@@ -57,6 +58,10 @@ class RunArgs:
                         default="auto", choices=("auto", "cpu", "cuda"))
     threads: int = _flag("torch threads per process (default 1)", default=1, type=positive_int_arg)
     no_emulate: bool = _flag("do not enforce the cluster's slowdown, bandwidth and stragglers", default=False)
+    bucket_mb: float = _flag("with --no-emulate, a gradient phase without compression and one iteration per "
+                             "exchange pushes its gradient during backward in buckets of MB (as DDP's "
+                             "bucket_cap_mb; 0: after backward in one piece; default 25)", default=25.0,
+                             type=nonnegative_float_arg, metavar="MB")
     compute_time: str = _flag("measured (default): an iteration takes its real compute time times the worker's "
                               "slowdown and straggler factor; model: the cluster's predicted t(B) times the same "
                               "factors (never less than the real compute), to check a plan's or a policy's "
@@ -148,7 +153,8 @@ def run(args: argparse.Namespace) -> int:
                       eval_every=args.eval_every, eval_samples=args.eval_samples,
                       checkpoint_every_s=args.checkpoint_every, worker_timeout_s=args.worker_timeout,
                       on_worker_loss=args.on_worker_loss, resume=args.resume is not None, device=args.device,
-                      threads=args.threads, emulate=not args.no_emulate, compute_time=args.compute_time,
+                      threads=args.threads, emulate=not args.no_emulate, bucket_mb=args.bucket_mb,
+                      compute_time=args.compute_time,
                       launch_wall_s=started_s)
     from runtime.data import check_data
 

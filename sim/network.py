@@ -33,6 +33,8 @@ from typing import Callable
 
 import simpy
 
+from sim.events import Call, call_later
+
 # A flow is done when what is left would take at most this long: absorbs the float
 # rounding of `remaining / rate` timers, which at large simulated times can be below the
 # resolution of the clock itself (the ulp of t = 1e4 s is about 2e-12 s).
@@ -100,14 +102,10 @@ class _Link:
         if at < self._timer_at:  # a later target keeps the pending (earlier) timer
             self._timer_at = at
             self._timer_gen += 1
-            gen = self._timer_gen
-            self.env.timeout(at - now, gen).callbacks.append(self._timer_fired)
+            call_later(self.env, at - now, self._on_timer, self._timer_gen)
 
-    def _timer_fired(self, ev: simpy.Timeout) -> None:
-        self._on_timer(ev.value)
-
-    def _on_timer(self, gen: int) -> None:
-        if gen != self._timer_gen:
+    def _on_timer(self, ev: Call) -> None:
+        if ev.value != self._timer_gen:
             return  # superseded by an earlier timer
         now = self.env.now
         self._timer_at = float("inf")
@@ -159,8 +157,7 @@ class EqualShareLink(_Link):
         if at < self._timer_at:
             self._timer_at = at
             self._timer_gen += 1
-            gen = self._timer_gen
-            self.env.timeout(at - now, gen).callbacks.append(self._timer_fired)
+            call_later(self.env, at - now, self._on_timer, self._timer_gen)
 
     def _set_rates(self) -> None:
         n = len(self._heap)
@@ -171,9 +168,9 @@ class EqualShareLink(_Link):
         heapq.heappush(self._heap, (self._served + nbytes, self._seq, worker, latency_s, start_s))
         self.bytes_sent += nbytes
 
-    def _on_timer(self, gen: int) -> None:
+    def _on_timer(self, ev: Call) -> None:
         # the generic _on_timer (advance, pop the finished flows, re-arm, deliver), inlined
-        if gen != self._timer_gen:
+        if ev.value != self._timer_gen:
             return
         now = self.env.now
         rate = self._rate
@@ -193,7 +190,7 @@ class EqualShareLink(_Link):
             at = now + (heap[0][0] - served) / rate
             self._timer_at = at
             self._timer_gen += 1
-            self.env.timeout(at - now, self._timer_gen).callbacks.append(self._timer_fired)
+            call_later(self.env, at - now, self._on_timer, self._timer_gen)
         else:
             self._rate = 0.0
             self._served = 0.0  # rebase the virtual clock: keeps float precision
@@ -311,7 +308,7 @@ class ClassShareLink(_Link):
         if at < self._timer_at:
             self._timer_at = at
             self._timer_gen += 1
-            self.env.timeout(at - now, self._timer_gen).callbacks.append(self._timer_fired)
+            call_later(self.env, at - now, self._on_timer, self._timer_gen)
 
     def _insert(self, worker: int, nbytes: float, latency_s: float, start_s: float) -> None:
         k = self.class_of[worker]
@@ -339,9 +336,9 @@ class ClassShareLink(_Link):
                 level = left / n_left  # this class and every larger one share what is left
                 rate[k] = level
 
-    def _on_timer(self, gen: int) -> None:
+    def _on_timer(self, ev: Call) -> None:
         # the generic _on_timer (advance, pop the finished flows, re-arm, deliver) with fewer calls
-        if gen != self._timer_gen:
+        if ev.value != self._timer_gen:
             return
         now = self.env.now
         self._timer_at = float("inf")
@@ -351,7 +348,7 @@ class ClassShareLink(_Link):
         if at < self._timer_at:
             self._timer_at = at
             self._timer_gen += 1
-            self.env.timeout(at - now, self._timer_gen).callbacks.append(self._timer_fired)
+            call_later(self.env, at - now, self._on_timer, self._timer_gen)
         deliver = self.deliver
         for worker, latency_s, start_s in done:
             deliver(worker, start_s, now + latency_s)

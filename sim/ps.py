@@ -32,6 +32,7 @@ from simpy.core import NORMAL
 from hybridps.policy import Observer, Policy, consult
 from hybridps.semantics import Barrier, Ledger, Rebalance, VersionClock
 from hybridps.spec import Cluster
+from sim.events import Call, call_later
 from sim.fastforward import FastForward
 from sim.metrics import Counters
 from sim.network import make_link
@@ -123,11 +124,11 @@ class ParameterServer:
 
     # worker side ------------------------------------------------------------------
     def exchange(self, worker: int, samples: int, compute_s: float = 0.0, iterations: int = 0,
-                 batch: int = 0, repeats: int = 0) -> simpy.Event:
+                 batch: int = 0, repeats: int = 0, push_in_s: float | None = None) -> simpy.Event:
         """Push `samples` worth of work (computed in `iterations` of batch `batch` taking
-        `compute_s`), then pull; the event fires when the pull is in, its value the number
-        of whole rounds fast-forwarded meanwhile (the worker's next `repeats` intervals
-        equal this one)."""
+        `compute_s`) now, or `push_in_s` from now (when the worker's compute is over), then
+        pull; the event fires when the pull is in, its value the number of whole rounds
+        fast-forwarded meanwhile (the worker's next `repeats` intervals equal this one)."""
         ev = Arrival(self.env)
         self.done_event[worker] = ev
         self.push_samples[worker] = samples
@@ -137,8 +138,15 @@ class ParameterServer:
             self.push_batch[worker] = batch
         if self.ff_on:
             self.fast_forward.pushed(repeats)
-        self.push_link.send(worker, self.costs.push_wire_bytes, self.latency_s[worker])
+        if push_in_s is None:
+            self.push_link.send(worker, self.costs.push_wire_bytes, self.latency_s[worker])
+        else:  # at the place in the event queue the worker's own timeout would take
+            call_later(self.env, push_in_s, self._push, worker)
         return ev
+
+    def _push(self, ev: Call) -> None:
+        worker = ev.value
+        self.push_link.send(worker, self.costs.push_wire_bytes, self.latency_s[worker])
 
     # server side ------------------------------------------------------------------
     def _on_push_delivered(self, worker: int, start_s: float, end_s: float) -> None:

@@ -136,9 +136,10 @@ def worker_phase(ctx: WorkerContext, w: int, name: str, p: int, resolution: int,
         c.iterations[w] += iterations
         c.samples[w] += interval_samples
         c.compute_s[w] += t - t0
-        yield env.timeout(t - t0 + overhead_s)  # the exchange overhead ends the interval, before the push
         repeats = repeats_after(pos, iterations, k, every) if skipping else 0
-        skipped = yield ps.exchange(w, interval_samples, t - t0, iterations, batch, repeats)
+        # the push starts once the interval and the exchange overhead are over: the PS's
+        # event then, not a resumption of this process; the worker wakes at its pull
+        skipped = yield ps.exchange(w, interval_samples, t - t0, iterations, batch, repeats, t - t0 + overhead_s)
         if skipped:  # that many more intervals like this one were fast-forwarded: count them
             c.iterations[w] += skipped * iterations
             c.samples[w] += skipped * interval_samples

@@ -1,0 +1,37 @@
+"""A lightweight SimPy event for the simulator's internal timers.
+
+`env.timeout(d).callbacks.append(fn)` costs three Python calls (the BoundClass lookup,
+`Timeout.__init__` with its checks, `Environment.schedule`). The network's completion
+timers, the PS's applies and the workers' compute ends need none of that generality:
+nothing yields them and nothing fails. `call_later` builds a bare object that
+`Environment.step` can process (it reads `callbacks` and `_ok`) and puts it in the event
+queue exactly where a Timeout of the same delay would go (time `now + delay`, NORMAL
+priority, the next insertion number), so the simulation is the same event for event.
+This module is the one place that touches SimPy's queue directly.
+"""
+
+from __future__ import annotations
+
+from heapq import heappush
+from typing import Any, Callable
+
+import simpy
+from simpy.core import NORMAL
+
+
+class Call:
+    """A triggered event with one callback, `fn(event)`; `event.value` is its argument."""
+
+    __slots__ = ("callbacks", "_ok", "value")
+
+
+_new = object.__new__
+
+
+def call_later(env: simpy.Environment, delay_s: float, fn: Callable[[Call], None], value: Any = None) -> None:
+    """Run `fn(event)` `delay_s` from now (`event.value` is `value`), where a Timeout would."""
+    ev = _new(Call)
+    ev.callbacks = [fn]
+    ev._ok = True
+    ev.value = value
+    heappush(env._queue, (env._now + delay_s, NORMAL, next(env._eid), ev))

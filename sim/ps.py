@@ -171,7 +171,11 @@ class ParameterServer:
                                 self.last_staleness, self.policy_names, self.rebalance)
                 if acted:
                     self._carry_out(acted, end_s)
-            self._apply(self._apply_one, worker, end_s)
+            delay_s = self._apply_delay_s(end_s)
+            if delay_s == 0.0:
+                self._apply_one(worker)
+            else:
+                call_later(self.env, delay_s, self._on_applied_one, worker)
         else:
             if end_s > self.round_ready_s:
                 self.round_ready_s = end_s
@@ -218,7 +222,16 @@ class ParameterServer:
                 self.gate.release_at(arrival_s)
 
     def _apply(self, fn, arg, arrival_s: float) -> None:
-        """Run `fn(arg)` when the server has applied this update (FIFO, one at a time).
+        """Run `fn(arg)` when the server has applied this update (`_apply_delay_s`)."""
+        delay_s = self._apply_delay_s(arrival_s)
+        if delay_s == 0.0:
+            fn(arg)
+        else:
+            self.env.timeout(delay_s).callbacks.append(lambda _ev: fn(arg))
+
+    def _apply_delay_s(self, arrival_s: float) -> float:
+        """Queue an update whose last push arrives at `arrival_s` (FIFO, one at a time);
+        returns the seconds from now until it has been applied.
 
         The queue is ordered by when pushes finish sending; with equal latencies that is
         their arrival order."""
@@ -226,10 +239,10 @@ class ParameterServer:
         start = arrival_s if arrival_s > self.busy_until_s else self.busy_until_s
         end = start + self.costs.apply_s
         self.busy_until_s = end
-        if end == now:
-            fn(arg)
-        else:
-            self.env.timeout(end - now).callbacks.append(lambda _ev: fn(arg))
+        return end - now
+
+    def _on_applied_one(self, ev: Call) -> None:
+        self._apply_one(ev.value)
 
     def _applied(self, samples: int) -> float:
         """Count an applied update; returns the seconds of PS evaluation it triggers (epoch

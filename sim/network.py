@@ -293,18 +293,14 @@ class ClassShareLink(_Link):
     def send(self, worker: int, nbytes: float, latency_s: float) -> None:
         # the generic send (advance, insert, set rates, arm) with fewer calls: the hot path
         now = self.env.now
-        dt = now - self._t_last
-        self._t_last = now
-        served, rate, heaps = self._served, self._rate, self._heaps
-        for k in range(len(served)):
-            served[k] += rate[k] * dt
+        if now != self._t_last:  # no time passed: nothing to advance
+            self._advance(now)
         k = self.class_of[worker]
         self._seq += 1
-        heapq.heappush(heaps[k], (served[k] + nbytes, self._seq, worker, latency_s, now))
+        heapq.heappush(self._heaps[k], (self._served[k] + nbytes, self._seq, worker, latency_s, now))
         self._n_flows += 1
         self.bytes_sent += nbytes
-        self._set_rates()
-        at = now + self._next_done_s()
+        at = now + self._set_rates()
         if at < self._timer_at:
             self._timer_at = at
             self._timer_gen += 1
@@ -317,24 +313,35 @@ class ClassShareLink(_Link):
         self._n_flows += 1
         self.bytes_sent += nbytes
 
-    def _set_rates(self) -> None:
-        """Water-filling over capacity classes (ascending): what `water_fill` gives each flow."""
+    def _set_rates(self) -> float:
+        """Water-filling over capacity classes (ascending): what `water_fill` gives each flow.
+        Returns the seconds from now to the next completion (inf if idle), which needs the
+        new rates: one pass over the classes for both."""
         left, n_left = self.shared_cap, self._n_flows
         level = None
-        rate, heaps = self._rate, self._heaps
+        best = float("inf")
+        rate, heaps, served = self._rate, self._heaps, self._served
         for k, cap in enumerate(self.class_caps):
-            n_k = len(heaps[k])
-            if n_k == 0:
+            heap = heaps[k]
+            if not heap:
                 rate[k] = 0.0
-            elif level is not None:
-                rate[k] = level
+                continue
+            if level is not None:
+                r = level
             elif cap < left / n_left:
-                rate[k] = cap
-                left -= cap * n_k
-                n_left -= n_k
+                r = cap
+                left -= cap * len(heap)
+                n_left -= len(heap)
             else:
-                level = left / n_left  # this class and every larger one share what is left
-                rate[k] = level
+                level = r = left / n_left  # this class and every larger one share what is left
+            rate[k] = r
+            dt = (heap[0][0] - served[k]) / r
+            if dt < best:
+                best = dt
+        return best if best > 0.0 else 0.0
+
+    def _next_done_s(self) -> float:
+        return self._set_rates()  # the rates depend on the flow counts alone: recomputing them changes nothing
 
     def _on_timer(self, ev: Call) -> None:
         # the generic _on_timer (advance, pop the finished flows, re-arm, deliver) with fewer calls
@@ -344,16 +351,18 @@ class ClassShareLink(_Link):
         self._timer_at = float("inf")
         self._advance(now)
         done = self._pop_done()
-        at = now + self._next_done_s()
+        at = now + self._set_rates()
         if at < self._timer_at:
             self._timer_at = at
             self._timer_gen += 1
             call_later(self.env, at - now, self._on_timer, self._timer_gen)
         deliver = self.deliver
-        for worker, latency_s, start_s in done:
+        for _, _, worker, latency_s, start_s in done:
             deliver(worker, start_s, now + latency_s)
 
-    def _pop_done(self) -> list[tuple[int, float, float]]:
+    def _pop_done(self) -> list[tuple[float, int, int, float, float]]:
+        """The finished flows as their heap entries (finish, seq, worker, latency_s, start_s),
+        in insertion order, as WaterFillLink delivers; the rates are not updated."""
         done = []
         served, rate = self._served, self._rate
         for k, heap in enumerate(self._heaps):
@@ -363,23 +372,10 @@ class ClassShareLink(_Link):
                     done.append(heapq.heappop(heap))
                 if not heap:
                     served[k] = 0.0  # rebase the virtual clock: keeps float precision
-        if not done:
-            return []
-        self._n_flows -= len(done)
-        self._set_rates()
         if len(done) > 1:
-            done.sort(key=lambda f: f[1])  # insertion order, as WaterFillLink delivers
-        return [(worker, latency_s, start_s) for _, _, worker, latency_s, start_s in done]
-
-    def _next_done_s(self) -> float:
-        best = float("inf")
-        served, rate = self._served, self._rate
-        for k, heap in enumerate(self._heaps):
-            if heap:
-                dt = (heap[0][0] - served[k]) / rate[k]
-                if dt < best:
-                    best = dt
-        return best if best > 0.0 else 0.0
+            done.sort(key=lambda f: f[1])
+        self._n_flows -= len(done)
+        return done
 
 
 def make_link(env: simpy.Environment, shared_cap_bytes_per_s: float, worker_caps_bytes_per_s: list[float],

@@ -27,26 +27,15 @@ from __future__ import annotations
 from typing import Any, Callable
 
 import simpy
-from simpy.core import NORMAL
 
 from hybridps.policy import Observer, Policy, consult
 from hybridps.semantics import Barrier, Ledger, Rebalance, VersionClock
 from hybridps.spec import Cluster
-from sim.events import Call, call_later
+from sim.events import Arrival, Call, call_later
 from sim.fastforward import FastForward
 from sim.metrics import Counters
 from sim.network import make_link
 from sim.predictor import message_latency_s, nic_caps_bytes_per_s
-
-
-class Arrival(simpy.Event):
-    """An event that fires at a known future time (what `Timeout` does), created before
-    that time is known: the worker waits on it from its push until its pull arrives."""
-
-    def succeed_at(self, t_s: float, value: int = 0) -> None:
-        self._ok = True
-        self._value = value
-        self.env.schedule(self, NORMAL, t_s - self.env.now)
 
 
 class ParameterServer:

@@ -1,8 +1,9 @@
 """A worker's phase as a plain SimPy generator process (docs/semantics.md, "Per worker").
 
-Compute an interval of `E` iterations (one timeout for the whole interval: nothing else
+Compute an interval of `E` iterations (one event for the whole interval: nothing else
 touches the worker meanwhile, and each iteration's straggler factor is still taken at its
-own start), push and pull (one event), then stop if the ledger says so. Under ssp the
+own start; the event is the PS's, which starts the push when the interval is over), then
+wait for the pull (one resumption per exchange), then stop if the ledger says so. Under ssp the
 worker first waits while the gate holds it (so does a phase whose policy may switch it
 to ssp: a gate without a bound until the policy sets one). When the PS fast-forwards bsp
 rounds, the pull tells the worker how many intervals like its last one it skipped, and it

@@ -33,6 +33,8 @@ from typing import Callable
 
 import simpy
 
+from sim.events import Call, call_later
+
 # A flow is done when what is left would take at most this long: absorbs the float
 # rounding of `remaining / rate` timers, which at large simulated times can be below the
 # resolution of the clock itself (the ulp of t = 1e4 s is about 2e-12 s).
@@ -100,14 +102,10 @@ class _Link:
         if at < self._timer_at:  # a later target keeps the pending (earlier) timer
             self._timer_at = at
             self._timer_gen += 1
-            gen = self._timer_gen
-            self.env.timeout(at - now, gen).callbacks.append(self._timer_fired)
+            call_later(self.env, at - now, self._on_timer, self._timer_gen)
 
-    def _timer_fired(self, ev: simpy.Timeout) -> None:
-        self._on_timer(ev.value)
-
-    def _on_timer(self, gen: int) -> None:
-        if gen != self._timer_gen:
+    def _on_timer(self, ev: Call) -> None:
+        if ev.value != self._timer_gen:
             return  # superseded by an earlier timer
         now = self.env.now
         self._timer_at = float("inf")
@@ -159,8 +157,7 @@ class EqualShareLink(_Link):
         if at < self._timer_at:
             self._timer_at = at
             self._timer_gen += 1
-            gen = self._timer_gen
-            self.env.timeout(at - now, gen).callbacks.append(self._timer_fired)
+            call_later(self.env, at - now, self._on_timer, self._timer_gen)
 
     def _set_rates(self) -> None:
         n = len(self._heap)
@@ -171,9 +168,9 @@ class EqualShareLink(_Link):
         heapq.heappush(self._heap, (self._served + nbytes, self._seq, worker, latency_s, start_s))
         self.bytes_sent += nbytes
 
-    def _on_timer(self, gen: int) -> None:
+    def _on_timer(self, ev: Call) -> None:
         # the generic _on_timer (advance, pop the finished flows, re-arm, deliver), inlined
-        if gen != self._timer_gen:
+        if ev.value != self._timer_gen:
             return
         now = self.env.now
         rate = self._rate
@@ -193,7 +190,7 @@ class EqualShareLink(_Link):
             at = now + (heap[0][0] - served) / rate
             self._timer_at = at
             self._timer_gen += 1
-            self.env.timeout(at - now, self._timer_gen).callbacks.append(self._timer_fired)
+            call_later(self.env, at - now, self._on_timer, self._timer_gen)
         else:
             self._rate = 0.0
             self._served = 0.0  # rebase the virtual clock: keeps float precision
@@ -296,22 +293,18 @@ class ClassShareLink(_Link):
     def send(self, worker: int, nbytes: float, latency_s: float) -> None:
         # the generic send (advance, insert, set rates, arm) with fewer calls: the hot path
         now = self.env.now
-        dt = now - self._t_last
-        self._t_last = now
-        served, rate, heaps = self._served, self._rate, self._heaps
-        for k in range(len(served)):
-            served[k] += rate[k] * dt
+        if now != self._t_last:  # no time passed: nothing to advance
+            self._advance(now)
         k = self.class_of[worker]
         self._seq += 1
-        heapq.heappush(heaps[k], (served[k] + nbytes, self._seq, worker, latency_s, now))
+        heapq.heappush(self._heaps[k], (self._served[k] + nbytes, self._seq, worker, latency_s, now))
         self._n_flows += 1
         self.bytes_sent += nbytes
-        self._set_rates()
-        at = now + self._next_done_s()
+        at = now + self._set_rates()
         if at < self._timer_at:
             self._timer_at = at
             self._timer_gen += 1
-            self.env.timeout(at - now, self._timer_gen).callbacks.append(self._timer_fired)
+            call_later(self.env, at - now, self._on_timer, self._timer_gen)
 
     def _insert(self, worker: int, nbytes: float, latency_s: float, start_s: float) -> None:
         k = self.class_of[worker]
@@ -320,43 +313,56 @@ class ClassShareLink(_Link):
         self._n_flows += 1
         self.bytes_sent += nbytes
 
-    def _set_rates(self) -> None:
-        """Water-filling over capacity classes (ascending): what `water_fill` gives each flow."""
+    def _set_rates(self) -> float:
+        """Water-filling over capacity classes (ascending): what `water_fill` gives each flow.
+        Returns the seconds from now to the next completion (inf if idle), which needs the
+        new rates: one pass over the classes for both."""
         left, n_left = self.shared_cap, self._n_flows
         level = None
-        rate, heaps = self._rate, self._heaps
+        best = float("inf")
+        rate, heaps, served = self._rate, self._heaps, self._served
         for k, cap in enumerate(self.class_caps):
-            n_k = len(heaps[k])
-            if n_k == 0:
+            heap = heaps[k]
+            if not heap:
                 rate[k] = 0.0
-            elif level is not None:
-                rate[k] = level
+                continue
+            if level is not None:
+                r = level
             elif cap < left / n_left:
-                rate[k] = cap
-                left -= cap * n_k
-                n_left -= n_k
+                r = cap
+                left -= cap * len(heap)
+                n_left -= len(heap)
             else:
-                level = left / n_left  # this class and every larger one share what is left
-                rate[k] = level
+                level = r = left / n_left  # this class and every larger one share what is left
+            rate[k] = r
+            dt = (heap[0][0] - served[k]) / r
+            if dt < best:
+                best = dt
+        return best if best > 0.0 else 0.0
 
-    def _on_timer(self, gen: int) -> None:
+    def _next_done_s(self) -> float:
+        return self._set_rates()  # the rates depend on the flow counts alone: recomputing them changes nothing
+
+    def _on_timer(self, ev: Call) -> None:
         # the generic _on_timer (advance, pop the finished flows, re-arm, deliver) with fewer calls
-        if gen != self._timer_gen:
+        if ev.value != self._timer_gen:
             return
         now = self.env.now
         self._timer_at = float("inf")
         self._advance(now)
         done = self._pop_done()
-        at = now + self._next_done_s()
+        at = now + self._set_rates()
         if at < self._timer_at:
             self._timer_at = at
             self._timer_gen += 1
-            self.env.timeout(at - now, self._timer_gen).callbacks.append(self._timer_fired)
+            call_later(self.env, at - now, self._on_timer, self._timer_gen)
         deliver = self.deliver
-        for worker, latency_s, start_s in done:
+        for _, _, worker, latency_s, start_s in done:
             deliver(worker, start_s, now + latency_s)
 
-    def _pop_done(self) -> list[tuple[int, float, float]]:
+    def _pop_done(self) -> list[tuple[float, int, int, float, float]]:
+        """The finished flows as their heap entries (finish, seq, worker, latency_s, start_s),
+        in insertion order, as WaterFillLink delivers; the rates are not updated."""
         done = []
         served, rate = self._served, self._rate
         for k, heap in enumerate(self._heaps):
@@ -366,23 +372,10 @@ class ClassShareLink(_Link):
                     done.append(heapq.heappop(heap))
                 if not heap:
                     served[k] = 0.0  # rebase the virtual clock: keeps float precision
-        if not done:
-            return []
-        self._n_flows -= len(done)
-        self._set_rates()
         if len(done) > 1:
-            done.sort(key=lambda f: f[1])  # insertion order, as WaterFillLink delivers
-        return [(worker, latency_s, start_s) for _, _, worker, latency_s, start_s in done]
-
-    def _next_done_s(self) -> float:
-        best = float("inf")
-        served, rate = self._served, self._rate
-        for k, heap in enumerate(self._heaps):
-            if heap:
-                dt = (heap[0][0] - served[k]) / rate[k]
-                if dt < best:
-                    best = dt
-        return best if best > 0.0 else 0.0
+            done.sort(key=lambda f: f[1])
+        self._n_flows -= len(done)
+        return done
 
 
 def make_link(env: simpy.Environment, shared_cap_bytes_per_s: float, worker_caps_bytes_per_s: list[float],

@@ -27,25 +27,15 @@ from __future__ import annotations
 from typing import Any, Callable
 
 import simpy
-from simpy.core import NORMAL
 
 from hybridps.policy import Observer, Policy, consult
 from hybridps.semantics import Barrier, Ledger, Rebalance, VersionClock
 from hybridps.spec import Cluster
+from sim.events import Arrival, Call, call_later
 from sim.fastforward import FastForward
 from sim.metrics import Counters
 from sim.network import make_link
 from sim.predictor import message_latency_s, nic_caps_bytes_per_s
-
-
-class Arrival(simpy.Event):
-    """An event that fires at a known future time (what `Timeout` does), created before
-    that time is known: the worker waits on it from its push until its pull arrives."""
-
-    def succeed_at(self, t_s: float, value: int = 0) -> None:
-        self._ok = True
-        self._value = value
-        self.env.schedule(self, NORMAL, t_s - self.env.now)
 
 
 class ParameterServer:
@@ -123,11 +113,11 @@ class ParameterServer:
 
     # worker side ------------------------------------------------------------------
     def exchange(self, worker: int, samples: int, compute_s: float = 0.0, iterations: int = 0,
-                 batch: int = 0, repeats: int = 0) -> simpy.Event:
+                 batch: int = 0, repeats: int = 0, push_in_s: float | None = None) -> simpy.Event:
         """Push `samples` worth of work (computed in `iterations` of batch `batch` taking
-        `compute_s`), then pull; the event fires when the pull is in, its value the number
-        of whole rounds fast-forwarded meanwhile (the worker's next `repeats` intervals
-        equal this one)."""
+        `compute_s`) now, or `push_in_s` from now (when the worker's compute is over), then
+        pull; the event fires when the pull is in, its value the number of whole rounds
+        fast-forwarded meanwhile (the worker's next `repeats` intervals equal this one)."""
         ev = Arrival(self.env)
         self.done_event[worker] = ev
         self.push_samples[worker] = samples
@@ -137,8 +127,15 @@ class ParameterServer:
             self.push_batch[worker] = batch
         if self.ff_on:
             self.fast_forward.pushed(repeats)
-        self.push_link.send(worker, self.costs.push_wire_bytes, self.latency_s[worker])
+        if push_in_s is None:
+            self.push_link.send(worker, self.costs.push_wire_bytes, self.latency_s[worker])
+        else:  # at the place in the event queue the worker's own timeout would take
+            call_later(self.env, push_in_s, self._push, worker)
         return ev
+
+    def _push(self, ev: Call) -> None:
+        worker = ev.value
+        self.push_link.send(worker, self.costs.push_wire_bytes, self.latency_s[worker])
 
     # server side ------------------------------------------------------------------
     def _on_push_delivered(self, worker: int, start_s: float, end_s: float) -> None:
@@ -163,7 +160,11 @@ class ParameterServer:
                                 self.last_staleness, self.policy_names, self.rebalance)
                 if acted:
                     self._carry_out(acted, end_s)
-            self._apply(self._apply_one, worker, end_s)
+            delay_s = self._apply_delay_s(end_s)
+            if delay_s == 0.0:
+                self._apply_one(worker)
+            else:
+                call_later(self.env, delay_s, self._on_applied_one, worker)
         else:
             if end_s > self.round_ready_s:
                 self.round_ready_s = end_s
@@ -210,7 +211,16 @@ class ParameterServer:
                 self.gate.release_at(arrival_s)
 
     def _apply(self, fn, arg, arrival_s: float) -> None:
-        """Run `fn(arg)` when the server has applied this update (FIFO, one at a time).
+        """Run `fn(arg)` when the server has applied this update (`_apply_delay_s`)."""
+        delay_s = self._apply_delay_s(arrival_s)
+        if delay_s == 0.0:
+            fn(arg)
+        else:
+            self.env.timeout(delay_s).callbacks.append(lambda _ev: fn(arg))
+
+    def _apply_delay_s(self, arrival_s: float) -> float:
+        """Queue an update whose last push arrives at `arrival_s` (FIFO, one at a time);
+        returns the seconds from now until it has been applied.
 
         The queue is ordered by when pushes finish sending; with equal latencies that is
         their arrival order."""
@@ -218,10 +228,10 @@ class ParameterServer:
         start = arrival_s if arrival_s > self.busy_until_s else self.busy_until_s
         end = start + self.costs.apply_s
         self.busy_until_s = end
-        if end == now:
-            fn(arg)
-        else:
-            self.env.timeout(end - now).callbacks.append(lambda _ev: fn(arg))
+        return end - now
+
+    def _on_applied_one(self, ev: Call) -> None:
+        self._apply_one(ev.value)
 
     def _applied(self, samples: int) -> float:
         """Count an applied update; returns the seconds of PS evaluation it triggers (epoch

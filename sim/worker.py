@@ -1,8 +1,9 @@
 """A worker's phase as a plain SimPy generator process (docs/semantics.md, "Per worker").
 
-Compute an interval of `E` iterations (one timeout for the whole interval: nothing else
+Compute an interval of `E` iterations (one event for the whole interval: nothing else
 touches the worker meanwhile, and each iteration's straggler factor is still taken at its
-own start), push and pull (one event), then stop if the ledger says so. Under ssp the
+own start; the event is the PS's, which starts the push when the interval is over), then
+wait for the pull (one resumption per exchange), then stop if the ledger says so. Under ssp the
 worker first waits while the gate holds it (so does a phase whose policy may switch it
 to ssp: a gate without a bound until the policy sets one). When the PS fast-forwards bsp
 rounds, the pull tells the worker how many intervals like its last one it skipped, and it
@@ -136,9 +137,10 @@ def worker_phase(ctx: WorkerContext, w: int, name: str, p: int, resolution: int,
         c.iterations[w] += iterations
         c.samples[w] += interval_samples
         c.compute_s[w] += t - t0
-        yield env.timeout(t - t0 + overhead_s)  # the exchange overhead ends the interval, before the push
         repeats = repeats_after(pos, iterations, k, every) if skipping else 0
-        skipped = yield ps.exchange(w, interval_samples, t - t0, iterations, batch, repeats)
+        # the push starts once the interval and the exchange overhead are over: the PS's
+        # event then, not a resumption of this process; the worker wakes at its pull
+        skipped = yield ps.exchange(w, interval_samples, t - t0, iterations, batch, repeats, t - t0 + overhead_s)
         if skipped:  # that many more intervals like this one were fast-forwarded: count them
             c.iterations[w] += skipped * iterations
             c.samples[w] += skipped * interval_samples

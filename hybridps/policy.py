@@ -233,11 +233,12 @@ class Policy:
     # may it take a worker out of the barrier (its pushes then stale)? A risk `plan` marks
     excludes_workers: bool = True
     uses_ssp: bool = False
-    # does it decide on the workers' windowed compute figures, the mode and the barrier alone
-    # (not t_s, phase_fraction, exchange_s, nor how often it was asked), such that an
-    # observation it did not act on, repeated, leaves its state unchanged and gets no action?
-    # Then the simulator may fast-forward steady bsp rounds under it (sim/fastforward.py); a
-    # user's policy is assumed not to
+    # does it decide on the workers' windowed compute figures, the mode (and ssp bound) and the
+    # barrier alone (not t_s, phase_fraction, exchange_s, staleness, nor how often or at whose
+    # push it was asked), such that an observation it did not act on, repeated, leaves its
+    # state unchanged and gets no action? Then `consult` skips it while none of these changed
+    # since it last did not act, and the simulator may fast-forward steady bsp rounds under it
+    # (sim/fastforward.py); a user's policy is assumed not to
     decides_on_windows: bool = False
     PARAMS: dict[str, tuple[type, float, float]] = {}  # a built-in's parameters: name -> (type, min, max)
 
@@ -273,6 +274,12 @@ class Observer:
         self.exchange_s = [0.0] * n
         self.batch = [0] * n  # the batch of each worker's latest interval
         self.missing = n  # workers with no interval yet: no observation until 0
+        # what `consult` needs to know whether the policy would decide as it last did: the
+        # workers whose windowed figures or batch changed since an update of theirs was last
+        # shown to it (an interval equal to the one it drops from a full window changes none),
+        # and whether the last consultation took no action
+        self.unseen = set(self.workers)
+        self.declined = False
 
     def changing_feeds(self, rel_tol: float = 1e-9) -> list[int]:
         """If every worker computed more intervals like its latest (fast-forwarded rounds,
@@ -288,6 +295,8 @@ class Observer:
             short = window - len(win)  # feeds that only add
             if short:
                 feeds.update(range(1, short + 1))
+            elif win.count(win[-1]) == window:
+                continue  # all alike to the bit
             for position, (compute_s, iterations, samples) in enumerate(win, short + 1):
                 if iterations != last_iterations or samples != last_samples or abs(compute_s - last_s) > tol_s:
                     feeds.add(position)
@@ -296,24 +305,31 @@ class Observer:
     def again(self, workers: Iterable[int], times: int = 1) -> None:
         """Each of `workers` computed `times` more intervals like its latest, its last
         exchange and batch as they were (fast-forwarded rounds): `interval`'s sums, without
-        the calls."""
-        slot, intervals, window = self.slot, self.intervals, self.window
+        the calls. A window that holds only intervals equal to the latest stays as it is."""
+        slot, intervals, window, unseen = self.slot, self.intervals, self.window, self.unseen
         sum_s, sum_iterations, sum_samples = self.sum_s, self.sum_iterations, self.sum_samples
         for w in workers:
             i = slot[w]
             win = intervals[i]
             latest = win[-1]
+            if win.count(latest) == window:
+                continue
+            compute_s, iterations, samples = latest
             for _ in range(times):
-                compute_s, iterations, samples = latest
                 win.append(latest)
-                if len(win) > window:
-                    old_s, old_iterations, old_samples = win.popleft()
-                    compute_s -= old_s
-                    iterations -= old_iterations
-                    samples -= old_samples
-                sum_s[i] += compute_s
-                sum_iterations[i] += iterations
-                sum_samples[i] += samples
+                if len(win) <= window:
+                    sum_s[i] += compute_s
+                    sum_iterations[i] += iterations
+                    sum_samples[i] += samples
+                else:
+                    old = win.popleft()
+                    if old == latest:
+                        continue  # the sums would add 0
+                    old_s, old_iterations, old_samples = old
+                    sum_s[i] += compute_s - old_s
+                    sum_iterations[i] += iterations - old_iterations
+                    sum_samples[i] += samples - old_samples
+                unseen.add(w)
 
     def interval(self, worker: int, compute_s: float, iterations: int, samples: int,
                  last_exchange_s: float = 0.0, batch: int = 0) -> None:
@@ -321,20 +337,25 @@ class Observer:
         `compute_s` at batch `batch`; `last_exchange_s`: its previous exchange, push start to
         pull end (0.0 for none)."""
         i = self.slot[worker]
-        self.batch[i] = batch
+        self.exchange_s[i] = last_exchange_s
+        new = (compute_s, iterations, samples)
         win = self.intervals[i]
-        if not win:
-            self.missing -= 1
-        win.append((compute_s, iterations, samples))
+        win.append(new)
         if len(win) > self.window:
-            old_s, old_iterations, old_samples = win.popleft()
+            old = win.popleft()
+            if old == new and self.batch[i] == batch:
+                return  # the window's figures are as they were (the sums would add 0)
+            old_s, old_iterations, old_samples = old
             compute_s -= old_s
             iterations -= old_iterations
             samples -= old_samples
+        elif len(win) == 1:
+            self.missing -= 1
+        self.batch[i] = batch
         self.sum_s[i] += compute_s
         self.sum_iterations[i] += iterations
         self.sum_samples[i] += samples
-        self.exchange_s[i] = last_exchange_s
+        self.unseen.add(worker)
 
     def per_sample_s(self, i: int) -> float:
         """Mean compute seconds per sample of the worker in slot `i` (its window)."""
@@ -385,16 +406,26 @@ def consult(policy: Policy, observer: Observer, barrier, t_s: float, phase: int,
     with its next pull.
 
     The common case, no action, returns an empty tuple without building a generator: the
-    PS may consult at every push."""
+    PS may consult at every push. Nor is a policy that declares `decides_on_windows` asked
+    while nothing it decides on changed since it last took no action (every worker's
+    windows shown to it at an update of its own since they last changed, no worker stopped
+    for the phase): it would take none again, its state as it was."""
     if observer.missing:
+        return ()
+    unseen = observer.unseen
+    if not unseen and observer.declined and not barrier.stopped and policy.decides_on_windows:
         return ()
     gate = barrier.gate
     seen = tuple.__new__(Observation, (t_s, phase, pushed, barrier.sync, planned_sync, staleness, observer,
                                        barrier.members, gate.bound if gate is not None else None,
                                        pushed[-1]))  # observe()
     actions = policy.decide(seen)
+    if unseen:
+        unseen.difference_update(pushed)
     if not actions:
+        observer.declined = True
         return ()
+    observer.declined = False  # the actions may change the mode or the barrier: ask again
     return _carry_out(actions, seen, observer, barrier, names, rebalance)
 
 

@@ -27,6 +27,7 @@ import heapq
 import importlib
 import math
 from collections import deque
+from itertools import islice, repeat
 from dataclasses import dataclass
 from typing import AbstractSet, Any, Callable, Iterable, Iterator, NamedTuple, Sequence
 
@@ -236,9 +237,10 @@ class Policy:
     # does it decide on the workers' windowed compute figures, the mode (and ssp bound) and the
     # barrier alone (not t_s, phase_fraction, exchange_s, staleness, nor how often or at whose
     # push it was asked), such that an observation it did not act on, repeated, leaves its
-    # state unchanged and gets no action? Then `consult` skips it while none of these changed
-    # since it last did not act, and the simulator may fast-forward steady bsp rounds under it
-    # (sim/fastforward.py); a user's policy is assumed not to
+    # state unchanged and gets no action? Then `consult` does not ask it while none of these
+    # changed since it last did not act, and, declared by the class (for the whole phase), the
+    # simulator may fast-forward steady bsp rounds under it (sim/fastforward.py). An instance
+    # may set it while it holds (adaptive-ssp, at rest); a user's policy is assumed not to
     decides_on_windows: bool = False
     PARAMS: dict[str, tuple[type, float, float]] = {}  # a built-in's parameters: name -> (type, min, max)
 
@@ -267,7 +269,7 @@ class Observer:
         self.slot = {w: i for i, w in enumerate(self.workers)}
         n = len(self.workers)
         self.window = window
-        self.intervals: list[deque] = [deque() for _ in range(n)]
+        self.intervals: list[deque] = [deque(maxlen=window) for _ in range(n)]
         self.sum_s = [0.0] * n  # compute seconds in each worker's window
         self.sum_iterations = [0] * n
         self.sum_samples = [0] * n
@@ -277,7 +279,8 @@ class Observer:
         # what `consult` needs to know whether the policy would decide as it last did: the
         # workers whose windowed figures or batch changed since an update of theirs was last
         # shown to it (an interval equal to the one it drops from a full window changes none),
-        # and whether the last consultation took no action
+        # and whether the last consultation took no action; all of it for `policy`
+        self.policy: Policy | None = None
         self.unseen = set(self.workers)
         self.declined = False
 
@@ -315,21 +318,21 @@ class Observer:
             if win.count(latest) == window:
                 continue
             compute_s, iterations, samples = latest
-            for _ in range(times):
-                win.append(latest)
-                if len(win) <= window:
-                    sum_s[i] += compute_s
-                    sum_iterations[i] += iterations
-                    sum_samples[i] += samples
-                else:
-                    old = win.popleft()
-                    if old == latest:
-                        continue  # the sums would add 0
+            adds = min(times, window - len(win))  # feeds into a window not yet full
+            for _ in range(adds):
+                sum_s[i] += compute_s
+                sum_iterations[i] += iterations
+                sum_samples[i] += samples
+            # the feeds after those drop the window's intervals in order, then only copies of
+            # the latest (the sums would add 0, as for any interval equal to it)
+            for old in islice(win, 0, min(times - adds, window)):
+                if old != latest:
                     old_s, old_iterations, old_samples = old
                     sum_s[i] += compute_s - old_s
                     sum_iterations[i] += iterations - old_iterations
                     sum_samples[i] += samples - old_samples
-                unseen.add(w)
+            win.extend(repeat(latest, min(times, window)))  # maxlen: what it drops is gone
+            unseen.add(w)
 
     def interval(self, worker: int, compute_s: float, iterations: int, samples: int,
                  last_exchange_s: float = 0.0, batch: int = 0) -> None:
@@ -340,17 +343,19 @@ class Observer:
         self.exchange_s[i] = last_exchange_s
         new = (compute_s, iterations, samples)
         win = self.intervals[i]
-        win.append(new)
-        if len(win) > self.window:
-            old = win.popleft()
+        if len(win) == self.window:
+            old = win[0]
+            win.append(new)  # maxlen: drops old
             if old == new and self.batch[i] == batch:
                 return  # the window's figures are as they were (the sums would add 0)
             old_s, old_iterations, old_samples = old
             compute_s -= old_s
             iterations -= old_iterations
             samples -= old_samples
-        elif len(win) == 1:
-            self.missing -= 1
+        else:
+            if not win:
+                self.missing -= 1
+            win.append(new)
         self.batch[i] = batch
         self.sum_s[i] += compute_s
         self.sum_iterations[i] += iterations
@@ -412,8 +417,11 @@ def consult(policy: Policy, observer: Observer, barrier, t_s: float, phase: int,
     for the phase): it would take none again, its state as it was."""
     if observer.missing:
         return ()
+    if observer.policy is not policy:  # what another policy saw is no news to this one
+        observer.policy, observer.unseen, observer.declined = policy, set(observer.workers), False
+    windowed = policy.decides_on_windows
     unseen = observer.unseen
-    if not unseen and observer.declined and not barrier.stopped and policy.decides_on_windows:
+    if windowed and observer.declined and not unseen and not barrier.stopped:
         return ()
     gate = barrier.gate
     seen = tuple.__new__(Observation, (t_s, phase, pushed, barrier.sync, planned_sync, staleness, observer,
@@ -422,10 +430,9 @@ def consult(policy: Policy, observer: Observer, barrier, t_s: float, phase: int,
     actions = policy.decide(seen)
     if unseen:
         unseen.difference_update(pushed)
+    observer.declined = not actions  # an action may change the mode or the barrier: ask again
     if not actions:
-        observer.declined = True
         return ()
-    observer.declined = False  # the actions may change the mode or the barrier: ask again
     return _carry_out(actions, seen, observer, barrier, names, rebalance)
 
 
@@ -475,11 +482,17 @@ class _OwnBest(Policy):
         """The slowdowns (and bests) of the workers whose pushes the update carries; their
         sums read directly from the observer: a bsp round asks for every worker's. With
         `slowed`, in the same pass (read at every update): a worker joins it above `above`
-        and leaves it below `below`."""
-        best_s, slowdowns = self.best_s, self.slowdowns
+        and leaves it below `below`. A worker whose windows did not change since its last
+        update shown here (Observer.unseen) keeps its slowdown, and `slowed` its membership."""
         src = obs.source
+        unseen = src.unseen
+        if not unseen:
+            return  # the common case at a steady push: nothing to read
+        best_s, slowdowns = self.best_s, self.slowdowns
         sum_s, sum_samples, slot = src.sum_s, src.sum_samples, src.slot
         for w in obs.pushed:
+            if w not in unseen:
+                continue
             i = slot[w]
             t = sum_s[i] / sum_samples[i]
             best = best_s.get(w)
@@ -659,6 +672,11 @@ class AdaptiveSSP(_OwnBest):
         self.min_staleness, self.max_staleness = min_staleness, max_staleness
         self.gain, self.threshold, self.window, self.hysteresis = gain, threshold, window, hysteresis
         self.slowest: int | None = None  # the worker with the largest slowdown
+        self.off_floor: set[int] = set()  # workers whose slowdown is not exactly 1.0
+        # per instance, while every worker of the phase has a slowdown of exactly 1.0: then an
+        # update of unchanged windows leaves the largest at 1.0 and the bound wanted as it was
+        # (`slowest` may move to another worker at 1.0, which no later update can tell)
+        self.decides_on_windows = False
 
     def acts_on(self, planned_sync: str) -> bool:
         return planned_sync == "ssp"
@@ -671,8 +689,16 @@ class AdaptiveSSP(_OwnBest):
     def decide(self, obs: Observation) -> Sequence[Action]:
         # the largest slowdown, kept as pushes come: O(1) a push but when the slowest worker
         # itself speeds up (then one pass over the workers); consulted at every push
-        self.update_slowdowns(obs)
         slowdowns = self.slowdowns
+        if obs.source.unseen:  # some window changed
+            self.update_slowdowns(obs)
+            off_floor = self.off_floor
+            for w in obs.pushed:
+                if slowdowns[w] == 1.0:
+                    off_floor.discard(w)
+                else:
+                    off_floor.add(w)
+            self.decides_on_windows = not off_floor and len(slowdowns) == len(obs.source.workers)
         for w in obs.pushed:
             top = self.slowest
             if top is None or slowdowns[w] >= slowdowns[top]:

@@ -672,10 +672,12 @@ class AdaptiveSSP(_OwnBest):
         self.min_staleness, self.max_staleness = min_staleness, max_staleness
         self.gain, self.threshold, self.window, self.hysteresis = gain, threshold, window, hysteresis
         self.slowest: int | None = None  # the worker with the largest slowdown
-        self.off_floor: set[int] = set()  # workers whose slowdown is not exactly 1.0
-        # per instance, while every worker of the phase has a slowdown of exactly 1.0: then an
-        # update of unchanged windows leaves the largest at 1.0 and the bound wanted as it was
-        # (`slowest` may move to another worker at 1.0, which no later update can tell)
+        self.above: set[int] = set()  # workers whose slowdown is above threshold
+        # per instance, at rest: every worker of the phase has a slowdown, none above threshold.
+        # Then an update of unchanged windows wants min_staleness, as the last one did; it may
+        # point `slowest` at another worker, but while none is above threshold the bound wanted
+        # is min_staleness whichever it points at, and the first worker above threshold
+        # becomes `slowest` either way
         self.decides_on_windows = False
 
     def acts_on(self, planned_sync: str) -> bool:
@@ -691,14 +693,8 @@ class AdaptiveSSP(_OwnBest):
         # itself speeds up (then one pass over the workers); consulted at every push
         slowdowns = self.slowdowns
         if obs.source.unseen:  # some window changed
-            self.update_slowdowns(obs)
-            off_floor = self.off_floor
-            for w in obs.pushed:
-                if slowdowns[w] == 1.0:
-                    off_floor.discard(w)
-                else:
-                    off_floor.add(w)
-            self.decides_on_windows = not off_floor and len(slowdowns) == len(obs.source.workers)
+            self.update_slowdowns(obs, self.above, self.threshold, self.threshold)
+            self.decides_on_windows = not self.above and len(slowdowns) == len(obs.source.workers)
         for w in obs.pushed:
             top = self.slowest
             if top is None or slowdowns[w] >= slowdowns[top]:

@@ -27,7 +27,6 @@ import heapq
 import importlib
 import math
 from collections import deque
-from itertools import islice, repeat
 from dataclasses import dataclass
 from typing import AbstractSet, Any, Callable, Iterable, Iterator, NamedTuple, Sequence
 
@@ -318,21 +317,22 @@ class Observer:
             if win.count(latest) == window:
                 continue
             compute_s, iterations, samples = latest
-            adds = min(times, window - len(win))  # feeds into a window not yet full
-            for _ in range(adds):
-                sum_s[i] += compute_s
-                sum_iterations[i] += iterations
-                sum_samples[i] += samples
-            # the feeds after those drop the window's intervals in order, then only copies of
-            # the latest (the sums would add 0, as for any interval equal to it)
-            for old in islice(win, 0, min(times - adds, window)):
-                if old != latest:
+            for _ in range(times):
+                if len(win) < window:
+                    win.append(latest)
+                    sum_s[i] += compute_s
+                    sum_iterations[i] += iterations
+                    sum_samples[i] += samples
+                else:
+                    old = win[0]
+                    win.append(latest)  # maxlen: drops old
+                    if old == latest:
+                        continue  # the sums would add 0
                     old_s, old_iterations, old_samples = old
                     sum_s[i] += compute_s - old_s
                     sum_iterations[i] += iterations - old_iterations
                     sum_samples[i] += samples - old_samples
-            win.extend(repeat(latest, min(times, window)))  # maxlen: what it drops is gone
-            unseen.add(w)
+                unseen.add(w)
 
     def interval(self, worker: int, compute_s: float, iterations: int, samples: int,
                  last_exchange_s: float = 0.0, batch: int = 0) -> None:

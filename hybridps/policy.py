@@ -233,11 +233,13 @@ class Policy:
     # may it take a worker out of the barrier (its pushes then stale)? A risk `plan` marks
     excludes_workers: bool = True
     uses_ssp: bool = False
-    # does it decide on the workers' windowed compute figures, the mode and the barrier alone
-    # (not t_s, phase_fraction, exchange_s, nor how often it was asked), such that an
-    # observation it did not act on, repeated, leaves its state unchanged and gets no action?
-    # Then the simulator may fast-forward steady bsp rounds under it (sim/fastforward.py); a
-    # user's policy is assumed not to
+    # does it decide on the workers' windowed compute figures, the mode (and ssp bound) and the
+    # barrier alone (not t_s, phase_fraction, exchange_s, staleness, nor how often or at whose
+    # push it was asked), such that an observation it did not act on, repeated, leaves its
+    # state unchanged and gets no action? Then `consult` does not ask it while none of these
+    # changed since it last did not act, and, declared by the class (for the whole phase), the
+    # simulator may fast-forward steady bsp rounds under it (sim/fastforward.py). An instance
+    # may set it while it holds (adaptive-ssp, at rest); a user's policy is assumed not to
     decides_on_windows: bool = False
     PARAMS: dict[str, tuple[type, float, float]] = {}  # a built-in's parameters: name -> (type, min, max)
 
@@ -266,13 +268,20 @@ class Observer:
         self.slot = {w: i for i, w in enumerate(self.workers)}
         n = len(self.workers)
         self.window = window
-        self.intervals: list[deque] = [deque() for _ in range(n)]
+        self.intervals: list[deque] = [deque(maxlen=window) for _ in range(n)]
         self.sum_s = [0.0] * n  # compute seconds in each worker's window
         self.sum_iterations = [0] * n
         self.sum_samples = [0] * n
         self.exchange_s = [0.0] * n
         self.batch = [0] * n  # the batch of each worker's latest interval
         self.missing = n  # workers with no interval yet: no observation until 0
+        # what `consult` needs to know whether the policy would decide as it last did: the
+        # workers whose windowed figures or batch changed since an update of theirs was last
+        # shown to it (an interval equal to the one it drops from a full window changes none),
+        # and whether the last consultation took no action; all of it for `policy`
+        self.policy: Policy | None = None
+        self.unseen = set(self.workers)
+        self.declined = False
 
     def changing_feeds(self, rel_tol: float = 1e-9) -> list[int]:
         """If every worker computed more intervals like its latest (fast-forwarded rounds,
@@ -288,6 +297,8 @@ class Observer:
             short = window - len(win)  # feeds that only add
             if short:
                 feeds.update(range(1, short + 1))
+            elif win.count(win[-1]) == window:
+                continue  # all alike to the bit
             for position, (compute_s, iterations, samples) in enumerate(win, short + 1):
                 if iterations != last_iterations or samples != last_samples or abs(compute_s - last_s) > tol_s:
                     feeds.add(position)
@@ -296,24 +307,32 @@ class Observer:
     def again(self, workers: Iterable[int], times: int = 1) -> None:
         """Each of `workers` computed `times` more intervals like its latest, its last
         exchange and batch as they were (fast-forwarded rounds): `interval`'s sums, without
-        the calls."""
-        slot, intervals, window = self.slot, self.intervals, self.window
+        the calls. A window that holds only intervals equal to the latest stays as it is."""
+        slot, intervals, window, unseen = self.slot, self.intervals, self.window, self.unseen
         sum_s, sum_iterations, sum_samples = self.sum_s, self.sum_iterations, self.sum_samples
         for w in workers:
             i = slot[w]
             win = intervals[i]
             latest = win[-1]
+            if win.count(latest) == window:
+                continue
+            compute_s, iterations, samples = latest
             for _ in range(times):
-                compute_s, iterations, samples = latest
-                win.append(latest)
-                if len(win) > window:
-                    old_s, old_iterations, old_samples = win.popleft()
-                    compute_s -= old_s
-                    iterations -= old_iterations
-                    samples -= old_samples
-                sum_s[i] += compute_s
-                sum_iterations[i] += iterations
-                sum_samples[i] += samples
+                if len(win) < window:
+                    win.append(latest)
+                    sum_s[i] += compute_s
+                    sum_iterations[i] += iterations
+                    sum_samples[i] += samples
+                else:
+                    old = win[0]
+                    win.append(latest)  # maxlen: drops old
+                    if old == latest:
+                        continue  # the sums would add 0
+                    old_s, old_iterations, old_samples = old
+                    sum_s[i] += compute_s - old_s
+                    sum_iterations[i] += iterations - old_iterations
+                    sum_samples[i] += samples - old_samples
+                unseen.add(w)
 
     def interval(self, worker: int, compute_s: float, iterations: int, samples: int,
                  last_exchange_s: float = 0.0, batch: int = 0) -> None:
@@ -321,20 +340,27 @@ class Observer:
         `compute_s` at batch `batch`; `last_exchange_s`: its previous exchange, push start to
         pull end (0.0 for none)."""
         i = self.slot[worker]
-        self.batch[i] = batch
+        self.exchange_s[i] = last_exchange_s
+        new = (compute_s, iterations, samples)
         win = self.intervals[i]
-        if not win:
-            self.missing -= 1
-        win.append((compute_s, iterations, samples))
-        if len(win) > self.window:
-            old_s, old_iterations, old_samples = win.popleft()
+        if len(win) == self.window:
+            old = win[0]
+            win.append(new)  # maxlen: drops old
+            if old == new and self.batch[i] == batch:
+                return  # the window's figures are as they were (the sums would add 0)
+            old_s, old_iterations, old_samples = old
             compute_s -= old_s
             iterations -= old_iterations
             samples -= old_samples
+        else:
+            if not win:
+                self.missing -= 1
+            win.append(new)
+        self.batch[i] = batch
         self.sum_s[i] += compute_s
         self.sum_iterations[i] += iterations
         self.sum_samples[i] += samples
-        self.exchange_s[i] = last_exchange_s
+        self.unseen.add(worker)
 
     def per_sample_s(self, i: int) -> float:
         """Mean compute seconds per sample of the worker in slot `i` (its window)."""
@@ -385,14 +411,26 @@ def consult(policy: Policy, observer: Observer, barrier, t_s: float, phase: int,
     with its next pull.
 
     The common case, no action, returns an empty tuple without building a generator: the
-    PS may consult at every push."""
+    PS may consult at every push. Nor is a policy that declares `decides_on_windows` asked
+    while nothing it decides on changed since it last took no action (every worker's
+    windows shown to it at an update of its own since they last changed, no worker stopped
+    for the phase): it would take none again, its state as it was."""
     if observer.missing:
+        return ()
+    if observer.policy is not policy:  # what another policy saw is no news to this one
+        observer.policy, observer.unseen, observer.declined = policy, set(observer.workers), False
+    windowed = policy.decides_on_windows
+    unseen = observer.unseen
+    if windowed and observer.declined and not unseen and not barrier.stopped:
         return ()
     gate = barrier.gate
     seen = tuple.__new__(Observation, (t_s, phase, pushed, barrier.sync, planned_sync, staleness, observer,
                                        barrier.members, gate.bound if gate is not None else None,
                                        pushed[-1]))  # observe()
     actions = policy.decide(seen)
+    if unseen:
+        unseen.difference_update(pushed)
+    observer.declined = not actions  # an action may change the mode or the barrier: ask again
     if not actions:
         return ()
     return _carry_out(actions, seen, observer, barrier, names, rebalance)
@@ -444,11 +482,17 @@ class _OwnBest(Policy):
         """The slowdowns (and bests) of the workers whose pushes the update carries; their
         sums read directly from the observer: a bsp round asks for every worker's. With
         `slowed`, in the same pass (read at every update): a worker joins it above `above`
-        and leaves it below `below`."""
-        best_s, slowdowns = self.best_s, self.slowdowns
+        and leaves it below `below`. A worker whose windows did not change since its last
+        update shown here (Observer.unseen) keeps its slowdown, and `slowed` its membership."""
         src = obs.source
+        unseen = src.unseen
+        if not unseen:
+            return  # the common case at a steady push: nothing to read
+        best_s, slowdowns = self.best_s, self.slowdowns
         sum_s, sum_samples, slot = src.sum_s, src.sum_samples, src.slot
         for w in obs.pushed:
+            if w not in unseen:
+                continue
             i = slot[w]
             t = sum_s[i] / sum_samples[i]
             best = best_s.get(w)
@@ -628,6 +672,13 @@ class AdaptiveSSP(_OwnBest):
         self.min_staleness, self.max_staleness = min_staleness, max_staleness
         self.gain, self.threshold, self.window, self.hysteresis = gain, threshold, window, hysteresis
         self.slowest: int | None = None  # the worker with the largest slowdown
+        self.above: set[int] = set()  # workers whose slowdown is above threshold
+        # per instance, at rest: every worker of the phase has a slowdown, none above threshold.
+        # Then an update of unchanged windows wants min_staleness, as the last one did; it may
+        # point `slowest` at another worker, but while none is above threshold the bound wanted
+        # is min_staleness whichever it points at, and the first worker above threshold
+        # becomes `slowest` either way
+        self.decides_on_windows = False
 
     def acts_on(self, planned_sync: str) -> bool:
         return planned_sync == "ssp"
@@ -640,8 +691,10 @@ class AdaptiveSSP(_OwnBest):
     def decide(self, obs: Observation) -> Sequence[Action]:
         # the largest slowdown, kept as pushes come: O(1) a push but when the slowest worker
         # itself speeds up (then one pass over the workers); consulted at every push
-        self.update_slowdowns(obs)
         slowdowns = self.slowdowns
+        if obs.source.unseen:  # some window changed
+            self.update_slowdowns(obs, self.above, self.threshold, self.threshold)
+            self.decides_on_windows = not self.above and len(slowdowns) == len(obs.source.workers)
         for w in obs.pushed:
             top = self.slowest
             if top is None or slowdowns[w] >= slowdowns[top]:

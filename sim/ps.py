@@ -104,9 +104,10 @@ class ParameterServer:
         self.last_staleness = 0
         self.exchange_s = [0.0] * len(self.names)  # none yet in this phase
         # a policy may ride along if its decisions can be shown not to change over the skipped
-        # rounds (Policy.decides_on_windows, _policy_steady) and no ssp gate counts exchanges
+        # rounds (Policy.decides_on_windows, declared by its class for the whole phase, _policy_rounds)
+        # and no ssp gate counts exchanges
         self.ff_on = self.fast_forward is not None and sync == "bsp" and (
-            policy is None or (policy.decides_on_windows and gate is None))
+            policy is None or (type(policy).decides_on_windows and gate is None))
         self.skipped = [0] * len(self.names)
         if self.ff_on:
             self.fast_forward.start_phase()

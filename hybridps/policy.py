@@ -697,10 +697,10 @@ class AdaptiveSSP(_OwnBest):
             self.decides_on_windows = not self.above and len(slowdowns) == len(obs.source.workers)
         for w in obs.pushed:
             top = self.slowest
-            if top is None or slowdowns[w] >= slowdowns[top]:
-                self.slowest = w
-            elif w == top:
+            if w == top:  # the slowest itself may have sped up: find the slowest again
                 self.slowest = max(slowdowns, key=slowdowns.__getitem__)
+            elif top is None or slowdowns[w] >= slowdowns[top]:
+                self.slowest = w
         bound = obs.staleness_bound
         if bound is None:  # another policy took the phase out of ssp: not this one's business
             return ()

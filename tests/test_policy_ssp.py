@@ -143,8 +143,8 @@ def test_bad_ssp_actions_are_clear_errors(action, now, words):
 def test_adaptive_ssp_beats_the_same_ssp_plan_under_transient_stragglers():
     for seed in (3, 5):
         plain, adaptive = _sim(seed=seed), _sim({"kind": "adaptive-ssp"}, seed=seed, record=True)
-        # measured: seed 3 135.7 s against 143.4 s (0.946), seed 5 128.7 s against 136.1 s (0.946)
-        assert adaptive.makespan_s < 0.95 * plain.makespan_s, (seed, adaptive.makespan_s, plain.makespan_s)
+        # measured: seed 3 136.5 s against 143.4 s (0.952), seed 5 129.2 s against 136.1 s (0.949)
+        assert adaptive.makespan_s < 0.96 * plain.makespan_s, (seed, adaptive.makespan_s, plain.makespan_s)
         s, p = adaptive.summary()["staleness"], plain.summary()["staleness"]
         # what it costs: the slowed worker's updates are staler (max 23 and 26 against 11 and
         # 12); the mean stays the 4-worker asp-like 3.0 (each push sees the 3 others')
@@ -153,7 +153,7 @@ def test_adaptive_ssp_beats_the_same_ssp_plan_under_transient_stragglers():
         if seed == 3:
             rec = adaptive.records
     policy = [r for r in rec if r["kind"] == "policy"]
-    assert len(policy) == 92 and {r["action"]["kind"] for r in policy} == {"set_staleness"}
+    assert len(policy) == 80 and {r["action"]["kind"] for r in policy} == {"set_staleness"}
     bounds = [r["action"]["staleness"] for r in policy]
     assert min(bounds) == 2 and max(bounds) == 14  # min_staleness + ceil(4 x (4 - 1)) for a 4x episode
     assert policy[0]["observed"]["staleness_bound"] == 2 and policy[0]["observed"]["sync"] == "ssp"
@@ -165,9 +165,9 @@ def test_adaptive_ssp_beats_the_same_ssp_plan_under_transient_stragglers():
 def test_adaptive_ssp_is_deterministic_for_a_seed_and_differs_across_seeds():
     a, b, c = (_sim({"kind": "adaptive-ssp"}, seed=s) for s in (3, 3, 5))
     assert a.summary() | {"wall_s": 0} == b.summary() | {"wall_s": 0}
-    assert a.makespan_s == pytest.approx(135.677, abs=1e-3) and c.makespan_s == pytest.approx(128.736, abs=1e-3)
-    assert a.summary()["policy_actions"] == {"set_staleness": 92}
-    assert c.summary()["policy_actions"] == {"set_staleness": 88}
+    assert a.makespan_s == pytest.approx(136.491, abs=1e-3) and c.makespan_s == pytest.approx(129.177, abs=1e-3)
+    assert a.summary()["policy_actions"] == {"set_staleness": 80}
+    assert c.summary()["policy_actions"] == {"set_staleness": 70}
 
 
 def test_a_plans_slower_device_does_not_widen_the_bound():
@@ -407,3 +407,30 @@ def test_adaptive_ssp_in_the_runtime_widens_the_bound_for_a_straggler_and_keeps_
         check_bound_after(records, p, before)
     summary = json.loads((out / "summary.json").read_text())
     assert summary["status"] == "complete" and summary["policy_actions"] == {"set_staleness": len(policy)}
+
+
+def test_adaptive_ssp_keeps_the_bound_while_another_worker_is_still_slowed():
+    """When the slowest worker recovers, the spread is the next slowest's, not none: the
+    bound falls to that worker's target, not to min_staleness (a bug until 2026-12-06: the
+    policy kept pointing at the recovered worker). The slowdowns are set by hand."""
+    from types import SimpleNamespace
+
+    from hybridps.policy import AdaptiveSSP
+
+    class Handset(AdaptiveSSP):
+        def update_slowdowns(self, obs, slowed=None, above=0.0, below=0.0):
+            self.slowdowns.update(obs.handset)
+            slowed.clear()
+            slowed.update(w for w, f in self.slowdowns.items() if f > above)
+
+    policy = Handset()  # min 2, gain 4, threshold 1.5, hysteresis 2
+
+    def push(worker: int, bound: int, **slowdowns: float):
+        obs = SimpleNamespace(source=SimpleNamespace(unseen={worker}, workers=[0, 1, 2, 3]), pushed=(worker,),
+                              staleness_bound=bound, handset={int(w[1:]): f for w, f in slowdowns.items()})
+        return [a.staleness for a in policy.decide(obs)]
+
+    assert push(0, 2, w0=4.0, w1=3.0, w2=1.0, w3=1.0) == [14]  # 2 + ceil(4 x 3)
+    assert push(1, 14, w1=3.0) == []  # w0 (4x) is still the slowest: 14 kept
+    assert push(0, 14, w0=1.0) == [10]  # w0 recovered; w1 is still 3x slower: its target, not 2
+    assert push(1, 10, w1=1.0) == [2]  # now nobody is slowed

@@ -155,8 +155,8 @@ def test_a_rebalance_runs_alike_in_simulate_and_run_and_each_round_is_sgd_on_the
     assert r.returncode == 0, r.stderr
     assert json.loads(r.stdout)["policy_actions"] == {"rebalance": 1}
     out = tmp_path / "out"
-    r = run_cli(["run", *spec_args(tmp_path), "--out", out, "--local", "--eval-every", "0", "--worker-timeout", "30",
-                 "--compute-time", compute_time], timeout_s=300)
+    r = run_cli(["run", *spec_args(tmp_path), "--out", out, "--local", "--eval-every", "0", "--worker-timeout", "30"],
+                timeout_s=300)
     assert r.returncode == 0, r.stderr
     sim, run = read(tmp_path / "sim.jsonl").records, read(out / "trace.jsonl").records
     plan_b, new_b = dict.fromkeys(["w0", "w1", "w2"], 16), {"w0": 24, "w1": 16, "w2": 8}

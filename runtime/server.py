@@ -80,6 +80,17 @@ class WorkerLost(Exception):
 WORKER_RECORDS = {"compute", "push", "pull", "train"}  # record kinds the workers ship with their messages
 
 
+class FailedSend:
+    """A send that gloo refused at once (the peer's connection was closed): waiting on it
+    raises that error, so `_wait_sends` reports the worker lost like any failed send."""
+
+    def __init__(self, error: RuntimeError):
+        self.error = error
+
+    def wait(self) -> None:
+        raise self.error
+
+
 class Interrupted(Exception):
     """SIGINT or SIGTERM reached the PS; raised at the next safe point (between messages)."""
 
@@ -611,7 +622,11 @@ class PhaseServer:
         hdr = P.header(P.MSG_REPLY, phase=self.p, version=shard.version, stop=int(stop), go=go,
                        payload=self.params_bytes.numel(), lost=shard._lost_mask(),
                        records=0 if batches is None else batches.numel())
-        works = [(w, pos) for w in P.isend(self.ctx.worker_rank(pos), hdr, self.params_bytes, batches)]
+        try:
+            sent = P.isend(self.ctx.worker_rank(pos), hdr, self.params_bytes, batches)
+        except RuntimeError as e:  # its connection closed (the worker died after its push):
+            sent = [FailedSend(e)]  # lost when the sends are waited, after the round's others
+        works = [(w, pos) for w in sent]
         self.clock.pulled(pos)
         if self.keep_pulled:
             self.pulled[pos] = shard.w.detach().clone()

@@ -36,6 +36,27 @@ def test_bsp_resplit_keeps_equal_steps_and_covers_the_epoch():
     assert effective_shares([128, 128], {0, 1}, [0, 1], [32, 32]) == [0, 0]
 
 
+def test_a_reply_gloo_refuses_at_once_makes_the_worker_lost_not_the_ps_crash():
+    """A worker killed after its push: gloo may refuse the reply's send at once
+    ("Connection closed by peer"). That send becomes a FailedSend, and waiting the round's
+    sends reports the worker lost (so --on-worker-loss continue goes on); before, the error
+    escaped the PS mid-round and aborted it (seen in CI, 2026-12-06)."""
+    from types import SimpleNamespace
+
+    from runtime.server import FailedSend, Shard, WorkerLost
+
+    shard = SimpleNamespace(ctx=SimpleNamespace(opts=SimpleNamespace(worker_timeout_s=5.0), workers=["w0", "w1", "w2"],
+                                                worker_rank=lambda pos: pos + 1), _waiters={})
+    sent = []
+    ok = SimpleNamespace(wait=lambda: sent.append("w0"))
+    refused = FailedSend(RuntimeError("[pair.cc:553] Connection closed by peer [127.0.0.1]:8592"))
+    with pytest.raises(WorkerLost) as lost:
+        Shard._wait_sends(shard, [(ok, 0), (refused, 2)])
+    assert sent == ["w0"]  # the round's other replies were still waited for
+    assert (lost.value.pos, lost.value.rank) == (2, 3) and "connection failed: " in str(lost.value)
+    assert "Connection closed by peer" in str(lost.value)
+
+
 def _start(tmp_path, workers, slowdown, model="mlp", epochs=12, timeout_s=TIMEOUT_S, extra=()):
     write_specs(tmp_path, workers, sync="bsp", exchange="gradient", epochs=epochs, lr=0.05, slowdown=slowdown,
                 model=model)

@@ -91,6 +91,17 @@ class FailedSend:
         raise self.error
 
 
+def isend_to_worker(rank: int, hdr: torch.Tensor, payload: torch.Tensor | None = None,
+                    records: torch.Tensor | None = None) -> list:
+    """P.isend to a worker whose sends `_wait_sends` will wait: a send refused at once (the
+    worker died, e.g. after its push) becomes a FailedSend, so the others still go out and
+    the worker is reported lost with them."""
+    try:
+        return P.isend(rank, hdr, payload, records)
+    except RuntimeError as e:
+        return [FailedSend(e)]
+
+
 class Interrupted(Exception):
     """SIGINT or SIGTERM reached the PS; raised at the next safe point (between messages)."""
 
@@ -622,11 +633,7 @@ class PhaseServer:
         hdr = P.header(P.MSG_REPLY, phase=self.p, version=shard.version, stop=int(stop), go=go,
                        payload=self.params_bytes.numel(), lost=shard._lost_mask(),
                        records=0 if batches is None else batches.numel())
-        try:
-            sent = P.isend(self.ctx.worker_rank(pos), hdr, self.params_bytes, batches)
-        except RuntimeError as e:  # its connection closed (the worker died after its push):
-            sent = [FailedSend(e)]  # lost when the sends are waited, after the round's others
-        works = [(w, pos) for w in sent]
+        works = [(w, pos) for w in isend_to_worker(self.ctx.worker_rank(pos), hdr, self.params_bytes, batches)]
         self.clock.pulled(pos)
         if self.keep_pulled:
             self.pulled[pos] = shard.w.detach().clone()
@@ -844,7 +851,7 @@ class PhaseServer:
             hdr = P.header(P.MSG_PHASE, phase=p, samples=self.ledger.applied_in_phase, payload=params_bytes.numel(),
                            lost=lost_mask, offset_us=int(round(ctx.time_offset_s * 1e6)), wepoch=wepoch,
                            witer=witer, wstep=wstep)
-            works += [(w, pos) for w in P.isend(ctx.worker_rank(pos), hdr, params_bytes)]
+            works += [(w, pos) for w in isend_to_worker(ctx.worker_rank(pos), hdr, params_bytes)]
             if self.keep_pulled:
                 self.pulled[pos] = shard.w.detach().clone()
         self.clock.start_phase(self.participants)

@@ -73,7 +73,7 @@ def _wait_fraction(d: Path, slowdown: dict[str, float], policy: dict | None, com
     if policy is None:
         from_epoch = 2
     elif decisions:
-        from_epoch = max(r["epoch"] for r in computes if r["start_s"] < decisions[0]["t_s"]) + 1
+        from_epoch = max(r["epoch"] for r in computes if r["end_s"] <= decisions[0]["t_s"]) + 1
     else:
         raise SystemExit(f"{d}: lb-rebalance made no decision")
     since = min(r["start_s"] for r in computes if r["epoch"] == from_epoch)

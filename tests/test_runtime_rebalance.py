@@ -78,7 +78,9 @@ def _check_rebalance(records: list[dict], summary: dict):
         assert len(set(steps[e].values())) == 1  # equal steps per epoch
         assert samples[e] == SAMPLES  # the shares still cover the epoch exactly
     # in effect from the epoch after the one the decision was taken in
-    decided_in = max(r["epoch"] for r in computes if r["start_s"] < decisions[0]["t_s"])
+    # (by the computes that ended before it: under load a worker released by the round's
+    # reply may start its next compute a moment before the PS stamps the decision)
+    decided_in = max(r["epoch"] for r in computes if r["end_s"] <= decisions[0]["t_s"])
     assert batches[decided_in + 1] == first and batches[decided_in] != first
     # the barrier wait, from the trace (traces.barrier): before the new batches and after
     since = min(r["start_s"] for r in computes if r["epoch"] == decided_in + 1)

@@ -77,7 +77,11 @@ class BucketPusher:
         self.layout = bucket_layout(n, bounds, cap_bytes)
         self.shards = len(bounds)
         self.armed = False
+        self.works: list = []
         self.in_backward = 0  # pieces of the last push sent before its backward ended
+        self.bytes_per_shard = [0] * self.shards  # what every push sends each shard
+        for pc in self.layout:
+            self.bytes_per_shard[pc.shard] += (pc.hi - pc.lo) * FLOAT_BYTES
         offsets, off = [], 0
         for p in params:
             offsets.append(off)
@@ -125,10 +129,7 @@ class BucketPusher:
         self.armed = False
         for w in self.works:
             w.wait()
-        sent = [0] * self.shards
-        for pc in self.layout:
-            sent[pc.shard] += (pc.hi - pc.lo) * FLOAT_BYTES
-        return sent
+        return list(self.bytes_per_shard)
 
 
 def recv_pieces(src: int, pieces: list[Piece], shard_lo: int, out: torch.Tensor) -> None:

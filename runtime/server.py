@@ -408,7 +408,8 @@ class Shard:
                 if int(hdr[P.TYPE]) == P.MSG_BUCKETS:  # a push's pieces come now, during its backward
                     body = self._recv_buckets(pos, int(hdr[P.BUCKET]))
                     hdr = P.recv_header(rank)  # the PUSH they belong to, after the backward
-                    assert int(hdr[P.TYPE]) == P.MSG_PUSH and int(hdr[P.BUCKET]), P.NAMES.get(int(hdr[P.TYPE]))
+                    if int(hdr[P.TYPE]) != P.MSG_PUSH or not int(hdr[P.BUCKET]):  # the worker lost the protocol
+                        raise RuntimeError(f"expected a bucketed PUSH after BUCKETS, got {P.NAMES.get(int(hdr[P.TYPE]))}")
                 else:
                     body = P.recv_payload(rank, int(hdr[P.PAYLOAD]), self._rx_buffer(pos, int(hdr[P.PAYLOAD])))
                 records = P.recv_payload(rank, int(hdr[P.RECORDS]), tag=P.TAG_RECORDS)

@@ -40,6 +40,7 @@ class Arrival(simpy.Event):
         self._value = value
         env = self.env
         now = env._now
+        # now + (t_s - now), not t_s: the float Environment.schedule(delay) would compute
         heappush(env._queue, (now + (t_s - now), NORMAL, next(env._eid), self))
 
 

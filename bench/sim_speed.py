@@ -18,12 +18,13 @@ difference between the two summaries.
     what the 1.5 s target is relative to it; and one generator yielding as many timeouts
     (the floor of one SimPy event per worker-iteration).
 
-    python bench/sim_speed.py --asp-periodicity  # can an exact fast-forward skip asp?
+    python bench/sim_speed.py --asp-periodicity [--epochs 6]  # can an exact fast-forward skip asp?
 
 (f) the (c) cluster, asp, stragglers off, a few epochs with a trace: per epoch, the period
     p <= 64 (in worker-iterations) that best repeats every worker's intervals between
     compute starts (the epoch's partial batch left out) and the largest relative difference
-    left; the same against the previous epoch; and with (c)'s stragglers, the simulated
+    left (also on the epoch's second half, seen 3 times); each epoch against the previous one;
+    and with (c)'s stragglers, the simulated
     seconds between straggler changes (an episode starting or ending) against one iteration.
 
     python bench/sim_speed.py --stragglers  # bsp fast-forward under transient stragglers
@@ -201,10 +202,6 @@ def compute_intervals(records: list[dict], epochs: int) -> list[dict[str, list[f
     return out
 
 
-def relative_difference(a: list[float], b: list[float]) -> float:
-    return max((abs(x - y) / max(abs(x), abs(y)) for x, y in zip(a, b)), default=0.0)
-
-
 def asp_periodicity(epochs: int, max_p: int) -> None:
     """(f): is an asp run periodic, so that an exact fast-forward could skip it?"""
     from hybridps.stragglers import StragglerSchedule
@@ -230,7 +227,7 @@ def asp_periodicity(epochs: int, max_p: int) -> None:
                 f"second half (3+ periods): p {p_tail:2d}, {diff_tail:.1e}")
         periodic |= diff_tail <= 1e-9
         if e > 0:
-            prev = max(relative_difference(by_worker[w], per_epoch[e - 1][w]) for w in workers)
+            prev = max(largest_difference(by_worker[w], per_epoch[e - 1][w]) for w in workers)
             line += f"; against epoch {e - 1}: {prev:.1e}"
             periodic |= prev <= 1e-9
         periodic |= diff <= 1e-9

@@ -23,9 +23,9 @@ difference between the two summaries.
 (f) the (c) cluster, asp, stragglers off, a few epochs with a trace: per epoch, the period
     p <= 64 (in worker-iterations) that best repeats every worker's intervals between
     compute starts (the epoch's partial batch left out) and the largest relative difference
-    left (also on the epoch's second half, seen 3 times); each epoch against the previous one;
-    and with (c)'s stragglers, the simulated
-    seconds between straggler changes (an episode starting or ending) against one iteration.
+    left (also on the epoch's second half, seen 3 times); each epoch against the previous
+    one; and with (c)'s stragglers, the simulated seconds between straggler changes (an
+    episode starting or ending) against one iteration.
 
     python bench/sim_speed.py --stragglers  # bsp fast-forward under transient stragglers
 

@@ -13,6 +13,20 @@ the steady-state fast-forward (the default) and, in the same run, without it
 (`simulate(..., fast_forward=False)`): both times, their ratio, and the largest relative
 difference between the two summaries.
 
+    After (c), the bare SimPy loop of (d) (64 processes, a timeout and a Resource request
+    per iteration) timed in the same run at (c)'s worker-iterations: (c)'s ratio to it and
+    what the 1.5 s target is relative to it; and one generator yielding as many timeouts
+    (the floor of one SimPy event per worker-iteration).
+
+    python bench/sim_speed.py --asp-periodicity [--epochs 6]  # can an exact fast-forward skip asp?
+
+(f) the (c) cluster, asp, stragglers off, a few epochs with a trace: per epoch, the period
+    p <= 64 (in worker-iterations) that best repeats every worker's intervals between
+    compute starts (the epoch's partial batch left out) and the largest relative difference
+    left (also on the epoch's second half, seen 3 times); each epoch against the previous
+    one; and with (c)'s stragglers, the simulated seconds between straggler changes (an
+    episode starting or ending) against one iteration.
+
     python bench/sim_speed.py --stragglers  # bsp fast-forward under transient stragglers
 
 (e) bsp with transient stragglers on every worker, fast-forward on and off in the same
@@ -38,6 +52,7 @@ from __future__ import annotations
 import argparse
 import cProfile
 import io
+import math
 import pstats
 import os
 import sys
@@ -161,6 +176,98 @@ def bare_loop_s(n_workers: int, iters_per_worker: int) -> float:
     return time.perf_counter() - t0
 
 
+def best_period(seqs: list[list[float]], max_p: int, min_repeats: int = 2) -> tuple[int, float]:
+    """The period p <= max_p (seen at least `min_repeats` times) that best fits every
+    sequence, x[k] == x[k - p], and the largest relative difference left at it."""
+    n = min(len(x) for x in seqs)
+    best = (0, math.inf)
+    for p in range(1, min(max_p, n // min_repeats) + 1):
+        diff = max(abs(x[k] - x[k - p]) / max(abs(x[k]), abs(x[k - p])) for x in seqs for k in range(p, n))
+        if diff < best[1]:
+            best = (p, diff)
+    return best
+
+
+def compute_intervals(records: list[dict], epochs: int) -> list[dict[str, list[float]]]:
+    """Per epoch, per worker: the seconds between successive compute starts of full batches
+    (the interval from the epoch's partial batch, and to the next epoch, left out)."""
+    starts: dict[tuple[int, str], list[tuple[int, float]]] = {}
+    for r in records:  # a partial batch's record carries its "samples"
+        if r["kind"] == "compute" and r["epoch"] < epochs and "samples" not in r:
+            starts.setdefault((r["epoch"], r["worker"]), []).append((r["step"], r["start_s"]))
+    out: list[dict[str, list[float]]] = [{} for _ in range(epochs)]
+    for (epoch, worker), steps in starts.items():
+        steps.sort()
+        out[epoch][worker] = [b[1] - a[1] for a, b in zip(steps, steps[1:])]
+    return out
+
+
+def asp_periodicity(epochs: int, max_p: int) -> None:
+    """(f): is an asp run periodic, so that an exact fast-forward could skip it?"""
+    from hybridps.stragglers import StragglerSchedule
+
+    cluster, job, plan = imagenet64("asp", False)
+    plan = plan.model_copy(update={"phases": [plan.phases[0].model_copy(update={"epochs": epochs})]})
+    result = simulate(cluster, job, plan, record=True)
+    per_epoch = compute_intervals(result.records, epochs)
+    workers = sorted(per_epoch[0])
+    print(f"(f) 64 x rtx3090 ImageNet-1k asp, stragglers off, eval off, {epochs} epochs with a trace; "
+          f"intervals between full-batch compute starts, per worker", flush=True)
+    all_intervals = [x for e in per_epoch for w in workers for x in e[w]]
+    print(f"    shortest {min(all_intervals):.8f} s, longest {max(all_intervals):.8f} s, "
+          f"{len(set(round(x, 12) for x in all_intervals)):,} distinct values (to 1e-12 s) among "
+          f"{len(all_intervals):,}")
+    periodic = False
+    for e, by_worker in enumerate(per_epoch):
+        seqs = [by_worker[w] for w in workers]
+        p, diff = best_period(seqs, max_p)
+        half = len(seqs[0]) // 2
+        p_tail, diff_tail = best_period([x[half:] for x in seqs], max_p, min_repeats=3)
+        line = (f"    epoch {e}: best p {p:2d}, largest relative difference {diff:.1e}; "
+                f"second half (3+ periods): p {p_tail:2d}, {diff_tail:.1e}")
+        periodic |= diff_tail <= 1e-9
+        if e > 0:
+            prev = max(largest_difference(by_worker[w], per_epoch[e - 1][w]) for w in workers)
+            line += f"; against epoch {e - 1}: {prev:.1e}"
+            periodic |= prev <= 1e-9
+        periodic |= diff <= 1e-9
+        print(line, flush=True)
+    print(f"    periodic to 1e-9 (p <= {max_p}, or one epoch): {'YES' if periodic else 'no'}", flush=True)
+    summary = result.summary()
+    iteration_s = summary["makespan_s"] / summary["workers"][workers[0]]["iterations"]
+    straggler_changes(StragglerSchedule(imagenet64("asp", True)[0]), 90 * summary["makespan_s"] / epochs, iteration_s)
+
+
+def straggler_changes(schedule, horizon_s: float, iteration_s: float) -> None:
+    """How long, in simulated seconds and iterations, no straggler episode starts or ends."""
+    t, gaps = 0.0, []
+    while True:
+        nxt = schedule.next_change_s(t)
+        if nxt > horizon_s:
+            break
+        gaps.append(nxt - t)
+        t = nxt
+    mean_s = horizon_s / max(1, len(gaps))
+    print(f"    with (c)'s stragglers, over {horizon_s:,.0f} simulated s (90 epochs): {len(gaps)} changes, one every "
+          f"{mean_s:.1f} s on average (median {sorted(gaps)[len(gaps) // 2]:.1f} s) against {iteration_s:.3f} s an "
+          f"iteration: about {mean_s / iteration_s:.0f} iterations per worker between changes", flush=True)
+
+
+def timeout_loop_s(n_timeouts: int) -> float:
+    """Wall time of one generator yielding `n_timeouts` timeouts: the floor of one SimPy
+    event per worker-iteration."""
+    env = simpy.Environment()
+
+    def loop():
+        for _ in range(n_timeouts):
+            yield env.timeout(0.1)
+
+    env.process(loop())
+    t0 = time.perf_counter()
+    env.run()
+    return time.perf_counter() - t0
+
+
 def scaled(n_workers: int, sync: str, mixed: bool, worker_iterations: int, stragglers: bool = False):
     """n RTX 3090 workers (half at 10 Gbps when mixed), n/8 PS shards of 25 Gbps, batch 256,
     one iteration per worker-epoch, about `worker_iterations` in all."""
@@ -261,7 +368,12 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=3, help="best of N for (d)")
     ap.add_argument("--reference", action="store_true", help="(d) also times the reference path (fast=False)")
     ap.add_argument("--stragglers", action="store_true", help="only case (e): bsp fast-forward under stragglers")
+    ap.add_argument("--asp-periodicity", action="store_true", help="only case (f): is an asp run periodic?")
+    ap.add_argument("--epochs", type=int, default=6, help="epochs simulated for (f)")
     args = ap.parse_args()
+    if args.asp_periodicity:
+        asp_periodicity(args.epochs, max_p=64)
+        return
     if args.stragglers:
         with_stragglers()
         return
@@ -276,8 +388,16 @@ def main() -> None:
     wall_full, summary_full = run_case("    same, fast_forward=False", *case_b, events=True, fast_forward=False)
     print(f"    fast-forward: {wall_b:.3f} s against {wall_full:.2f} s without = {wall_full / wall_b:.1f}x faster; "
           f"summaries differ by {largest_difference(summary_b, summary_full):.1e} relative at most", flush=True)
-    wall_c, _ = run_case("(c) same, asp with transient stragglers", *imagenet64("asp", True), events=True)
+    wall_c, summary_c = run_case("(c) same, asp with transient stragglers", *imagenet64("asp", True), events=True)
     print(target_line("c", wall_c, TARGET_C_S) + f"; (c) / (b) wall time: {wall_c / wall_b:.2f}x")
+    iters = math.ceil(sum(w["iterations"] for w in summary_c["workers"].values()) / N_WORKERS)
+    bare_s = bare_loop_s(N_WORKERS, iters)
+    print(f"    bare SimPy loop (a timeout and a Resource request per iteration), {N_WORKERS} x {iters:,}: "
+          f"{bare_s:.2f} s; (c) / bare {wall_c / bare_s:.2f}x; the {TARGET_C_S:g} s target is "
+          f"{TARGET_C_S / bare_s:.2f}x the bare loop", flush=True)
+    floor_s = timeout_loop_s(N_WORKERS * iters)
+    print(f"    one timeout per worker-iteration (one generator, {N_WORKERS * iters:,} timeouts): {floor_s:.2f} s",
+          flush=True)
     if args.profile:
         cluster, job, plan = imagenet64("bsp", False)
         prof = cProfile.Profile()

@@ -84,32 +84,52 @@ def with_policy(cluster, job, plan, epochs: int, policy: dict | None):
     return plan_from_dict(d, "bench", cluster, job)
 
 
-def compare(label: str, sync: str, stragglers: bool, policy: dict, epochs: int, repeat: int,
-            fast_forward: bool = True) -> float:
-    cluster, job, plan = imagenet64(sync, stragglers)
-    plain, watched = with_policy(cluster, job, plan, epochs, None), with_policy(cluster, job, plan, epochs, policy)
+def alternately(repeat: int, run_one) -> tuple[dict[str, float], dict]:
+    """Best seconds of `repeat` runs of `run_one(key)` -> (seconds, result) for keys "plain"
+    and "policy", each repeat swapping which goes first (after a garbage collection, so
+    neither inherits the other's garbage); also each key's last result."""
     best = {"plain": float("inf"), "policy": float("inf")}
     results = {}
     for i in range(repeat):
-        order = (("plain", plain), ("policy", watched))
-        for key, p in order if i % 2 == 0 else order[::-1]:
+        for key in ("plain", "policy") if i % 2 == 0 else ("policy", "plain"):
             gc.collect()
-            t0 = time.process_time()
-            results[key] = simulate(cluster, job, p, fast_forward=fast_forward)
-            best[key] = min(best[key], time.process_time() - t0)
-    same = math.isclose(results["plain"].makespan_s, results["policy"].makespan_s, rel_tol=1e-9)
+            seconds, results[key] = run_one(key)
+            best[key] = min(best[key], seconds)
+    return best, results
+
+
+def verdict(best: dict[str, float]) -> tuple[float, str]:
     ratio = best["policy"] / best["plain"]
+    return ratio, f"= {ratio:.2f}x (target {TARGET_RATIO}x: {'met' if ratio <= TARGET_RATIO else 'missed'})"
+
+
+def compare(label: str, sync: str, stragglers: bool, policy: dict, epochs: int, repeat: int,
+            fast_forward: bool = True) -> float:
+    """simulate() CPU time on a case's plan, with and without its policy."""
+    cluster, job, plan = imagenet64(sync, stragglers)
+    plans = {"plain": with_policy(cluster, job, plan, epochs, None),
+             "policy": with_policy(cluster, job, plan, epochs, policy)}
+
+    def run_one(key):
+        t0 = time.process_time()
+        result = simulate(cluster, job, plans[key], fast_forward=fast_forward)
+        return time.process_time() - t0, result
+
+    best, results = alternately(repeat, run_one)
+    ratio, text = verdict(best)
+    same = math.isclose(results["plain"].makespan_s, results["policy"].makespan_s, rel_tol=1e-9)
     print(f"{label}: {results['plain'].counters.exchanges:,} exchanges; CPU without policy {best['plain']:.2f} s, "
-          f"with {best['policy']:.2f} s = {ratio:.2f}x (target {TARGET_RATIO}x: {'met' if ratio <= TARGET_RATIO else 'missed'}"
-          f"); same makespan: {same}; actions {results['policy'].counters.policy_actions}", flush=True)
+          f"with {best['policy']:.2f} s {text}; same makespan: {same}; "
+          f"actions {results['policy'].counters.policy_actions}", flush=True)
     return ratio
 
 
-def compare_cli(label: str, sync: str, stragglers: bool, policy: dict, epochs: int, repeat: int) -> float:
-    """`hybridps simulate --json` wall time on a case's plan, with and without its policy."""
+def compare_cli(label: str, sync: str, stragglers: bool, policy: dict, epochs: int, repeat: int,
+                fast_forward: bool = True) -> float:
+    """`hybridps simulate --json` wall time on a case's plan, with and without its policy
+    (the command as users run it: fast-forward on)."""
+    assert fast_forward, "the command always fast-forwards"
     cluster, job, plan = imagenet64(sync, stragglers)
-    best = {"plain": float("inf"), "policy": float("inf")}
-    makespans = {}
     here = Path(__file__).resolve().parent  # bench/ (the Watcher) and the checkout (hybridps)
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(here), str(here.parent), os.environ.get("PYTHONPATH", "")])}
     with tempfile.TemporaryDirectory() as tmp:
@@ -118,18 +138,18 @@ def compare_cli(label: str, sync: str, stragglers: bool, policy: dict, epochs: i
         (tmp / "job.toml").write_text(spec_to_toml(job))
         for key, pol in (("plain", None), ("policy", policy)):
             (tmp / f"{key}.json").write_text(json.dumps(with_policy(cluster, job, plan, epochs, pol).to_json_dict()))
-        for i in range(repeat):
-            for key in ("plain", "policy") if i % 2 == 0 else ("policy", "plain"):
-                cmd = [sys.executable, "-m", "hybridps", "simulate", "--cluster", str(tmp / "cluster.toml"),
-                       "--job", str(tmp / "job.toml"), "--plan", str(tmp / f"{key}.json"), "--json"]
-                t0 = time.perf_counter()
-                out = subprocess.run(cmd, capture_output=True, text=True, check=True, env=env)
-                best[key] = min(best[key], time.perf_counter() - t0)
-                makespans[key] = json.loads(out.stdout)["makespan_s"]
-    ratio = best["policy"] / best["plain"]
+
+        def run_one(key):
+            cmd = [sys.executable, "-m", "hybridps", "simulate", "--cluster", str(tmp / "cluster.toml"),
+                   "--job", str(tmp / "job.toml"), "--plan", str(tmp / f"{key}.json"), "--json"]
+            t0 = time.perf_counter()
+            out = subprocess.run(cmd, capture_output=True, text=True, check=True, env=env)
+            return time.perf_counter() - t0, json.loads(out.stdout)["makespan_s"]
+
+        best, makespans = alternately(repeat, run_one)
+    ratio, text = verdict(best)
     print(f"{label}, `hybridps simulate --json`: wall without policy {best['plain']:.2f} s, with {best['policy']:.2f} s "
-          f"= {ratio:.2f}x (target {TARGET_RATIO}x: {'met' if ratio <= TARGET_RATIO else 'missed'}); same makespan: "
-          f"{math.isclose(makespans['plain'], makespans['policy'], rel_tol=1e-9)}", flush=True)
+          f"{text}; same makespan: {math.isclose(makespans['plain'], makespans['policy'], rel_tol=1e-9)}", flush=True)
     return ratio
 
 
@@ -147,11 +167,8 @@ def main() -> None:
     print(f"64 workers, ImageNet-1k, {args.epochs} epochs, best of {args.repeat}")
     if "a" in args.cases:
         ff = not args.no_fast_forward
-        if args.cli:
-            run("(a) bsp, greedy", "bsp", False, {"kind": "sync-switch-greedy"}, args.epochs, args.repeat)
-        else:
-            run(f"(a) bsp, greedy, fast-forward {'on' if ff else 'off'}", "bsp", False, {"kind": "sync-switch-greedy"},
-                args.epochs, args.repeat, ff)
+        run(f"(a) bsp, greedy, fast-forward {'on' if ff else 'off'}", "bsp", False, {"kind": "sync-switch-greedy"},
+            args.epochs, args.repeat, ff)
     if "b" in args.cases:
         run("(b) asp + stragglers, watcher", "asp", True, {"kind": "python", "target": "policy_overhead:Watcher"},
             args.epochs, args.repeat)
